@@ -1,0 +1,1 @@
+"""evalloop scoring: rule suites, similarity, judges, ratings, benchmarks."""

@@ -1,0 +1,33 @@
+"""The exception hierarchy. Library code raises these; only `loop.cli` turns them into exit codes."""
+
+
+class EvalloopError(Exception):
+    """A problem the user can fix; its message is shown as one paragraph, without a traceback."""
+
+    exit_code = 2
+
+
+class ConfigError(EvalloopError):
+    """A task or cycle TOML is missing, malformed or invalid."""
+
+
+class TaskDataError(EvalloopError):
+    """A task's JSONL data is malformed (the message names file, line and field)."""
+
+
+class ModelError(EvalloopError):
+    """A model name does not resolve, or its weights cannot be loaded."""
+
+
+class StoreError(EvalloopError):
+    """The DuckDB store cannot be opened or written (locked, corrupt, disk full)."""
+
+
+class BenchmarkDataError(EvalloopError):
+    """A benchmark's data is neither on the hub nor in the configured local directory."""
+
+
+class LockedError(EvalloopError):
+    """Another run holds the lock."""
+
+    exit_code = 75  # EX_TEMPFAIL: cron may retry later

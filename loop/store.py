@@ -1,0 +1,201 @@
+"""The DuckDB store: the only module that imports duckdb.
+
+One file, `<workspace>/evalloop.duckdb`. The schema is a list of named, append-only migrations
+(never edit one that has shipped: add a new one). Every statement is parametrised; table and
+column names come only from this module's constants, never from user text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from loop.errors import StoreError
+
+DB_NAME = "evalloop.duckdb"
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("0001_foundation", """
+    CREATE TABLE models (
+        model_id VARCHAR PRIMARY KEY, name VARCHAR NOT NULL, base VARCHAR NOT NULL,
+        base_path VARCHAR, adapter VARCHAR, parent_id VARCHAR, created_at TIMESTAMP, meta JSON);
+    CREATE TABLE tasks (
+        task_id VARCHAR PRIMARY KEY, config_path VARCHAR, data_hash VARCHAR, updated_at TIMESTAMP);
+    CREATE TABLE examples (
+        task_id VARCHAR NOT NULL, split VARCHAR NOT NULL, example_id VARCHAR NOT NULL,
+        instruction VARCHAR NOT NULL, input VARCHAR, output VARCHAR NOT NULL, category VARCHAR,
+        PRIMARY KEY (task_id, split, example_id));
+    CREATE TABLE runs (
+        run_id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, task_id VARCHAR, model_id VARCHAR,
+        split VARCHAR, params JSON, status VARCHAR NOT NULL, started_at TIMESTAMP,
+        finished_at TIMESTAMP, summary JSON);
+    CREATE TABLE predictions (
+        prediction_id VARCHAR PRIMARY KEY, model_id VARCHAR NOT NULL, prompt_hash VARCHAR NOT NULL,
+        gen_hash VARCHAR NOT NULL, prompt VARCHAR NOT NULL, output VARCHAR NOT NULL,
+        latency_s DOUBLE, prompt_tokens INTEGER, output_tokens INTEGER, created_at TIMESTAMP);
+    CREATE TABLE run_items (
+        run_id VARCHAR NOT NULL, example_id VARCHAR NOT NULL, prediction_id VARCHAR NOT NULL,
+        PRIMARY KEY (run_id, example_id));
+    CREATE TABLE scores (
+        prediction_id VARCHAR NOT NULL, task_id VARCHAR NOT NULL, example_id VARCHAR NOT NULL,
+        suite_version VARCHAR NOT NULL, check_name VARCHAR NOT NULL, check_version VARCHAR NOT NULL,
+        passed BOOLEAN NOT NULL, value DOUBLE, required BOOLEAN NOT NULL, detail JSON,
+        created_at TIMESTAMP,
+        PRIMARY KEY (prediction_id, task_id, example_id, check_name, check_version));
+    """),
+    # Later issues append their migrations here, in this order (replace the anchor line):
+    # @anchor-0002_scoring
+    # @anchor-0003_targeted
+    # @anchor-0004_training
+    # @anchor-0005_benchmarks
+    # @anchor-0006_arena
+    # @anchor-0007_cycle
+    # @anchor-0008_reviews
+]
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (dict, list)) and not (isinstance(value, list) and value
+                                                and isinstance(value[0], (int, float, str))):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return value
+
+
+class Store:
+    """A connection to one workspace database, migrated on open."""
+
+    def __init__(self, workspace: str | Path, read_only: bool = False):
+        self.workspace = Path(workspace)
+        self.path = self.workspace / DB_NAME
+        try:
+            if not read_only:
+                self.workspace.mkdir(parents=True, exist_ok=True)
+            elif not self.path.exists():
+                raise StoreError(f"No evalloop database at {self.path}: run `evalloop eval` first.")
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as exc:
+            raise StoreError(f"Cannot open {self.path}: {str(exc).splitlines()[0]}. Another "
+                             "evalloop process may hold it; wait for it or use another "
+                             "--workspace.") from None
+        except OSError as exc:
+            raise StoreError(f"Cannot create workspace {self.workspace}: {exc.strerror}.") from None
+        if not read_only:
+            self.migrate()
+
+    # -- lifecycle
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations in order; each in its own transaction. Returns names applied."""
+        self.con.execute("CREATE TABLE IF NOT EXISTS migrations "
+                         "(name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
+        done = {r[0] for r in self.con.execute("SELECT name FROM migrations").fetchall()}
+        applied = []
+        for name, sql in MIGRATIONS:
+            if name in done:
+                continue
+            with self.transaction():
+                self.con.execute(sql)
+                self.con.execute("INSERT INTO migrations VALUES (?, ?)", [name, now()])
+            applied.append(name)
+        return applied
+
+    def transaction(self):
+        store = self
+
+        class _Tx:
+            def __enter__(self):
+                store.con.execute("BEGIN TRANSACTION")
+
+            def __exit__(self, exc_type, *rest):
+                store.con.execute("ROLLBACK" if exc_type else "COMMIT")
+                return False
+
+        return _Tx()
+
+    # -- generic, parametrised access (table/column names from code, values bound)
+    def insert(self, table: str, rows: Sequence[dict], on_conflict: str = "nothing") -> None:
+        """Insert dict rows; on a primary-key conflict keep the old row ('nothing') or 'replace'."""
+        if not rows:
+            return
+        cols = list(rows[0])
+        verb = {"nothing": "INSERT OR IGNORE", "replace": "INSERT OR REPLACE"}[on_conflict]
+        sql = (f"{verb} INTO {_ident(table)} ({', '.join(_ident(c) for c in cols)}) "
+               f"VALUES ({', '.join('?' for _ in cols)})")
+        try:
+            self.con.executemany(sql, [[_jsonable(r[c]) for c in cols] for r in rows])
+        except duckdb.IOException as exc:
+            raise StoreError(f"Cannot write to {self.path}: {str(exc).splitlines()[0]}.") from None
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[dict]:
+        cur = self.con.execute(sql, list(params))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> None:
+        self.con.execute(sql, list(params))
+
+    def tables(self) -> list[str]:
+        return [r["table_name"] for r in self.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
+            "ORDER BY table_name")]
+
+    def count(self, table: str) -> int:
+        return self.con.execute(f"SELECT count(*) FROM {_ident(table)}").fetchone()[0]
+
+    # -- typed helpers for the foundation tables
+    def put_model(self, model_id: str, name: str, base: str, base_path: str | None = None,
+                  adapter: str | None = None, parent_id: str | None = None,
+                  meta: dict | None = None) -> None:
+        self.insert("models", [{"model_id": model_id, "name": name, "base": base,
+                                "base_path": base_path, "adapter": adapter, "parent_id": parent_id,
+                                "created_at": now(), "meta": meta or {}}])
+
+    def put_task(self, task_id: str, config_path: str, data_hash: str, examples) -> None:
+        with self.transaction():
+            self.insert("tasks", [{"task_id": task_id, "config_path": config_path,
+                                   "data_hash": data_hash, "updated_at": now()}], "replace")
+            self.insert("examples", [
+                {"task_id": task_id, "split": e.split, "example_id": e.id,
+                 "instruction": e.instruction, "input": e.input, "output": e.output,
+                 "category": e.category} for e in examples])
+
+    def get_predictions(self, prediction_ids: Sequence[str]) -> dict[str, dict]:
+        if not prediction_ids:
+            return {}
+        rows = self.query("SELECT * FROM predictions WHERE list_contains(?, prediction_id)",
+                          [list(prediction_ids)])
+        return {r["prediction_id"]: r for r in rows}
+
+    def start_run(self, run_id: str, kind: str, task_id: str | None, model_id: str | None,
+                  split: str | None, params: dict) -> None:
+        self.insert("runs", [{"run_id": run_id, "kind": kind, "task_id": task_id,
+                              "model_id": model_id, "split": split, "params": params,
+                              "status": "running", "started_at": now(), "finished_at": None,
+                              "summary": None}], "replace")
+
+    def finish_run(self, run_id: str, summary: dict, status: str = "done") -> None:
+        self.execute("UPDATE runs SET status = ?, finished_at = ?, summary = ? WHERE run_id = ?",
+                     [status, now(), json.dumps(summary, default=str), run_id])
+
+
+def _ident(name: str) -> str:
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"bad identifier {name!r}")  # programming error, never user text
+    return f'"{name}"'
