@@ -1,0 +1,74 @@
+"""Model-name resolution, the tiny random model, fingerprints and the embedded checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loop.errors import ModelError
+from loop.models import (DEFAULT_MODEL, fingerprint, load_model, parse_model_name,
+                         tiny_random_checkpoint)
+
+
+def test_unknown_name_lists_known_names_and_other_forms():
+    with pytest.raises(ModelError) as err:
+        parse_model_name("gpt-17")
+    message = str(err.value)
+    assert "gpt-17" in message and DEFAULT_MODEL in message and "tiny-random" in message
+    assert "hub id" in message and "ADAPTER" in message
+
+
+def test_names_resolve_to_builtins_dirs_hub_ids_and_adapters(tmp_path):
+    assert parse_model_name("").base == DEFAULT_MODEL
+    assert parse_model_name("tiny-random").adapter is None
+    assert parse_model_name("HuggingFaceTB/SmolLM2-135M-Instruct").base.startswith("Hugging")
+    assert parse_model_name(str(tmp_path)).base == str(tmp_path)
+    with pytest.raises(ModelError, match="adapter_config.json"):
+        parse_model_name(f"tiny-random+{tmp_path}")
+    (tmp_path / "adapter_config.json").write_text("{}")
+    assert parse_model_name(f"tiny-random+{tmp_path}").adapter == tmp_path.resolve()
+
+
+def test_tiny_random_is_seeded_safetensors_and_loads_on_cpu():
+    path = tiny_random_checkpoint()
+    assert (path / "model.safetensors").is_file() and not list(path.glob("*.bin"))
+    lm = load_model("tiny-random")
+    assert lm.device.type in ("cpu", "cuda")
+    assert lm.model.config.num_hidden_layers == 2
+    assert lm.tokenizer.chat_template  # the real SmolLM2 tokenizer
+    again = load_model("tiny-random")
+    first = next(lm.model.parameters())
+    assert first.equal(next(again.model.parameters()))
+    assert lm.model_id == again.model_id == fingerprint(parse_model_name("tiny-random"))
+
+
+def test_adapter_changes_the_fingerprint(tmp_path):
+    (tmp_path / "adapter_config.json").write_text('{"r": 8}')
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"a")
+    base = fingerprint(parse_model_name("tiny-random"))
+    with_adapter = fingerprint(parse_model_name(f"tiny-random+{tmp_path}"))
+    assert with_adapter.startswith(base + "+") and with_adapter != base
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"b")
+    assert fingerprint(parse_model_name(f"tiny-random+{tmp_path}")) != with_adapter
+
+
+def test_adapter_without_safetensors_is_refused(tmp_path):
+    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "adapter_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ModelError, match="safetensors"):
+        load_model(f"tiny-random+{tmp_path}")
+
+
+@pytest.mark.slow
+def test_embedded_model_is_converted_once_to_plain_safetensors():
+    from loop.models import embedded_checkpoint
+
+    path = embedded_checkpoint()
+    assert (path / "model.safetensors").stat().st_size > 100e6
+    assert "quantization_config" not in (path / "config.json").read_text()
+    mtime = (path / "model.safetensors").stat().st_mtime_ns
+    lm = load_model(DEFAULT_MODEL)
+    assert not getattr(lm.model, "is_quantized", False)
+    assert embedded_checkpoint() == path and (path / "model.safetensors").stat().st_mtime_ns == mtime
+    assert Path(lm.base_path) == path

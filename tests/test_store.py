@@ -1,0 +1,57 @@
+"""Store migrations: blank schema, idempotent migration, parametrised writes, lock errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from loop.errors import StoreError
+from loop.store import MIGRATIONS, Store
+
+FOUNDATION_TABLES = {"migrations", "models", "tasks", "examples", "runs", "predictions",
+                     "run_items", "scores"}
+
+
+def test_blank_database_gets_every_migration(workspace):
+    with Store(workspace) as store:
+        assert FOUNDATION_TABLES <= set(store.tables())
+        applied = [r["name"] for r in store.query("SELECT name FROM migrations ORDER BY name")]
+        assert applied == sorted(name for name, _ in MIGRATIONS)
+
+
+def test_migrating_twice_is_a_no_op(workspace):
+    with Store(workspace) as store:
+        store.put_model("m1", "tiny-random", "tiny-random")
+        before = store.tables()
+        assert store.migrate() == []
+    with Store(workspace) as store:  # reopening migrates again: nothing new, data kept
+        assert store.tables() == before
+        assert store.count("models") == 1
+        assert store.count("migrations") == len(MIGRATIONS)
+
+
+def test_insert_is_parametrised_and_conflicts_keep_or_replace(workspace):
+    evil = "x'); DROP TABLE models; --"
+    with Store(workspace) as store:
+        store.put_model(evil, evil, evil)
+        store.put_model(evil, "again", evil)  # same key: ignored
+        assert store.query("SELECT name FROM models WHERE model_id = ?", [evil]) == [{"name": evil}]
+        store.insert("models", [{"model_id": evil, "name": "new", "base": "b"}], "replace")
+        assert store.query("SELECT name FROM models")[0]["name"] == "new"
+
+
+def test_second_writer_gets_a_clear_store_error(workspace):
+    with Store(workspace):
+        code = ("import sys; from loop.store import Store; from loop.errors import StoreError\n"
+                f"try:\n    Store({str(workspace)!r})\nexcept StoreError as e:\n"
+                "    print('STORE', e); sys.exit(3)\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 3, proc.stderr
+    assert "Another evalloop process may hold it" in proc.stdout
+
+
+def test_read_only_open_of_missing_db_is_an_error(workspace):
+    with pytest.raises(StoreError, match="No evalloop database"):
+        Store(workspace, read_only=True)
