@@ -1,0 +1,81 @@
+"""Promotion gate: significance, category regressions, ratings, benchmark tolerance."""
+
+from __future__ import annotations
+
+import pytest
+
+from loop.errors import ConfigError
+from loop.gate import GateConfig, GateInputs, decide, mcnemar_p
+
+
+def outcomes(n_pass: int, n: int, offset: int = 0) -> dict[str, bool]:
+    return {f"e{i}": (i - offset) % n < n_pass for i in range(n)}
+
+
+def make_inputs(champ_pass: int, cand_pass: int, n: int = 200, **kw) -> GateInputs:
+    champion = {f"e{i}": i < champ_pass for i in range(n)}
+    candidate = {f"e{i}": i < cand_pass for i in range(n)}
+    categories = {f"e{i}": "a" if i % 2 else "b" for i in range(n)}
+    return GateInputs(champion, candidate, categories, **kw)
+
+
+def test_clear_gain_with_everything_else_fine_is_promoted():
+    decision = decide(make_inputs(40, 120, champion_rating=950, candidate_rating=1050,
+                                  benchmark_deltas={"arc_easy/acc": -0.005}))
+    assert decision.promote, decision.reasons
+    assert decision.p_value < 1e-6
+    assert {r.check for r in decision.reasons} >= {"gain", "significance", "categories", "rating",
+                                                   "benchmark:arc_easy/acc"}
+
+
+def test_better_on_task_but_benchmark_drop_is_rejected_with_that_reason():
+    decision = decide(make_inputs(40, 120, champion_rating=950, candidate_rating=1050,
+                                  benchmark_deltas={"hellaswag/acc_norm": -0.06}))
+    assert not decision.promote
+    failed = [r for r in decision.reasons if not r.passed]
+    assert [r.check for r in failed] == ["benchmark:hellaswag/acc_norm"]
+    assert "-0.060" in failed[0].detail
+
+
+def test_insignificant_gain_is_rejected_with_the_p_value():
+    decision = decide(make_inputs(100, 104, champion_rating=990, candidate_rating=1010),
+                      GateConfig(min_gain=0.01))
+    assert not decision.promote
+    (sig,) = [r for r in decision.reasons if r.check == "significance"]
+    assert not sig.passed and f"p = {decision.p_value:.3g}" in sig.detail
+    assert decision.p_value > 0.05
+
+
+def test_category_regression_blocks_promotion():
+    n = 200
+    champion = {f"e{i}": i % 4 == 0 for i in range(n)}
+    candidate = {f"e{i}": (i % 2 == 1) or (i < 20) for i in range(n)}  # "b" items mostly lost
+    categories = {f"e{i}": "a" if i % 2 else "b" for i in range(n)}
+    decision = decide(GateInputs(champion, candidate, categories, 900, 1100))
+    (cat,) = [r for r in decision.reasons if r.check == "categories"]
+    assert not cat.passed and "b " in cat.detail and not decision.promote
+
+
+def test_lower_rating_or_missing_rating_blocks_promotion():
+    assert not decide(make_inputs(40, 120, champion_rating=1100, candidate_rating=900)).promote
+    assert not decide(make_inputs(40, 120)).promote
+    assert decide(make_inputs(40, 120), GateConfig(require_rating=False)).promote
+
+
+def test_mcnemar_matches_binomial_on_discordant_pairs():
+    assert mcnemar_p([True] * 10, [True] * 10) == 1.0
+    # 8 discordant pairs all favouring the candidate: two-sided p = 2 * 0.5**8
+    assert mcnemar_p([False] * 8 + [True] * 2, [True] * 10) == pytest.approx(2 * 0.5 ** 8)
+
+
+def test_no_paired_items_is_a_rejection():
+    decision = decide(GateInputs({"a": True}, {"b": True}, {}))
+    assert not decision.promote and decision.reasons[0].check == "paired_items"
+
+
+def test_gate_config_validation_lists_problems():
+    assert GateConfig.from_section({"min_gain": 0.05}).min_gain == 0.05
+    with pytest.raises(ConfigError) as err:
+        GateConfig.from_section({"min_gain": "big", "alpha": -1, "colour": 1})
+    assert "gate.min_gain" in str(err.value) and "gate.alpha" in str(err.value)
+    assert "unknown key gate.colour" in str(err.value)
