@@ -39,9 +39,10 @@ class EvalSummary:
     suite_version: str
     outcomes: dict[str, bool] = field(default_factory=dict, repr=False)  # example id -> passed
 
-    def to_json(self) -> dict:
+    def to_json(self, outcomes: bool = False) -> dict:
         data = asdict(self)
-        data.pop("outcomes")
+        if not outcomes:
+            data.pop("outcomes")
         return data
 
 

@@ -8,6 +8,8 @@ column names come only from this module's constants, never from user text.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +20,7 @@ import duckdb
 from loop.errors import StoreError
 
 DB_NAME = "evalloop.duckdb"
+SNAPSHOT_NAME = "snapshot.duckdb"  # read-only copy for the app, published at stage boundaries
 
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_foundation", """
@@ -50,12 +53,47 @@ MIGRATIONS: list[tuple[str, str]] = [
     """),
     # Later issues append their migrations here, in this order (replace the anchor line):
     # @anchor-0002_scoring
-    # @anchor-0003_targeted
+    ("0003_targeted", """
+    CREATE TABLE generated_examples (
+        gen_id VARCHAR PRIMARY KEY, batch_id VARCHAR NOT NULL, task_id VARCHAR NOT NULL,
+        strategy VARCHAR NOT NULL, cluster_id VARCHAR, failure_ids VARCHAR[], source JSON,
+        example_id VARCHAR NOT NULL, instruction VARCHAR NOT NULL, input VARCHAR,
+        output VARCHAR NOT NULL, category VARCHAR, status VARCHAR NOT NULL, reason VARCHAR,
+        detail VARCHAR, created_at TIMESTAMP);
+    CREATE TABLE datasets (
+        manifest_hash VARCHAR PRIMARY KEY, batch_id VARCHAR NOT NULL, task_id VARCHAR NOT NULL,
+        path VARCHAR NOT NULL, counts JSON, created_at TIMESTAMP);
+    CREATE TABLE corrections (
+        correction_id VARCHAR PRIMARY KEY, task_id VARCHAR NOT NULL, example_id VARCHAR NOT NULL,
+        prediction_id VARCHAR, corrected_output VARCHAR NOT NULL, reviewer VARCHAR,
+        created_at TIMESTAMP);
+    """),
     # @anchor-0004_training
     # @anchor-0005_benchmarks
     # @anchor-0006_arena
-    # @anchor-0007_cycle
-    # @anchor-0008_reviews
+    ("0007_cycle", """
+    CREATE TABLE cycles (
+        cycle_id VARCHAR PRIMARY KEY, task_id VARCHAR NOT NULL, attempt INTEGER NOT NULL,
+        status VARCHAR NOT NULL, champion_id VARCHAR, champion_name VARCHAR, candidate_id VARCHAR,
+        candidate_name VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP, summary JSON);
+    CREATE TABLE cycle_stages (
+        cycle_id VARCHAR NOT NULL, stage VARCHAR NOT NULL, status VARCHAR NOT NULL,
+        started_at TIMESTAMP, finished_at TIMESTAMP, result JSON, error VARCHAR,
+        PRIMARY KEY (cycle_id, stage));
+    CREATE TABLE champions (
+        task_id VARCHAR NOT NULL, model_id VARCHAR NOT NULL, model_name VARCHAR NOT NULL,
+        since TIMESTAMP NOT NULL, cycle_id VARCHAR, reason VARCHAR,
+        PRIMARY KEY (task_id, since));
+    CREATE TABLE gate_decisions (
+        cycle_id VARCHAR PRIMARY KEY, promote BOOLEAN NOT NULL, p_value DOUBLE, reasons JSON,
+        champion_pass_rate DOUBLE, candidate_pass_rate DOUBLE, created_at TIMESTAMP);
+    """),
+    ("0008_reviews", """
+    CREATE TABLE reviews (
+        review_id VARCHAR PRIMARY KEY, task_id VARCHAR, example_id VARCHAR, prediction_id VARCHAR,
+        action VARCHAR NOT NULL, note VARCHAR, category VARCHAR, reviewer VARCHAR,
+        created_at TIMESTAMP);
+    """),
 ]
 
 
@@ -73,9 +111,11 @@ def _jsonable(value: Any) -> Any:
 class Store:
     """A connection to one workspace database, migrated on open."""
 
-    def __init__(self, workspace: str | Path, read_only: bool = False):
+    def __init__(self, workspace: str | Path, read_only: bool = False,
+                 path: str | Path | None = None):
         self.workspace = Path(workspace)
-        self.path = self.workspace / DB_NAME
+        self.path = Path(path) if path else self.workspace / DB_NAME
+        self.read_only = read_only
         try:
             if not read_only:
                 self.workspace.mkdir(parents=True, exist_ok=True)
@@ -90,10 +130,26 @@ class Store:
             raise StoreError(f"Cannot create workspace {self.workspace}: {exc.strerror}.") from None
         if not read_only:
             self.migrate()
+            self.ingest_inbox()
 
     # -- lifecycle
     def close(self) -> None:
+        if not self.read_only:
+            self.publish_snapshot()
         self.con.close()
+
+    def publish_snapshot(self) -> Path:
+        """Checkpoint and copy the database to `snapshot.duckdb` atomically, for readers."""
+        target = self.workspace / SNAPSHOT_NAME
+        tmp = self.workspace / f".{SNAPSHOT_NAME}.{os.getpid()}.tmp"
+        try:
+            self.con.execute("CHECKPOINT")
+            shutil.copyfile(self.path, tmp)
+            os.replace(tmp, target)
+        except (OSError, duckdb.Error) as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"Cannot publish the read-only snapshot {target}: {exc}.") from None
+        return target
 
     def __enter__(self) -> Store:
         return self
@@ -115,6 +171,29 @@ class Store:
                 self.con.execute("INSERT INTO migrations VALUES (?, ?)", [name, now()])
             applied.append(name)
         return applied
+
+    def ingest_inbox(self) -> int:
+        """Copy app reviews, corrections and votes into their tables (idempotent by id)."""
+        from loop import inbox
+
+        added = 0
+        for kind, table, key in (("reviews", "reviews", "review_id"),
+                                 ("corrections", "corrections", "correction_id"),
+                                 ("votes", "matches", "match_id")):
+            if table not in self.tables():
+                continue
+            columns = {r["column_name"] for r in self.query(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                [table])}
+            rows = []
+            for record in inbox.read(self.workspace, kind):
+                row = {key: record["id"], **{k: v for k, v in record.items() if k != "id"}}
+                rows.append({k: v for k, v in row.items() if k in columns})
+            before = self.count(table)
+            for row in rows:  # rows may carry different optional columns
+                self.insert(table, [row])
+            added += self.count(table) - before
+        return added
 
     def transaction(self):
         store = self

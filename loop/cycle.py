@@ -1,0 +1,232 @@
+"""One evaluation-driven iteration, readable top to bottom, resumable stage by stage.
+
+    evaluate champion on dev -> failures -> targeted data -> train candidate
+    -> evaluate candidate (dev, test) and champion (test) -> pairwise ratings -> benchmarks
+    -> gate -> report
+
+Each stage is `stage(ctx) -> dict`: it reads what earlier stages stored, calls library functions
+and returns a small JSON result that `runstate` records. A killed cycle resumes at the first
+stage not marked done; stages write rows with content-hash ids, so nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loop.errors import ConfigError
+from loop.evaluate import evaluate
+from loop.gate import GateConfig, GateInputs, decide
+from loop.models import DEFAULT_MODEL, fingerprint, parse_model_name
+from loop import runstate
+from loop.store import Store, now
+from loop.tasks import Task, load_task
+
+log = logging.getLogger(__name__)
+
+CYCLE_KEYS = {"base_model": str, "seed": int, "benchmarks": bool, "arena": bool}
+
+
+@dataclass(frozen=True)
+class CycleConfig:
+    base_model: str = DEFAULT_MODEL
+    seed: int = 0
+    benchmarks: bool = True  # set false to skip the forgetting check (e.g. no benchmark data)
+    arena: bool = True
+
+    @classmethod
+    def from_section(cls, section: dict) -> CycleConfig:
+        errors = [f"unknown key cycle.{k}" for k in section if k not in CYCLE_KEYS]
+        errors += [f"cycle.{k} must be {t.__name__}" for k, t in CYCLE_KEYS.items()
+                   if k in section and not isinstance(section[k], t)]
+        if errors:
+            raise ConfigError("Invalid [cycle] section: " + "; ".join(errors) + ".")
+        return cls(**section)
+
+
+@dataclass
+class CycleContext:
+    store: Store
+    task: Task
+    workspace: Path
+    cycle_id: str
+    champion: runstate.Champion
+    config: CycleConfig
+    progress: bool = True
+    deadline: float | None = None  # time.monotonic() value after which no new stage starts
+    results: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def dir(self) -> Path:
+        path = self.workspace / "cycles" / self.cycle_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def candidate_name(self) -> str:
+        return self.results["train"]["candidate_name"]
+
+
+# ---------------------------------------------------------------------------- stages
+
+def eval_champion_dev(ctx: CycleContext) -> dict:
+    summary = evaluate(ctx.store, ctx.task, ctx.champion.model_name, "dev", progress=ctx.progress)
+    return {"run_id": summary.run_id, "summary": summary.to_json()}
+
+
+def failures(ctx: CycleContext) -> dict:
+    from loop.failures_stage import mine_failures
+
+    return mine_failures(ctx.store, ctx.task, ctx.results["eval_champion_dev"]["run_id"],
+                         seed=ctx.config.seed)
+
+
+def targeted(ctx: CycleContext) -> dict:
+    from loop.targeted import generate_targeted
+
+    result = generate_targeted(ctx.store, ctx.task, ctx.results["eval_champion_dev"]["run_id"],
+                               batch_id=ctx.cycle_id, out_dir=ctx.dir / "data",
+                               seed=ctx.config.seed, progress=ctx.progress)
+    return result.to_json()
+
+
+def train(ctx: CycleContext) -> dict:
+    from loop.train import train_from_dataset
+
+    return train_from_dataset(ctx.store, ctx.task, ctx.champion.model_name,
+                              ctx.results["targeted"]["dataset_path"], ctx.dir / "adapter",
+                              manifest_hash=ctx.results["targeted"]["manifest_hash"],
+                              seed=ctx.config.seed, progress=ctx.progress)
+
+
+def eval_candidate(ctx: CycleContext) -> dict:
+    out = {}
+    for name, model, split in (("candidate_dev", ctx.candidate_name, "dev"),
+                               ("candidate_test", ctx.candidate_name, "test"),
+                               ("champion_test", ctx.champion.model_name, "test")):
+        summary = evaluate(ctx.store, ctx.task, model, split, progress=ctx.progress)
+        out[name] = summary.to_json(outcomes=True)
+    return out
+
+
+def arena(ctx: CycleContext) -> dict:
+    from evals.arena import run_arena
+
+    if not ctx.config.arena:
+        return {"skipped": True}
+    return run_arena(ctx.store, ctx.task, [ctx.champion.model_name, ctx.candidate_name],
+                     judge="reference", seed=ctx.config.seed, plot_dir=ctx.dir)
+
+
+def benchmarks(ctx: CycleContext) -> dict:
+    from evals.benchmarks import benchmark_deltas
+
+    if not ctx.config.benchmarks:
+        return {"skipped": True, "deltas": {}}
+    return benchmark_deltas(ctx.store, ctx.task.config, ctx.champion.model_name,
+                            ctx.candidate_name, progress=ctx.progress)
+
+
+def gate(ctx: CycleContext) -> dict:
+    ev = ctx.results["eval_candidate"]
+    categories = {e.id: e.category for e in ctx.task.split("test")}
+    ratings = ctx.results["arena"].get("ratings", {})
+    inputs = GateInputs(
+        champion=ev["champion_test"]["outcomes"], candidate=ev["candidate_test"]["outcomes"],
+        categories=categories,
+        champion_rating=ratings.get(ctx.champion.model_name),
+        candidate_rating=ratings.get(ctx.candidate_name),
+        benchmark_deltas=ctx.results["benchmarks"].get("deltas", {}))
+    config = GateConfig.from_section(ctx.task.config.section("gate"))
+    if not ctx.config.arena:
+        config = GateConfig(**{**config.__dict__, "require_rating": False})
+    decision = decide(inputs, config)
+    ctx.store.insert("gate_decisions", [{
+        "cycle_id": ctx.cycle_id, "promote": decision.promote, "p_value": decision.p_value,
+        "reasons": [r.__dict__ for r in decision.reasons],
+        "champion_pass_rate": decision.champion_pass_rate,
+        "candidate_pass_rate": decision.candidate_pass_rate, "created_at": now()}],
+        on_conflict="replace")
+    if decision.promote:
+        candidate = runstate.Champion(fingerprint(parse_model_name(ctx.candidate_name)),
+                                      ctx.candidate_name)
+        runstate.set_champion(ctx.store, ctx.task.name, candidate, ctx.cycle_id,
+                              "promoted by the gate")
+    return decision.to_json()
+
+
+def report(ctx: CycleContext) -> dict:
+    from loop.report import write_report
+
+    return {"path": str(write_report(ctx.store, ctx.task, ctx.cycle_id, ctx.results, ctx.dir))}
+
+
+STAGES = (eval_champion_dev, failures, targeted, train, eval_candidate, arena, benchmarks, gate,
+          report)
+
+
+# ---------------------------------------------------------------------------- runner
+
+def run_cycle(task_path: str | Path, workspace: str | Path, force: bool = False,
+              progress: bool = True, deadline: float | None = None) -> dict:
+    """Run (or resume) the task's current cycle; returns its summary (see `summarize`)."""
+    from loop.nightly import BudgetExceeded
+
+    task = load_task(task_path)
+    config = CycleConfig.from_section(task.config.section("cycle"))
+    workspace = Path(workspace)
+    with Store(workspace) as store:
+        base_id = fingerprint(parse_model_name(config.base_model))
+        champion = runstate.current_champion(store, task.name, config.base_model, base_id)
+        inputs = runstate.cycle_inputs_hash(task.name, task.data_hash, champion.model_id,
+                                            task.config.sections)
+        cycle_id, finished = runstate.open_cycle(store, task.name, champion, inputs, force)
+        ctx = CycleContext(store, task, workspace, cycle_id, champion, config, progress, deadline)
+        for stage in STAGES:
+            done = runstate.stage_result(store, cycle_id, stage.__name__)
+            if done is not None:
+                ctx.results[stage.__name__] = done
+                continue
+            if deadline is not None and time.monotonic() > deadline:
+                raise BudgetExceeded(f"Time budget used up before stage '{stage.__name__}' of "
+                                     f"cycle {cycle_id}; the next run resumes there.")
+            log.info("cycle %s: stage %s", cycle_id, stage.__name__)
+            runstate.mark_stage(store, cycle_id, stage.__name__, "running")
+            try:
+                ctx.results[stage.__name__] = stage(ctx)
+            except BaseException as exc:
+                runstate.mark_stage(store, cycle_id, stage.__name__, "failed", error=str(exc))
+                raise
+            runstate.mark_stage(store, cycle_id, stage.__name__, "done",
+                                ctx.results[stage.__name__])
+            if stage is train:
+                runstate.set_candidate(store, cycle_id, ctx.results["train"]["model_id"],
+                                       ctx.candidate_name)
+        summary = summarize(ctx, already_finished=finished)
+        if not finished:
+            runstate.finish_cycle(store, cycle_id, summary)
+        return summary
+
+
+def summarize(ctx: CycleContext, already_finished: bool = False) -> dict:
+    ev = ctx.results["eval_candidate"]
+    bench = ctx.results["benchmarks"]
+
+    def scores(summary_json: dict) -> dict:
+        return {"pass_rate": summary_json["pass_rate"],
+                "per_category": {c: v["pass_rate"] for c, v in
+                                 summary_json["per_category"].items()}}
+
+    return {
+        "cycle_id": ctx.cycle_id, "task": ctx.task.name, "already_finished": already_finished,
+        "champion": {"name": ctx.champion.model_name, "model_id": ctx.champion.model_id,
+                     "dev": scores(ctx.results["eval_champion_dev"]["summary"]),
+                     "test": scores(ev["champion_test"])},
+        "candidate": {"name": ctx.candidate_name, "model_id": ctx.results["train"]["model_id"],
+                      "dev": scores(ev["candidate_dev"]), "test": scores(ev["candidate_test"])},
+        "benchmark_deltas": bench.get("deltas", {}),
+        "gate": ctx.results["gate"],
+        "report": ctx.results["report"]["path"],
+    }
