@@ -79,6 +79,7 @@ def mark_stage(store: Store, cycle_id: str, stage: str, status: str, result: dic
         "finished_at": now() if status != "running" else None,
         "result": json.dumps(result, default=str) if result is not None else None,
         "error": error}], on_conflict="replace")
+    store.publish_snapshot()  # readers (the app, tests) see progress at every stage boundary
 
 
 def finish_cycle(store: Store, cycle_id: str, summary: dict, status: str = "done") -> None:
