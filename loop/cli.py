@@ -58,6 +58,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_failures(args: argparse.Namespace) -> int:
+    from loop.failures_stage import failure_summary, format_failures, latest_run
+    from loop.models import fingerprint, parse_model_name
+    from loop.store import Store
+    from loop.tasks import load_task
+
+    task = load_task(args.task)
+    model_id = fingerprint(parse_model_name(args.model)) if args.model else None
+    with Store(args.workspace) as store:
+        summary = failure_summary(store, latest_run(store, task.name, model_id, args.split))
+    _print_json(summary) if args.json else print(format_failures(summary))
+    return 0
+
+
 def _print_cycle(summary: dict) -> None:
     champ, cand = summary["champion"], summary["candidate"]
     if summary.get("already_finished"):
@@ -193,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "dev", "test"])
     p.add_argument("--limit", type=int, default=None, help="first N examples of the split")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("failures", help="failures of the latest evaluation, by category and "
+                       "cluster")
+    common(p)
+    p.add_argument("--model", default=None, help="default: the latest evaluated model")
+    p.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    p.set_defaults(func=cmd_failures)
 
     p = sub.add_parser("cycle", help="run or resume one evaluate-target-train-gate cycle")
     common(p)

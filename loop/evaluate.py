@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from evals.suites import load_suite, score_suite
+from evals.suites import load_suite
 from loop.errors import TaskDataError
 from loop.generate import generate
 from loop.models import LoadedModel, context_length, fingerprint, load_model, load_tokenizer, \
@@ -36,6 +36,9 @@ class EvalSummary:
     pass_rate: float
     per_category: dict[str, dict[str, float]]
     per_check: dict[str, float]
+    mean_similarity: float
+    failure_categories: dict[str, int]
+    n_clusters: int
     suite_version: str
     outcomes: dict[str, bool] = field(default_factory=dict, repr=False)  # example id -> passed
 
@@ -88,7 +91,7 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
     outputs = [stored[pid]["output"] for pid in pred_ids]
     store.insert("run_items", [{"run_id": run_id, "example_id": e.id, "prediction_id": pid}
                                for e, pid in zip(examples, pred_ids)])
-    summary = _score_and_store(store, task, examples, outputs, pred_ids, run_id, model_id)
+    summary = _score_and_store(store, task, examples, outputs, pred_ids, run_id, model_id, split)
     summary = EvalSummary(run_id=run_id, task=task.name, model=model_name, model_id=model_id,
                           split=split, n=len(examples), generated=len(missing),
                           reused=len(examples) - len(missing), **summary)
@@ -108,11 +111,15 @@ def _check_context(tokenizer, spec, examples: Sequence[Example], prompts: Sequen
                 "Shorten the record or lower [generation] max_new_tokens.")
 
 
-def _score_and_store(store: Store, task: Task, examples, outputs, pred_ids, run_id, model_id):
+def _score_and_store(store: Store, task: Task, examples, outputs, pred_ids, run_id, model_id,
+                     split: str):
     from evals.scoring import score_predictions
+    from evals.similarity import CachedEmbedder
+    from loop.failures_stage import record_failures
 
     suite = load_suite(task.config)
-    item_scores = score_predictions(store, suite, task, examples, outputs)
+    embedder = CachedEmbedder(store)
+    item_scores, similarities = score_predictions(store, suite, examples, outputs, embedder)
     rows, by_cat, by_check = [], defaultdict(list), defaultdict(list)
     for example, pid, item in zip(examples, pred_ids, item_scores):
         by_cat[example.category].append(item.passed)
@@ -124,12 +131,17 @@ def _score_and_store(store: Store, task: Task, examples, outputs, pred_ids, run_
                          "value": check.value, "required": check.check in suite.required,
                          "detail": check.detail, "created_at": now()})
     store.insert("scores", rows, on_conflict="replace")
+    failures = record_failures(store, run_id, task.name, model_id, split, examples, pred_ids,
+                               item_scores, similarities, embedder)
     passed = [item.passed for item in item_scores]
     return {
         "pass_rate": sum(passed) / len(passed),
         "per_category": {c: {"n": len(v), "pass_rate": sum(v) / len(v)}
                          for c, v in sorted(by_cat.items())},
         "per_check": {c: sum(v) / len(v) for c, v in sorted(by_check.items())},
+        "mean_similarity": sum(similarities) / len(similarities),
+        "failure_categories": {c["category"]: c["count"] for c in failures["categories"]},
+        "n_clusters": len(failures["clusters"]),
         "suite_version": suite.version,
         "outcomes": {e.id: p for e, p in zip(examples, passed)},
     }
@@ -145,4 +157,8 @@ def format_summary(summary: EvalSummary) -> str:
     lines.append(f"{'overall':<24}{summary.n:>6}{summary.pass_rate:>11.1%}")
     lines += ["", f"{'check':<24}{'pass rate':>18}"]
     lines += [f"{name:<24}{rate:>17.1%}" for name, rate in summary.per_check.items()]
+    lines += ["", f"mean similarity to reference: {summary.mean_similarity:.3f}",
+              "failures by category: " + (", ".join(
+                  f"{c} {n}" for c, n in summary.failure_categories.items()) or "none")
+              + f"; {summary.n_clusters} clusters (evalloop failures --task ... for details)"]
     return "\n".join(lines)

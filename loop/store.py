@@ -52,7 +52,27 @@ MIGRATIONS: list[tuple[str, str]] = [
         PRIMARY KEY (prediction_id, task_id, example_id, check_name, check_version));
     """),
     # Later issues append their migrations here, in this order (replace the anchor line):
-    # @anchor-0002_scoring
+    ("0002_scoring", """
+    CREATE TABLE embeddings (
+        text_hash VARCHAR NOT NULL, embed_model VARCHAR NOT NULL, vector FLOAT[] NOT NULL,
+        PRIMARY KEY (text_hash, embed_model));
+    CREATE TABLE failures (
+        run_id VARCHAR NOT NULL, example_id VARCHAR NOT NULL, prediction_id VARCHAR NOT NULL,
+        task_id VARCHAR NOT NULL, model_id VARCHAR NOT NULL, split VARCHAR,
+        categories VARCHAR[], failed_checks VARCHAR[], similarity DOUBLE, cluster_id VARCHAR,
+        PRIMARY KEY (run_id, example_id));
+    CREATE TABLE clusters (
+        cluster_id VARCHAR NOT NULL, run_id VARCHAR NOT NULL, label VARCHAR,
+        dominant_category VARCHAR, top_terms VARCHAR[], size INTEGER, example_ids VARCHAR[],
+        seed INTEGER, PRIMARY KEY (run_id, cluster_id));
+    CREATE VIEW failures_v AS
+        SELECT f.*, e.category AS example_category, e.instruction, e.input,
+               e.output AS reference, p.output, p.prompt
+        FROM failures f
+        JOIN examples e ON e.task_id = f.task_id AND e.example_id = f.example_id
+             AND e.split = f.split
+        JOIN predictions p ON p.prediction_id = f.prediction_id;
+    """),
     ("0003_targeted", """
     CREATE TABLE generated_examples (
         gen_id VARCHAR PRIMARY KEY, batch_id VARCHAR NOT NULL, task_id VARCHAR NOT NULL,
@@ -68,8 +88,37 @@ MIGRATIONS: list[tuple[str, str]] = [
         prediction_id VARCHAR, corrected_output VARCHAR NOT NULL, reviewer VARCHAR,
         created_at TIMESTAMP);
     """),
-    # @anchor-0004_training
-    # @anchor-0005_benchmarks
+    ("0004_training", """
+    CREATE TABLE training_runs (
+        train_id VARCHAR PRIMARY KEY, task_id VARCHAR, base VARCHAR NOT NULL,
+        base_model_id VARCHAR, parent_adapter VARCHAR, adapter_path VARCHAR NOT NULL,
+        model_id VARCHAR, dataset_hash VARCHAR, config JSON, seed INTEGER, status VARCHAR NOT NULL,
+        total_steps INTEGER, steps_done INTEGER, resumed_from_step INTEGER, n_train INTEGER,
+        n_dev INTEGER, device VARCHAR, precision VARCHAR, tokens_per_s DOUBLE, peak_mem_mb DOUBLE,
+        train_loss DOUBLE, best_eval_loss DOUBLE, versions JSON, created_at TIMESTAMP,
+        finished_at TIMESTAMP);
+    CREATE TABLE train_logs (
+        train_id VARCHAR NOT NULL, step INTEGER NOT NULL, loss DOUBLE, eval_loss DOUBLE,
+        learning_rate DOUBLE, tokens_per_s DOUBLE, peak_mem_mb DOUBLE, epoch DOUBLE,
+        PRIMARY KEY (train_id, step));
+    """),
+    ("0005_benchmarks", """
+    CREATE TABLE benchmark_results (
+        model_id VARCHAR NOT NULL, benchmark VARCHAR NOT NULL, benchmark_version VARCHAR NOT NULL,
+        limit_n INTEGER NOT NULL, shots INTEGER NOT NULL, task VARCHAR NOT NULL,
+        metric VARCHAR NOT NULL, value DOUBLE, stderr DOUBLE, n INTEGER NOT NULL,
+        task_version VARCHAR NOT NULL, higher_is_better BOOLEAN, model_name VARCHAR,
+        base VARCHAR NOT NULL, adapter_hash VARCHAR, seed INTEGER, data_source VARCHAR,
+        lm_eval_version VARCHAR NOT NULL, backend VARCHAR NOT NULL, dtype VARCHAR, wall_s DOUBLE,
+        created_at TIMESTAMP,
+        PRIMARY KEY (model_id, benchmark, benchmark_version, limit_n, shots, task, metric));
+    CREATE TABLE benchmark_samples (
+        model_id VARCHAR NOT NULL, benchmark VARCHAR NOT NULL, benchmark_version VARCHAR NOT NULL,
+        limit_n INTEGER NOT NULL, shots INTEGER NOT NULL, task VARCHAR NOT NULL,
+        doc_id INTEGER NOT NULL, prompt VARCHAR, choices JSON, target VARCHAR, responses JSON,
+        metrics JSON, doc JSON, created_at TIMESTAMP,
+        PRIMARY KEY (model_id, benchmark, benchmark_version, limit_n, shots, task, doc_id));
+    """),
     # @anchor-0006_arena
     ("0007_cycle", """
     CREATE TABLE cycles (

@@ -1,0 +1,284 @@
+"""Rule checks: pure batch functions `(items, **params) -> list[CheckResult]`.
+
+Each check is registered with its name, version, direction and the failure category a failed
+check signals. Bump a check's version whenever its verdicts can change: scores of different
+versions are never compared (see `evals.suites.comparable`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from loop.errors import ConfigError
+from loop.records import CheckResult
+
+
+@dataclass(frozen=True)
+class CheckInput:
+    instruction: str
+    input: str
+    reference: str
+    output: str
+    samples: tuple[str, ...] = ()  # extra sampled answers, for `consistency`
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    version: str
+    higher_is_better: bool
+    category: str  # failure category when the check fails
+    fn: Callable[..., list[CheckResult]]
+    description: str
+
+
+REGISTRY: dict[str, Check] = {}
+FAILURE_CATEGORIES = ("wrong_answer", "format", "too_long", "repetition", "misspelling",
+                      "inconsistency", "hallucination")
+
+
+def register(name: str, version: str, category: str, higher_is_better: bool = True):
+    def wrap(fn):
+        REGISTRY[name] = Check(name, version, higher_is_better, category, fn,
+                               (fn.__doc__ or "").strip().splitlines()[0])
+        return fn
+    return wrap
+
+
+def get_check(name: str) -> Check:
+    if name not in REGISTRY:
+        close = difflib.get_close_matches(name, list(REGISTRY), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"Unknown check '{name}'.{hint} Known checks: "
+                          f"{', '.join(sorted(REGISTRY))}.")
+    return REGISTRY[name]
+
+
+def _result(name: str, passed: bool, value: float, **detail) -> CheckResult:
+    return CheckResult(check=name, version=REGISTRY[name].version, passed=bool(passed),
+                       value=float(value), detail=detail)
+
+
+# ---------------------------------------------------------------------------- text helpers
+
+def normalize(text: str) -> str:
+    """Lower case, collapse whitespace, strip quotes and trailing punctuation."""
+    text = re.sub(r"\s+", " ", text.strip().lower())
+    return text.strip("\"'`").rstrip(".!?;:,").strip()
+
+
+def extract_json(text: str):
+    """The first JSON object or array in `text` (fenced blocks and surrounding prose allowed)."""
+    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
+    candidates = [fenced.group(1)] if fenced else []
+    candidates.append(text)
+    decoder = json.JSONDecoder()
+    for candidate in candidates:
+        for match in re.finditer(r"[\[{]", candidate):
+            try:
+                value, _ = decoder.raw_decode(candidate[match.start():])
+                return value
+            except json.JSONDecodeError:
+                continue
+    raise ValueError("no JSON object or array found")
+
+
+def parse_json_reference(reference: str):
+    """The reference as JSON when it is an object or array, else None."""
+    stripped = reference.strip()
+    if not stripped or stripped[0] not in "[{":
+        return None
+    try:
+        return json.loads(stripped)
+    except json.JSONDecodeError:
+        return None
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[A-Za-z0-9']+", text)
+
+
+# ---------------------------------------------------------------------------- correctness
+
+@register("exact_match", "1", "wrong_answer")
+def exact_match(items: Sequence[CheckInput]) -> list[CheckResult]:
+    """Output equals the reference after normalising case, whitespace and end punctuation."""
+    return [_result("exact_match", normalize(i.output) == normalize(i.reference),
+                    float(normalize(i.output) == normalize(i.reference))) for i in items]
+
+
+def _key_scores(expected, got) -> tuple[float, float]:
+    if not isinstance(expected, dict) or not isinstance(got, dict):
+        return float(expected == got), float(expected == got)
+    right = sum(1 for k, v in got.items() if k in expected and expected[k] == v)
+    return (right / len(got) if got else 0.0), (right / len(expected) if expected else 1.0)
+
+
+@register("json_equal", "1", "wrong_answer")
+def json_equal(items: Sequence[CheckInput]) -> list[CheckResult]:
+    """Output parses as JSON equal to the reference; detail has per-key precision/recall."""
+    out = []
+    for item in items:
+        expected = parse_json_reference(item.reference)
+        if expected is None:
+            try:
+                expected = json.loads(item.reference)
+            except json.JSONDecodeError:
+                out.append(_result("json_equal", False, 0.0, error="reference is not JSON"))
+                continue
+        try:
+            got = extract_json(item.output)
+        except ValueError:
+            out.append(_result("json_equal", False, 0.0, error="output has no JSON",
+                               precision=0.0, recall=0.0))
+            continue
+        precision, recall = _key_scores(expected, got)
+        out.append(_result("json_equal", got == expected, recall, precision=precision,
+                           recall=recall))
+    return out
+
+
+@register("contains", "1", "wrong_answer")
+def contains(items: Sequence[CheckInput], text: str | None = None,
+             case_sensitive: bool = False) -> list[CheckResult]:
+    """Output contains `text` (default: the reference)."""
+    out = []
+    for item in items:
+        needle, hay = text if text is not None else item.reference, item.output
+        if not case_sensitive:
+            needle, hay = needle.lower(), hay.lower()
+        out.append(_result("contains", needle.strip() in hay, float(needle.strip() in hay)))
+    return out
+
+
+STOP_PHRASES = ("as an ai", "as a language model", "<|im_start|>", "<|im_end|>",
+                "### instruction", "### response", "<|endoftext|>")
+
+
+@register("not_contains", "1", "format")
+def not_contains(items: Sequence[CheckInput], phrases: Sequence[str] = STOP_PHRASES
+                 ) -> list[CheckResult]:
+    """Output contains none of the stop phrases (assistant boilerplate, template leakage)."""
+    out = []
+    for item in items:
+        found = [p for p in phrases if p.lower() in item.output.lower()]
+        out.append(_result("not_contains", not found, float(not found), found=found))
+    return out
+
+
+@register("regex", "1", "format")
+def regex(items: Sequence[CheckInput], pattern: str = ".*", full: bool = True
+          ) -> list[CheckResult]:
+    """Output (stripped) matches `pattern` (fully by default)."""
+    compiled = re.compile(pattern, re.S)
+    match = compiled.fullmatch if full else compiled.search
+    return [_result("regex", match(i.output.strip()) is not None,
+                    float(match(i.output.strip()) is not None)) for i in items]
+
+
+@register("json_valid", "1", "format")
+def json_valid(items: Sequence[CheckInput], required_keys: Sequence[str] = ()
+               ) -> list[CheckResult]:
+    """Output contains a JSON value; with `required_keys`, an object holding all of them."""
+    out = []
+    for item in items:
+        try:
+            value = extract_json(item.output)
+        except ValueError:
+            out.append(_result("json_valid", False, 0.0, error="no JSON"))
+            continue
+        missing = [k for k in required_keys if not isinstance(value, dict) or k not in value]
+        out.append(_result("json_valid", not missing, float(not missing), missing=missing))
+    return out
+
+
+# ---------------------------------------------------------------------------- style and form
+
+@register("too_long", "1", "too_long", higher_is_better=False)
+def too_long(items: Sequence[CheckInput], max_words: int = 200, max_ratio: float = 3.0,
+             slack_words: int = 5) -> list[CheckResult]:
+    """Passes unless the output has over `max_words` words or over ratio x reference + slack."""
+    out = []
+    for item in items:
+        n, ref = len(words(item.output)), len(words(item.reference))
+        cap = min(max_words, max_ratio * ref + slack_words) if ref else max_words
+        out.append(_result("too_long", n <= cap, n, words=n, cap=cap))
+    return out
+
+
+@register("repetition", "1", "repetition", higher_is_better=False)
+def repetition(items: Sequence[CheckInput], n: int = 3, max_ratio: float = 0.3,
+               min_ngrams: int = 4) -> list[CheckResult]:
+    """Share of repeated word n-grams stays under `max_ratio`."""
+    out = []
+    for item in items:
+        toks = [w.lower() for w in words(item.output)]
+        grams = [tuple(toks[k:k + n]) for k in range(len(toks) - n + 1)]
+        ratio = 1 - len(set(grams)) / len(grams) if len(grams) >= min_ngrams else 0.0
+        out.append(_result("repetition", ratio <= max_ratio, ratio))
+    return out
+
+
+@lru_cache(maxsize=1)
+def _spellchecker():
+    from spellchecker import SpellChecker  # offline: ships its word frequency lists
+
+    return SpellChecker()
+
+
+@register("misspelling", "1", "misspelling", higher_is_better=False)
+def misspelling(items: Sequence[CheckInput], max_misspelled: int = 0) -> list[CheckResult]:
+    """Lower-case words unknown to the dictionary, ignoring words in the input or reference."""
+    checker = _spellchecker()
+    out = []
+    for item in items:
+        known = {w.lower() for w in words(f"{item.instruction} {item.input} {item.reference}")}
+        candidates = [w for w in re.findall(r"\b[a-z][a-z']{3,}\b", item.output)
+                      if w not in known]
+        bad = sorted(checker.unknown(candidates)) if candidates else []
+        out.append(_result("misspelling", len(bad) <= max_misspelled, len(bad), words=bad))
+    return out
+
+
+_ENTITY = re.compile(r"\b(?:\d+(?:[.,]\d+)*|[A-Z][a-z]+(?:\s[A-Z][a-z]+)*)\b")
+
+
+@register("hallucination", "1", "hallucination", higher_is_better=False)
+def hallucination(items: Sequence[CheckInput], max_unsupported: int = 0) -> list[CheckResult]:
+    """Numbers and capitalised entities in the output that appear in no input or reference."""
+    out = []
+    for item in items:
+        source = f"{item.instruction} {item.input} {item.reference}".lower()
+        sentence_starts = {m.group(1) for m in re.finditer(r"(?:^|[.!?]\s+)([A-Z][a-z]+)",
+                                                             item.output)}
+        unsupported = []
+        for match in _ENTITY.finditer(item.output):
+            token = match.group(0)
+            if token in sentence_starts or token.lower() in source:
+                continue
+            if all(part.lower() in source for part in token.split()):
+                continue
+            unsupported.append(token)
+        out.append(_result("hallucination", len(unsupported) <= max_unsupported,
+                           len(unsupported), unsupported=unsupported))
+    return out
+
+
+@register("consistency", "1", "inconsistency")
+def consistency(items: Sequence[CheckInput], min_agreement: float = 0.6) -> list[CheckResult]:
+    """Share of sampled answers (or answers to paraphrases) that agree with the main output."""
+    out = []
+    for item in items:
+        if not item.samples:
+            out.append(_result("consistency", True, 1.0, samples=0))
+            continue
+        agree = sum(normalize(s) == normalize(item.output) for s in item.samples)
+        rate = agree / len(item.samples)
+        out.append(_result("consistency", rate >= min_agreement, rate,
+                           samples=len(item.samples)))
+    return out

@@ -1,0 +1,23 @@
+"""Score a batch of predictions: the task's suite plus embedding similarity to the reference."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from evals.rules import CheckInput
+from evals.similarity import CachedEmbedder, cosine_pairs
+from evals.suites import ItemScore, Suite, score_suite
+from loop.records import Example
+
+
+def check_inputs(examples: Sequence[Example], outputs: Sequence[str]) -> list[CheckInput]:
+    return [CheckInput(e.instruction, e.input, e.output, o) for e, o in zip(examples, outputs)]
+
+
+def score_predictions(store, suite: Suite, examples: Sequence[Example], outputs: Sequence[str],
+                      embedder: CachedEmbedder | None = None
+                      ) -> tuple[list[ItemScore], list[float]]:
+    """Per-item suite verdicts and output/reference similarities (cached embeddings)."""
+    embedder = embedder or CachedEmbedder(store)
+    similarities = cosine_pairs(embedder, outputs, [e.output for e in examples])
+    return score_suite(suite, check_inputs(examples, outputs), similarities), similarities

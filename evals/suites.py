@@ -1,0 +1,205 @@
+"""Versioned test suites: which checks a task runs, which are required, with what parameters.
+
+Declared in the task TOML (or in a file it names, relative to the TOML):
+
+    [suite]
+    version = "2"
+    checks = [
+      { name = "exact_match", required = true },
+      { name = "too_long", params = { max_words = 20 } },
+      { name = "similarity", required = true, params = { threshold = 0.8 } },
+    ]
+    # or: file = "suite.toml"   (same keys at its top level)
+
+A prediction passes when every required check that applies to it passes. `applies` restricts a
+check to items whose reference is JSON ("json") or is not ("text"); the default suite uses it to
+score extraction items with `json_equal` and the rest with `exact_match`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from evals.rules import REGISTRY, CheckInput, get_check, parse_json_reference
+from loop.config import TaskConfig
+from loop.errors import ConfigError, EvalloopError
+from loop.records import CheckResult
+
+SIMILARITY = "similarity"  # pseudo-check: cosine similarity to the reference >= threshold
+SIMILARITY_VERSION = "1"
+APPLIES = ("all", "json", "text")
+
+
+@dataclass(frozen=True)
+class SuiteCheck:
+    name: str
+    required: bool = False
+    params: dict = field(default_factory=dict)
+    applies: str = "all"
+
+
+@dataclass(frozen=True)
+class Suite:
+    version: str
+    checks: tuple[SuiteCheck, ...]
+
+    @property
+    def required(self) -> set[str]:
+        return {c.name for c in self.checks if c.required}
+
+    @property
+    def needs_similarity(self) -> bool:
+        return any(c.name == SIMILARITY for c in self.checks)
+
+    def check_versions(self) -> dict[str, str]:
+        return {c.name: SIMILARITY_VERSION if c.name == SIMILARITY else REGISTRY[c.name].version
+                for c in self.checks}
+
+
+DEFAULT_SUITE = Suite(version="default-1", checks=(
+    SuiteCheck("exact_match", required=True, applies="text"),
+    SuiteCheck("json_equal", required=True, applies="json"),
+    SuiteCheck("not_contains"),
+    SuiteCheck("too_long"),
+    SuiteCheck("repetition"),
+    SuiteCheck("hallucination"),
+))
+
+
+@dataclass(frozen=True)
+class ItemScore:
+    checks: tuple[CheckResult, ...]
+    passed: bool
+    categories: tuple[str, ...]  # failure categories of the failed checks (required or not)
+    failed_required: tuple[str, ...]
+
+
+class ScoreVersionError(EvalloopError):
+    """Scores made with different suite or check versions were about to be compared."""
+
+
+def load_suite(config: TaskConfig) -> Suite:
+    section = config.section("suite")
+    if not section:
+        return DEFAULT_SUITE
+    where = f"{config.path} [suite]"
+    if "file" in section:
+        path = (config.path.parent / str(section["file"])).resolve()
+        try:
+            section = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"Suite file {path} (from {where}) cannot be read: {exc}.") from None
+        where = str(path)
+    return parse_suite(section, where)
+
+
+def parse_suite(section: dict, where: str) -> Suite:
+    errors = [f"unknown key '{k}'" for k in section if k not in ("version", "checks", "file")]
+    version = section.get("version")
+    if not isinstance(version, (str, int)) or isinstance(version, bool):
+        errors.append("'version' is required (a string such as \"1\")")
+    raw_checks = section.get("checks", [])
+    if not isinstance(raw_checks, list) or not raw_checks:
+        errors.append("'checks' must be a non-empty list of tables")
+        raw_checks = []
+    checks = []
+    for k, raw in enumerate(raw_checks):
+        at = f"checks[{k}]"
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            errors.append(f"{at} must be a table with a 'name'")
+            continue
+        errors += [f"{at}: unknown key '{x}'" for x in raw
+                   if x not in ("name", "required", "params", "applies")]
+        params = raw.get("params", {})
+        if not isinstance(params, dict):
+            errors.append(f"{at}.params must be a table")
+            params = {}
+        if raw.get("applies", "all") not in APPLIES:
+            errors.append(f"{at}.applies must be one of {', '.join(APPLIES)}")
+        if not isinstance(raw.get("required", False), bool):
+            errors.append(f"{at}.required must be true or false")
+        errors += _param_errors(raw["name"], params, at)
+        checks.append(SuiteCheck(raw["name"], bool(raw.get("required", False)), params,
+                                 raw.get("applies", "all")))
+    if checks and not any(c.required for c in checks):
+        errors.append("at least one check must be required (required = true)")
+    if errors:
+        raise ConfigError(f"Invalid suite in {where}: " + "; ".join(errors) + ".")
+    return Suite(version=str(version), checks=tuple(checks))
+
+
+def _param_errors(name: str, params: dict, at: str) -> list[str]:
+    if name == SIMILARITY:
+        bad = set(params) - {"threshold"}
+        return [f"{at}: unknown param '{p}' for similarity" for p in bad]
+    try:
+        check = get_check(name)
+    except ConfigError as exc:
+        return [f"{at}: {exc}".rstrip(".")]
+    accepted = set(inspect.signature(check.fn).parameters) - {"items"}
+    return [f"{at}: unknown param '{p}' for {name} (accepts: {', '.join(sorted(accepted))})"
+            for p in params if p not in accepted]
+
+
+def _applies(check: SuiteCheck, item: CheckInput) -> bool:
+    if check.applies == "all":
+        return True
+    is_json = parse_json_reference(item.reference) is not None
+    return is_json if check.applies == "json" else not is_json
+
+
+def score_suite(suite: Suite, items: Sequence[CheckInput],
+                similarities: Sequence[float] | None = None) -> list[ItemScore]:
+    """Run every check on the items it applies to; combine into per-item verdicts."""
+    per_item: list[list[CheckResult]] = [[] for _ in items]
+    for check in suite.checks:
+        idx = [k for k, item in enumerate(items) if _applies(check, item)]
+        if not idx:
+            continue
+        if check.name == SIMILARITY:
+            if similarities is None:
+                raise ValueError("suite has a similarity check: pass similarities")
+            threshold = float(check.params.get("threshold", 0.8))
+            results = [CheckResult(SIMILARITY, SIMILARITY_VERSION, similarities[k] >= threshold,
+                                   float(similarities[k]), {"threshold": threshold}) for k in idx]
+        else:
+            results = get_check(check.name).fn([items[k] for k in idx], **check.params)
+        for k, result in zip(idx, results):
+            per_item[k].append(result)
+    return [_combine(suite, results) for results in per_item]
+
+
+def _combine(suite: Suite, results: list[CheckResult]) -> ItemScore:
+    required = suite.required
+    failed_required = tuple(r.check for r in results if r.check in required and not r.passed)
+    categories = []
+    for r in results:
+        if r.passed:
+            continue
+        category = "wrong_answer" if r.check == SIMILARITY else REGISTRY[r.check].category
+        if category not in categories:
+            categories.append(category)
+    return ItemScore(tuple(results), not failed_required, tuple(categories), failed_required)
+
+
+def assert_comparable(versions_a: dict[str, str], versions_b: dict[str, str]) -> set[str]:
+    """Checks whose stored versions match in both score sets; raise if none do.
+
+    `versions_*` map check name -> check version (the suite version under key "__suite__").
+    """
+    if versions_a.get("__suite__") != versions_b.get("__suite__"):
+        raise ScoreVersionError(
+            f"Scores come from different suite versions ({versions_a.get('__suite__')} vs "
+            f"{versions_b.get('__suite__')}); re-score both with the same suite to compare.")
+    shared = {name for name, v in versions_a.items()
+              if name != "__suite__" and versions_b.get(name) == v}
+    changed = {name for name, v in versions_a.items()
+               if name in versions_b and versions_b[name] != v}
+    if changed:
+        raise ScoreVersionError(f"Check version changed for {', '.join(sorted(changed))}; "
+                                "old and new scores are not comparable.")
+    return shared
