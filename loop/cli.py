@@ -42,11 +42,14 @@ def _print_json(data: object) -> None:
 # ---------------------------------------------------------------------------- commands
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from loop.evaluate import evaluate, format_summary
+    from loop.evaluate import evaluate, format_summary, select
+    from loop.models import parse_model_name
     from loop.store import Store
     from loop.tasks import load_task
 
     task = load_task(args.task)
+    select(task, args.split, args.limit)  # validate everything before touching the store
+    parse_model_name(args.model)
     with Store(args.workspace) as store:
         summary = evaluate(store, task, args.model, split=args.split, limit=args.limit,
                            progress=not args.json)

@@ -1,0 +1,72 @@
+"""Suites: declaration and validation, default suite, verdicts, version comparability."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import write_task
+from evals.rules import CheckInput
+from evals.suites import (DEFAULT_SUITE, ScoreVersionError, assert_comparable, load_suite,
+                          parse_suite, score_suite)
+from loop.config import load_task_config
+from loop.errors import ConfigError
+
+
+def test_default_suite_scores_json_items_with_json_equal_and_text_with_exact_match():
+    items = [CheckInput("Extract", "", '{"a": 1}', '{"a": 1}'),
+             CheckInput("Capital?", "", "Paris", "The capital is Paris.")]
+    json_item, text_item = score_suite(DEFAULT_SUITE, items)
+    assert json_item.passed and "exact_match" not in {r.check for r in json_item.checks}
+    assert not text_item.passed and text_item.failed_required == ("exact_match",)
+    assert "wrong_answer" in text_item.categories
+
+
+def test_non_required_failures_add_categories_but_do_not_fail():
+    suite = parse_suite({"version": "1", "checks": [
+        {"name": "contains", "required": True}, {"name": "too_long", "params": {"max_words": 2}}]},
+        "test")
+    (score,) = score_suite(suite, [CheckInput("q", "", "Paris", "It is Paris of course")])
+    assert score.passed and score.categories == ("too_long",)
+
+
+def test_similarity_pseudo_check_for_open_answers():
+    suite = parse_suite({"version": "1", "checks": [
+        {"name": "similarity", "required": True, "params": {"threshold": 0.7}}]}, "test")
+    items = [CheckInput("q", "", "r", "a"), CheckInput("q", "", "r", "b")]
+    good, bad = score_suite(suite, items, similarities=[0.9, 0.2])
+    assert good.passed and not bad.passed and bad.categories == ("wrong_answer",)
+
+
+def test_suite_from_task_toml_and_from_a_suite_file(tmp_path):
+    toml = write_task(tmp_path / "a", {"test": [{"instruction": "i", "output": "o"}]},
+                      '[suite]\nversion = "3"\nchecks = [{name = "regex", required = true, '
+                      'params = {pattern = "o"}}]\n')
+    assert load_suite(load_task_config(toml)).version == "3"
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "suite.toml").write_text('version = "7"\nchecks = [{name = "exact_match", '
+                                               'required = true}]\n')
+    toml = write_task(tmp_path / "b", {"test": [{"instruction": "i", "output": "o"}]},
+                      '[suite]\nfile = "suite.toml"\n')
+    suite = load_suite(load_task_config(toml))
+    assert suite.version == "7" and suite.required == {"exact_match"}
+
+
+def test_suite_validation_reports_all_problems():
+    with pytest.raises(ConfigError) as err:
+        parse_suite({"checks": [{"name": "exact_mach", "required": True},
+                                {"name": "too_long", "params": {"max_wrds": 3}},
+                                {"name": "regex", "applies": "never"}]}, "task.toml [suite]")
+    message = str(err.value)
+    assert "'version' is required" in message
+    assert "Did you mean 'exact_match'" in message
+    assert "unknown param 'max_wrds' for too_long" in message
+    assert "applies must be one of" in message
+
+
+def test_changed_check_version_is_never_compared():
+    old = {"__suite__": "1", "exact_match": "1", "too_long": "1"}
+    assert assert_comparable(old, dict(old)) == {"exact_match", "too_long"}
+    with pytest.raises(ScoreVersionError, match="exact_match"):
+        assert_comparable(old, {**old, "exact_match": "2"})
+    with pytest.raises(ScoreVersionError, match="suite versions"):
+        assert_comparable(old, {**old, "__suite__": "2"})
