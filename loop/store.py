@@ -119,7 +119,16 @@ MIGRATIONS: list[tuple[str, str]] = [
         metrics JSON, doc JSON, created_at TIMESTAMP,
         PRIMARY KEY (model_id, benchmark, benchmark_version, limit_n, shots, task, doc_id));
     """),
-    # @anchor-0006_arena
+    ("0006_arena", """
+    CREATE TABLE matches (
+        match_id VARCHAR PRIMARY KEY, task_id VARCHAR, example_id VARCHAR,
+        model_a VARCHAR NOT NULL, model_b VARCHAR NOT NULL, judge VARCHAR NOT NULL,
+        shown_first VARCHAR, verdict VARCHAR, error VARCHAR, voter VARCHAR, detail JSON,
+        created_at TIMESTAMP);
+    CREATE TABLE rating_snapshots (
+        snapshot_id VARCHAR PRIMARY KEY, task_id VARCHAR, judge VARCHAR NOT NULL,
+        n INTEGER NOT NULL, seed INTEGER NOT NULL, ratings JSON, created_at TIMESTAMP);
+    """),
     ("0007_cycle", """
     CREATE TABLE cycles (
         cycle_id VARCHAR PRIMARY KEY, task_id VARCHAR NOT NULL, attempt INTEGER NOT NULL,
