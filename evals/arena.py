@@ -172,6 +172,7 @@ def format_leaderboard(board: list[dict]) -> str:
              f"{'W/L/T':>14}"]
     for r in board:
         interval = f"{r['lower']:.0f}-{r['upper']:.0f}"
+        record = f"{r['wins']:.0f}/{r['losses']:.0f}/{r['ties']:.0f}"
         lines.append(f"{r['rank']:>4}  {r['model'][-58:]:<60}{r['rating']:>8.0f}{interval:>16}"
-                     f"{r['n_matches']:>9}{f'{r['wins']:.0f}/{r['losses']:.0f}/{r['ties']:.0f}':>14}")
+                     f"{r['n_matches']:>9}{record:>14}")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ A task TOML names its JSONL splits (paths relative to the TOML) and optional sec
     max_new_tokens = 64
     batch_size = 16
 
-Later stages add their own sections ([suite], [train], [targeted], [gate], [benchmarks]); unknown
+Later stages add their own sections ([suite], [training], [targeted], [gate], [benchmarks]); unknown
 top-level keys are reported together with every other error.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 from loop.errors import ConfigError
 
 KNOWN_SECTIONS = {
-    "generation", "suite", "similarity", "failures", "train", "targeted", "gate", "benchmarks",
+    "generation", "suite", "similarity", "failures", "training", "targeted", "gate", "benchmarks",
     "cycle", "arena",
 }
 KNOWN_KEYS = {"name", "description", "train", "dev", "test", "dev_fraction", "system_prompt"}

@@ -26,6 +26,7 @@ from loop.tasks import Task, load_task
 
 log = logging.getLogger(__name__)
 
+DEFAULT_BENCHMARK_LIMIT = 50  # items per benchmark task in a cycle when [benchmarks] has none
 CYCLE_KEYS = {"base_model": str, "seed": int, "benchmarks": bool, "arena": bool}
 
 
@@ -77,10 +78,9 @@ def eval_champion_dev(ctx: CycleContext) -> dict:
 
 
 def failures(ctx: CycleContext) -> dict:
-    from loop.failures_stage import mine_failures
+    from loop.failures_stage import failure_summary
 
-    return mine_failures(ctx.store, ctx.task, ctx.results["eval_champion_dev"]["run_id"],
-                         seed=ctx.config.seed)
+    return failure_summary(ctx.store, ctx.results["eval_champion_dev"]["run_id"])
 
 
 def targeted(ctx: CycleContext) -> dict:
@@ -93,12 +93,19 @@ def targeted(ctx: CycleContext) -> dict:
 
 
 def train(ctx: CycleContext) -> dict:
-    from loop.train import train_from_dataset
+    from loop.train import train_for_task
 
-    return train_from_dataset(ctx.store, ctx.task, ctx.champion.model_name,
-                              ctx.results["targeted"]["dataset_path"], ctx.dir / "adapter",
-                              manifest_hash=ctx.results["targeted"]["manifest_hash"],
-                              seed=ctx.config.seed, progress=ctx.progress)
+    data = ctx.results["targeted"]
+    result = train_for_task(ctx.store, ctx.task, ctx.workspace, model=ctx.champion.model_name,
+                            data_path=data["dataset_path"], dataset_hash=data["manifest_hash"],
+                            progress=ctx.progress)
+    spec = parse_model_name(ctx.champion.model_name)
+    name = f"{spec.base}+{result.adapter_dir}"
+    return {"train_id": result.train_id, "adapter_dir": result.adapter_dir,
+            "candidate_name": name, "model_id": fingerprint(parse_model_name(name)),
+            "steps": result.steps_done, "train_loss": result.train_loss,
+            "best_eval_loss": result.best_eval_loss, "tokens_per_s": result.tokens_per_s,
+            "elapsed_s": result.elapsed_s}
 
 
 def eval_candidate(ctx: CycleContext) -> dict:
@@ -117,20 +124,39 @@ def arena(ctx: CycleContext) -> dict:
     if not ctx.config.arena:
         return {"skipped": True}
     return run_arena(ctx.store, ctx.task, [ctx.champion.model_name, ctx.candidate_name],
-                     judge="reference", seed=ctx.config.seed, plot_dir=ctx.dir)
+                     judge="reference", seed=ctx.config.seed, plot_dir=ctx.dir / "report",
+                     progress=ctx.progress)
 
 
 def benchmarks(ctx: CycleContext) -> dict:
-    from evals.benchmarks import benchmark_deltas
+    from evals.benchmarks import headline, run_benchmarks, settings_from_section
 
-    if not ctx.config.benchmarks:
-        return {"skipped": True, "deltas": {}}
-    return benchmark_deltas(ctx.store, ctx.task.config, ctx.champion.model_name,
-                            ctx.candidate_name, progress=ctx.progress)
+    section = ctx.task.config.section("benchmarks")
+    if not ctx.config.benchmarks or not section:
+        return {"skipped": True, "deltas": {},
+                "reason": "no [benchmarks] section" if not section else "disabled in [cycle]"}
+    settings = settings_from_section(section, ctx.task.config.path.parent)
+    limit = settings.limit or DEFAULT_BENCHMARK_LIMIT
+    runs = {}
+    for role, model in (("champion", ctx.champion.model_name), ("candidate", ctx.candidate_name)):
+        results = run_benchmarks(ctx.store, model, settings.tasks, limit, settings.data_dir,
+                                 settings.backend, progress=ctx.progress, seed=ctx.config.seed)
+        runs[role] = {(r.benchmark, r.metric): r.value for r in headline(results)
+                      if r.task == r.benchmark and r.value is not None
+                      and r.higher_is_better is not False}
+    deltas = {f"{b}/{m}": runs["candidate"][(b, m)] - value
+              for (b, m), value in runs["champion"].items() if (b, m) in runs["candidate"]}
+    return {"limit": limit, "deltas": deltas,
+            "champion": {f"{b}/{m}": v for (b, m), v in runs["champion"].items()},
+            "candidate": {f"{b}/{m}": v for (b, m), v in runs["candidate"].items()}}
 
 
 def gate(ctx: CycleContext) -> dict:
+    from evals.suites import assert_comparable
+
     ev = ctx.results["eval_candidate"]
+    assert_comparable({"__suite__": ev["champion_test"]["suite_version"]},
+                      {"__suite__": ev["candidate_test"]["suite_version"]})
     categories = {e.id: e.category for e in ctx.task.split("test")}
     ratings = ctx.results["arena"].get("ratings", {})
     inputs = GateInputs(
