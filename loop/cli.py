@@ -75,6 +75,116 @@ def cmd_failures(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from loop.models import parse_model_name
+    from loop.store import Store
+    from loop.targeted import format_result, generate_targeted
+    from loop.tasks import load_task
+
+    task = load_task(args.task)
+    if args.model:
+        parse_model_name(args.model)
+    if args.n is not None and args.n < 1:
+        raise EvalloopError(f"--n must be a positive number of examples, got {args.n}.")
+    with Store(args.workspace) as store:
+        result = generate_targeted(store, task, model=args.model, strategies=args.strategies,
+                                   n=args.n, progress=not args.json)
+    _print_json(result.to_json()) if args.json else print(format_result(result))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from loop.store import Store
+    from loop.tasks import load_task
+    from loop.train import format_result, train_for_task
+
+    task = load_task(args.task)
+    with Store(args.workspace) as store:
+        result = train_for_task(store, task, args.workspace, model=args.model,
+                                data_path=args.data, progress=not args.json)
+    _print_json(result.to_json()) if args.json else print(format_result(result))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from loop.train import export_merged
+
+    out = export_merged(args.adapter if "+" in args.adapter else f"{args.base}+{args.adapter}",
+                        args.merge)
+    print(f"merged Hugging Face checkpoint written to {out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from evals.benchmarks import format_table, run_benchmarks, to_json
+    from evals.benchmark_tasks import DEFAULT_TASKS
+    from loop.store import Store
+
+    if args.limit is not None and args.limit < 1:
+        raise EvalloopError(f"--limit must be a positive integer, got {args.limit}.")
+    with Store(args.workspace) as store:
+        results = run_benchmarks(store, args.model, args.tasks or DEFAULT_TASKS, args.limit,
+                                 args.benchmark_data, args.backend, progress=not args.json)
+    _print_json(to_json(results)) if args.json else print(format_table(results))
+    return 0
+
+
+def cmd_arena(args: argparse.Namespace) -> int:
+    from evals.arena import format_leaderboard, run_arena
+    from evals.judges import check_judge, endpoint_completer, local_completer
+    from loop.models import parse_model_name
+    from loop.store import Store
+    from loop.tasks import load_task
+
+    task = load_task(args.task)
+    check_judge(args.judge)
+    for model in args.models:
+        parse_model_name(model)
+    completer = None
+    if args.judge == "llm":
+        if not args.judge_model:
+            raise EvalloopError("--judge llm needs --judge-model (a local model, or an endpoint's "
+                                "model name together with --judge-url).")
+        completer = (endpoint_completer(args.judge_url, args.judge_model, args.judge_key_env)
+                     if args.judge_url else local_completer(args.judge_model))
+    with Store(args.workspace) as store:
+        result = run_arena(store, task, args.models, args.judge, args.n,
+                           plot_dir=Path(args.workspace), completer=completer,
+                           progress=not args.json)
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_leaderboard(result["leaderboard"]))
+        print(f"\n{result['n_matches']} matches judged by '{args.judge}'; win-rate plot: "
+              f"{result['plot']}")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from evals.arena import compute_leaderboard, format_leaderboard, judge_agreement, \
+        write_heatmap
+    from loop.store import Store
+    from loop.tasks import load_task
+
+    task_id = load_task(args.task).name if args.task else None
+    with Store(args.workspace) as store:
+        board = compute_leaderboard(store, task_id, args.judge)
+        agreement = judge_agreement(store, task_id)
+        plot = write_heatmap(store, task_id, Path(args.workspace) / "winrates.png")
+    if args.json:
+        _print_json({"leaderboard": board, "judge_human_agreement": agreement,
+                     "plot": str(plot) if plot else None})
+        return 0
+    print(format_leaderboard(board) if board else "no matches yet: run `evalloop arena` first")
+    for judge, row in agreement.items():
+        if row["shared"]:
+            print(f"{judge} judge agrees with human votes on {row['agreement']:.0%} of "
+                  f"{row['shared']} shared pairs")
+    if plot:
+        print(f"win-rate plot: {plot}")
+    return 0
+
+
 def _print_cycle(summary: dict) -> None:
     champ, cand = summary["champion"], summary["candidate"]
     if summary.get("already_finished"):
@@ -217,6 +327,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="default: the latest evaluated model")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"])
     p.set_defaults(func=cmd_failures)
+
+    p = sub.add_parser("generate", help="targeted training data from the dev failures")
+    common(p)
+    p.add_argument("--model", default=None, help="whose dev failures (default: latest)")
+    p.add_argument("--strategies", nargs="+", default=None,
+                   help="corrections retrieval generator teacher (default: [targeted] section)")
+    p.add_argument("--n", type=int, default=None, help="targeted examples wanted")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("train", help="LoRA fine-tuning (peft + trl) on a task or exported data")
+    common(p)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="base, or BASE+ADAPTER to continue")
+    p.add_argument("--data", default=None, help="exported JSONL (default: the task's train)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="merge an adapter into a Hugging Face checkpoint")
+    p.add_argument("--adapter", required=True, help="ADAPTER_DIR or BASE+ADAPTER_DIR")
+    p.add_argument("--base", default=DEFAULT_MODEL)
+    p.add_argument("--merge", required=True, metavar="OUT", help="output directory")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="ARC, HellaSwag, MMLU, TruthfulQA through lm-eval (cached)")
+    common(p, task=False)
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--tasks", nargs="+", default=None, help="lm-eval task names")
+    p.add_argument("--limit", type=int, default=None, help="fixed seeded subset per task")
+    p.add_argument("--benchmark-data", default=None, metavar="DIR",
+                   help="local JSONL copies in the Hugging Face schemas (offline)")
+    p.add_argument("--backend", default="evalloop", choices=["evalloop", "hf"])
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("arena", help="pairwise matches between model versions on test items")
+    common(p)
+    p.add_argument("--models", nargs="+", required=True)
+    p.add_argument("--judge", default="reference", help="reference or llm")
+    p.add_argument("--judge-model", default=None, help="llm judge: local model or endpoint model")
+    p.add_argument("--judge-url", default=None, help="llm judge: OpenAI-compatible base URL")
+    p.add_argument("--judge-key-env", default=None, help="name of the env var holding the key")
+    p.add_argument("--n", type=int, default=None, help="first N shared items")
+    p.set_defaults(func=cmd_arena)
+
+    p = sub.add_parser("leaderboard", help="Bradley-Terry ratings with 95%% intervals")
+    common(p, task=False)
+    p.add_argument("--task", default=None)
+    p.add_argument("--judge", default=None, help="one judge's matches (default: all)")
+    p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("cycle", help="run or resume one evaluate-target-train-gate cycle")
     common(p)
