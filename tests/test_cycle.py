@@ -1,0 +1,164 @@
+"""The cycle on a task built in a temp dir: summary, idempotence, kills and resume, nightly lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import classification_records, write_task
+from loop.store import SNAPSHOT_NAME, Store
+
+SHARED_BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+NEEDS_BENCH = pytest.mark.skipif(not (SHARED_BENCHMARKS / "arc_easy" / "test.jsonl").is_file(),
+                                 reason=f"benchmark data not found at {SHARED_BENCHMARKS}")
+
+
+def cycle_task(directory: Path, benchmarks: bool) -> Path:
+    extra = ("[generation]\nmax_new_tokens = 6\nbatch_size = 8\n"
+             "[cycle]\nbase_model = \"tiny-random\"\nseed = 3\n"
+             "[targeted]\nn = 24\n"
+             "[training]\nmax_steps = 12\nsave_steps = 3\nbatch_size = 4\n")
+    if benchmarks:
+        extra += (f"[benchmarks]\ndata_dir = \"{SHARED_BENCHMARKS}\"\ntasks = [\"arc_easy\"]\n"
+                  "limit = 16\n")
+    return write_task(directory, {"train": classification_records(80, 100),
+                                  "dev": classification_records(24, 300),
+                                  "test": classification_records(24)}, extra)
+
+
+def evalloop(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "loop.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def table_counts(workspace: Path) -> dict[str, int]:
+    with Store(workspace) as store:
+        return {t: store.count(t) for t in store.tables()}
+
+
+def stage_status(workspace: Path) -> dict[str, str]:
+    snapshot = workspace / SNAPSHOT_NAME
+    if not snapshot.exists():
+        return {}
+    try:
+        with Store(workspace, read_only=True, path=snapshot) as store:
+            return {r["stage"]: r["status"] for r in
+                    store.query("SELECT stage, status FROM cycle_stages")}
+    except Exception:  # noqa: BLE001 - a snapshot being replaced; poll again
+        return {}
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """One uninterrupted cycle (with a benchmark) to compare others against."""
+    root = tmp_path_factory.mktemp("baseline")
+    task = cycle_task(root / "task", benchmarks=SHARED_BENCHMARKS.is_dir())
+    proc = evalloop("cycle", "--task", str(task), "--workspace", str(root / "ws"), "--json")
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    return task, root / "ws", json.loads(out)
+
+
+def test_cycle_summary_on_an_external_task(baseline):
+    task, workspace, summary = baseline
+    assert summary["task"] == "tiny"
+    for role in ("champion", "candidate"):
+        assert set(summary[role]["test"]["per_category"]) == {
+            "colour_red", "colour_green", "colour_blue", "colour_yellow"}
+        assert 0.0 <= summary[role]["test"]["pass_rate"] <= 1.0
+    assert summary["candidate"]["name"].startswith("tiny-random+")
+    assert {r["check"] for r in summary["gate"]["reasons"]} >= {"gain", "significance",
+                                                                 "categories", "rating"}
+    assert Path(summary["report"]).is_file()
+    report = Path(summary["report"]).parent
+    assert (report / "report.md").is_file() and (report / "categories.png").is_file()
+    with Store(workspace) as store:
+        stages = store.query("SELECT stage, status FROM cycle_stages")
+        assert {r["status"] for r in stages} == {"done"} and len(stages) == 9
+        assert store.count("gate_decisions") == 1
+        assert store.count("training_runs") == 1 and store.count("matches") >= 1
+
+
+def test_finished_cycle_is_not_rerun_and_adds_no_rows(baseline):
+    task, workspace, summary = baseline
+    before = table_counts(workspace)
+    proc = evalloop("cycle", "--task", str(task), "--workspace", str(workspace), "--json")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    again = json.loads(out)
+    assert again["already_finished"] and again["cycle_id"] == summary["cycle_id"]
+    assert table_counts(workspace) == before
+
+
+def _kill_when(proc: subprocess.Popen, workspace: Path, stage: str, delay: float) -> bool:
+    """SIGKILL the cycle `delay` s after `stage` starts; False if the process ended first."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if stage_status(workspace).get(stage) == "running":
+            time.sleep(delay)
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return True
+            return False
+        time.sleep(0.2)
+    return False
+
+
+@NEEDS_BENCH
+def test_sigkill_during_generation_training_and_benchmarks_then_resume(baseline, tmp_path):
+    task, base_ws, _ = baseline
+    workspace = tmp_path / "ws"
+    killed = []
+    for stage, delay in (("eval_champion_dev", 2.0), ("train", 8.0), ("benchmarks", 4.0)):
+        proc = evalloop("cycle", "--task", str(task), "--workspace", str(workspace))
+        if _kill_when(proc, workspace, stage, delay):
+            killed.append(stage)
+        else:
+            proc.communicate()
+    assert killed == ["eval_champion_dev", "train", "benchmarks"]
+    proc = evalloop("cycle", "--task", str(task), "--workspace", str(workspace), "--json")
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    with Store(workspace) as store:
+        resumed = store.query("SELECT resumed_from_step, total_steps, steps_done FROM "
+                              "training_runs")[0]
+    assert resumed["total_steps"] == resumed["steps_done"] == 12
+    assert table_counts(workspace) == table_counts(base_ws)
+
+
+def test_two_nightly_runs_one_runs_one_exits_with_the_lock_message(tmp_path):
+    task = cycle_task(tmp_path / "task", benchmarks=False)
+    workspace = tmp_path / "ws"
+    runs = [evalloop("nightly", "--task", str(task), "--workspace", str(workspace))
+            for _ in range(2)]
+    deadline = time.monotonic() + 120
+    while all(p.poll() is None for p in runs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    loser = next(p for p in runs if p.poll() is not None)
+    winner = next(p for p in runs if p is not loser)
+    _, err = loser.communicate()
+    running = winner.poll() is None
+    winner.kill()
+    winner.wait()
+    assert loser.returncode == 75, err[-2000:]
+    assert "Another evalloop nightly run holds" in err and "Traceback" not in err
+    assert running  # the other one was still at work
+
+
+def test_time_budget_stops_between_stages_and_the_next_run_resumes(tmp_path):
+    task = cycle_task(tmp_path / "task", benchmarks=False)
+    workspace = tmp_path / "ws"
+    proc = evalloop("nightly", "--task", str(task), "--workspace", str(workspace),
+                    "--max-minutes", "0.0001")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 124, err[-2000:]
+    assert "Time budget" in err
+    assert list((workspace / "logs").glob("nightly-*.log"))
