@@ -80,7 +80,7 @@ def _iso_date(rng: random.Random) -> Example:
         "Normalise this date to YYYY-MM-DD. Output nothing else.",
         "Convert the following date to ISO format YYYY-MM-DD. Answer with only the date.",
     ])
-    return _example(instruction, surface, f"{y:04d}-{m:02d}-{d:02d}", "iso_date")
+    return _example(instruction, surface, f"{y:04d}-{m:02d}-{d:02d}", "iso_date"), (y, m, d)
 
 
 def _json_extract(rng: random.Random) -> Example:
@@ -97,7 +97,7 @@ def _json_extract(rng: random.Random) -> Example:
     instruction = (f"Extract the person's details as a compact JSON object with exactly the keys "
                    f"\"{keys[0]}\", \"{keys[1]}\" (an integer) and \"{keys[2]}\". Output only JSON.")
     answer = json.dumps({keys[0]: name, keys[1]: age, keys[2]: city}, ensure_ascii=False)
-    return _example(instruction, text, answer, "json_extract")
+    return _example(instruction, text, answer, "json_extract"), (name, age, city)
 
 
 def _unit_conversion(rng: random.Random) -> Example:
@@ -108,7 +108,7 @@ def _unit_conversion(rng: random.Random) -> Example:
         f"How many {dst} are in {value} {src}? Reply with just the number.",
         f"{value} {src} equals how many {dst}? Give only the number.",
     ])
-    return _example(instruction, "", str(value * factor), "unit_conversion")
+    return _example(instruction, "", str(value * factor), "unit_conversion"), (value, src, dst)
 
 
 def _sentiment(rng: random.Random) -> Example:
@@ -127,7 +127,8 @@ def _sentiment(rng: random.Random) -> Example:
         "Classify the sentiment of the review. Answer with one word: positive or negative.",
         "Is this review positive or negative? Reply with a single lowercase word.",
     ])
-    return _example(instruction, review, "positive" if positive else "negative", "sentiment")
+    return (_example(instruction, review, "positive" if positive else "negative", "sentiment"),
+            review)
 
 
 def _short_answer(rng: random.Random, fact_filter: Callable[[str], bool]) -> Example:
@@ -139,7 +140,7 @@ def _short_answer(rng: random.Random, fact_filter: Callable[[str], bool]) -> Exa
     prefix = rng.choice(["", "Quick question: ", "Trivia: ", "Please answer. "])
     suffix = rng.choice([", without a full sentence.", ". No explanation.", "."])
     instruction = f"{prefix}{template.format(key)} Answer in {limit}{suffix}"
-    return _example(instruction, "", table[key], "short_answer")
+    return _example(instruction, "", table[key], "short_answer"), (kind, key)
 
 
 def _example(instruction: str, input_text: str, output: str, category: str) -> Example:
@@ -155,8 +156,16 @@ def _is_eval_fact(key: str) -> bool:
     return int(content_hash("fact-split", key), 16) % 2 == 0
 
 
-def generate_examples(category: str, n: int, seed: int, pool: bool = True) -> list[Example]:
-    """`n` distinct examples of one skill; `pool=True` draws training facts, False held-out ones."""
+def generate_examples(category: str, n: int, seed: int, pool: bool = True,
+                      exclude_facts: frozenset = frozenset()) -> list[Example]:
+    """`n` distinct examples of one skill; `pool=True` draws training facts, False held-out ones.
+    Examples whose underlying fact (date, person, quantity, review, question) is in
+    `exclude_facts` are skipped, so a paraphrase of an evaluation item never enters the pool."""
+    return [e for e, _ in _generate(category, n, seed, pool, exclude_facts)]
+
+
+def _generate(category: str, n: int, seed: int, pool: bool,
+              exclude_facts: frozenset) -> list[tuple[Example, object]]:
     if category not in CATEGORIES:
         raise ValueError(f"unknown demo category {category!r}; known: {', '.join(CATEGORIES)}")
     rng = random.Random(f"{category}-{seed}-{pool}")
@@ -165,12 +174,13 @@ def generate_examples(category: str, n: int, seed: int, pool: bool = True) -> li
         "unit_conversion": _unit_conversion, "sentiment": _sentiment,
         "short_answer": lambda r: _short_answer(r, lambda k: _is_eval_fact(k) != pool),
     }
-    out: dict[str, Example] = {}
+    out: dict[str, tuple[Example, object]] = {}
     for _ in range(n * 50):
         if len(out) == n:
             break
-        ex = makers[category](rng)
-        out.setdefault(ex.id, ex)
+        ex, fact = makers[category](rng)
+        if fact not in exclude_facts:
+            out.setdefault(ex.id, (ex, fact))
     return list(out.values())
 
 
@@ -179,10 +189,10 @@ def build_splits(pool_per_category: int = 700, eval_per_category: int = 50,
     """Pool, dev and test with no shared (instruction, input) pair between pool and evaluation."""
     splits: dict[str, list[Example]] = {"train": [], "dev": [], "test": []}
     for category in CATEGORIES:
-        held = generate_examples(category, 2 * eval_per_category, seed, pool=False)
-        held_keys = {(e.instruction, e.input) for e in held}
-        pool = [e for e in generate_examples(category, pool_per_category + 200, seed + 1)
-                if (e.instruction, e.input) not in held_keys][:pool_per_category]
+        held_pairs = _generate(category, 2 * eval_per_category, seed, False, frozenset())
+        held = [e for e, _ in held_pairs]
+        held_facts = frozenset(fact for _, fact in held_pairs)
+        pool = generate_examples(category, pool_per_category, seed + 1, True, held_facts)
         splits["train"] += pool
         splits["dev"] += held[:eval_per_category]
         splits["test"] += held[eval_per_category:]

