@@ -195,13 +195,44 @@ STAGES = (eval_champion_dev, failures, targeted, train, eval_candidate, arena, b
 
 # ---------------------------------------------------------------------------- runner
 
+def validate_sections(task: Task) -> CycleConfig:
+    """Check every stage's TOML section before any model or the store is touched; report all
+    problems together."""
+    from evals.benchmarks import settings_from_section
+    from evals.suites import load_suite
+    from loop.targeted_inputs import targeted_config
+    from loop.train_config import TrainConfig
+
+    cfg = task.config
+    checks = [
+        lambda: CycleConfig.from_section(cfg.section("cycle")),
+        lambda: load_suite(cfg),
+        lambda: targeted_config(cfg),
+        lambda: TrainConfig.from_section(cfg.section("training"), where=f"{cfg.path} [training]"),
+        lambda: GateConfig.from_section(cfg.section("gate")),
+        lambda: settings_from_section(cfg.section("benchmarks"), cfg.path.parent)
+        if cfg.section("benchmarks") else None,
+    ]
+    errors = []
+    for check in checks:
+        try:
+            check()
+        except ConfigError as exc:
+            errors.append(str(exc).rstrip("."))
+    if errors:
+        raise ConfigError(f"Task {cfg.path} cannot run a cycle: " + "; ".join(errors) + ".")
+    cycle_config = CycleConfig.from_section(cfg.section("cycle"))
+    parse_model_name(cycle_config.base_model)
+    return cycle_config
+
+
 def run_cycle(task_path: str | Path, workspace: str | Path, force: bool = False,
               progress: bool = True, deadline: float | None = None) -> dict:
     """Run (or resume) the task's current cycle; returns its summary (see `summarize`)."""
     from loop.nightly import BudgetExceeded
 
     task = load_task(task_path)
-    config = CycleConfig.from_section(task.config.section("cycle"))
+    config = validate_sections(task)
     workspace = Path(workspace)
     with Store(workspace) as store:
         base_id = fingerprint(parse_model_name(config.base_model))

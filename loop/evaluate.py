@@ -66,6 +66,7 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
     gen_hash = content_hash(GEN_VERSION, gen.max_new_tokens)
     prompts = [build_prompt(tokenizer, e, task.config.system_prompt) for e in examples]
     pred_ids = [content_hash(model_id, content_hash(p), gen_hash) for p in prompts]
+    _check_context(tokenizer, spec, examples, prompts, gen.max_new_tokens)  # before any write
     store.put_task(task.name, str(task.config.path), task.data_hash,
                    [e for s in task.splits.values() for e in s])
     store.put_model(model_id, model_name, spec.base, adapter=str(spec.adapter or "") or None)
@@ -76,8 +77,6 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
     stored = store.get_predictions(pred_ids)
     missing = [i for i, pid in enumerate(pred_ids) if pid not in stored]
     if missing:
-        _check_context(tokenizer, spec, [examples[i] for i in missing],
-                       [prompts[i] for i in missing], gen.max_new_tokens)
         lm = lm or load_model(model_name)
         outputs = generate(lm, [prompts[i] for i in missing], gen.max_new_tokens,
                            gen.batch_size, progress=progress, desc=f"{split} {task.name}")

@@ -81,6 +81,9 @@ def _to_example(record: object, where: str, split: str) -> Example:
     for key in REQUIRED_FIELDS:
         if key not in record:
             raise TaskDataError(f"{where}: missing required field '{key}'.")
+        if not isinstance(record[key], str):
+            raise TaskDataError(f"{where}: field '{key}' must be a string, got "
+                                f"{type(record[key]).__name__}.")
     for key in REQUIRED_FIELDS + OPTIONAL_FIELDS:
         value = record.get(key)
         if value is not None and not isinstance(value, str):
