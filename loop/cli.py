@@ -185,6 +185,13 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    from loop.app_queries import serve
+
+    print(f"evalloop app on http://{args.host}:{args.port} (workspace {args.workspace})")
+    return serve(args.workspace, args.host, args.port, args.allow_remote)
+
+
 def _print_cycle(summary: dict) -> None:
     champ, cand = summary["champion"], summary["candidate"]
     if summary.get("already_finished"):
@@ -373,6 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default=None)
     p.add_argument("--judge", default=None, help="one judge's matches (default: all)")
     p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("app", help="the Streamlit review app (binds 127.0.0.1 by default)")
+    common(p, task=False)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a non-loopback --host (the app has no login)")
+    p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("cycle", help="run or resume one evaluate-target-train-gate cycle")
     common(p)
