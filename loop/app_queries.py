@@ -131,6 +131,7 @@ def serve(workspace: str | Path, host: str = "127.0.0.1", port: int = 8501,
         raise EvalloopError(f"Refusing to serve the app on non-loopback address {host}: it has no "
                             "login. Pass --allow-remote to expose it on purpose.")
     app = Path(__file__).resolve().parents[1] / "app.py"
+    print(f"evalloop app on http://{host}:{port} (workspace {workspace})", flush=True)
     return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app),
                             "--server.address", host, "--server.port", str(port),
                             "--server.headless", "true", "--browser.gatherUsageStats", "false",

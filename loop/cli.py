@@ -188,7 +188,6 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 def cmd_app(args: argparse.Namespace) -> int:
     from loop.app_queries import serve
 
-    print(f"evalloop app on http://{args.host}:{args.port} (workspace {args.workspace})")
     return serve(args.workspace, args.host, args.port, args.allow_remote)
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import replace
@@ -35,7 +34,6 @@ from loop.models import (
     DEFAULT_MODEL,
     base_path,
     fingerprint,
-    load_model,
     load_tokenizer,
     parse_model_name,
     pick_device,
@@ -43,26 +41,19 @@ from loop.models import (
 from loop.packing import IGNORE, Collator, real_tokens, register_varlen_attention, tokenize_examples
 from loop.records import content_hash
 from loop.train_config import LogRow, TrainConfig, TrainResult, library_versions, use_bf16
+from loop.train_outputs import (
+    RESULT_FILE,
+    TrainingError,
+    export_merged,
+    format_result,
+    record_training,
+)
 
-__all__ = [
-    "LogRow",
-    "TrainConfig",
-    "TrainResult",
-    "TrainingError",
-    "export_merged",
-    "format_result",
-    "main",
-    "record_training",
-    "train_adapter",
-    "train_for_task",
-]
+__all__ = ["LogRow", "TrainConfig", "TrainResult", "TrainingError", "export_merged",
+           "format_result", "main", "record_training", "train_adapter", "train_for_task"]
 
 TRAIN_VERSION = "sft-lora-v1"  # part of every train id: bump when training semantics change
-RESULT_FILE, LOG_FILE, INPUTS_FILE = "train_result.json", "train_log.jsonl", "train_inputs.json"
-
-
-class TrainingError(EvalloopError):
-    """Training cannot start or cannot finish (bad inputs, out of memory, foreign output dir)."""
+LOG_FILE, INPUTS_FILE = "train_log.jsonl", "train_inputs.json"
 
 
 # ---------------------------------------------------------------------------- identity
@@ -123,7 +114,8 @@ def _check_qlora(device) -> None:
     import importlib.util
 
     if device.type != "cuda":
-        raise TrainingError("[training] qlora = true needs a CUDA GPU (bitsandbytes 4-bit kernels); "
+        raise TrainingError("[training] qlora = true needs a CUDA GPU (bitsandbytes 4-bit "
+                            "kernels); "
                             "this machine has none. Set qlora = false to train in bf16/fp32.")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise TrainingError("[training] qlora = true needs the bitsandbytes package: "
@@ -201,63 +193,28 @@ def _peak_mem_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _make_trainer(model, tokenizer, rows, dev_rows, config: TrainConfig, ckpt_dir: Path,
-                  bf16: bool, device, padding_free: bool, meter: _Meter, log_path: Path,
-                  progress: bool):
+def completion_loss(model, inputs: dict) -> tuple:
+    """(summed next-token loss over labelled positions, their count, model outputs).
+
+    The LM head runs only at positions whose next token is a label, i.e. inside completions:
+    the prompt's logits would be computed only to be masked out.
+    """
     import torch.nn.functional as F
-    from transformers import EarlyStoppingCallback, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
 
-    from datasets import Dataset
+    targets = inputs.pop("labels")[:, 1:]  # position i predicts token i+1
+    keep = (targets != IGNORE).any(dim=0).nonzero().flatten()
+    out = model(**inputs, logits_to_keep=keep, use_cache=False)
+    picked = targets[:, keep]
+    loss = F.cross_entropy(out.logits.flatten(0, 1).float(), picked.flatten(),
+                           ignore_index=IGNORE, reduction="sum")
+    return loss, int((picked != IGNORE).sum()), out
 
-    class Trainer(SFTTrainer):
-        """SFTTrainer whose loss reads logits only at completion positions."""
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            labels = inputs.pop("labels")
-            targets = labels[:, 1:]  # position i predicts token i+1
-            keep = (targets != IGNORE).any(dim=0).nonzero().flatten()
-            out = model(**inputs, logits_to_keep=keep, use_cache=False)
-            picked = targets[:, keep]
-            loss = F.cross_entropy(out.logits.flatten(0, 1).float(), picked.flatten(),
-                                   ignore_index=IGNORE, reduction="sum")
-            denom = int((picked != IGNORE).sum())
-            if model.training:
-                meter.tokens += real_tokens(inputs)
-                if num_items_in_batch is None:
-                    denom *= self.current_gradient_accumulation_steps
-                else:  # the count over the whole accumulated (and, under DDP, global) batch
-                    denom = num_items_in_batch
-                    if self.args.average_tokens_across_devices:
-                        loss = loss * self.accelerator.num_processes
-            loss = loss / max(float(denom), 1.0)
-            return (loss, out) if return_outputs else loss
+def _sft_args(config: TrainConfig, ckpt_dir: Path, evaluate: bool, bf16: bool, device,
+              padding_free: bool, progress: bool):
+    from trl import SFTConfig
 
-    class Logger(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            meter.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            meter.seconds += time.perf_counter() - meter.t0
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            logs = logs or {}
-            if "loss" not in logs and "eval_loss" not in logs:
-                return
-            tokens, seconds = meter.tokens - meter.mark[0], meter.seconds - meter.mark[1]
-            is_train = "loss" in logs
-            if is_train:
-                meter.mark = (meter.tokens, meter.seconds)
-            row = LogRow(step=state.global_step, loss=logs.get("loss"),
-                         eval_loss=logs.get("eval_loss"), learning_rate=logs.get("learning_rate"),
-                         tokens_per_s=tokens / seconds if is_train and seconds > 0 else None,
-                         peak_mem_mb=_peak_mem_mb(device), epoch=logs.get("epoch"))
-            if state.is_world_process_zero:
-                with log_path.open("a") as fh:
-                    fh.write(json.dumps(row.to_json()) + "\n")
-
-    evaluate = bool(dev_rows)
-    args = SFTConfig(
+    return SFTConfig(
         output_dir=str(ckpt_dir), per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.learning_rate, num_train_epochs=config.epochs or 1.0,
@@ -273,18 +230,68 @@ def _make_trainer(model, tokenizer, rows, dev_rows, config: TrainConfig, ckpt_di
         train_sampling_strategy="random" if padding_free else "group_by_length",
         report_to="none", disable_tqdm=not progress, dataloader_num_workers=0,
     )
+
+
+def _make_trainer(model, tokenizer, rows, dev_rows, config: TrainConfig, ckpt_dir: Path,
+                  bf16: bool, device, padding_free: bool, meter: _Meter, log_path: Path,
+                  progress: bool):
+    from transformers import EarlyStoppingCallback, TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTTrainer
+
+    from datasets import Dataset
+
+    class Trainer(SFTTrainer):
+        """SFTTrainer with `completion_loss`, normalised over the whole accumulated batch."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, count, out = completion_loss(model, inputs)
+            if model.training:
+                meter.tokens += real_tokens(inputs)
+                if num_items_in_batch is None:
+                    count *= self.current_gradient_accumulation_steps
+                else:  # the label count of all micro-batches (and, under DDP, all ranks)
+                    count = num_items_in_batch
+                    if self.args.average_tokens_across_devices:
+                        loss = loss * self.accelerator.num_processes
+            loss = loss / max(float(count), 1.0)
+            return (loss, out) if return_outputs else loss
+
+    class Logger(TrainerCallback):
+        """Appends a LogRow per logging step to train_log.jsonl (a kill keeps earlier rows)."""
+
+        def on_step_begin(self, args, state, control, **kw):
+            meter.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            meter.seconds += time.perf_counter() - meter.t0
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            if ("loss" not in logs and "eval_loss" not in logs) or not state.is_world_process_zero:
+                return
+            tokens, seconds = meter.tokens - meter.mark[0], meter.seconds - meter.mark[1]
+            if "loss" in logs:
+                meter.mark = (meter.tokens, meter.seconds)
+            row = LogRow(step=state.global_step, loss=logs.get("loss"),
+                         eval_loss=logs.get("eval_loss"), learning_rate=logs.get("learning_rate"),
+                         tokens_per_s=tokens / seconds if "loss" in logs and seconds else None,
+                         peak_mem_mb=_peak_mem_mb(device), epoch=logs.get("epoch"))
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(row.to_json()) + "\n")
+
+    evaluate = bool(dev_rows)
     callbacks = [Logger()]
     if evaluate and config.patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.patience))
     trainer = Trainer(
-        model=model, args=args, processing_class=tokenizer,
+        model=model, processing_class=tokenizer,
+        args=_sft_args(config, ckpt_dir, evaluate, bf16, device, padding_free, progress),
         data_collator=Collator(tokenizer.pad_token_id, padding_free),
         train_dataset=Dataset.from_list(rows),
         eval_dataset=Dataset.from_list(dev_rows) if evaluate else None, callbacks=callbacks)
-    trainer.loss_is_scaled_for_ga = True  # compute_loss divides by the accumulated token count
+    trainer.loss_is_scaled_for_ga = True  # compute_loss divides by the accumulated label count
     if not progress:
-        from transformers.trainer_callback import PrinterCallback
-
         trainer.remove_callback(PrinterCallback)
     return trainer
 
@@ -329,7 +336,8 @@ def train_adapter(base_model_name: str, examples, out_dir, config: TrainConfig |
                                     config.max_seq_len)
     if not rows:
         raise TrainingError(f"No example fits max_seq_len={config.max_seq_len} tokens (of "
-                            f"{len(examples)} given): raise [training] max_seq_len or shorten them.")
+                            f"{len(examples)} given): raise [training] max_seq_len or shorten "
+                            "them.")
     base_id = fingerprint(replace(spec, adapter=None))
     parent_id = fingerprint(replace(spec, adapter=parent)) if parent else None
     train_id = train_id_for(base_id, parent_id, examples, dev_examples, config, system_prompt)
@@ -400,79 +408,6 @@ def train_for_task(store, task, workspace, model: str = DEFAULT_MODEL, data_path
     return result
 
 
-def record_training(store, result: TrainResult, task_id: str | None, dataset_hash: str) -> str:
-    """Write the run, its log rows and the new model (with its parent) to the store; -> model id."""
-    from loop.store import now
-
-    model_id = fingerprint(parse_model_name(f"{result.base}+{result.adapter_dir}"))
-    parent_id = (fingerprint(parse_model_name(f"{result.base}+{result.parent_adapter}"))
-                 if result.parent_adapter else result.base_model_id)
-    run = {
-        "train_id": result.train_id, "task_id": task_id, "base": result.base,
-        "base_model_id": result.base_model_id, "parent_adapter": result.parent_adapter,
-        "adapter_path": result.adapter_dir, "model_id": model_id, "dataset_hash": dataset_hash,
-        "config": result.config.as_dict(), "seed": result.config.seed,
-        "status": "stopped_early" if result.stopped_early else "done",
-        "total_steps": result.total_steps, "steps_done": result.steps_done,
-        "resumed_from_step": result.resumed_from_step, "n_train": result.n_train,
-        "n_dev": result.n_dev, "device": result.device, "precision": result.precision,
-        "tokens_per_s": result.tokens_per_s, "peak_mem_mb": result.peak_mem_mb,
-        "train_loss": result.train_loss, "best_eval_loss": result.best_eval_loss,
-        "versions": result.versions, "created_at": now(), "finished_at": now(),
-    }
-    logs = [{"train_id": result.train_id, **row.to_json()} for row in result.logs]
-    with store.transaction():
-        store.put_model(model_id, f"{result.base}+{result.adapter_dir}", result.base,
-                        adapter=result.adapter_dir, parent_id=parent_id,
-                        meta={"train_id": result.train_id})
-        store.insert("training_runs", [run], on_conflict="replace")
-        store.insert("train_logs", logs, on_conflict="replace")
-    return model_id
-
-
-def export_merged(adapter_model_name: str, out_dir) -> Path:
-    """Write BASE+ADAPTER (or an adapter dir trained here) as one merged safetensors checkpoint."""
-    name = adapter_model_name
-    if "+" not in name:  # a bare adapter directory: its base is in its training record
-        record = Path(name).expanduser() / RESULT_FILE
-        if not record.is_file():
-            raise TrainingError(f"{name} is not an adapter trained by evalloop (no {RESULT_FILE}):"
-                                " pass BASE+ADAPTER_DIR instead.")
-        name = f"{json.loads(record.read_text())['base']}+{name}"
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and any(out.iterdir()):
-        raise TrainingError(f"Export target {out} exists and is not empty.")
-    lm = load_model(name, device="cpu")
-    merged = lm.model.merge_and_unload()
-    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(str(tmp), safe_serialization=True)
-    lm.tokenizer.save_pretrained(str(tmp))
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
-    return out
-
-
-def format_result(result: TrainResult) -> str:
-    lines = [f"adapter {result.adapter_dir}",
-             f"base {result.base}" + (f" + parent {result.parent_adapter}" if result.parent_adapter
-                                      else ""),
-             f"{result.steps_done}/{result.total_steps} steps"
-             + (f" (resumed at step {result.resumed_from_step})" if result.resumed_from_step else "")
-             + (" (stopped early on dev loss)" if result.stopped_early else ""),
-             f"{result.n_train} train / {result.n_dev} dev examples"
-             + (f", {len(result.skipped)} skipped as too long" if result.skipped else ""),
-             (f"{result.device} {result.precision}: {result.tokens_per_s:,.0f} tokens/s, "
-              f"peak memory {result.peak_mem_mb:,.0f} MB"), "",
-             f"{'step':>6}{'loss':>10}{'dev loss':>10}{'tokens/s':>10}"]
-    for row in result.logs:
-        cells = [(row.loss, "10.4f"), (row.eval_loss, "10.4f"), (row.tokens_per_s, "10,.0f")]
-        lines.append(f"{row.step:>6}" + "".join(" " * 10 if value is None else format(value, spec)
-                                                for value, spec in cells))
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m loop.train`: the same stage the CLI runs (tests kill and rerun it)."""
     # Idle OpenMP threads spin by default; on a CPU shared with other jobs every parallel op then
@@ -497,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         task = load_task(args.task)
         config = TrainConfig.from_section(task.config.section("training"))
-        overrides = {k: v for k, v in (("max_steps", args.max_steps), ("save_steps", args.save_steps),
+        overrides = {k: v for k, v in (("max_steps", args.max_steps),
+                                       ("save_steps", args.save_steps),
                                        ("patience", args.patience)) if v is not None}
         config = replace(config, **overrides, **({"epochs": None} if args.max_steps else {}))
         with Store(args.workspace) as store:

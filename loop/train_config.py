@@ -1,12 +1,12 @@
-"""The training stage's records: `TrainConfig` (the task TOML's [training] section, validated in full),
-`LogRow`, `TrainResult`, and the bf16-or-fp32 choice (measured on CPUs, cached per machine).
+"""The training stage's records: `TrainConfig` (the task TOML's [training] section, validated in
+full), `LogRow`, `TrainResult`, and the bf16-or-fp32 choice (measured on CPUs, cached per machine).
 
-    [training]                      # every key optional; defaults suit short and long answers alike
-    rank = 16                    # LoRA rank; alpha = 2 x rank by default
+    [training]             # every key optional; the defaults suit labels, extraction and prose
+    rank = 16              # LoRA rank; alpha defaults to 2 x rank
     learning_rate = 2e-4
-    epochs = 3                   # or max_steps = N (not both)
-    batch_size = 16              # examples per step (packed, so no padding)
-    bf16 = "auto"                # "auto": measured; true/false to force
+    epochs = 3             # or max_steps = N (not both)
+    batch_size = 16        # examples per optimizer step (packed, so no padding)
+    bf16 = "auto"          # "auto": CUDA support / this CPU's measured matmul speed; true/false
 """
 
 from __future__ import annotations
@@ -188,13 +188,24 @@ class TrainResult:
 
 
 def library_versions() -> dict:
+    """Provenance stored with every run: library versions and the code's git commit."""
+    import subprocess
+    from pathlib import Path
+
     import peft
     import torch
     import transformers
     import trl
 
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=False,
+                             cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except OSError:
+        sha = None
     return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "trl": trl.__version__, "python": platform.python_version()}
+            "peft": peft.__version__, "trl": trl.__version__, "python": platform.python_version(),
+            "git": sha}
 
 
 # ---------------------------------------------------------------------------- bf16 or fp32
@@ -258,7 +269,7 @@ def cpu_bf16_choice() -> dict:
 
 
 def use_bf16(setting: str | bool, device) -> bool:
-    """Resolve the [training] bf16 setting for a device ("auto": CUDA support / measured CPU speed)."""
+    """Resolve the [training] bf16 setting ("auto": CUDA support, or measured CPU speed)."""
     import torch
 
     if setting is False:
