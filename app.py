@@ -60,7 +60,7 @@ def overview(ws: Path) -> None:
     if last["reasons"]:
         st.subheader(f"Latest gate decision: {'PROMOTED' if last['promote'] else 'kept'}")
         for reason in json.loads(last["reasons"]):
-            st.write(f"{'✅' if reason['passed'] else '❌'} **{reason['check']}**: "
+            st.write(f"{'[ok]' if reason['passed'] else '[NO]'} **{reason['check']}**: "
                      f"{reason['detail']}")
 
 

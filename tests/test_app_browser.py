@@ -22,6 +22,14 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
+def settle(page) -> None:
+    """Wait until Streamlit has replaced the previous page's (stale) elements."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and page.locator('[data-stale="true"]').count():
+        page.wait_for_timeout(200)
+    page.wait_for_timeout(500)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -64,6 +72,7 @@ def test_browser_opens_every_page_votes_and_corrects(app_url, workspace):
                                ("Benchmarks & training", "Training loss")):
             page.get_by_text(name, exact=True).first.click()
             page.get_by_text(expected).first.wait_for(timeout=30_000)
+            settle(page)
             page.screenshot(path=str(shots / f"{name.split()[0].lower()}.png"), full_page=True)
         page.get_by_text("Arena", exact=True).first.click()
         page.get_by_role("button", name="both bad").click()
