@@ -7,7 +7,7 @@ so SQL metacharacters in a search are plain characters.
 from __future__ import annotations
 
 import ipaddress
-import subprocess
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,7 +132,9 @@ def serve(workspace: str | Path, host: str = "127.0.0.1", port: int = 8501,
                             "login. Pass --allow-remote to expose it on purpose.")
     app = Path(__file__).resolve().parents[1] / "app.py"
     print(f"evalloop app on http://{host}:{port} (workspace {workspace})", flush=True)
-    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app),
-                            "--server.address", host, "--server.port", str(port),
-                            "--server.headless", "true", "--browser.gatherUsageStats", "false",
-                            "--", "--workspace", str(Path(workspace).resolve())])
+    # exec, not a child: a supervisor's SIGTERM then stops the server itself
+    os.execv(sys.executable, [sys.executable, "-m", "streamlit", "run", str(app),
+                              "--server.address", host, "--server.port", str(port),
+                              "--server.headless", "true", "--browser.gatherUsageStats", "false",
+                              "--", "--workspace", str(Path(workspace).resolve())])
+    return 0  # not reached
