@@ -137,16 +137,20 @@ def benchmarks(ctx: CycleContext) -> dict:
                 "reason": "no [benchmarks] section" if not section else "disabled in [cycle]"}
     settings = settings_from_section(section, ctx.task.config.path.parent)
     limit = settings.limit or DEFAULT_BENCHMARK_LIMIT
-    runs = {}
+    runs, errs = {}, {}
     for role, model in (("champion", ctx.champion.model_name), ("candidate", ctx.candidate_name)):
-        results = run_benchmarks(ctx.store, model, settings.tasks, limit, settings.data_dir,
-                                 settings.backend, progress=ctx.progress, seed=ctx.config.seed)
-        runs[role] = {(r.benchmark, r.metric): r.value for r in headline(results)
-                      if r.task == r.benchmark and r.value is not None
-                      and r.higher_is_better is not False}
-    deltas = {f"{b}/{m}": runs["candidate"][(b, m)] - value
-              for (b, m), value in runs["champion"].items() if (b, m) in runs["candidate"]}
-    return {"limit": limit, "deltas": deltas,
+        results = [r for r in headline(run_benchmarks(
+            ctx.store, model, settings.tasks, limit, settings.data_dir, settings.backend,
+            progress=ctx.progress, seed=ctx.config.seed))
+            if r.task == r.benchmark and r.value is not None and r.higher_is_better is not False]
+        runs[role] = {(r.benchmark, r.metric): r.value for r in results}
+        errs[role] = {(r.benchmark, r.metric): r.stderr or 0.0 for r in results}
+    shared = [k for k in runs["champion"] if k in runs["candidate"]]
+    deltas = {f"{b}/{m}": runs["candidate"][(b, m)] - runs["champion"][(b, m)] for b, m in shared}
+    # unpaired standard error of the difference: conservative for the same items
+    delta_se = {f"{b}/{m}": (errs["candidate"][(b, m)] ** 2 + errs["champion"][(b, m)] ** 2) ** 0.5
+                for b, m in shared}
+    return {"limit": limit, "deltas": deltas, "delta_se": delta_se,
             "champion": {f"{b}/{m}": v for (b, m), v in runs["champion"].items()},
             "candidate": {f"{b}/{m}": v for (b, m), v in runs["candidate"].items()}}
 
@@ -164,7 +168,8 @@ def gate(ctx: CycleContext) -> dict:
         categories=categories,
         champion_rating=ratings.get(ctx.champion.model_name),
         candidate_rating=ratings.get(ctx.candidate_name),
-        benchmark_deltas=ctx.results["benchmarks"].get("deltas", {}))
+        benchmark_deltas=ctx.results["benchmarks"].get("deltas", {}),
+        benchmark_se=ctx.results["benchmarks"].get("delta_se", {}))
     config = GateConfig.from_section(ctx.task.config.section("gate"))
     if not ctx.config.arena:
         config = GateConfig(**{**config.__dict__, "require_rating": False})

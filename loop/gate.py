@@ -5,7 +5,9 @@ The candidate is promoted only when every condition holds:
   2. the gain is significant: exact McNemar test on the paired outcomes, p < `alpha`;
   3. no category's pass rate drops by more than `category_tolerance`;
   4. its Bradley-Terry rating is above the champion's (when ratings are given);
-  5. no benchmark drops by more than `benchmark_tolerance` (absolute, when given).
+  5. no benchmark drops by more than `benchmark_tolerance` (absolute, when given) beyond its
+     sampling noise: a drop counts only when it is also larger than 1.96 standard errors of the
+     difference, so a 40-item nightly subset cannot block a model on two flipped items.
 Every condition yields a reason, passed or not, so the report shows why.
 """
 
@@ -57,6 +59,7 @@ class GateInputs:
     champion_rating: float | None = None
     candidate_rating: float | None = None
     benchmark_deltas: Mapping[str, float] = field(default_factory=dict)  # task/metric -> cand - champ
+    benchmark_se: Mapping[str, float] = field(default_factory=dict)  # std. error of each delta
 
 
 @dataclass(frozen=True)
@@ -115,13 +118,18 @@ def decide(inputs: GateInputs, config: GateConfig = GateConfig()) -> PromotionDe
                               f"{inputs.candidate_rating:.0f}"))
     elif config.require_rating:
         reasons.append(Reason("rating", False, "no pairwise rating available"))
-    reasons += [
-        Reason(f"benchmark:{name}", delta >= -config.benchmark_tolerance,
-               f"{name} {delta:+.3f} (tolerance -{config.benchmark_tolerance:.3f})")
-        for name, delta in sorted(inputs.benchmark_deltas.items())
-    ]
+    reasons += [_benchmark_reason(name, delta, inputs.benchmark_se.get(name, 0.0), config)
+                for name, delta in sorted(inputs.benchmark_deltas.items())]
     return PromotionDecision(all(r.passed for r in reasons), tuple(reasons), p_value,
                              champ_rate, cand_rate)
+
+
+def _benchmark_reason(name: str, delta: float, se: float, config: GateConfig) -> Reason:
+    noise = 1.96 * se
+    dropped = delta < -config.benchmark_tolerance and delta < -noise
+    return Reason(f"benchmark:{name}", not dropped,
+                  f"{name} {delta:+.3f} (tolerance -{config.benchmark_tolerance:.3f}, "
+                  f"noise ±{noise:.3f})")
 
 
 def _category_reason(ids, champ, cand, categories, config) -> Reason:

@@ -37,6 +37,17 @@ def test_better_on_task_but_benchmark_drop_is_rejected_with_that_reason():
     assert "-0.060" in failed[0].detail
 
 
+def test_a_benchmark_drop_within_sampling_noise_does_not_block():
+    noisy = make_inputs(40, 120, champion_rating=950, candidate_rating=1050,
+                        benchmark_deltas={"arc_easy/acc_norm": -0.05},
+                        benchmark_se={"arc_easy/acc_norm": 0.11})
+    assert decide(noisy).promote
+    precise = make_inputs(40, 120, champion_rating=950, candidate_rating=1050,
+                          benchmark_deltas={"arc_easy/acc_norm": -0.05},
+                          benchmark_se={"arc_easy/acc_norm": 0.01})
+    assert not decide(precise).promote
+
+
 def test_insignificant_gain_is_rejected_with_the_p_value():
     decision = decide(make_inputs(100, 104, champion_rating=990, candidate_rating=1010),
                       GateConfig(min_gain=0.01))
