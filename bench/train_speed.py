@@ -1,0 +1,175 @@
+"""Training speed: evalloop's trainer vs trl's SFTTrainer with default arguments, in one run, on
+the same model, the same data and the same number of examples (one epoch each).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/train_speed.py [--model smollm2-135m-instruct]
+        [--examples 128] [--threads N] [--json]
+
+Each trainer runs in its own subprocess, so each peak RSS is its own. Both get the same LoRA
+adapter (rank 16, alpha 32, dropout 0.05, all linear layers); trl keeps every SFTConfig default
+(batch 8, gradient checkpointing on, bf16 autocast, padded batches, full-vocabulary logits).
+tokens/s counts non-padding tokens over the wall time of `trainer.train()`.
+
+Peak fraction: LoRA training costs about 4 x N FLOPs per trained token, N = model parameters
+(2N for the forward matmuls, 2N for the activation gradients; frozen weights get no weight
+gradients; LoRA's own and the attention-score FLOPs are ignored). achieved = tokens/s x 4N, shown
+as a fraction of this machine's measured square-matmul GFLOP/s in fp32 and in bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
+
+
+def load_examples(n: int, seed: int = 0):
+    from loop.tasks import load_task
+
+    pool = load_task(ROOT / "datasets" / "demo" / "task.toml").split("train")
+    return random.Random(seed).sample(list(pool), n)
+
+
+def run_ours(model: str, n: int) -> dict:
+    from loop.train import train_adapter
+    from loop.train_config import TrainConfig
+
+    config = TrainConfig(epochs=1.0, batch_size=16, save_steps=10**6, patience=0, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train_adapter(model, load_examples(n), Path(tmp) / "adapter", config,
+                               progress=False)
+    return {"tokens": result.tokens, "seconds": result.elapsed_s, "steps": result.steps_done,
+            "precision": result.precision, "params": _param_count(model)}
+
+
+def run_trl_defaults(model: str, n: int) -> dict:
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from datasets import Dataset
+    from loop.models import base_path, load_tokenizer, parse_model_name
+    from loop.prompts import build_prompt, completion_text
+
+    tok = load_tokenizer(parse_model_name(model))
+    data = Dataset.from_list([{"prompt": build_prompt(tok, e),
+                               "completion": completion_text(tok, e)} for e in load_examples(n)])
+    with tempfile.TemporaryDirectory() as tmp:
+        # only what is needed to run offline on a CPU; every training choice stays trl's default
+        args = SFTConfig(output_dir=tmp, num_train_epochs=1, report_to="none", disable_tqdm=True,
+                         use_cpu=not _cuda())
+        trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(base_path(model)),
+                             args=args, train_dataset=data, processing_class=tok,
+                             peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA))
+        tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    return {"tokens": tokens, "seconds": seconds, "steps": trainer.state.global_step,
+            "precision": "bf16 autocast" if args.bf16 else "fp32", "params": _param_count(model),
+            "gradient_checkpointing": args.gradient_checkpointing,
+            "batch_size": args.per_device_train_batch_size}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _param_count(model: str) -> int:
+    """N in 4 x N: the model's parameter count (a tied embedding counted once, standing in for
+    the LM-head matmul it also performs)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from loop.models import base_path
+
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_path(model)))
+    return sum(p.numel() for p in meta.parameters())
+
+
+def child(variant: str, model: str, n: int, threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    if variant == "peak":
+        from loop.train_config import measure_matmul_gflops
+
+        row = {d: max(measure_matmul_gflops(d, seconds=0.5) for _ in range(3))
+               for d in ("fp32", "bf16")}
+    else:
+        row = (run_ours if variant == "ours" else run_trl_defaults)(model, n)
+        row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(row))
+
+
+def spawn(variant: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--child", variant, "--model", args.model,
+           "--examples", str(args.examples)] + (["--threads", str(args.threads)] if args.threads
+                                                else [])
+    # both trainers alike: idle OpenMP threads sleep instead of spinning, which on a CPU shared
+    # with other jobs decides the result more than the trainer does (see loop.train.main)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        sys.exit(f"{variant} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--examples", type=int, default=128)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--child", choices=["ours", "trl", "peak"], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return child(args.child, args.model, args.examples, args.threads)
+
+    import torch
+
+    peak = spawn("peak", args)  # best of three, in a child like the trainers (same threads)
+    rows = {v: spawn(v, args) for v in ("trl", "ours")}
+    for row in rows.values():
+        row["tokens_per_s"] = row["tokens"] / row["seconds"]
+        row["gflops"] = row["tokens_per_s"] * 4 * row["params"] / 1e9
+        row["peak_fraction"] = {d: row["gflops"] / g for d, g in peak.items()}
+    report = {"model": args.model, "examples": args.examples,
+              "threads": args.threads or torch.get_num_threads(),
+              "matmul_peak_gflops": peak, "speedup": rows["ours"]["tokens_per_s"]
+              / rows["trl"]["tokens_per_s"], "runs": rows,
+              "flops_per_token": "4 x N parameters"}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"model {args.model} ({rows['ours']['params'] / 1e6:.0f}M params), {args.examples} "
+          f"examples, 1 epoch, {report['threads']} threads")
+    print(f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s "
+          f"(FLOPs per trained token = 4 x N)")
+    print(f"{'trainer':<14}{'precision':<16}{'steps':>6}{'tokens/s':>10}{'GFLOP/s':>9}"
+          f"{'%fp32 pk':>9}{'%bf16 pk':>9}{'peak RSS':>10}")
+    for name, row in (("trl defaults", rows["trl"]), ("evalloop", rows["ours"])):
+        print(f"{name:<14}{row['precision']:<16}{row['steps']:>6}{row['tokens_per_s']:>10.0f}"
+              f"{row['gflops']:>9.1f}{row['peak_fraction']['fp32']:>9.1%}"
+              f"{row['peak_fraction']['bf16']:>9.1%}{row['peak_rss_mb']:>8.0f}MB")
+    print(f"speedup (tokens/s, ours / trl defaults): {report['speedup']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,385 @@
+"""LoRA training on the tiny random model: config validation, packing correctness, learning,
+plain-peft loading, SIGKILL + resume, export, lineage. The real-model acceptance run is `slow`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from loop.errors import ConfigError
+from loop.records import Example
+from loop.train import TrainingError, export_merged, last_checkpoint, record_training, train_adapter
+from loop.train_config import TrainConfig, cpu_bf16_choice, use_bf16
+
+ROOT = Path(__file__).resolve().parents[1]
+COLORS = ["blue", "green", "red"]
+# Small steps on a 2-core machine shared with other jobs: one thread avoids OpenMP stalls.
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+       "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def examples(n: int, split: str = "train") -> list[Example]:
+    """A mapping a tiny model can learn in a few steps: the answer is the item's colour word."""
+    out = []
+    for i in range(n):
+        color = COLORS[i % 3]
+        instruction = f"Item {i} of batch {i // 7}: name its colour ({'x' * (i % 5)})."
+        out.append(Example(Example.make_id(instruction, "", color), instruction, color,
+                           category=color, split=split))
+    return out
+
+
+def write_task(root: Path, n_train: int = 48, training: str = "") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", 6)):
+        rows = [{"id": e.id, "instruction": e.instruction, "output": e.output,
+                 "category": e.category} for e in examples(n, split)]
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "task.toml").write_text('name = "colors"\ntrain = "train.jsonl"\ntest = "test.jsonl"\n'
+                                    + (f"[training]\n{training}\n" if training else ""))
+    return root / "task.toml"
+
+
+FAST = TrainConfig(max_steps=24, epochs=None, batch_size=8, learning_rate=1e-2, save_steps=12,
+                   log_steps=2, bf16=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    import torch
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("adapter")
+    result = train_adapter("tiny-random", examples(48), out, FAST, dev_examples=examples(9, "dev"),
+                           progress=False)
+    return result
+
+
+# ---------------------------------------------------------------------------- config
+
+def test_defaults_and_valid_section():
+    assert TrainConfig.from_section({}) == TrainConfig()
+    cfg = TrainConfig.from_section({"rank": 8, "max_steps": 100, "target_modules": ["q_proj"],
+                                    "bf16": False, "dropout": 0})
+    assert (cfg.rank, cfg.alpha, cfg.max_steps, cfg.epochs) == (8, 16.0, 100, None)
+    assert cfg.target_modules == ("q_proj",) and cfg.bf16 is False and cfg.dropout == 0.0
+    assert TrainConfig.from_section({"rank": 8, "alpha": 8}).alpha == 8.0
+    assert TrainConfig.from_dict(cfg.as_dict()) == cfg
+
+
+def test_every_config_problem_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.from_section({"rank": 0, "learning_rate": "fast", "bf16": "maybe",
+                                  "epochs": 2, "max_steps": 5, "lerning_rate": 1e-3,
+                                  "qlora": 1, "dropout": 1.5, "target_modules": []})
+    msg = str(err.value)
+    assert "8 problem(s)" in msg
+    for needle in ("rank must be", "learning_rate must be", "bf16 must be", "not both",
+                   "did you mean 'learning_rate'", "qlora must be", "dropout must be",
+                   "target_modules must be"):
+        assert needle in msg
+
+
+def test_bf16_choice_is_measured_once_and_cached(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("EVALLOOP_HOME", str(tmp_path))
+    first = cpu_bf16_choice()
+    assert first["fp32_gflops"] > 0 and first["bf16_gflops"] > 0
+    assert json.loads((tmp_path / "cpu_bf16.json").read_text())  # cached on disk
+    assert cpu_bf16_choice() == first
+    assert use_bf16(False, torch.device("cpu")) is False
+    assert use_bf16(True, torch.device("cpu")) is True
+
+
+# ---------------------------------------------------------------------------- packing
+
+def test_packed_batch_equals_separate_sequences_and_never_mixes_them():
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from loop.models import tiny_random_checkpoint
+    from loop.packing import Collator, register_varlen_attention
+
+    path = tiny_random_checkpoint()
+    packed_model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, attn_implementation=register_varlen_attention()).eval()
+    plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                 attn_implementation="sdpa").eval()
+    seqs = [[5, 17, 300, 42, 7], [9, 8, 7], [1000, 2000, 3000, 4000]]
+    feats = [{"input_ids": s, "labels": s} for s in seqs]
+
+    def packed_logits(features):
+        batch = Collator(pad_token_id=0)(features)
+        batch.pop("labels")
+        with torch.no_grad():
+            return packed_model(**batch).logits[0]
+
+    logits = packed_logits(feats)
+    start = 0
+    for s in seqs:
+        with torch.no_grad():
+            alone = plain(torch.tensor([s])).logits[0]
+        torch.testing.assert_close(logits[start:start + len(s)], alone, atol=1e-4, rtol=1e-4)
+        start += len(s)
+    # changing the first sequence leaves the others untouched (no cross-example attention)
+    changed = packed_logits([{"input_ids": [6, 6, 6, 6, 6], "labels": [6] * 5}] + feats[1:])
+    torch.testing.assert_close(changed[5:], logits[5:], atol=1e-5, rtol=1e-5)
+    # bf16 weights under autocast (the CPU training setup; attention upcast to fp32) stay close
+    bf16_model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.bfloat16, attn_implementation=register_varlen_attention()).eval()
+    batch = Collator(pad_token_id=0)(feats)
+    batch.pop("labels")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = bf16_model(**batch).logits[0].float()
+    assert float((low - logits).abs().max()) < 0.02  # logits span about +-1 here
+    # the padded fallback gives the same logits at real positions
+    padded = Collator(pad_token_id=0, padding_free=False)(feats)
+    padded.pop("labels")
+    with torch.no_grad():
+        rows = plain(**padded).logits
+    torch.testing.assert_close(rows[1, :3], logits[5:8], atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------- training
+
+def test_loss_goes_down_and_lora_weights_change(trained):
+    from safetensors.torch import load_file
+
+    losses = [r.loss for r in trained.logs if r.loss is not None]
+    assert trained.steps_done == trained.total_steps == 24
+    # a random 2-layer model's final norm caps its logits, so the drop is small but real
+    assert losses[-1] < losses[0] - 0.2 and max(losses[-3:]) < min(losses[:2]), losses
+    evals = [r.eval_loss for r in trained.logs if r.eval_loss is not None]
+    assert len(evals) == 2 and trained.best_eval_loss == min(evals)
+    weights = load_file(str(Path(trained.adapter_dir) / "adapter_model.safetensors"))
+    lora_b = [w for k, w in weights.items() if "lora_B" in k]
+    assert lora_b and all(float(w.abs().max()) > 0 for w in lora_b)  # B starts at zero
+    assert all(r.tokens_per_s and r.peak_mem_mb for r in trained.logs if r.loss is not None)
+    assert trained.padding_free and trained.tokens > 0
+
+
+def test_rerun_returns_finished_run_without_training(trained):
+    start = time.perf_counter()
+    again = train_adapter("tiny-random", examples(48), trained.adapter_dir, FAST,
+                          dev_examples=examples(9, "dev"), progress=False)
+    assert again == trained and time.perf_counter() - start < 10
+
+
+def test_adapter_loads_with_plain_peft_and_greedy_outputs_match(trained):
+    from loop.generate import generate
+    from loop.models import load_model
+    from loop.prompts import build_prompt
+
+    lm = load_model(f"tiny-random+{trained.adapter_dir}")
+    prompts = [build_prompt(lm.tokenizer, e) for e in examples(4, "test")]
+    ours = [o.text for o in generate(lm, prompts, max_new_tokens=8, progress=False)]
+    base = [o.text for o in generate(load_model("tiny-random"), prompts, max_new_tokens=8,
+                                     progress=False)]
+    script = (
+        "import json, sys, torch\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "from peft import PeftModel\n"
+        "base, adapter, prompts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])\n"
+        "tok = AutoTokenizer.from_pretrained(base)\n"
+        "model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)\n"
+        "out = []\n"
+        "for p in prompts:\n"
+        "    ids = tok(p, add_special_tokens=False, return_tensors='pt')\n"
+        "    gen = model.generate(**ids, max_new_tokens=8, do_sample=False,\n"
+        "                         pad_token_id=tok.eos_token_id)\n"
+        "    out.append(tok.decode(gen[0, ids['input_ids'].shape[1]:],\n"
+        "                          skip_special_tokens=True).strip())\n"
+        "print(json.dumps(out))\n")
+    proc = subprocess.run([sys.executable, "-c", script, lm.base_path, trained.adapter_dir,
+                           json.dumps(prompts)], capture_output=True, text=True, env=ENV,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == ours
+    assert ours != base  # the adapter really changes the model
+
+
+def test_export_merged_matches_adapter(trained, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from loop.models import load_model
+
+    out = export_merged(trained.adapter_dir, tmp_path / "merged")
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    lm = load_model(f"tiny-random+{trained.adapter_dir}")
+    ids = torch.tensor([[1, 2, 3, 400, 500]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, lm.model(ids).logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(TrainingError, match="not empty"):
+        export_merged(trained.adapter_dir, out)
+
+
+def test_lineage_rows(trained, tmp_path):
+    from loop.store import Store
+
+    with Store(tmp_path / "ws") as store:
+        model_id = record_training(store, trained, "colors", "manifest-abc")
+        run = store.query("SELECT * FROM training_runs")[0]
+        assert (run["train_id"], run["model_id"], run["dataset_hash"], run["total_steps"]) == \
+            (trained.train_id, model_id, "manifest-abc", 24)
+        assert json.loads(run["config"])["rank"] == FAST.rank and run["seed"] == FAST.seed
+        logs = store.query("SELECT * FROM train_logs ORDER BY step")
+        assert [r["step"] for r in logs] == [r.step for r in trained.logs]
+        model = store.query("SELECT * FROM models WHERE model_id = ?", [model_id])[0]
+        assert model["parent_id"] == trained.base_model_id
+
+
+def test_parent_adapter_continues_training(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = replace(FAST, max_steps=4, save_steps=4)
+    child = train_adapter(f"tiny-random+{trained.adapter_dir}", examples(12), tmp_path / "child",
+                          cfg, progress=False)
+    assert child.parent_adapter == trained.adapter_dir
+    parent_w = load_file(str(Path(trained.adapter_dir) / "adapter_model.safetensors"))
+    child_w = load_file(str(tmp_path / "child" / "adapter_model.safetensors"))
+    assert parent_w.keys() == child_w.keys()
+    key = next(k for k in parent_w if "lora_B" in k)
+    # started from the parent (not from zero) and moved on from it
+    assert not bool((child_w[key] == 0).all()) and not bool((child_w[key] == parent_w[key]).all())
+    first_loss = next(r.loss for r in child.logs if r.loss is not None)
+    assert first_loss < trained.logs[0].loss
+
+
+def test_early_stopping_on_dev_loss_keeps_the_best_adapter(tmp_path):
+    # dev answers the training never shows: dev loss rises as training sharpens on train answers
+    dev = [replace(e, output="purple", id=f"dev{i}") for i, e in enumerate(examples(6, "dev"))]
+    cfg = replace(FAST, max_steps=60, save_steps=4, patience=2)
+    result = train_adapter("tiny-random", examples(24), tmp_path / "es", cfg, dev_examples=dev,
+                           progress=False)
+    evals = [(r.step, r.eval_loss) for r in result.logs if r.eval_loss is not None]
+    assert result.stopped_early and result.steps_done < result.total_steps == 60
+    assert len(evals) == result.steps_done // 4
+    assert result.best_eval_loss == min(e for _, e in evals)
+    best_step = min(evals, key=lambda se: se[1])[0]
+    assert result.steps_done == best_step + 2 * 4  # patience: two evaluations without improvement
+    from safetensors.torch import load_file
+
+    final = load_file(str(tmp_path / "es" / "adapter_model.safetensors"))
+    best = load_file(str(tmp_path / "es" / "checkpoints" / f"checkpoint-{best_step}"
+                         / "adapter_model.safetensors"))
+    assert all(bool((final[k] == best[k]).all()) for k in final)  # the best weights were kept
+
+
+def test_refuses_foreign_dir_and_qlora_on_cpu(tmp_path):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(TrainingError, match="not an evalloop training directory"):
+        train_adapter("tiny-random", examples(8), tmp_path / "other", FAST, progress=False)
+    with pytest.raises(TrainingError, match="CUDA"):
+        train_adapter("tiny-random", examples(8), tmp_path / "q", replace(FAST, qlora=True),
+                      progress=False)
+
+
+def test_train_for_task_reads_the_training_section_and_records_lineage(tmp_path):
+    from loop.store import Store
+    from loop.tasks import load_task
+    from loop.train import train_for_task
+
+    bad = load_task(write_task(tmp_path / "bad", 12, training="rank = -1\nbatch = 4"))
+    with Store(tmp_path / "ws") as store:
+        with pytest.raises(ConfigError, match=r"\[training\] has 2 problem"):
+            train_for_task(store, bad, tmp_path / "ws", model="tiny-random", progress=False)
+        task = load_task(write_task(tmp_path / "ok", 12, training="rank = 4\nmax_steps = 3\n"
+                                    "batch_size = 4\nsave_steps = 3\nbf16 = false"))
+        result = train_for_task(store, task, tmp_path / "ws", model="tiny-random",
+                                dataset_hash="m1", progress=False)
+        assert (result.config.rank, result.config.alpha, result.steps_done) == (4, 8.0, 3)
+        assert Path(result.adapter_dir) == tmp_path / "ws" / "adapters" / result.train_id
+        row = store.query("SELECT task_id, dataset_hash, n_train, n_dev FROM training_runs")[0]
+        assert row == {"task_id": "colors", "dataset_hash": "m1", "n_train": result.n_train,
+                       "n_dev": result.n_dev} and result.n_dev > 0  # dev split off train
+
+
+# ---------------------------------------------------------------------------- kill + resume
+
+def test_sigkill_then_rerun_resumes_from_checkpoint(tmp_path):
+    task = write_task(tmp_path / "task", n_train=60)
+    ws = tmp_path / "ws"
+    cmd = [sys.executable, "-m", "loop.train", "--task", str(task), "--workspace", str(ws),
+           "--model", "tiny-random", "--max-steps", "150", "--save-steps", "10",
+           "--patience", "0", "--json"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 90
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            found = [last_checkpoint(d / "checkpoints")[1] for d in ws.glob("adapters/*")]
+            if any(found):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    adapter_dir = next(ws.glob("adapters/*"))
+    assert not (adapter_dir / "train_result.json").exists()  # it really died mid-run
+    checkpoint, step = last_checkpoint(adapter_dir / "checkpoints")
+    assert 0 < step < 150
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["max_steps"] == 150
+
+    rerun = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180,
+                           check=False)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    result = json.loads(rerun.stdout)
+    assert result["resumed_from_step"] == step
+    assert result["total_steps"] == result["steps_done"] == 150
+    assert result["adapter_dir"] == str(adapter_dir)
+    logged = [r["step"] for r in result["logs"]]
+    assert logged[0] <= step and logged[-1] == 150  # the killed run's rows were kept
+
+
+# ---------------------------------------------------------------------------- real model
+
+@pytest.mark.slow
+def test_lora_on_embedded_model_raises_dev_exact_match(tmp_path):
+    """A small version of the acceptance run: 120 ISO-date pool examples, two epochs, greedy
+    exact match on the 50 ISO-date dev items. (The full run, 300 examples of all five skills,
+    went from 6.8% to 66.8% dev exact match.)"""
+    from loop.generate import generate
+    from loop.models import load_model
+    from loop.prompts import build_prompt
+    from loop.tasks import load_task
+
+    task = load_task(ROOT / "datasets" / "demo" / "task.toml")
+    train = [e for e in task.split("train") if e.category == "iso_date"][:120]
+    dev = [e for e in task.split("dev") if e.category == "iso_date"]
+    result = train_adapter("smollm2-135m-instruct", train, tmp_path / "a",
+                           TrainConfig(epochs=2.0, patience=0), progress=False,
+                           system_prompt=task.config.system_prompt)
+
+    def exact_match(name: str) -> float:
+        lm = load_model(name)
+        prompts = [build_prompt(lm.tokenizer, e, task.config.system_prompt) for e in dev]
+        outs = generate(lm, prompts, max_new_tokens=16, batch_size=25, progress=False)
+        return sum(o.text.strip() == e.output for o, e in zip(outs, dev)) / len(dev)
+
+    before = exact_match("smollm2-135m-instruct")
+    after = exact_match(f"smollm2-135m-instruct+{result.adapter_dir}")
+    assert after >= before + 0.20, (before, after)
