@@ -1,8 +1,13 @@
-"""Pairwise judges: who answered better, A or B? Registered by name: reference, llm, human.
+"""Pairwise judges: which of two answers is better? Registered by name: reference, llm, human.
+
+    verdicts = reference_judge(pairs, margin=0.02)
+    verdicts = llm_judge(pairs, endpoint_completer("http://127.0.0.1:8000/v1", "qwen", "KEY_VAR"))
+    matches = human_matches(votes)
 
 Verdicts are "A", "B", "tie" or "both_bad". The LLM judge sees every pair in both orders and
-combines them, so a judge that always prefers the first answer yields ties; an answer it cannot
-parse is an error, never a win.
+combines them, so a judge that always prefers the first answer yields ties; a reply it cannot
+parse is an error (verdict None), never a win. The judging logic is pure; model and network I/O
+live in the two completers at the bottom, which turn prompts into reply texts.
 """
 
 from __future__ import annotations
@@ -13,16 +18,19 @@ import os
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from loop.errors import ConfigError, EvalloopError
+from loop.records import content_hash
 
 VERDICTS = ("A", "B", "tie", "both_bad")
 
 
 @dataclass(frozen=True)
 class Pair:
+    """One item answered by two models; pass/fail and similarity come from stored scores."""
     example_id: str
     prompt: str
     reference: str
@@ -41,10 +49,44 @@ class Verdict:
     detail: dict | None = None
 
 
+@dataclass(frozen=True)
+class Match:
+    """One judged pair, as stored in the `matches` table. `shown_first` is the model whose answer
+    was shown first (human votes); None when both orders were judged or order does not matter."""
+    task_id: str | None
+    example_id: str
+    model_a: str
+    model_b: str
+    judge: str
+    verdict: str | None
+    error: str | None = None
+    shown_first: str | None = None
+    voter: str | None = None
+    judged_by: str | None = None  # the concrete LLM judge, e.g. "qwen@http://host/v1"
+    detail: dict = field(default_factory=dict)
+
+    @property
+    def match_id(self) -> str:
+        """Content hash of what was compared and by whom (not of the verdict), so judging the
+        same pair again is a no-op; the two models are unordered."""
+        extra = [x for x in (self.judged_by, self.voter) if x is not None]
+        return content_hash("match", self.task_id, self.example_id,
+                            sorted([self.model_a, self.model_b]), self.judge, *extra)
+
+    def row(self, created_at: datetime) -> dict:
+        detail = {**self.detail, **({"judged_by": self.judged_by} if self.judged_by else {})}
+        return {"match_id": self.match_id, "task_id": self.task_id,
+                "example_id": self.example_id, "model_a": self.model_a, "model_b": self.model_b,
+                "judge": self.judge, "shown_first": self.shown_first, "verdict": self.verdict,
+                "error": self.error, "voter": self.voter, "detail": detail,
+                "created_at": created_at}
+
+
 # ---------------------------------------------------------------------------- reference judge
 
 def reference_judge(pairs: Sequence[Pair], margin: float = 0.02) -> list[Verdict]:
-    """Suite verdict first; then similarity to the reference, a tie within `margin`."""
+    """Suite verdict first; then similarity to the reference, a tie within `margin` ("both_bad"
+    when neither answer passed its suite)."""
     out = []
     for p in pairs:
         if p.passed_a != p.passed_b:
@@ -73,19 +115,32 @@ JUDGE_PROMPT = """You are comparing two answers to the same request.
 Which answer is better (correct, complete, concise)? Reply with exactly one of [[1]], [[2]] or
 [[tie]]."""
 
-_VERDICT = re.compile(r"\[\[\s*(1|2|tie)\s*\]\]", re.I)
+_VERDICT = re.compile(r"\[\[\s*(1|2|tie)\s*\]\]", re.IGNORECASE)
+REPLY_KEPT = 300  # characters of an unparseable reply kept in the match detail
+
+
+def judge_prompts(pair: Pair) -> tuple[str, str]:
+    """The prompt with A shown first, and with B shown first."""
+    ab = JUDGE_PROMPT.format(prompt=pair.prompt, reference=pair.reference,
+                             first=pair.output_a, second=pair.output_b)
+    ba = JUDGE_PROMPT.format(prompt=pair.prompt, reference=pair.reference,
+                             first=pair.output_b, second=pair.output_a)
+    return ab, ba
 
 
 def parse_verdict(text: str) -> str | None:
-    """'1', '2' or 'tie' from a judge reply; None when absent or ambiguous."""
+    """'1', '2' or 'tie' from a judge reply; None when absent or contradictory."""
     found = {m.lower() for m in _VERDICT.findall(text)}
     return found.pop() if len(found) == 1 else None
 
 
 def combine_orders(first: str | None, second: str | None) -> Verdict:
-    """`first`: verdict with A shown first; `second`: with B shown first (positions 1/2)."""
+    """`first`: parsed verdict with A shown first; `second`: with B shown first. The same
+    winner in both orders wins; a disagreement (position bias) is a tie; a missing verdict
+    in either order is an error."""
     if first is None or second is None:
-        return Verdict(None, error="unparseable judge reply",
+        orders = " and ".join(o for o, v in (("AB", first), ("BA", second)) if v is None)
+        return Verdict(None, error=f"unparseable judge reply (order {orders})",
                        detail={"ab": first, "ba": second})
     as_a = {"1": "A", "2": "B", "tie": "tie"}[first]
     as_b = {"1": "B", "2": "A", "tie": "tie"}[second]
@@ -95,75 +150,146 @@ def combine_orders(first: str | None, second: str | None) -> Verdict:
 
 def llm_judge(pairs: Sequence[Pair], complete: Callable[[list[str]], list[str]]
               ) -> list[Verdict]:
-    """Judge each pair in both orders with `complete(prompts) -> replies`."""
-    prompts = []
-    for p in pairs:
-        prompts.append(JUDGE_PROMPT.format(prompt=p.prompt, reference=p.reference,
-                                           first=p.output_a, second=p.output_b))
-        prompts.append(JUDGE_PROMPT.format(prompt=p.prompt, reference=p.reference,
-                                           first=p.output_b, second=p.output_a))
+    """Judge each pair in both orders with `complete(prompts) -> replies` (one per prompt)."""
+    prompts = [prompt for p in pairs for prompt in judge_prompts(p)]
     replies = complete(prompts)
-    return [combine_orders(parse_verdict(replies[2 * k]), parse_verdict(replies[2 * k + 1]))
-            for k in range(len(pairs))]
+    if len(replies) != len(prompts):
+        raise ValueError(f"completer gave {len(replies)} replies for {len(prompts)} prompts")
+    out = []
+    for k in range(len(pairs)):
+        ab, ba = replies[2 * k], replies[2 * k + 1]
+        verdict = combine_orders(parse_verdict(ab), parse_verdict(ba))
+        if verdict.error:
+            detail = {**verdict.detail, "replies": [ab[:REPLY_KEPT], ba[:REPLY_KEPT]]}
+            verdict = Verdict(None, verdict.error, detail)
+        out.append(verdict)
+    return out
 
 
-def endpoint_completer(base_url: str, model: str, api_key_env: str | None = None,
-                       timeout: float = 60.0) -> Callable[[list[str]], list[str]]:
-    """An OpenAI-compatible chat-completions client; the key is read from `api_key_env` at
-    call time and never stored or logged."""
+# ---------------------------------------------------------------------------- human judge
 
-    def complete(prompts: list[str]) -> list[str]:
+def human_matches(votes: Sequence[Mapping]) -> list[Match]:
+    """Votes as data -> matches with the voter. Each vote needs task_id, example_id, model_a,
+    model_b, verdict (one of VERDICTS, relative to model_a/model_b) and voter; shown_first and
+    detail are optional. One vote per voter, item and model pair counts (ids ignore the verdict).
+    All bad votes are reported in one error."""
+    errors, out = [], []
+    for k, vote in enumerate(votes):
+        missing = [f for f in ("task_id", "example_id", "model_a", "model_b", "verdict", "voter")
+                   if not vote.get(f)]
+        if missing:
+            errors.append(f"vote {k}: missing {', '.join(missing)}")
+        elif vote["verdict"] not in VERDICTS:
+            errors.append(f"vote {k}: verdict {vote['verdict']!r} is not one of "
+                          f"{', '.join(VERDICTS)}")
+        else:
+            out.append(Match(vote["task_id"], vote["example_id"], vote["model_a"],
+                             vote["model_b"], "human", vote["verdict"],
+                             shown_first=vote.get("shown_first"), voter=vote["voter"],
+                             detail=dict(vote.get("detail") or {})))
+    if errors:
+        raise ConfigError("Invalid votes: " + "; ".join(errors) + ".")
+    return out
+
+
+# ---------------------------------------------------------------------------- registry
+
+JUDGES: dict[str, Callable] = {"reference": reference_judge, "llm": llm_judge,
+                               "human": human_matches}
+AUTOMATIC = ("reference", "llm")
+
+
+def check_judge(name: str, automatic: bool = True) -> str:
+    """`name` if it is a registered judge (an automatic one unless automatic=False)."""
+    if name not in JUDGES:
+        close = difflib.get_close_matches(name, list(JUDGES), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"Unknown judge '{name}'.{hint} Known judges: {', '.join(JUDGES)}.")
+    if automatic and name not in AUTOMATIC:
+        raise ConfigError("Human verdicts come from votes in the app (`evalloop app`), not from "
+                          "`evalloop arena`.")
+    return name
+
+
+# ---------------------------------------------------------------------------- completers (I/O)
+
+@dataclass(frozen=True)
+class EndpointCompleter:
+    """An OpenAI-compatible chat-completions client (stdlib urllib). The API key is read from
+    the environment variable *named* `api_key_env` at call time; it is never stored or logged."""
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    timeout: float = 60.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}@{self.base_url}"
+
+    def __call__(self, prompts: list[str]) -> list[str]:
         headers = {"Content-Type": "application/json"}
-        if api_key_env:
-            key = os.environ.get(api_key_env)
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
             if not key:
-                raise EvalloopError(f"Environment variable {api_key_env} (the judge's API key) "
-                                    "is not set.")
+                raise ConfigError(f"The environment variable {self.api_key_env} (the judge's "
+                                  "API key) is not set.")
             headers["Authorization"] = f"Bearer {key}"
-        replies = []
-        for prompt in prompts:
-            body = json.dumps({"model": model, "temperature": 0,
-                               "messages": [{"role": "user", "content": prompt}]}).encode()
-            request = urllib.request.Request(base_url.rstrip("/") + "/chat/completions",
-                                             data=body, headers=headers)
-            try:
-                with urllib.request.urlopen(request, timeout=timeout) as response:
-                    data = json.loads(response.read())
-                replies.append(data["choices"][0]["message"]["content"])
-            except (urllib.error.URLError, KeyError, IndexError, ValueError, TimeoutError) as exc:
-                replies.append(f"<error: {type(exc).__name__}>")  # parses as no verdict
+        replies = [self._one(prompt, headers) for prompt in prompts]
+        if replies and all(r.startswith("<no reply") for r in replies):
+            raise EvalloopError(f"The judge endpoint {self.base_url} failed on every request; "
+                                f"the first: {replies[0]}.")
         return replies
 
-    return complete
+    def _one(self, prompt: str, headers: dict[str, str]) -> str:
+        """The reply text, or '<no reply: reason>' (which parses as no verdict)."""
+        url = self.base_url.rstrip("/") + "/chat/completions"
+        body = {"model": self.model, "temperature": 0, "max_tokens": 256,
+                "messages": [{"role": "user", "content": prompt}]}
+        request = urllib.request.Request(url, json.dumps(body).encode("utf-8"), headers,
+                                         method="POST")
+        failure = ""
+        for _attempt in range(2):  # one retry for a transient failure; a 4xx is a config problem
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    data = json.loads(response.read().decode("utf-8"))
+                return str(data["choices"][0]["message"]["content"] or "")
+            except urllib.error.HTTPError as exc:
+                if exc.code < 500:
+                    raise ConfigError(f"The judge endpoint {url} answered HTTP {exc.code} for "
+                                      f"model '{self.model}'; check --judge-url, --judge-model "
+                                      "and the API key variable.") from None
+                failure = f"HTTP {exc.code}"
+            except (urllib.error.URLError, TimeoutError, OSError) as exc:
+                failure = str(getattr(exc, "reason", exc))
+            except (ValueError, KeyError, IndexError, TypeError):
+                return "<no reply: not a chat-completions response>"
+        return f"<no reply: {failure}>"
 
 
-def local_completer(model_name: str, max_new_tokens: int = 16) -> Callable[[list[str]], list[str]]:
-    """A local model (any name `loop.models` accepts) answering the judge prompt greedily."""
+class LocalCompleter:
+    """A local model (any name `loop.models` accepts) answering the judge prompt greedily;
+    loaded on first use and kept for later calls."""
 
-    def complete(prompts: list[str]) -> list[str]:
+    def __init__(self, model_name: str, max_new_tokens: int = 16, batch_size: int = 8):
+        self.label, self.max_new_tokens, self.batch_size = model_name, max_new_tokens, batch_size
+        self._lm = None
+
+    def __call__(self, prompts: list[str]) -> list[str]:
         from loop.generate import generate
         from loop.models import load_model
         from loop.prompts import build_prompt
         from loop.records import Example
 
-        lm = load_model(model_name)
-        texts = [build_prompt(lm.tokenizer, Example("judge", p, "")) for p in prompts]
-        return [o.text for o in generate(lm, texts, max_new_tokens, 8, progress=False)]
-
-    return complete
-
-
-# ---------------------------------------------------------------------------- registry
-
-JUDGES = {"reference": reference_judge, "llm": llm_judge, "human": None}
+        self._lm = self._lm or load_model(self.label)
+        texts = [build_prompt(self._lm.tokenizer, Example("judge", p, "")) for p in prompts]
+        outputs = generate(self._lm, texts, self.max_new_tokens, self.batch_size, progress=False)
+        return [o.text for o in outputs]
 
 
-def check_judge(name: str) -> str:
-    if name not in JUDGES:
-        close = difflib.get_close_matches(name, list(JUDGES), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"Unknown judge '{name}'.{hint} Known judges: {', '.join(JUDGES)}.")
-    if name == "human":
-        raise ConfigError("Human verdicts come from votes in the app (`evalloop app`), not from "
-                          "`evalloop arena`.")
-    return name
+def endpoint_completer(base_url: str, model: str, api_key_env: str | None = None,
+                       timeout: float = 60.0) -> EndpointCompleter:
+    return EndpointCompleter(base_url, model, api_key_env, timeout)
+
+
+def local_completer(model_name: str, max_new_tokens: int = 16) -> LocalCompleter:
+    return LocalCompleter(model_name, max_new_tokens)
