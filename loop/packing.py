@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from itertools import chain, pairwise
+from itertools import accumulate, chain, pairwise
 
 from loop.prompts import build_prompt, completion_text
 from loop.records import Example
@@ -47,43 +47,55 @@ def tokenize_examples(tokenizer, examples: Sequence[Example], system_prompt: str
 
 @dataclass(frozen=True)
 class Collator:
-    """Features -> model inputs. `padding_free`: one packed row; else right-padded rows + mask."""
+    """Features -> model inputs. `padding_free`: one packed row; else right-padded rows + mask.
+
+    A packed row is topped up to a multiple of `multiple` tokens with a separate all-padding
+    segment: with a handful of distinct shapes the CPU allocator reuses its blocks, where a new
+    length every step grew RSS by ~30 MB per step (measured on the 135M model, bf16).
+    """
 
     pad_token_id: int
     padding_free: bool = True
+    multiple: int = 64
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
 
         ids = [list(f["input_ids"]) for f in features]
         labels = [list(f["labels"]) for f in features]
-        if self.padding_free:
-            lengths = [len(x) for x in ids]
-            bounds = [0]
-            for n in lengths:
-                bounds.append(bounds[-1] + n)
-            flat_labels = []
-            for lab in labels:  # an example's first token is never a target of the previous one
-                flat_labels += [IGNORE] + lab[1:]
-            cu = torch.tensor(bounds, dtype=torch.int32)
+        real = sum(len(x) for x in ids)
+        if not self.padding_free:
+            width = max(len(x) for x in ids)
+            pad = [width - len(x) for x in ids]
             return {
-                "input_ids": torch.tensor([list(chain.from_iterable(ids))]),
-                "labels": torch.tensor([flat_labels]),
-                "position_ids": torch.tensor([[p for n in lengths for p in range(n)]]),
-                "cu_seq_lens_q": cu, "cu_seq_lens_k": cu,
-                "max_length_q": max(lengths), "max_length_k": max(lengths),
+                "input_ids": torch.tensor([x + [self.pad_token_id] * p for x, p in zip(ids, pad)]),
+                "labels": torch.tensor([y + [IGNORE] * p for y, p in zip(labels, pad)]),
+                "attention_mask": torch.tensor([[1] * len(x) + [0] * p for x, p in zip(ids, pad)]),
+                "real_tokens": real,
             }
-        width = max(len(x) for x in ids)
-        pad = [width - len(x) for x in ids]
+        if -real % self.multiple:
+            ids.append([self.pad_token_id] * (-real % self.multiple))
+            labels.append([IGNORE] * len(ids[-1]))
+        lengths = [len(x) for x in ids]
+        flat_labels = []
+        for lab in labels:  # an example's first token is never a target of the previous one
+            flat_labels += [IGNORE, *lab[1:]]
+        cu = torch.tensor([0, *accumulate(lengths)], dtype=torch.int32)
         return {
-            "input_ids": torch.tensor([x + [self.pad_token_id] * p for x, p in zip(ids, pad)]),
-            "labels": torch.tensor([y + [IGNORE] * p for y, p in zip(labels, pad)]),
-            "attention_mask": torch.tensor([[1] * len(x) + [0] * p for x, p in zip(ids, pad)]),
+            "input_ids": torch.tensor([list(chain.from_iterable(ids))]),
+            "labels": torch.tensor([flat_labels]),
+            "position_ids": torch.tensor([[p for n in lengths for p in range(n)]]),
+            "cu_seq_lens_q": cu, "cu_seq_lens_k": cu,
+            "max_length_q": max(lengths), "max_length_k": max(lengths),
+            "real_tokens": real,
         }
 
 
-def real_tokens(batch: dict) -> int:
-    """Non-padding tokens in a collated batch (what tokens/s counts)."""
+def pop_real_tokens(batch: dict) -> int:
+    """Remove and return the non-padding token count (what tokens/s counts; not a model input)."""
+    real = batch.pop("real_tokens", None)
+    if real is not None:
+        return int(real)
     mask = batch.get("attention_mask")
     return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
 

@@ -38,7 +38,13 @@ from loop.models import (
     parse_model_name,
     pick_device,
 )
-from loop.packing import IGNORE, Collator, real_tokens, register_varlen_attention, tokenize_examples
+from loop.packing import (
+    IGNORE,
+    Collator,
+    pop_real_tokens,
+    register_varlen_attention,
+    tokenize_examples,
+)
 from loop.records import content_hash
 from loop.train_config import LogRow, TrainConfig, TrainResult, library_versions, use_bf16
 from loop.train_outputs import (
@@ -245,9 +251,10 @@ def _make_trainer(model, tokenizer, rows, dev_rows, config: TrainConfig, ckpt_di
         """SFTTrainer with `completion_loss`, normalised over the whole accumulated batch."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            real = pop_real_tokens(inputs)
             loss, count, out = completion_loss(model, inputs)
             if model.training:
-                meter.tokens += real_tokens(inputs)
+                meter.tokens += real
                 if num_items_in_batch is None:
                     count *= self.current_gradient_accumulation_steps
                 else:  # the label count of all micro-batches (and, under DDP, all ranks)
@@ -311,6 +318,21 @@ def _read_logs(path: Path, up_to: int) -> list[LogRow]:
     return [merged[s] for s in sorted(merged)]
 
 
+def _loss_summary(logs: list[LogRow]) -> dict:
+    return {"train_loss": next((r.loss for r in reversed(logs) if r.loss is not None), None),
+            "best_eval_loss": min((r.eval_loss for r in logs if r.eval_loss is not None),
+                                  default=None)}
+
+
+def _rows(tokenizer, examples, system_prompt, max_seq_len: int) -> tuple[list[dict], list[str]]:
+    rows, skipped = tokenize_examples(tokenizer, examples, system_prompt, max_seq_len)
+    if not rows:
+        raise TrainingError(f"No example fits max_seq_len={max_seq_len} tokens (of "
+                            f"{len(examples)} given): raise [training] max_seq_len or shorten "
+                            "them.")
+    return rows, skipped
+
+
 # ---------------------------------------------------------------------------- entry points
 
 def train_adapter(base_model_name: str, examples, out_dir, config: TrainConfig | None = None,
@@ -331,13 +353,9 @@ def train_adapter(base_model_name: str, examples, out_dir, config: TrainConfig |
     if config.qlora:
         _check_qlora(device)
     tokenizer = load_tokenizer(spec)
-    rows, skipped = tokenize_examples(tokenizer, examples, system_prompt, config.max_seq_len)
+    rows, skipped = _rows(tokenizer, examples, system_prompt, config.max_seq_len)
     dev_rows, _ = tokenize_examples(tokenizer, dev_examples or (), system_prompt,
                                     config.max_seq_len)
-    if not rows:
-        raise TrainingError(f"No example fits max_seq_len={config.max_seq_len} tokens (of "
-                            f"{len(examples)} given): raise [training] max_seq_len or shorten "
-                            "them.")
     base_id = fingerprint(replace(spec, adapter=None))
     parent_id = fingerprint(replace(spec, adapter=parent)) if parent else None
     train_id = train_id_for(base_id, parent_id, examples, dev_examples, config, system_prompt)
@@ -363,8 +381,7 @@ def train_adapter(base_model_name: str, examples, out_dir, config: TrainConfig |
             f" and max_seq_len={config.max_seq_len}. Lower [training] batch_size (raise grad_accum "
             "to keep the effective batch), set gradient_checkpointing = true, or qlora = true."
         ) from None
-    state = trainer.state
-    logs = _read_logs(out / LOG_FILE, state.global_step)
+    state, logs = trainer.state, _read_logs(out / LOG_FILE, trainer.state.global_step)
     result = TrainResult(
         train_id=train_id, adapter_dir=str(out), base=spec.base, base_model_id=base_id,
         parent_adapter=str(parent) if parent else None, config=config,
@@ -373,9 +390,7 @@ def train_adapter(base_model_name: str, examples, out_dir, config: TrainConfig |
         precision=("qlora-nf4+" if config.qlora else "") + ("bf16" if bf16 else "fp32"),
         padding_free=padding_free, tokens=meter.tokens,
         tokens_per_s=meter.tokens / meter.seconds if meter.seconds else 0.0,
-        peak_mem_mb=_peak_mem_mb(device),
-        train_loss=next((r.loss for r in reversed(logs) if r.loss is not None), None),
-        best_eval_loss=min((r.eval_loss for r in logs if r.eval_loss is not None), default=None),
+        peak_mem_mb=_peak_mem_mb(device), **_loss_summary(logs),
         stopped_early=state.global_step < state.max_steps,
         elapsed_s=time.perf_counter() - started, logs=tuple(logs), versions=library_versions())
     if trainer.is_world_process_zero():

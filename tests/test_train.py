@@ -127,13 +127,17 @@ def test_packed_batch_equals_separate_sequences_and_never_mixes_them():
     seqs = [[5, 17, 300, 42, 7], [9, 8, 7], [1000, 2000, 3000, 4000]]
     feats = [{"input_ids": s, "labels": s} for s in seqs]
 
-    def packed_logits(features):
-        batch = Collator(pad_token_id=0)(features)
-        batch.pop("labels")
-        with torch.no_grad():
-            return packed_model(**batch).logits[0]
+    def inputs(features, **kw):
+        batch = Collator(pad_token_id=0, **kw)(features)
+        return {k: v for k, v in batch.items() if k not in ("labels", "real_tokens")}
 
-    logits = packed_logits(feats)
+    batch = Collator(pad_token_id=0, multiple=8)(feats)
+    assert batch["real_tokens"] == 12 and batch["input_ids"].shape == (1, 16)
+    assert batch["cu_seq_lens_q"].tolist() == [0, 5, 8, 12, 16]  # the top-up is its own segment
+    assert batch["labels"][0].tolist() == [-100, 17, 300, 42, 7, -100, 8, 7, -100, 2000, 3000,
+                                           4000, -100, -100, -100, -100]
+    with torch.no_grad():
+        logits = packed_model(**inputs(feats)).logits[0]
     start = 0
     for s in seqs:
         with torch.no_grad():
@@ -141,21 +145,18 @@ def test_packed_batch_equals_separate_sequences_and_never_mixes_them():
         torch.testing.assert_close(logits[start:start + len(s)], alone, atol=1e-4, rtol=1e-4)
         start += len(s)
     # changing the first sequence leaves the others untouched (no cross-example attention)
-    changed = packed_logits([{"input_ids": [6, 6, 6, 6, 6], "labels": [6] * 5}] + feats[1:])
-    torch.testing.assert_close(changed[5:], logits[5:], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        changed = packed_model(**inputs([{"input_ids": [6] * 5, "labels": [6] * 5}, *feats[1:]]))
+    torch.testing.assert_close(changed.logits[0, 5:12], logits[5:12], atol=1e-5, rtol=1e-5)
     # bf16 weights under autocast (the CPU training setup; attention upcast to fp32) stay close
     bf16_model = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.bfloat16, attn_implementation=register_varlen_attention()).eval()
-    batch = Collator(pad_token_id=0)(feats)
-    batch.pop("labels")
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        low = bf16_model(**batch).logits[0].float()
-    assert float((low - logits).abs().max()) < 0.02  # logits span about +-1 here
+        low = bf16_model(**inputs(feats)).logits[0].float()
+    assert float((low[:12] - logits[:12]).abs().max()) < 0.02  # logits span about +-1 here
     # the padded fallback gives the same logits at real positions
-    padded = Collator(pad_token_id=0, padding_free=False)(feats)
-    padded.pop("labels")
     with torch.no_grad():
-        rows = plain(**padded).logits
+        rows = plain(**inputs(feats, padding_free=False)).logits
     torch.testing.assert_close(rows[1, :3], logits[5:8], atol=1e-4, rtol=1e-4)
 
 
