@@ -117,7 +117,7 @@ def test_sigkill_during_generation_training_and_benchmarks_then_resume(baseline,
     task, base_ws, _ = baseline
     workspace = tmp_path / "ws"
     killed = []
-    for stage, delay in (("eval_champion_dev", 2.0), ("train", 8.0), ("benchmarks", 4.0)):
+    for stage, delay in (("eval_champion_dev", 1.0), ("train", 4.0), ("benchmarks", 1.0)):
         proc = evalloop("cycle", "--task", str(task), "--workspace", str(workspace))
         if _kill_when(proc, workspace, stage, delay):
             killed.append(stage)
