@@ -1,0 +1,80 @@
+"""lm-eval benchmarks on local data: cached per fingerprint, adapters separate, clear errors."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from evals.benchmarks import run_benchmarks
+from loop.errors import BenchmarkDataError
+from loop.store import Store
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+pytestmark = pytest.mark.skipif(not (DATA / "arc_easy" / "test.jsonl").is_file(),
+                                reason=f"benchmark data not found at {DATA}")
+
+
+def random_adapter(directory: Path) -> Path:
+    """A LoRA adapter with non-zero random weights on the tiny model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from loop.models import load_model
+
+    lm = load_model("tiny-random")
+    model = get_peft_model(lm.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    model.save_pretrained(directory)
+    return directory
+
+
+def test_cached_rerun_and_adapter_rows(workspace, tmp_path):
+    adapter = random_adapter(tmp_path / "adapter")
+    with Store(workspace) as store:
+        base = run_benchmarks(store, "tiny-random", ["arc_easy"], 8, DATA, progress=False)
+        tuned = run_benchmarks(store, f"tiny-random+{adapter}", ["arc_easy"], 8, DATA,
+                               progress=False)
+        assert base[0].model_id != tuned[0].model_id
+        assert all(r.n == 8 and r.limit == 8 for r in base + tuned)
+        ids = {r["model_id"] for r in store.query("SELECT DISTINCT model_id FROM "
+                                                  "benchmark_results")}
+        assert ids == {base[0].model_id, tuned[0].model_id}
+        samples = store.query("SELECT count(*) AS n FROM benchmark_samples WHERE model_id = ?",
+                              [base[0].model_id])[0]["n"]
+        assert samples == 8
+        start = time.perf_counter()
+        again = run_benchmarks(store, "tiny-random", ["arc_easy"], 8, DATA, progress=False)
+        assert time.perf_counter() - start < 5
+        assert all(r.cached for r in again)
+        assert [(r.metric, r.value) for r in again] == [(r.metric, r.value) for r in base]
+        rows = store.count("benchmark_results")
+    with Store(workspace) as store:
+        assert store.count("benchmark_results") == rows
+
+
+def test_same_limit_selects_the_same_items(workspace):
+    with Store(workspace) as store:
+        run_benchmarks(store, "tiny-random", ["arc_easy"], 6, DATA, progress=False)
+        first = [json.loads(r["doc"])["id"] if r["doc"] else r["doc_id"] for r in store.query(
+            "SELECT doc, doc_id FROM benchmark_samples ORDER BY doc_id")]
+    with Store(workspace.parent / "other") as store:
+        run_benchmarks(store, "tiny-random", ["arc_easy"], 6, DATA, progress=False)
+        second = [json.loads(r["doc"])["id"] if r["doc"] else r["doc_id"] for r in store.query(
+            "SELECT doc, doc_id FROM benchmark_samples ORDER BY doc_id")]
+    assert first == second and len(first) == 6
+
+
+def test_missing_data_names_the_task_and_the_expected_file(workspace, tmp_path):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    with Store(workspace) as store:
+        with pytest.raises(BenchmarkDataError) as err:
+            run_benchmarks(store, "tiny-random", ["arc_easy"], 4, empty, progress=False)
+    assert "arc_easy" in str(err.value) and str(empty) in str(err.value)
