@@ -111,7 +111,9 @@ def _pack_row(context: tuple[int, ...], continuations) -> PackedRow:
         tokens += body
         positions += range(len(context), len(context) + len(body))
         segments += [segment] * len(body)
-        predictors = (len(context) - 1, *range(start, start + len(body)))
+        # An empty continuation (the tokenizer merged it into the context) scores nothing:
+        # lm-eval answers (0.0, True) for it, and so does an empty sum and all().
+        predictors = (len(context) - 1, *range(start, start + len(body))) if continuation else ()
         packed.append(Continuation(tuple(requests), predictors, tuple(continuation)))
     return PackedRow(tuple(tokens), tuple(positions), tuple(segments), tuple(packed))
 

@@ -127,9 +127,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise EvalloopError(f"--limit must be a positive integer, got {args.limit}.")
     with Store(args.workspace) as store:
-        results = run_benchmarks(store, args.model, args.tasks or DEFAULT_TASKS, args.limit,
-                                 args.benchmark_data, args.backend, progress=not args.json)
-    _print_json(to_json(results)) if args.json else print(format_table(results))
+        tasks = args.tasks or DEFAULT_TASKS
+        results = run_benchmarks(store, args.model, tasks, args.limit, args.benchmark_data,
+                                 args.backend, progress=not args.json)
+        # The other model runs on the same seeded subsets, so the deltas are paired.
+        other = run_benchmarks(store, args.compare, tasks, args.limit, args.benchmark_data,
+                               args.backend, progress=not args.json) if args.compare else None
+    if args.json:
+        _print_json({"results": to_json(results), "compare": to_json(other)} if other is not None
+                    else to_json(results))
+    else:
+        print(format_table(results, other))
     return 0
 
 
@@ -366,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark-data", default=None, metavar="DIR",
                    help="local JSONL copies in the Hugging Face schemas (offline)")
     p.add_argument("--backend", default="evalloop", choices=["evalloop", "hf"])
+    p.add_argument("--compare", default=None, metavar="OTHER",
+                   help="a second model: print its values and the deltas (model - other)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("arena", help="pairwise matches between model versions on test items")

@@ -78,3 +78,29 @@ def test_missing_data_names_the_task_and_the_expected_file(workspace, tmp_path):
         with pytest.raises(BenchmarkDataError) as err:
             run_benchmarks(store, "tiny-random", ["arc_easy"], 4, empty, progress=False)
     assert "arc_easy" in str(err.value) and str(empty) in str(err.value)
+
+
+def test_bench_compare_prints_paired_deltas(workspace, tmp_path, capsys):
+    from loop.cli import main
+
+    adapter = random_adapter(tmp_path / "adapter")
+    args = ["bench", "--workspace", str(workspace), "--tasks", "arc_easy", "--limit", "6",
+            "--benchmark-data", str(DATA)]
+    assert main([*args, "--model", f"tiny-random+{adapter}", "--compare", "tiny-random",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    ours = {r["metric"]: r for r in report["results"]}
+    other = {r["metric"]: r for r in report["compare"]}
+    assert ours["acc"]["model_id"] != other["acc"]["model_id"]
+    assert ours["acc"]["n"] == other["acc"]["n"] == 6
+    with Store(workspace) as store:  # the same seeded items for both models
+        docs = store.query("SELECT model_id, list(doc_id ORDER BY doc_id) AS ids "
+                           "FROM benchmark_samples GROUP BY model_id")
+    assert len(docs) == 2 and docs[0]["ids"] == docs[1]["ids"]
+    assert main([*args, "--model", f"tiny-random+{adapter}", "--compare", "tiny-random"]) == 0
+    table = capsys.readouterr().out
+    header = next(line for line in table.splitlines() if line.startswith("benchmark"))
+    assert "other" in header and "delta" in header
+    row = next(line for line in table.splitlines() if " acc " in line)
+    delta = ours["acc"]["value"] - other["acc"]["value"]
+    assert f"{other['acc']['value']:.4f}" in row and f"{delta:+.4f}" in row
