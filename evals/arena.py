@@ -144,7 +144,7 @@ def run_arena(store: Store, task, models: list[str], judge: str = "reference",
     board = compute_leaderboard(store, task.name, judge=None, seed=seed, save=True)
     names = {e.model_id: e.name for e in entrants}
     plot = write_heatmap(store, task.name, plot_dir / "winrates.png") if plot_dir else None
-    return {"n_matches": len(matches), "new_matches": new, "judge": judge,
+    return {"judged": len(matches), "new_matches": new, "judge": judge,
             "errors": sum(m.error is not None for m in matches),
             "ratings": {names.get(r["model_id"], r["model_id"]): r["rating"] for r in board},
             "leaderboard": board, "plot": str(plot) if plot else None}

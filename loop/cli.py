@@ -7,6 +7,7 @@ Exit codes: 0 ok, 2 user error (bad task, data, model, config), 3 store error, 7
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -167,7 +168,7 @@ def cmd_arena(args: argparse.Namespace) -> int:
         _print_json(result)
     else:
         print(format_leaderboard(result["leaderboard"]))
-        print(f"\n{result['n_matches']} matches judged by '{args.judge}'; win-rate plot: "
+        print(f"\n{result['judged']} matches judged by '{args.judge}'; win-rate plot: "
               f"{result['plot']}")
     return 0
 
@@ -442,6 +443,13 @@ def main(argv: list[str] | None = None) -> int:
         kind = "store error" if isinstance(exc, StoreError) else "error"
         print(f"evalloop: {kind}: {exc}", file=sys.stderr)
         return 3 if isinstance(exc, StoreError) else exc.exit_code
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        print(f"evalloop: error: no space left while writing {exc.filename or 'a file'} "
+              f"({exc.strerror}). Work finished before this point is kept; free space and "
+              "rerun to resume.", file=sys.stderr)
+        return 4
     except KeyboardInterrupt:
         print("evalloop: interrupted; finished work is kept, rerun to resume.", file=sys.stderr)
         return 130

@@ -20,7 +20,7 @@ from loop.errors import ConfigError
 from loop.evaluate import evaluate
 from loop.gate import GateConfig, GateInputs, decide
 from loop.models import DEFAULT_MODEL, fingerprint, parse_model_name
-from loop import runstate
+from loop import faults, runstate
 from loop.store import Store, now
 from loop.tasks import Task, load_task
 
@@ -256,6 +256,7 @@ def run_cycle(task_path: str | Path, workspace: str | Path, force: bool = False,
                                      f"cycle {cycle_id}; the next run resumes there.")
             log.info("cycle %s: stage %s", cycle_id, stage.__name__)
             runstate.mark_stage(store, cycle_id, stage.__name__, "running")
+            faults.arm(stage.__name__)  # no-op unless the reliability suite asks for a kill
             try:
                 ctx.results[stage.__name__] = stage(ctx)
             except BaseException as exc:

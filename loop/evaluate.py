@@ -67,17 +67,17 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
     prompts = [build_prompt(tokenizer, e, task.config.system_prompt) for e in examples]
     pred_ids = [content_hash(model_id, content_hash(p), gen_hash) for p in prompts]
     _check_context(tokenizer, spec, examples, prompts, gen.max_new_tokens)  # before any write
+    stored = store.get_predictions(pred_ids)
+    missing = [i for i, pid in enumerate(pred_ids) if pid not in stored]
+    if missing:
+        lm = lm or load_model(model_name)  # a model that cannot load fails before any write
     store.put_task(task.name, str(task.config.path), task.data_hash,
                    [e for s in task.splits.values() for e in s])
     store.put_model(model_id, model_name, spec.base, adapter=str(spec.adapter or "") or None)
     run_id = content_hash("eval", task.name, split, model_id, gen_hash, [e.id for e in examples])
     store.start_run(run_id, "eval", task.name, model_id, split,
                     {"limit": limit, "max_new_tokens": gen.max_new_tokens, "model": model_name})
-
-    stored = store.get_predictions(pred_ids)
-    missing = [i for i, pid in enumerate(pred_ids) if pid not in stored]
     if missing:
-        lm = lm or load_model(model_name)
         outputs = generate(lm, [prompts[i] for i in missing], gen.max_new_tokens,
                            gen.batch_size, progress=progress, desc=f"{split} {task.name}")
         rows = [{"prediction_id": pred_ids[i], "model_id": model_id,

@@ -80,16 +80,35 @@ def parse_model_name(name: str) -> ModelSpec:
 
 # ---------------------------------------------------------------------------- builtin checkpoints
 
+CACHE_MANIFEST = ".evalloop-complete.json"  # {file name: size}, written last by _atomic_dir
+
+
+def _is_complete(target: Path) -> bool:
+    """A cache directory is used only if every file its manifest lists is there, whole."""
+    try:
+        sizes = json.loads((target / CACHE_MANIFEST).read_text())
+        return bool(sizes) and all((target / name).stat().st_size == size
+                                   for name, size in sizes.items())
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _atomic_dir(target: Path, build) -> Path:
-    """Build a directory in a temp sibling and rename it into place, so a crash leaves nothing."""
-    if (target / "config.json").is_file():
+    """Build a directory in a temp sibling and rename it into place, so a crash leaves nothing.
+
+    A cache directory that was deleted, emptied or damaged (a file missing or cut short) is
+    rebuilt rather than loaded.
+    """
+    if _is_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         build(tmp)
+        sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / CACHE_MANIFEST).write_text(json.dumps(sizes, indent=1))
         if target.exists():  # a broken leftover, or another process won the race
-            if (target / "config.json").is_file():
+            if _is_complete(target):
                 return target
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -116,7 +135,7 @@ def embedded_tokenizer_dir() -> Path:
 
         tok = AutoTokenizer.from_pretrained(_gguf_dir(), gguf_file=GGUF_FILE)
         tok.save_pretrained(tmp)
-        (tmp / "config.json").write_text("{}")  # marks the directory complete
+        (tmp / "config.json").write_text("{}")  # lets from_pretrained treat it as a model dir
 
     return _atomic_dir(evalloop_home() / "tokenizers" / DEFAULT_MODEL, build)
 
@@ -141,7 +160,7 @@ def embedded_checkpoint() -> Path:
         plain.tie_weights()
         plain.save_pretrained(tmp, safe_serialization=True)
         for item in embedded_tokenizer_dir().iterdir():
-            if item.name != "config.json":
+            if item.name not in ("config.json", CACHE_MANIFEST):
                 shutil.copy2(item, tmp / item.name)
 
     return _atomic_dir(evalloop_home() / "models" / DEFAULT_MODEL, build)

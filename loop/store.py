@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import duckdb
 from loop.errors import StoreError
 
 DB_NAME = "evalloop.duckdb"
+BULK_ROWS = 64  # from this many rows, insert through Arrow in one statement
 SNAPSHOT_NAME = "snapshot.duckdb"  # read-only copy for the app, published at stage boundaries
 
 MIGRATIONS: list[tuple[str, str]] = [
@@ -174,6 +176,7 @@ class Store:
         self.workspace = Path(workspace)
         self.path = Path(path) if path else self.workspace / DB_NAME
         self.read_only = read_only
+        self._keys: dict[str, list[str]] = {}  # primary-key columns per table (bulk inserts)
         try:
             if not read_only:
                 self.workspace.mkdir(parents=True, exist_ok=True)
@@ -192,9 +195,11 @@ class Store:
 
     # -- lifecycle
     def close(self) -> None:
-        if not self.read_only:
-            self.publish_snapshot()
-        self.con.close()
+        try:
+            if not self.read_only:
+                self.publish_snapshot()
+        finally:
+            self.con.close()
 
     def publish_snapshot(self) -> Path:
         """Checkpoint and copy the database to `snapshot.duckdb` atomically, for readers."""
@@ -212,8 +217,12 @@ class Store:
     def __enter__(self) -> Store:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *rest) -> None:
+        try:
+            self.close()
+        except StoreError:
+            if exc_type is None:
+                raise  # otherwise the error already on its way out is the one to report
 
     def migrate(self) -> list[str]:
         """Apply pending migrations in order; each in its own transaction. Returns names applied."""
@@ -261,7 +270,12 @@ class Store:
                 store.con.execute("BEGIN TRANSACTION")
 
             def __exit__(self, exc_type, *rest):
-                store.con.execute("ROLLBACK" if exc_type else "COMMIT")
+                try:
+                    with store._writing():
+                        store.con.execute("ROLLBACK" if exc_type else "COMMIT")
+                except StoreError:
+                    if exc_type is None:
+                        raise
                 return False
 
         return _Tx()
@@ -275,18 +289,69 @@ class Store:
         verb = {"nothing": "INSERT OR IGNORE", "replace": "INSERT OR REPLACE"}[on_conflict]
         sql = (f"{verb} INTO {_ident(table)} ({', '.join(_ident(c) for c in cols)}) "
                f"VALUES ({', '.join('?' for _ in cols)})")
+        values = [[_jsonable(r[c]) for c in cols] for r in rows]
+        with self._writing():
+            if len(values) < BULK_ROWS or not self._insert_bulk(table, cols, values, verb):
+                self.con.executemany(sql, values)
+
+    def _insert_bulk(self, table: str, cols: list[str], values: list[list], verb: str) -> bool:
+        """One INSERT ... SELECT from an Arrow table: ~100x faster than executemany on big
+        batches. Same outcome: within the batch the first row of a key wins for 'nothing' and
+        the last for 'replace', as row-by-row inserts would. False if Arrow cannot type the
+        values (mixed types in a column); the caller then inserts row by row."""
+        import pyarrow as pa
+
+        key = self._primary_key(table)
+        if key and all(c in cols for c in key):
+            at = [cols.index(c) for c in key]
+            chosen: dict[tuple, list] = {}
+            for row in values if verb.endswith("REPLACE") else reversed(values):
+                chosen[tuple(row[i] for i in at)] = row
+            values = list(chosen.values())
         try:
-            self.con.executemany(sql, [[_jsonable(r[c]) for c in cols] for r in rows])
-        except duckdb.IOException as exc:
-            raise StoreError(f"Cannot write to {self.path}: {str(exc).splitlines()[0]}.") from None
+            batch = pa.Table.from_arrays([pa.array(col) for col in zip(*values)], names=cols)
+        except (pa.ArrowException, TypeError, ValueError):
+            return False
+        names = ", ".join(_ident(c) for c in cols)
+        self.con.register("_evalloop_rows", batch)
+        try:
+            self.con.execute(f"{verb} INTO {_ident(table)} ({names}) "
+                             f"SELECT {names} FROM _evalloop_rows")
+        except (duckdb.ConversionException, duckdb.BinderException,
+                duckdb.NotImplementedException, duckdb.InvalidInputException):
+            return False  # a type Arrow guessed differently: row by row raises the real error
+        finally:
+            self.con.unregister("_evalloop_rows")
+        return True
+
+    def _primary_key(self, table: str) -> list[str]:
+        if table not in self._keys:
+            rows = self.con.execute(
+                "SELECT constraint_column_names FROM duckdb_constraints() WHERE table_name = ? "
+                "AND constraint_type = 'PRIMARY KEY'", [table]).fetchall()
+            self._keys[table] = list(rows[0][0]) if rows else []
+        return self._keys[table]
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[dict]:
-        cur = self.con.execute(sql, list(params))
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row)) for row in cur.fetchall()]
+        with self._writing():
+            cur = self.con.execute(sql, list(params))
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> None:
-        self.con.execute(sql, list(params))
+        with self._writing():
+            self.con.execute(sql, list(params))
+
+    @contextmanager
+    def _writing(self):
+        """Turn an I/O failure (disk full, file gone) into a StoreError; DuckDB keeps every
+        committed transaction and drops the failed one, so nothing partial is left behind."""
+        try:
+            yield
+        except (duckdb.IOException, duckdb.FatalException, duckdb.TransactionException) as exc:
+            raise StoreError(f"Cannot write to {self.path}: {str(exc).splitlines()[0]}. "
+                             "Work committed before this point is kept; free space (or fix "
+                             "the file) and rerun to resume.") from None
 
     def tables(self) -> list[str]:
         return [r["table_name"] for r in self.query(

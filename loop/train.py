@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -165,6 +166,9 @@ def _load_trainable(spec, parent: Path | None, config: TrainConfig, bf16: bool, 
     if parent is not None:
         model = PeftModel.from_pretrained(model, str(parent), is_trainable=True)
     else:
+        from transformers import set_seed
+
+        set_seed(config.seed)  # LoRA A is drawn at random: the same seed, the same adapter
         modules = config.target_modules
         model = get_peft_model(model, LoraConfig(
             r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
@@ -220,12 +224,16 @@ def _sft_args(config: TrainConfig, ckpt_dir: Path, evaluate: bool, bf16: bool, d
               padding_free: bool, progress: bool):
     from trl import SFTConfig
 
+    # Each logged loss averages the steps since the last log; a resumed run restarts that
+    # window at its checkpoint. With checkpoints on log boundaries, a resumed run logs the
+    # same losses as an uninterrupted one.
+    log_every = math.gcd(config.log_steps, config.save_steps)
     return SFTConfig(
         output_dir=str(ckpt_dir), per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.learning_rate, num_train_epochs=config.epochs or 1.0,
         max_steps=config.max_steps or -1, lr_scheduler_type="cosine", warmup_steps=0.05,
-        weight_decay=0.0, logging_steps=config.log_steps, save_strategy="steps",
+        weight_decay=0.0, logging_steps=log_every, save_strategy="steps",
         save_steps=config.save_steps, save_total_limit=2,
         eval_strategy="steps" if evaluate else "no", eval_steps=config.save_steps,
         load_best_model_at_end=evaluate and config.patience > 0,
@@ -395,8 +403,18 @@ def train_adapter(base_model_name: str, examples, out_dir, config: TrainConfig |
         elapsed_s=time.perf_counter() - started, logs=tuple(logs), versions=library_versions())
     if trainer.is_world_process_zero():
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(out))
+        _sort_target_modules(out / "adapter_config.json")
         _atomic_write(out / RESULT_FILE, json.dumps(result.to_json(), indent=2))
     return result
+
+
+def _sort_target_modules(config_path: Path) -> None:
+    """peft saves an expanded module set in hash order, which changes from process to process;
+    sorted, the same training gives the same file, hence the same model fingerprint."""
+    config = json.loads(config_path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        _atomic_write(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def train_for_task(store, task, workspace, model: str = DEFAULT_MODEL, data_path=None,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -52,3 +55,54 @@ def tiny_task(tmp_path: Path) -> Path:
         "dev": classification_records(8, offset=200),
         "test": classification_records(8),
     }, extra_toml="[generation]\nmax_new_tokens = 8\nbatch_size = 4\n")
+
+
+def random_adapter(directory: Path) -> Path:
+    """A LoRA adapter with non-zero random weights on the tiny model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from loop.models import load_model
+
+    lm = load_model("tiny-random")
+    model = get_peft_model(lm.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    model.save_pretrained(directory)
+    return directory
+
+
+# ---------------------------------------------------------------------------- a chat endpoint
+
+class ChatHandler(http.server.BaseHTTPRequestHandler):
+    answers: ClassVar[list[str]] = []
+    seen: ClassVar[list[dict]] = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        ChatHandler.seen.append({"path": self.path, "auth": self.headers.get("Authorization"),
+                                 "body": body})
+        content = ChatHandler.answers[(len(ChatHandler.seen) - 1) % len(ChatHandler.answers)]
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(data.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def chat_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ChatHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    ChatHandler.seen = []
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)

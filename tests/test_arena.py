@@ -193,7 +193,7 @@ def test_run_arena_on_the_tiny_model_with_a_tiny_llm_judge(tiny_task, workspace,
     with Store(workspace) as store:
         llm = run_arena(store, task, models, "llm", completer=LocalCompleter("tiny-random"),
                         plot_dir=workspace, progress=False)
-        assert llm["n_matches"] == llm["errors"] == 8 and llm["leaderboard"] == []
+        assert llm["judged"] == llm["errors"] == 8 and llm["leaderboard"] == []
         ref = run_arena(store, task, models, "reference", plot_dir=workspace, progress=False)
         assert ref["new_matches"] == 8 and ref["errors"] == 0
         assert sorted(ref["ratings"]) == sorted(models)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import random_adapter
 from evals.benchmarks import run_benchmarks
 from loop.errors import BenchmarkDataError
 from loop.store import Store
@@ -15,24 +16,6 @@ from loop.store import Store
 DATA = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 pytestmark = pytest.mark.skipif(not (DATA / "arc_easy" / "test.jsonl").is_file(),
                                 reason=f"benchmark data not found at {DATA}")
-
-
-def random_adapter(directory: Path) -> Path:
-    """A LoRA adapter with non-zero random weights on the tiny model."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from loop.models import load_model
-
-    lm = load_model("tiny-random")
-    model = get_peft_model(lm.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
-    model.save_pretrained(directory)
-    return directory
 
 
 def test_cached_rerun_and_adapter_rows(workspace, tmp_path):

@@ -55,3 +55,24 @@ def test_second_writer_gets_a_clear_store_error(workspace):
 def test_read_only_open_of_missing_db_is_an_error(workspace):
     with pytest.raises(StoreError, match="No evalloop database"):
         Store(workspace, read_only=True)
+
+
+@pytest.mark.parametrize("on_conflict", ["nothing", "replace"])
+def test_bulk_inserts_match_row_by_row_inserts(workspace, on_conflict):
+    """Big batches go through Arrow in one statement; the rows that land are the same as with
+    row-by-row inserts, duplicate keys inside the batch included."""
+    rows = [{"run_id": f"r{i % 90}", "kind": "eval", "task_id": None, "model_id": f"m{i}",
+             "split": "test", "params": {"i": i, "nested": [1, {"x": "y"}]}, "status": "done",
+             "started_at": None, "finished_at": None, "summary": None} for i in range(150)]
+    tables = {}
+    for bulk in (True, False):
+        with Store(workspace / str(bulk)) as store:
+            store.insert("runs", rows[:10])  # existing keys the batch conflicts with
+            if bulk:
+                store.insert("runs", rows, on_conflict)
+            else:
+                for row in rows:
+                    store.insert("runs", [row], on_conflict)
+            tables[bulk] = store.query("SELECT run_id, model_id, params FROM runs ORDER BY run_id")
+    assert len(tables[True]) == 90
+    assert tables[True] == tables[False]

@@ -3,15 +3,12 @@
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import pytest
-from conftest import write_task
+from conftest import ChatHandler, write_task
 
 from loop.errors import ConfigError, TaskDataError
 from loop.records import Example
@@ -258,37 +255,6 @@ def test_generator_strategy_uses_the_demo_generator_for_failing_categories():
 
 
 # ---------------------------------------------------------------------------- teachers
-
-class ChatHandler(http.server.BaseHTTPRequestHandler):
-    answers: ClassVar[list[str]] = []
-    seen: ClassVar[list[dict]] = []
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        ChatHandler.seen.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                                 "body": body})
-        content = ChatHandler.answers[(len(ChatHandler.seen) - 1) % len(ChatHandler.answers)]
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]})
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(data.encode())
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def chat_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ChatHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    ChatHandler.seen = []
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
-
 
 def test_teacher_endpoint_answers_are_parsed_and_checked(tmp_path, workspace, embedder,
                                                          chat_server, monkeypatch):
