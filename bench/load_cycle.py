@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import statistics
 import subprocess
@@ -34,23 +35,36 @@ from loop.app_queries import FailureFilter, failure_options, filter_failures, sn
 from loop.store import SNAPSHOT_NAME, Store
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "black", "white")
-THINGS = ("kite", "door", "bicycle", "fence", "boat", "mug", "scarf", "chair", "wall", "car")
+WORDS = ("harbour", "lantern", "orchard", "violin", "glacier", "meadow", "saddle", "compass",
+         "thimble", "quarry", "anchor", "biscuit", "canyon", "ferret", "gondola", "hammock",
+         "igloo", "jackal", "kettle", "lagoon", "marble", "nectar", "oyster", "pepper", "quiver",
+         "raven", "satchel", "tundra", "umbrella", "velvet", "walrus", "yodel", "zephyr",
+         "attic", "bramble", "cobbler", "dune", "ember", "fjord", "garnet", "hazel", "ivory",
+         "juniper", "kiln", "lichen", "mosaic", "nomad", "opal", "parsley", "quill", "rustic",
+         "sable", "thistle", "urchin", "vortex", "willow", "yarrow", "zinnia", "banner", "cellar")
 
 
-def records(n: int, offset: int) -> list[dict]:
-    return [{"id": f"i{offset + i}",
-             "instruction": "Name the colour mentioned in the sentence. One word.",
-             "input": f"The {THINGS[(i * 7 + offset) % len(THINGS)]} number {offset + i} was "
-                      f"painted {COLOURS[i % len(COLOURS)]} in {1900 + (i * 13) % 120}.",
-             "output": COLOURS[i % len(COLOURS)], "category": f"colour_{COLOURS[i % len(COLOURS)]}"}
-            for i in range(n)]
+def records(n: int, seed: int) -> list[dict]:
+    """Items with varied wording (word salad around one colour), so that decontamination does
+    not reject the whole pool as paraphrases of the eval items."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        colour = rng.choice(COLOURS)
+        words = rng.sample(WORDS, rng.randint(6, 12))
+        words.insert(rng.randrange(len(words) + 1), colour)
+        out.append({"id": f"s{seed}-{i}",
+                    "instruction": "Name the colour mentioned in the sentence. One word.",
+                    "input": " ".join(words).capitalize() + ".", "output": colour,
+                    "category": f"colour_{colour}"})
+    return out
 
 
 def write_task(directory: Path, eval_items: int, pool: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    for split, rows in (("test", records(eval_items, 0)),
-                        ("dev", records(max(eval_items // 10, 50), 10_000_000)),
-                        ("train", records(pool, 20_000_000))):
+    for split, rows in (("test", records(eval_items, 1)),
+                        ("dev", records(max(eval_items // 10, 50), 2)),
+                        ("train", records(pool, 3))):
         with (directory / f"{split}.jsonl").open("w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in rows)
     (directory / "task.toml").write_text(

@@ -29,6 +29,9 @@ def resolve_embedder(name: str = DEFAULT_EMBEDDER) -> str:
     return name
 
 
+INSERT_SLICE = 4096  # embeddings per store insert
+
+
 class Embedder:
     """sentence-transformers model, loaded on first use; `encoded` counts texts it encoded."""
 
@@ -75,9 +78,14 @@ class CachedEmbedder:
         todo = {h: t for h, t in zip(hashes, texts) if h not in self._memo}
         if todo:
             vectors = self.embedder.encode(list(todo.values()))
-            self.store.insert("embeddings", [
-                {"text_hash": h, "embed_model": self.embedder.name, "vector": v.tolist()}
-                for h, v in zip(todo, vectors)])
+            keys = list(todo)
+            # in slices: a vector as a Python list costs ~10x its array, so 100,000 at once
+            # would be gigabytes of transient memory
+            for start in range(0, len(keys), INSERT_SLICE):
+                self.store.insert("embeddings", [
+                    {"text_hash": h, "embed_model": self.embedder.name, "vector": v.tolist()}
+                    for h, v in zip(keys[start:start + INSERT_SLICE],
+                                    vectors[start:start + INSERT_SLICE])])
             self._memo.update(dict(zip(todo, vectors)))
         if not texts:
             return np.zeros((0, 384), dtype=np.float32)

@@ -63,13 +63,7 @@ def cluster_failures(failures: Sequence[Failure], vectors: np.ndarray,
         return []
     order = sorted(range(len(failures)), key=lambda k: failures[k].example_id)
     items, vecs = [failures[k] for k in order], vectors[order]
-    if len(items) == 1:
-        labels = np.zeros(1, dtype=int)
-    else:
-        from sklearn.cluster import AgglomerativeClustering
-
-        labels = AgglomerativeClustering(n_clusters=None, metric="cosine", linkage="average",
-                                         distance_threshold=distance_threshold).fit_predict(vecs)
+    labels = _cluster_labels(vecs, distance_threshold)
     terms = _top_terms([f.text for f in items], labels, max_terms)
     clusters = []
     for label in sorted(set(labels.tolist())):
@@ -82,6 +76,34 @@ def cluster_failures(failures: Sequence[Failure], vectors: np.ndarray,
                                 f"{slice_name}/{dominant}: {' '.join(top)}".strip(),
                                 dominant, top, ids))
     return sorted(clusters, key=lambda c: (-c.size, c.cluster_id))
+
+
+MAX_EXACT = 2000  # average linkage needs all pairwise distances: O(n^2) memory beyond this
+
+
+def _cluster_labels(vecs: np.ndarray, distance_threshold: float) -> np.ndarray:
+    """Agglomerative clusters (cosine, average linkage). Above MAX_EXACT failures, a seeded
+    sample of MAX_EXACT is clustered and every other failure joins the cluster whose centroid
+    is nearest, so 20,000 failures need megabytes, not the gigabytes of 2e8 distances."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    if len(vecs) == 1:
+        return np.zeros(1, dtype=int)
+    exact = np.arange(len(vecs)) if len(vecs) <= MAX_EXACT else np.sort(
+        np.random.default_rng(0).choice(len(vecs), MAX_EXACT, replace=False))
+    sample_labels = AgglomerativeClustering(
+        n_clusters=None, metric="cosine", linkage="average",
+        distance_threshold=distance_threshold).fit_predict(vecs[exact])
+    if len(exact) == len(vecs):
+        return sample_labels
+    unit = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    centroids = np.stack([unit[exact[sample_labels == c]].mean(axis=0)
+                          for c in range(sample_labels.max() + 1)])
+    centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    labels = np.concatenate([np.argmax(unit[i:i + 4096] @ centroids.T, axis=1)
+                             for i in range(0, len(unit), 4096)])
+    labels[exact] = sample_labels
+    return labels
 
 
 def _top_terms(texts: list[str], labels: np.ndarray, k: int) -> dict[int, tuple[str, ...]]:

@@ -125,11 +125,11 @@ def retrieval(ctx: StrategyContext, requests: Sequence[Request]) -> list[Candida
     out: list[Candidate] = []
     for req in requests:
         fails = req.cluster.failures
-        sims = ctx.embed([question(f.example) for f in fails]) @ pool_vecs.T
-        ranked = np.argsort(-sims, axis=1, kind="stable")
+        stop = req.offset + req.want
+        # Each failure's `stop` nearest rows hold `stop` distinct rows, enough for the picks.
+        ranked, sims = nearest(ctx.embed([question(f.example) for f in fails]), pool_vecs, stop)
         picked: list[tuple[int, int]] = []
         seen: set[int] = set()
-        stop = req.offset + req.want
         for depth in range(ranked.shape[1]):
             for fi in range(len(fails)):
                 j = int(ranked[fi, depth])
@@ -144,6 +144,29 @@ def retrieval(ctx: StrategyContext, requests: Sequence[Request]) -> list[Candida
                 (fails[fi].example.id,),
                 {"pool_id": ctx.pool[j].id, "similarity": round(float(sims[fi, j]), 4)}))
     return out
+
+
+def nearest(queries: np.ndarray, rows: np.ndarray, k: int,
+            chunk: int = 256) -> tuple[np.ndarray, dict[tuple[int, int], float]]:
+    """Per query, the indices of its k most similar rows (dot product), best first, ties by
+    index (what a stable full argsort gives), and {(query, row): similarity} for them.
+
+    Queries go in chunks and only the top k survive each, so memory stays O(chunk x rows)
+    rather than O(queries x rows) for a 100,000-row pool.
+    """
+    k = min(k, len(rows))
+    ranked = np.empty((len(queries), k), dtype=np.int64)
+    sims: dict[tuple[int, int], float] = {}
+    for start in range(0, len(queries), chunk):
+        block = queries[start:start + chunk] @ rows.T
+        for offset, row in enumerate(block):
+            # every row tied with the k-th best is kept, so the stable order is exact
+            kth = np.partition(row, len(row) - k)[len(row) - k]
+            candidates = np.flatnonzero(row >= kth)
+            order = candidates[np.lexsort((candidates, -row[candidates]))][:k]
+            ranked[start + offset] = order
+            sims.update({(start + offset, int(j)): float(row[j]) for j in order})
+    return ranked, sims
 
 
 def generator(ctx: StrategyContext, requests: Sequence[Request]) -> list[Candidate]:

@@ -333,6 +333,10 @@ def _loss_summary(logs: list[LogRow]) -> dict:
 
 
 def _rows(tokenizer, examples, system_prompt, max_seq_len: int) -> tuple[list[dict], list[str]]:
+    if not examples:
+        raise TrainingError("No training examples: the data is empty. In a cycle this means the "
+                            "targeted stage accepted nothing (see the rejection reasons with "
+                            "`evalloop generate` or on the app's Generated page).")
     rows, skipped = tokenize_examples(tokenizer, examples, system_prompt, max_seq_len)
     if not rows:
         raise TrainingError(f"No example fits max_seq_len={max_seq_len} tokens (of "

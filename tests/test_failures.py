@@ -43,3 +43,20 @@ def test_clusters_split_by_input_and_are_deterministic():
     assert first[0].label.startswith("date/wrong_answer")
     summary = summarize(failures, first, n_items=10)
     assert summary["clusters"][0]["share"] == 0.4 and len(summary["clusters"][0]["examples"]) == 2
+
+
+def test_many_failures_are_clustered_in_bounded_memory_like_the_exact_method(monkeypatch):
+    """Above MAX_EXACT, a seeded sample is clustered and the rest join the nearest centroid:
+    well separated groups come out the same as with exact clustering."""
+    import loop.failures as failures
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(4, 16)) * 5
+    vecs = np.concatenate([c + rng.normal(scale=0.05, size=(60, 16)) for c in centres])
+    exact = failures._cluster_labels(vecs, 0.35)
+    monkeypatch.setattr(failures, "MAX_EXACT", 50)
+    sampled = failures._cluster_labels(vecs, 0.35)
+    assert len(set(exact.tolist())) == 4
+    # the same partition (label numbers may differ)
+    assert len({(a, b) for a, b in zip(exact.tolist(), sampled.tolist())}) == 4
+    assert (failures._cluster_labels(vecs, 0.35) == sampled).all()  # seeded

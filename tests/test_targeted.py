@@ -425,3 +425,16 @@ def test_default_strategies_follow_the_config(tmp_path):
     full = targeted_config(load_task(make_task(tmp_path / "b", extra_toml=(
         '[targeted]\ngenerator = "demo"\n[targeted.teacher]\nmodel = "tiny-random"\n'))).config)
     assert full.strategies == ("corrections", "retrieval", "generator", "teacher")
+
+
+def test_nearest_rows_equal_a_stable_full_sort_in_bounded_chunks():
+    from loop.strategies import nearest
+
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(500, 8)).astype(np.float32)
+    rows[100:110] = rows[5]  # exact ties: the stable order puts the lower index first
+    queries = np.concatenate([rng.normal(size=(20, 8)), rows[[5, 7]]]).astype(np.float32)
+    ranked, sims = nearest(queries, rows, k=15, chunk=7)
+    full = np.argsort(-(queries @ rows.T), axis=1, kind="stable")[:, :15]
+    assert (ranked == full).all()
+    assert sims[(20, 100)] == pytest.approx(float(queries[20] @ rows[100]))
