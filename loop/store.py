@@ -271,7 +271,7 @@ class Store:
 
             def __exit__(self, exc_type, *rest):
                 try:
-                    with store._writing():
+                    with store._io_errors():
                         store.con.execute("ROLLBACK" if exc_type else "COMMIT")
                 except StoreError:
                     if exc_type is None:
@@ -290,7 +290,7 @@ class Store:
         sql = (f"{verb} INTO {_ident(table)} ({', '.join(_ident(c) for c in cols)}) "
                f"VALUES ({', '.join('?' for _ in cols)})")
         values = [[_jsonable(r[c]) for c in cols] for r in rows]
-        with self._writing():
+        with self._io_errors():
             if len(values) < BULK_ROWS or not self._insert_bulk(table, cols, values, verb):
                 self.con.executemany(sql, values)
 
@@ -333,17 +333,17 @@ class Store:
         return self._keys[table]
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[dict]:
-        with self._writing():
+        with self._io_errors():
             cur = self.con.execute(sql, list(params))
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> None:
-        with self._writing():
+        with self._io_errors():
             self.con.execute(sql, list(params))
 
     @contextmanager
-    def _writing(self):
+    def _io_errors(self):
         """Turn an I/O failure (disk full, file gone) into a StoreError; DuckDB keeps every
         committed transaction and drops the failed one, so nothing partial is left behind."""
         try:

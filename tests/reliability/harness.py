@@ -9,10 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
-
 from loop.store import Store
+
+REPO = Path(__file__).resolve().parents[2]
 
 # Columns whose values legitimately differ between two identical runs: clocks and timings.
 VOLATILE = ("created_at", "started_at", "finished_at", "updated_at", "applied_at", "since",
