@@ -28,6 +28,7 @@ import lm_eval
 from lm_eval import simple_evaluate
 from lm_eval.api.instance import Instance
 
+from evals import benchmark_stderr as gs
 from evals import benchmark_tasks as bt
 from loop.errors import ConfigError
 from loop.models import base_path, fingerprint, load_model, parse_model_name, pick_device
@@ -213,7 +214,9 @@ def result_rows(out: dict, context: dict) -> list[BenchmarkResult]:
                 **context, task=task, metric=metric if filt == "none" else key,
                 value=_number(value), stderr=_number(stderr), n=int(n), task_version=version,
                 higher_is_better=better.get(metric)))
-    return rows
+    # lm-eval leaves a group's stderr "N/A" when a subtask has one item (MMLU under --limit)
+    return gs.fill_group_stderr(rows, gs.group_leaves(out.get("group_subtasks") or {}),
+                                gs.item_scores(out.get("samples") or {}))
 
 
 def sample_rows(out: dict, context: dict) -> list[dict]:
@@ -290,8 +293,17 @@ def cached_results(store: Store, model_id: str, benchmark: str, version: str, sh
         "benchmark_version = ? AND limit_n = ? AND shots = ? ORDER BY task = benchmark DESC, "
         "task, metric", [model_id, benchmark, version, limit or 0, shots])
     fields = set(BenchmarkResult.__dataclass_fields__) - {"cached", "limit"}
-    return [BenchmarkResult(**{k: r[k] for k in fields}, limit=r["limit_n"] or None, cached=True)
-            for r in rows]
+    results = [BenchmarkResult(**{k: r[k] for k in fields}, limit=r["limit_n"] or None,
+                               cached=True) for r in rows]
+    if not any(r.task == benchmark and r.stderr is None and r.value is not None for r in results):
+        return results
+    # stored before group stderrs were computed: every stored sample belongs to the headline row
+    samples = store.query(
+        "SELECT task, metrics FROM benchmark_samples WHERE model_id = ? AND benchmark = ? AND "
+        "benchmark_version = ? AND limit_n = ? AND shots = ?",
+        [model_id, benchmark, version, limit or 0, shots])
+    leaves = {benchmark: sorted({s["task"] for s in samples})}
+    return gs.fill_group_stderr(results, leaves, gs.stored_item_scores(samples))
 
 
 def _number(value) -> float | None:

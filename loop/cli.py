@@ -44,15 +44,26 @@ def _print_json(data: object) -> None:
     print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
 
 
+def _load_task(args: argparse.Namespace):
+    """Load the task and say in one line what loading did (rows, duplicates dropped or kept)."""
+    from loop.tasks import load_task
+
+    task = load_task(args.task)
+    if args.json:  # stdout is the JSON document; the note goes to the log (--verbose)
+        logging.getLogger("evalloop").info(task.report.line())
+    else:
+        print(task.report.line())
+    return task
+
+
 # ---------------------------------------------------------------------------- commands
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from loop.evaluate import evaluate, format_summary, select
     from loop.models import parse_model_name
     from loop.store import Store
-    from loop.tasks import load_task
 
-    task = load_task(args.task)
+    task = _load_task(args)
     select(task, args.split, args.limit)  # validate everything before touching the store
     parse_model_name(args.model)
     with Store(args.workspace) as store:
@@ -84,9 +95,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from loop.models import parse_model_name
     from loop.store import Store
     from loop.targeted import format_result, generate_targeted
-    from loop.tasks import load_task
 
-    task = load_task(args.task)
+    task = _load_task(args)
     if args.model:
         parse_model_name(args.model)
     if args.n is not None and args.n < 1:
@@ -100,10 +110,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from loop.store import Store
-    from loop.tasks import load_task
     from loop.train import format_result, train_for_task
 
-    task = load_task(args.task)
+    task = _load_task(args)
     with Store(args.workspace) as store:
         result = train_for_task(store, task, args.workspace, model=args.model,
                                 data_path=args.data, progress=not args.json)
@@ -224,12 +233,20 @@ def _print_cycle(summary: dict) -> None:
           f"(McNemar p = {gate['p_value']:.3g})")
     for reason in gate["reasons"]:
         print(f"  [{'ok' if reason['passed'] else 'NO'}] {reason['check']}: {reason['detail']}")
+    times = summary.get("stage_times", {})
+    if times:
+        print(f"\n{'stage':<20}{'seconds':>9}  throughput")
+        for stage, row in times.items():
+            rate = f"{row['per_s']:.1f} {row['unit']}/s" if "per_s" in row else ""
+            print(f"{stage:<20}{row['seconds']:>9.1f}  {rate}")
+        print(f"{'total':<20}{sum(r['seconds'] for r in times.values()):>9.1f}")
     print(f"\nreport: {summary['report']}")
 
 
 def cmd_cycle(args: argparse.Namespace) -> int:
     from loop.cycle import run_cycle
 
+    _load_task(args)  # the load note; run_cycle loads the task itself
     summary = run_cycle(args.task, args.workspace, force=args.force, progress=not args.json)
     _print_json(summary) if args.json else _print_cycle(summary)
     return 0

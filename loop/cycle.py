@@ -273,6 +273,40 @@ def run_cycle(task_path: str | Path, workspace: str | Path, force: bool = False,
         return summary
 
 
+def _stage_items(results: dict) -> dict[str, tuple[float, str]]:
+    """What each stage processed, for an items/s figure: (count, unit)."""
+    ev, train_result = results.get("eval_candidate", {}), results.get("train", {})
+    out = {
+        "eval_champion_dev": (results.get("eval_champion_dev", {}).get("summary", {})
+                              .get("generated", 0), "generated"),
+        "targeted": (results.get("targeted", {}).get("accepted", 0)
+                     + results.get("targeted", {}).get("replay", 0), "examples"),
+        "train": ((train_result.get("tokens_per_s") or 0) * (train_result.get("elapsed_s") or 0),
+                  "tokens"),
+        "eval_candidate": (sum(v.get("generated", 0) for v in ev.values()
+                               if isinstance(v, dict)), "generated"),
+    }
+    return {stage: item for stage, item in out.items() if item[0]}
+
+
+def stage_times(ctx: CycleContext) -> dict[str, dict]:
+    """Per stage: wall seconds and, where a stage processes countable items, items/s."""
+    seconds = runstate.stage_seconds(ctx.store, ctx.cycle_id)
+    items = _stage_items(ctx.results)
+    out = {}
+    for stage in STAGES:
+        name = stage.__name__
+        if name not in seconds:
+            continue
+        row: dict = {"seconds": round(seconds[name], 2)}
+        if name in items and seconds[name] > 0:
+            count, unit = items[name]
+            row.update({"items": int(count), "unit": unit,
+                        "per_s": round(count / seconds[name], 3)})
+        out[name] = row
+    return out
+
+
 def summarize(ctx: CycleContext, already_finished: bool = False) -> dict:
     ev = ctx.results["eval_candidate"]
     bench = ctx.results["benchmarks"]
@@ -284,6 +318,7 @@ def summarize(ctx: CycleContext, already_finished: bool = False) -> dict:
 
     return {
         "cycle_id": ctx.cycle_id, "task": ctx.task.name, "already_finished": already_finished,
+        "stage_times": stage_times(ctx),
         "champion": {"name": ctx.champion.model_name, "model_id": ctx.champion.model_id,
                      "dev": scores(ctx.results["eval_champion_dev"]["summary"]),
                      "test": scores(ev["champion_test"])},

@@ -93,3 +93,12 @@ def finish_cycle(store: Store, cycle_id: str, summary: dict, status: str = "done
 def set_candidate(store: Store, cycle_id: str, model_id: str, name: str) -> None:
     store.execute("UPDATE cycles SET candidate_id = ?, candidate_name = ? WHERE cycle_id = ?",
                   [model_id, name, cycle_id])
+
+
+def stage_seconds(store: Store, cycle_id: str) -> dict[str, float]:
+    """Wall seconds of each finished stage of a cycle, from its first start to its finish (a
+    resumed stage includes the time lost to the interruption)."""
+    rows = store.query("SELECT stage, epoch(finished_at) - epoch(started_at) AS seconds "
+                       "FROM cycle_stages WHERE cycle_id = ? AND status = 'done' "
+                       "AND finished_at IS NOT NULL", [cycle_id])
+    return {r["stage"]: float(r["seconds"]) for r in rows}

@@ -62,9 +62,12 @@ def test_invalid_utf8_and_duplicate_ids(tmp_path):
     with pytest.raises(TaskDataError, match="not valid UTF-8"):
         load_task(tmp_path / "t.toml")
     rec = {"id": "same", "instruction": "a", "output": "b"}
-    (tmp_path / "test.jsonl").write_text(json.dumps(rec) + "\n" + json.dumps(rec) + "\n")
-    with pytest.raises(TaskDataError, match="duplicate id 'same'"):
+    other = {**rec, "output": "c"}
+    (tmp_path / "test.jsonl").write_text(json.dumps(rec) + "\n" + json.dumps(other) + "\n")
+    with pytest.raises(TaskDataError) as err:
         load_task(tmp_path / "t.toml")
+    assert "test.jsonl:2: duplicate id 'same' with different content (first seen on line 1)" \
+        in str(err.value)
 
 
 def test_empty_test_split_is_a_clear_error(tmp_path):
@@ -121,3 +124,132 @@ def test_prompt_uses_chat_template_with_optional_system():
     assert build_prompt(_Template(), ex) == "user:Translate\n\nHello|assistant:"
     assert build_prompt(_Template(), ex, "Be brief").startswith("system:Be brief|user:")
     assert stop_strings(_Template()) == []
+
+
+# ---------------------------------------------------------------------------- data as users have it
+
+def _rows(*pairs: tuple[str, str], instruction: str = "Classify the reply.") -> list[dict]:
+    return [{"instruction": instruction, "input": i, "output": o} for i, o in pairs]
+
+
+def test_exact_duplicates_kept_in_test_dropped_from_train_before_dev(tmp_path):
+    train = (_rows(*[(f"reply {i}", "other") for i in range(20)])
+             + _rows(("yes", "affirm")) * 4 + _rows(("13", "number")) * 2)
+    test = _rows(("yes", "affirm")) * 3 + _rows(("no", "deny"))
+    task = load_task(write_task(tmp_path, {"train": train, "test": test}))
+    # every test row stays its own item; the first copy keeps the plain content-hash id
+    yes = Example.make_id("Classify the reply.", "yes", "affirm")
+    assert [e.id for e in task.split("test")][:3] == [yes, f"{yes}.2", f"{yes}.3"]
+    assert len(task.split("test")) == 4
+    # the pool keeps one of each: 22 distinct rows, split into dev and train without overlap
+    pool, dev = task.split("train"), task.split("dev")
+    assert len(pool) + len(dev) == 22
+    content = lambda es: {(e.instruction, e.input, e.output, e.category) for e in es}  # noqa: E731
+    assert len(content(pool)) == len(pool) and not content(pool) & content(dev)
+    assert task.report.get("train").dropped == 4 and task.report.get("train").rows == 26
+    assert task.report.get("test").repeated == 2 and task.report.get("test").dropped == 0
+    assert task.report.line() == ("tiny: train 26 rows, 4 exact duplicates dropped; dev 2 rows "
+                                  "drawn from train; test 4 rows (2 repeated, kept as separate "
+                                  "items)")
+    assert load_task(tmp_path / "task.toml").data_hash == task.data_hash  # stable ids
+
+
+def test_same_content_other_category_is_not_an_exact_duplicate(tmp_path):
+    rows = [{"instruction": "Say", "output": "x", "category": c} for c in ("a", "b", "a")]
+    task = load_task(write_task(tmp_path, {"train": rows, "dev": rows, "test": rows[:1]}))
+    assert sorted(e.category for e in task.split("train")) == ["a", "b"]
+    assert len({e.id for e in task.split("dev")}) == 3
+    assert task.report.get("dev").repeated == 1 and task.report.get("dev").text() == (
+        "dev 3 rows (1 repeated, kept as separate items)")
+
+
+def test_explicit_ids_repeated_with_identical_content_are_exact_duplicates(tmp_path):
+    rec = {"id": "q1", "instruction": "a", "output": "b"}
+    task = load_task(write_task(tmp_path, {"train": [rec, rec, {**rec, "id": "q2"}],
+                                           "test": [rec, rec]}))
+    assert [e.id for e in task.split("test")] == ["q1", "q1.2"]
+    assert [e.id for e in task.split("train")] == ["q1"] and not task.splits["dev"]
+    assert task.report.get("train").dropped == 2
+
+
+def test_occurrence_ids_never_take_an_explicit_id(tmp_path):
+    plain = {"instruction": "a", "output": "b"}
+    taken = {"id": f"{Example.make_id('a', '', 'b')}.2", "instruction": "c", "output": "d"}
+    task = load_task(write_task(tmp_path, {"test": [plain, plain, taken]}))
+    ids = [e.id for e in task.split("test")]
+    assert ids[2] == taken["id"] and ids[1].endswith(".3") and len(set(ids)) == 3
+
+
+# ---------------------------------------------------------------------------- chat JSONL
+
+def _chat(*turns: tuple[str, str], **extra) -> dict:
+    return {"messages": [{"role": r, "content": c} for r, c in turns], **extra}
+
+
+def test_chat_rows_load_mixed_with_plain_rows(tmp_path):
+    test = [
+        _chat(("system", "You extract slots."), ("user", "Book a car"), ("assistant", "{}")),
+        _chat(("user", "Hi"), ("assistant", "hello"), id="c2", category="greet"),
+        _chat(("user", "Bye"), ("assistant", "bye"), metadata={"id": "c3", "category": "end"}),
+        {"instruction": "plain", "output": "row"},
+    ]
+    task = load_task(write_task(tmp_path, {"test": test}))
+    a, b, c, d = task.split("test")
+    assert (a.instruction, a.input, a.output) == ("You extract slots.\n\nBook a car", "", "{}")
+    assert a.id == Example.make_id(a.instruction, "", "{}") and a.category == "default"
+    assert (b.id, b.category, b.instruction) == ("c2", "greet", "Hi")
+    assert (c.id, c.category) == ("c3", "end")
+    assert (d.instruction, d.output) == ("plain", "row")
+
+
+def test_chat_system_message_equal_to_the_task_system_prompt_is_not_repeated(tmp_path):
+    rows = [_chat(("system", "Be brief."), ("user", "Hi"), ("assistant", "hello")),
+            _chat(("system", "Other rules."), ("user", "Hi"), ("assistant", "hello"))]
+    toml = write_task(tmp_path, {"test": rows}, extra_toml='system_prompt = "Be brief."\n')
+    assert [e.instruction for e in load_task(toml).split("test")] == ["Hi", "Other rules.\n\nHi"]
+
+
+@pytest.mark.parametrize("row, fragment", [
+    ({"messages": []}, "field 'messages' must be a non-empty list"),
+    ({"messages": "hi"}, "field 'messages' must be a non-empty list"),
+    ({"messages": ["hi"]}, "field 'messages[0]' must be an object"),
+    (_chat(("bot", "x"), ("assistant", "y")), "field 'messages[0].role' must be one of"),
+    ({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "y"}]},
+     "field 'messages[0].content' must be a string, got int"),
+    ({"messages": [{"role": "user"}, {"role": "assistant", "content": "y"}]},
+     "field 'messages[0].content' must be a string, got NoneType"),
+    (_chat(("user", "x")), "field 'messages[0]' must be the assistant's reply"),
+    (_chat(("user", "x"), ("assistant", "y"), ("user", "z")), "field 'messages[2]' must be the "
+     "assistant's reply"),
+    (_chat(("assistant", "y")), "field 'messages[-1]' must be the user turn"),
+    (_chat(("system", "s"), ("assistant", "y")), "field 'messages[0]' must be the user turn"),
+    (_chat(("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d")),
+     "field 'messages[0]' is an earlier user turn: multi-turn history is not supported"),
+    (_chat(("user", " "), ("assistant", "y")), "field 'messages[0].content' is empty"),
+    ({**_chat(("user", "x"), ("assistant", "y")), "output": "y"}, "field 'output' next to "
+     "'messages'"),
+    (_chat(("user", "x"), ("assistant", "y"), metadata=[1]), "field 'metadata' must be an object"),
+    (_chat(("user", "x"), ("assistant", "y"), metadata={"id": 7}),
+     "field 'metadata.id' must be a string"),
+    (_chat(("user", "x"), ("assistant", "y"), category=["a"]), "field 'category' must be a string"),
+])
+def test_bad_chat_rows_name_file_line_and_field(tmp_path, row, fragment):
+    lines = [_chat(("user", "ok"), ("assistant", "ok")), row]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (tmp_path / "t.toml").write_text('test = "test.jsonl"\n')
+    with pytest.raises(TaskDataError) as err:
+        load_task(tmp_path / "t.toml")
+    assert "test.jsonl:2: " in str(err.value) and fragment in str(err.value), str(err.value)
+
+
+def test_cli_prints_the_load_note_before_other_work(tmp_path, capsys):
+    from loop.cli import main
+
+    toml = write_task(tmp_path, {"train": _rows(("yes", "a")) * 3 + _rows(("no", "b")),
+                                 "test": _rows(("yes", "a")) * 2})
+    assert main(["eval", "--task", str(toml), "--model", "no-such-model", "--workspace",
+                 str(tmp_path / "ws")]) == 2
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == ("tiny: train 4 rows, 2 exact duplicates dropped; dev 1 rows "
+                                   "drawn from train; test 2 rows (1 repeated, kept as separate "
+                                   "items)")
