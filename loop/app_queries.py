@@ -169,6 +169,7 @@ class FailureFilter:
     search: str = ""
     tagged: tuple[str, ...] = ()
     hide: tuple[str, ...] = ()
+    signature: str | None = None  # a failure signature (`evals.signatures`), e.g. invalid_json
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,11 @@ def _failure_where(store: Store, flt: FailureFilter) -> tuple[list[str], list] |
     if flt.check:
         where.append("list_contains(f.failed_checks, ?)")
         params.append(flt.check)
+    if flt.signature:
+        if not _has_column(store, "failures", "signatures"):
+            return None
+        where.append("list_contains(f.signatures, ?)")
+        params.append(flt.signature)
     if flt.hide:
         where.append("f.prediction_id NOT IN (SELECT unnest(?))")  # a hash anti-join
         params.append(list(flt.hide))
@@ -274,6 +280,11 @@ def filter_failures(store: Store, flt: FailureFilter, limit: int = 200) -> Failu
     return FailurePage(rows, keys[0]["total"])
 
 
+def _has_column(store: Store, table: str, column: str) -> bool:
+    return bool(store.query("SELECT 1 FROM information_schema.columns WHERE table_name = ? "
+                            "AND column_name = ?", [table, column]))
+
+
 def failure_options(store: Store) -> dict[str, list]:
     """Choices for the failures-page filters: values present in the store."""
     if not has(store, "failures"):
@@ -290,6 +301,10 @@ def failure_options(store: Store) -> dict[str, list]:
                                    "ORDER BY v"),
         "check": _values(store, "SELECT DISTINCT unnest(failed_checks) AS v FROM failures "
                                 "ORDER BY v"),
+        # a snapshot older than the signatures migration has no such column
+        "signature": _values(store, "SELECT unnest(signatures) AS v FROM failures GROUP BY v "
+                                    "ORDER BY count(*) DESC, v")
+        if _has_column(store, "failures", "signatures") else [],
         "cluster": [(c["cluster_id"], c["label"] or c["cluster_id"]) for c in clusters],
     }
 

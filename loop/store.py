@@ -154,6 +154,18 @@ MIGRATIONS: list[tuple[str, str]] = [
         action VARCHAR NOT NULL, note VARCHAR, category VARCHAR, reviewer VARCHAR,
         created_at TIMESTAMP);
     """),
+    # What went wrong per failure (evals.signatures) and the signatures that name a cluster.
+    ("0009_failure_signatures", """
+    ALTER TABLE failures ADD COLUMN signatures VARCHAR[];
+    ALTER TABLE clusters ADD COLUMN signatures VARCHAR[];
+    CREATE OR REPLACE VIEW failures_v AS
+        SELECT f.*, e.category AS example_category, e.instruction, e.input,
+               e.output AS reference, p.output, p.prompt
+        FROM failures f
+        JOIN examples e ON e.task_id = f.task_id AND e.example_id = f.example_id
+             AND e.split = f.split
+        JOIN predictions p ON p.prediction_id = f.prediction_id;
+    """),
 ]
 
 

@@ -18,6 +18,7 @@ from loop import inbox
 from loop.app_pages import views
 from loop.app_queries import (
     FailureFilter,
+    failure_options,
     filter_failures,
     serve,
     snapshot,
@@ -72,7 +73,8 @@ def _predictions(store: Store) -> None:
                     "task_id": "t", "model_id": model, "split": "test",
                     "categories": ["wrong_answer"] + (["too_long"] if i % 3 == 0 else []),
                     "failed_checks": ["exact_match"] + (["too_long"] if i % 3 == 0 else []),
-                    "similarity": 0.4, "cluster_id": f"c-{category}"}])
+                    "similarity": 0.4, "cluster_id": f"c-{category}",
+                    "signatures": ["wrong_value:colour"] if i % 2 else ["invalid_json"]}])
         store.insert("clusters", [{"cluster_id": f"c-{c}", "run_id": run_id,
                                    "label": f"{c}/wrong_answer: colour item", "size": 3}
                                   for c in ("colour", "shade")])
@@ -187,6 +189,7 @@ def widget(at: AppTest, kind: str, label: str):
                   "Champion history", "tiny-random+ad1", "promoted by the gate",
                   "Pass rate per evaluation run", "Benchmark trend"]),
     ("Failures", ["18 failures match", "diff: reference to output", "exact_match",
+                  "signatures invalid_json",
                   "corrected answer", "similarity to reference 0.400"]),
     ("Arena", ["answer A", "answer B", "0 of 12 shared items judged by tester",
                "Leaderboard for these two models", "all judges"]),
@@ -251,6 +254,10 @@ def test_failure_filters_are_parameters_and_combine(seeded):
         assert [r["prediction_id"] for r in tagged.rows] == ["p0-5"]
         hidden = filter_failures(store, FailureFilter(model=BASE, hide=("p0-0", "p0-1")))
         assert hidden.total == 10
+        signed = filter_failures(store, FailureFilter(signature="wrong_value:colour"))
+        assert signed.total == 6 and {r["cluster_id"] for r in signed.rows} == {"c-colour"}
+        assert signed.rows[0]["signatures"] == ["wrong_value:colour"]
+        assert failure_options(store)["signature"] == ["invalid_json", "wrong_value:colour"]
 
 
 def test_sql_metacharacters_in_search_return_nothing_extra(seeded):
@@ -265,7 +272,8 @@ def test_sql_metacharacters_in_search_return_nothing_extra(seeded):
             assert {r["example_id"] for r in rows} == expected, text
             for flt in (FailureFilter(task=text), FailureFilter(category=text),
                         FailureFilter(cycle=text), FailureFilter(cluster=text),
-                        FailureFilter(check=text), FailureFilter(model=text, search=text)):
+                        FailureFilter(check=text), FailureFilter(signature=text),
+                        FailureFilter(model=text, search=text)):
                 assert filter_failures(store, flt).total == 0, (text, flt)
         # every instruction ends with "?", the placeholder character: all failures, no error
         assert filter_failures(store, FailureFilter(search="?")).total == 18

@@ -64,19 +64,22 @@ def _filters(opts: dict, names: dict[str, str], tags: dict[str, tuple[str, ...]]
                               format_func=lambda m: _any(m) if m is None else names.get(m, m))
     cycle = cols[2].selectbox("cycle", [None] + opts["cycle"], format_func=_any)
     check = cols[3].selectbox("failed check", [None] + opts["check"], format_func=_any)
-    cols = st.columns(4)
+    cols = st.columns(5)
     category = cols[0].selectbox("failure category",
                                  [None] + sorted(set(opts["category"]) | set(tags)),
                                  format_func=_any)
     labels = dict(opts["cluster"])
     cluster = cols[1].selectbox("cluster", [None] + list(labels),
                                 format_func=lambda c: _any(c) if c is None else labels[c])
-    search = cols[2].text_input("search text", help="instruction, input, reference or output; "
+    signature = cols[2].selectbox("signature", [None] + opts.get("signature", []),
+                                  format_func=_any, help="what went wrong: missing_key:..., "
+                                  "label:gold->predicted, invalid_json, ...")
+    search = cols[3].text_input("search text", help="instruction, input, reference or output; "
                                 "case-insensitive, taken literally")
-    hide = cols[3].checkbox("hide reviewed", help="leave out failures a reviewer acted on")
+    hide = cols[4].checkbox("hide reviewed", help="leave out failures a reviewer acted on")
     return FailureFilter(task, model, cycle, category, cluster, check, search.strip(),
                          tagged=tags.get(category, ()) if category else (),
-                         hide=tuple(sorted(state)) if hide else ())
+                         hide=tuple(sorted(state)) if hide else (), signature=signature)
 
 
 def _table_and_choice(rows: list[dict], names: dict[str, str], state: dict[str, str]) -> dict:
@@ -87,6 +90,7 @@ def _table_and_choice(rows: list[dict], names: dict[str, str], state: dict[str, 
     st.dataframe(pd.DataFrame([{
         "item": r["example_id"], "model": names.get(r["model_id"], r["model_id"]),
         "categories": ", ".join(r["categories"] or []),
+        "signatures": ", ".join(r.get("signatures") or []),
         "failed checks": ", ".join(r["failed_checks"] or []),
         "similarity": r["similarity"], "review": state.get(r["prediction_id"], ""),
         "output": clip(r["output"]), "reference": clip(r["reference"])} for r in rows]),
@@ -103,7 +107,8 @@ def _detail(row: dict, names: dict[str, str], checks: list[dict], history: list[
     similarity = row["similarity"]
     st.caption(f"task {row['task_id']} - model {names.get(row['model_id'], row['model_id'])} - "
                f"run {row['run_id']} - cluster {row['cluster_label'] or row['cluster_id']} - "
-               f"categories {', '.join(row['categories'] or [])} - similarity to reference "
+               f"categories {', '.join(row['categories'] or [])} - signatures "
+               f"{', '.join(row.get('signatures') or []) or 'n/a'} - similarity to reference "
                f"{'n/a' if similarity is None else f'{similarity:.3f}'}")
     widgets.text_block("prompt", row["prompt"])
     left, right = st.columns(2)
