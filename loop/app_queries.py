@@ -110,6 +110,16 @@ def cycles(store: Store) -> list[dict]:
         ORDER BY c.started_at, c.cycle_id""")
 
 
+def stage_times(store: Store, cycle_id: str) -> list[dict]:
+    """One cycle's stages in the order they started, with wall seconds (running: so far)."""
+    if not has(store, "cycle_stages"):
+        return []
+    return store.query("""
+        SELECT stage, status, started_at,
+               epoch(coalesce(finished_at, now()::TIMESTAMP)) - epoch(started_at) AS seconds
+        FROM cycle_stages WHERE cycle_id = ? ORDER BY started_at, stage""", [cycle_id])
+
+
 def champion_history(store: Store) -> list[dict]:
     if not has(store, "champions"):
         return []

@@ -185,7 +185,7 @@ def widget(at: AppTest, kind: str, label: str):
 
 @pytest.mark.parametrize("page, expected", [
     ("Overview", ["Latest gate decision: PROMOTED", "benchmark:arc_easy/acc", "Cycles over time",
-                  "running: benchmarks (running)",
+                  "running: benchmarks (running)", "Where the time went (latest cycle)",
                   "Champion history", "tiny-random+ad1", "promoted by the gate",
                   "Pass rate per evaluation run", "Benchmark trend"]),
     ("Failures", ["18 failures match", "diff: reference to output", "exact_match",

@@ -17,6 +17,7 @@ from loop.app_queries import (
     model_names,
     pass_rate_trend,
     snapshot,
+    stage_times,
 )
 
 
@@ -28,12 +29,14 @@ def render(ws: Path) -> None:
             return
         names = views.display_names(model_names(store))
         cycle_rows, champs = cycles(store), champion_history(store)
+        stages = stage_times(store, cycle_rows[-1]["cycle_id"]) if cycle_rows else []
         trend, bench = pass_rate_trend(store), benchmark_headlines(store)
     if not (cycle_rows or trend or bench):
         st.info("Nothing evaluated yet: run `evalloop eval --task T` or `make demo`.")
         return
     _latest_gate(cycle_rows)
     _cycles(cycle_rows)
+    _stage_times(stages, cycle_rows)
     _champions(champs, cycle_rows)
     _pass_rates(trend, names)
     _benchmarks(bench, names)
@@ -84,6 +87,20 @@ def _cycles(cycle_rows: list[dict]) -> None:
                         "finished_at", "champion_name", "candidate_name",
                         "champion_pass_rate", "candidate_pass_rate", "p_value"]],
                  hide_index=True)
+
+
+def _stage_times(stages: list[dict], cycle_rows: list[dict]) -> None:
+    """Where the latest cycle's time went, stage by stage."""
+    if not stages:
+        return
+    st.subheader("Where the time went (latest cycle)")
+    frame = pd.DataFrame(stages)
+    frame["seconds"] = frame["seconds"].astype(float).round(1)
+    st.altair_chart(alt.Chart(frame).mark_bar().encode(
+        x=alt.X("seconds:Q", title="wall seconds"), y=alt.Y("stage:N", sort=None, title=None),
+        color="status:N", tooltip=["stage", "status", "seconds"]), width="stretch")
+    st.caption(f"cycle {cycle_rows[-1]['cycle_id']}: {frame['seconds'].sum():.0f} s in "
+               f"{len(frame)} stages")
 
 
 def _champions(champs: list[dict], cycle_rows: list[dict]) -> None:
