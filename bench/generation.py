@@ -1,9 +1,14 @@
-"""Batched generation vs a per-example `model.generate` loop, on the same 64 demo prompts.
+"""Shared-prefix generation vs plain batched `model.generate`, on the same prompts of one task.
 
-    .venv/bin/python bench/generation.py [--model smollm2-135m-instruct] [--n 64] [--batch-size 32]
+    .venv/bin/python bench/generation.py --task ../shared/real-tasks/hotel_intents/task.toml \
+        [--n 64] [--split dev] [--model smollm2-135m-instruct] [--batch-sizes 32,64]
 
-Both sides run greedy decoding with the same max_new_tokens and stop at end of sequence; the
-ratio (examples/s batched / examples/s looped) is measured in one run, so machine noise cancels.
+Both sides decode greedily with the task's max_new_tokens and stop at end of sequence; plain
+runs at the task's batch size, the shared-prefix path at each of --batch-sizes (first = the
+task's unless given). A third column adds stop-at-JSON when the task's references are JSON (as
+`evalloop eval` decides). Throughputs are measured in one run, so machine noise mostly cancels;
+"identical" compares each output with the plain output (cut after its first JSON value for the
+stop-at-JSON column).
 """
 
 from __future__ import annotations
@@ -14,53 +19,63 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+DEFAULT_TASK = Path(__file__).resolve().parents[2] / "shared/real-tasks/hotel_intents/task.toml"
 
 
 def main() -> None:
     import torch
 
-    from loop.generate import _eos_ids, generate
+    from loop.evaluate import answers_are_json
+    from loop.generate import generate, json_end
     from loop.models import load_model
     from loop.prompts import build_prompt
     from loop.tasks import load_task
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default=str(DEFAULT_TASK), help="task.toml or its folder")
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--n", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--split", default="dev")
+    parser.add_argument("--batch-sizes", default="", help="prefix-path batch sizes, e.g. 32,64")
     args = parser.parse_args()
 
-    task = load_task(Path(__file__).resolve().parents[1] / "datasets/demo/task.toml")
+    path = Path(args.task)
+    task = load_task(path / "task.toml" if path.is_dir() else path)
+    gen = task.config.generation
+    sizes = [int(b) for b in args.batch_sizes.split(",") if b] or [gen.batch_size]
     lm = load_model(args.model)
-    examples = task.split("test")[: args.n]
-    prompts = [build_prompt(lm.tokenizer, e) for e in examples]
-    generate(lm, prompts[:4], args.max_new_tokens, 4, progress=False)  # warm-up
+    examples = task.split(args.split)[: args.n]
+    prompts = [build_prompt(lm.tokenizer, e, task.config.system_prompt) for e in examples]
+    use_json = answers_are_json([e for s in task.splits.values() for e in s])
 
-    t0 = time.perf_counter()
-    batched = generate(lm, prompts, args.max_new_tokens, args.batch_size, progress=False)
-    t_batched = time.perf_counter() - t0
+    def timed(**kw):
+        t0 = time.perf_counter()
+        out = generate(lm, prompts, gen.max_new_tokens, progress=False, **kw)
+        return out, time.perf_counter() - t0
 
-    eos = _eos_ids(lm)
-    t0 = time.perf_counter()
-    looped = []
-    for prompt in prompts:
-        ids = lm.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(lm.device)
-        with torch.inference_mode():
-            out = lm.model.generate(**ids, max_new_tokens=args.max_new_tokens, do_sample=False,
-                                    eos_token_id=eos, pad_token_id=lm.tokenizer.pad_token_id)
-        looped.append(lm.tokenizer.decode(out[0, ids["input_ids"].shape[1]:],
-                                          skip_special_tokens=True).strip())
-    t_loop = time.perf_counter() - t0
+    generate(lm, prompts[:2], 4, 2, progress=False, prefix_cache=False)  # warm-up both paths
+    generate(lm, prompts[:2], 4, 2, progress=False)
+    plain, t_plain = timed(batch_size=gen.batch_size, prefix_cache=False)
+    rows = [("plain generate", gen.batch_size, plain, t_plain, [o.text for o in plain])]
+    for bs in sizes:
+        out, t = timed(batch_size=bs)
+        rows.append(("shared prefix", bs, out, t, rows[0][4]))
+    if use_json:
+        cut = [o.text[:json_end(o.text)] for o in plain]  # None keeps the whole text
+        out, t = timed(batch_size=sizes[0], stop_at_json=True)
+        rows.append(("prefix+json stop", sizes[0], out, t, [c.strip() for c in cut]))
 
-    same = sum(a.text == b for a, b in zip(batched, looped))
-    print(f"model {args.model}, {len(prompts)} prompts, max_new_tokens {args.max_new_tokens}, "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"per-example loop : {len(prompts) / t_loop:7.2f} examples/s ({t_loop:.1f} s)")
-    print(f"batched (bs={args.batch_size:>3}): {len(prompts) / t_batched:7.2f} examples/s "
-          f"({t_batched:.1f} s)")
-    print(f"speed-up ratio   : {t_loop / t_batched:.2f}x")
-    print(f"identical outputs: {same}/{len(prompts)} (batched fp32 padding can flip near-ties)")
+    n_tokens = sum(o.prompt_tokens for o in plain) / len(plain)
+    print(f"task {task.name} ({args.split}), model {args.model}, {len(prompts)} prompts of "
+          f"{n_tokens:.0f} tokens on average, max_new_tokens {gen.max_new_tokens}, "
+          f"torch threads {torch.get_num_threads()}, references JSON: {use_json}")
+    print(f"{'path':<18}{'batch':>6}{'ex/s':>9}{'seconds':>9}{'ratio':>8}"
+          f"{'identical':>11}{'out tokens':>12}")
+    for name, bs, out, t, ref in rows:
+        same = sum(o.text == r for o, r in zip(out, ref))
+        mean_out = sum(o.output_tokens for o in out) / len(out)
+        print(f"{name:<18}{bs:>6}{len(out) / t:>9.2f}{t:>9.1f}{t_plain / t:>7.2f}x"
+              f"{same:>6}/{len(out):<4}{mean_out:>12.1f}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ the task's suite, written to the store, summarised per category and per check.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ from loop.store import Store, now
 from loop.tasks import Task
 
 GEN_VERSION = "greedy-v1"  # bump when decoding changes, so old predictions are not reused
+JSON_SHARE = 0.9  # stop generation at a closed JSON value when this share of references is JSON
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,9 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
     model_id = lm.model_id if lm else fingerprint(spec)
     tokenizer = lm.tokenizer if lm else load_tokenizer(spec)
     gen = task.config.generation
-    gen_hash = content_hash(GEN_VERSION, gen.max_new_tokens)
+    stop_at_json = answers_are_json([e for s in task.splits.values() for e in s])
+    # The flag joins the hash only when set, so predictions of other tasks stay reusable.
+    gen_hash = content_hash(GEN_VERSION, gen.max_new_tokens, *(["stop-at-json"] * stop_at_json))
     prompts = [build_prompt(tokenizer, e, task.config.system_prompt) for e in examples]
     pred_ids = [content_hash(model_id, content_hash(p), gen_hash) for p in prompts]
     _check_context(tokenizer, spec, examples, prompts, gen.max_new_tokens)  # before any write
@@ -79,7 +83,8 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
                     {"limit": limit, "max_new_tokens": gen.max_new_tokens, "model": model_name})
     if missing:
         outputs = generate(lm, [prompts[i] for i in missing], gen.max_new_tokens,
-                           gen.batch_size, progress=progress, desc=f"{split} {task.name}")
+                           gen.batch_size, progress=progress, desc=f"{split} {task.name}",
+                           stop_at_json=stop_at_json)
         rows = [{"prediction_id": pred_ids[i], "model_id": model_id,
                  "prompt_hash": content_hash(prompts[i]), "gen_hash": gen_hash,
                  "prompt": prompts[i], "output": o.text, "latency_s": o.latency_s,
@@ -96,6 +101,17 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
                           reused=len(examples) - len(missing), **summary)
     store.finish_run(run_id, summary.to_json())
     return summary
+
+
+def answers_are_json(examples: Sequence[Example], share: float = JSON_SHARE) -> bool:
+    """Whether at least `share` of the reference outputs parse as a JSON object or list."""
+    def is_json(text: str) -> bool:
+        try:
+            return isinstance(json.loads(text), (dict, list))
+        except ValueError:
+            return False
+
+    return bool(examples) and sum(is_json(e.output) for e in examples) >= share * len(examples)
 
 
 def _check_context(tokenizer, spec, examples: Sequence[Example], prompts: Sequence[str],
