@@ -1,7 +1,9 @@
 """The per-cycle report: Markdown and HTML with PNG plots, under `<workspace>/cycles/<id>/report/`.
 
-Sections: gate decision and reasons, per-category pass rates before/after (test), the fix rate of
-each targeted failure cluster (its dev members, which training never saw), benchmark deltas, the
+Sections: gate decision and reasons, per-category pass rates before/after (test), the failure
+signatures of the dev run (what went wrong), the fix rate of each targeted failure cluster (its
+dev members, which training never saw), the answer classes of the training data against the
+pool's and the failures' (a class that vanished from the data is marked), benchmark deltas, the
 training loss curve, and the leaderboard.
 """
 
@@ -50,6 +52,41 @@ def _cluster_rows(results: dict) -> list[tuple[str, int, int]]:
         still = sum(1 for m in members if not after.get(m, False))
         rows.append((cluster.get("label", cluster.get("cluster_id", "?")), len(members), still))
     return sorted(rows, key=lambda r: -r[1])
+
+
+def _signature_lines(results: dict, top: int = 10) -> list[str]:
+    sigs = results.get("failures", {}).get("signatures") or []
+    if not sigs:
+        return []
+    lines = ["## Failure signatures (dev, champion)", "",
+             "| signature | count | share | examples |", "|---|---:|---:|---|"]
+    lines += [f"| `{s.get('signature')}` | {s.get('count', 0)} | {s.get('share', 0):.1%} | "
+              f"{', '.join(map(str, s.get('examples', [])[:2]))} |" for s in sigs[:top]]
+    if len(sigs) > top:
+        lines.append(f"| ... {len(sigs) - top} more | | | |")
+    return lines + [""]
+
+
+def _distribution_lines(results: dict, top: int = 20) -> list[str]:
+    """Answer classes: share of pool, failures and training data; vanished ones always shown."""
+    dist = results.get("targeted", {}).get("answer_distribution") or {}
+    rows = dist.get("classes") or []
+    if not rows:
+        return []
+    n = dist.get("n", {})
+    lines = ["## Answer classes: training data vs pool vs failures", ""]
+    if dist.get("vanished"):
+        lines += [f"**Warning: {len(dist['vanished'])} answer class(es) common in the pool or "
+                  f"the failures are (nearly) absent from the training data: "
+                  f"{', '.join(f'`{c}`' for c in dist['vanished'][:10])}.**", ""]
+    lines += [f"| class | pool (n={n.get('pool', '?')}) | failures (n={n.get('failures', '?')}) "
+              f"| training data (n={n.get('data', '?')}) | |", "|---|---:|---:|---:|---|"]
+    shown = [r for i, r in enumerate(rows) if i < top or r.get("vanished")]
+    lines += [f"| `{r['class']}` | {r['pool']:.1%} | {r['failures']:.1%} | {r['data']:.1%} | "
+              f"{'**VANISHED**' if r.get('vanished') else ''} |" for r in shown]
+    if len(rows) > len(shown):
+        lines.append(f"| ... {len(rows) - len(shown)} more classes | | | | |")
+    return lines + [""]
 
 
 def _loss_plot(store: Store, train_id: str | None, path: Path) -> Path | None:
@@ -119,11 +156,13 @@ def _markdown(task, cycle_id, results, gate, cats, clusters, deltas, plots) -> s
               "|---|---:|---:|---:|"]
     lines += [f"| {c} | {b:.1%} | {a:.1%} | {a - b:+.1%} |" for c, b, a in cats]
     lines += ["", "![per category](categories.png)", ""]
+    lines += _signature_lines(results)
     if clusters:
         lines += ["## Targeted failure clusters (dev members, never trained on)", "",
                   "| cluster | failing before | failing after | fix rate |", "|---|---:|---:|---:|"]
         lines += [f"| {c} | {b} | {a} | {(b - a) / b if b else 0:.0%} |" for c, b, a in clusters]
         lines += ["", "![clusters](clusters.png)", ""]
+    lines += _distribution_lines(results)
     if deltas:
         lines += ["## Benchmarks (candidate − champion)", "", "| benchmark | delta |", "|---|---:|"]
         lines += [f"| {k} | {v:+.3f} |" for k, v in deltas.items()]

@@ -6,7 +6,9 @@ A strategy is `(StrategyContext, Sequence[Request]) -> list[Candidate]`; a reque
 `want` more candidates for one cluster, continuing its stream from `offset` (so a second round
 gets new ones). Strategies propose; `loop.curate` decides. Registered strategies:
 
-  retrieval    nearest neighbours of the cluster's failing inputs in the task's train pool
+  retrieval    pool rows near the cluster's failing inputs (template text removed) that have
+               what the failures lack (read from their signatures: the missing key, the label
+               the model confused, the reference's shape), plus a few of the confused label
   generator    a task generator function (`[targeted] generator = "demo"` or "module:function")
   teacher      a stronger model writes new pairs from the failing items (loop.teacher)
   corrections  reviewer-corrected outputs, with priority
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from loop import curate as cur
+from loop.answer_classes import Need, PoolAnswers, needs
 from loop.errors import ConfigError
 from loop.prompts import user_message
 from loop.records import Example, content_hash
@@ -41,6 +44,7 @@ class FailureCase:
     example: Example  # the failing dev item: input and reference
     output: str  # what the model answered
     categories: tuple[str, ...]  # failure categories (wrong_answer, format, ...)
+    signatures: tuple[str, ...] = ()  # what went wrong (missing_key:k, label:g->p, ...)
 
 
 @dataclass(frozen=True)
@@ -98,10 +102,17 @@ class StrategyContext:
     check: AnswerCheck | None = None
     corrections: tuple[Correction, ...] = ()
     cluster_of: dict[str, str] = field(default_factory=dict)  # failing example id -> cluster
+    vary: Callable[[str], str] | None = None  # question -> its varying part (loop.template)
+    answers: PoolAnswers | None = None  # the pool's references, parsed (loop.answer_classes)
 
 
 def question(example: Example) -> str:
     return user_message(example)
+
+
+def varying(ctx: StrategyContext, example: Example) -> str:
+    """What retrieval compares: the question without the task's shared template text."""
+    return ctx.vary(question(example)) if ctx.vary else question(example)
 
 
 def derive_seed(*parts: object) -> int:
@@ -116,40 +127,117 @@ def _as_train(example: Example, output: str | None = None) -> Example:
 
 # ---------------------------------------------------------------------------- strategies
 
-def retrieval(ctx: StrategyContext, requests: Sequence[Request]) -> list[Candidate]:
-    """Pool rows nearest to the failing inputs, interleaved over the cluster's failures so that
-    every failure gets neighbours, not just the first one."""
-    if not ctx.pool or not requests:
-        return []
-    pool_vecs = ctx.embed([question(e) for e in ctx.pool])
-    out: list[Candidate] = []
-    for req in requests:
-        fails = req.cluster.failures
-        stop = req.offset + req.want
-        # Each failure's `stop` nearest rows hold `stop` distinct rows, enough for the picks.
-        ranked, sims = nearest(ctx.embed([question(f.example) for f in fails]), pool_vecs, stop)
-        picked: list[tuple[int, int]] = []
-        seen: set[int] = set()
-        for depth in range(ranked.shape[1]):
-            for fi in range(len(fails)):
-                j = int(ranked[fi, depth])
-                if j not in seen and len(picked) < stop:
-                    seen.add(j)
-                    picked.append((j, fi))
-            if len(picked) >= stop:
-                break
-        for j, fi in picked[req.offset:]:
-            out.append(Candidate(
-                _as_train(ctx.pool[j]), "retrieval", req.cluster.cluster_id,
-                (fails[fi].example.id,),
-                {"pool_id": ctx.pool[j].id, "similarity": round(float(sims[fi, j]), 4)}))
+NEED_BONUS = 2.0  # above any cosine gap: a row with what the failure lacks ranks first
+CONTRAST_EVERY = 4  # one contrast query (the confused label) per this many confused failures
+
+
+def _pool_answers(ctx: StrategyContext) -> PoolAnswers:
+    return ctx.answers or PoolAnswers([e.output for e in ctx.pool], "text")
+
+
+def failure_needs(case: FailureCase, labels: frozenset[str]) -> tuple[tuple[Need, ...],
+                                                                      tuple[Need, ...]]:
+    """The failure's needs from its stored signatures, else from its reference and output
+    (a store from before signatures, or failures built by hand)."""
+    from evals.signatures import signatures
+
+    sigs = case.signatures or signatures(case.example.output, case.output, case.categories,
+                                         labels)
+    return needs(sigs, case.example.output)
+
+
+@dataclass(frozen=True)
+class _Query:
+    failure: int  # index in the cluster's failures
+    needs: tuple[Need, ...]
+    role: str  # "primary" | "contrast"
+
+
+def _queries(cluster: ClusterTarget, labels: frozenset[str]) -> list[_Query]:
+    """One primary query per failure; contrast queries for each confused label, one per
+    CONTRAST_EVERY failures that confused it (so "a few", in proportion)."""
+    out, confused = [], defaultdict(list)
+    for fi, case in enumerate(cluster.failures):
+        primary, contrast = failure_needs(case, labels)
+        out.append(_Query(fi, primary, "primary"))
+        for need in contrast:
+            confused[need].append(fi)
+    for need, fis in confused.items():
+        out += [_Query(fi, (need,), "contrast") for fi in fis[::CONTRAST_EVERY]]
     return out
 
 
-def nearest(queries: np.ndarray, rows: np.ndarray, k: int,
-            chunk: int = 256) -> tuple[np.ndarray, dict[tuple[int, int], float]]:
-    """Per query, the indices of its k most similar rows (dot product), best first, ties by
-    index (what a stable full argsort gives), and {(query, row): similarity} for them.
+def _meets(answers: PoolAnswers, wanted: tuple[Need, ...], cache: dict) -> np.ndarray:
+    """Per pool row, the share of `wanted` its reference meets."""
+    if wanted not in cache:
+        cache[wanted] = np.mean([answers.mask(n) for n in wanted], axis=0) if wanted else \
+            np.zeros(len(answers.members))
+    return cache[wanted]
+
+
+def fixability(ctx: StrategyContext, cluster: ClusterTarget) -> float:
+    """The share of the cluster's failures for which some pool row has everything it lacks."""
+    if not cluster.failures or not ctx.pool:
+        return 0.0
+    answers, cache = _pool_answers(ctx), {}
+    return float(np.mean([_meets(answers, failure_needs(f, answers.labels)[0], cache).max() >= 1
+                          for f in cluster.failures]))
+
+
+def retrieval(ctx: StrategyContext, requests: Sequence[Request]) -> list[Candidate]:
+    """Pool rows near the failing inputs (varying parts), those meeting the failure's needs
+    first, interleaved over the cluster's failures so that every failure gets rows."""
+    if not ctx.pool or not requests:
+        return []
+    pool_vecs = ctx.embed([varying(ctx, e) for e in ctx.pool])
+    answers, cache = _pool_answers(ctx), {}
+    out: list[Candidate] = []
+    for req in requests:
+        fails = req.cluster.failures
+        queries = _queries(req.cluster, answers.labels)
+        stop = req.offset + req.want
+        vecs = ctx.embed([varying(ctx, f.example) for f in fails])
+        meets = [_meets(answers, q.needs, cache) for q in queries]  # shared arrays, not copies
+        # Each query's `stop` best rows hold `stop` distinct rows, enough for the picks.
+        ranked, sims = nearest(vecs[[q.failure for q in queries]], pool_vecs, stop,
+                               bonus=lambda lo, hi: NEED_BONUS * np.stack(meets[lo:hi]))
+        for j, qi in _interleave(ranked, stop)[req.offset:]:
+            q = queries[qi]
+            out.append(Candidate(
+                _as_train(ctx.pool[j]), "retrieval", req.cluster.cluster_id,
+                (fails[q.failure].example.id,),
+                {"pool_id": ctx.pool[j].id, "similarity": round(float(sims[qi, j]), 4),
+                 "role": q.role, "meets": round(float(meets[qi][j]), 3),
+                 "needs": [f"{n.op}:{n.value}"[:80] for n in q.needs]}))
+    return out
+
+
+def _interleave(ranked: np.ndarray, stop: int) -> list[tuple[int, int]]:
+    """(row, query) picks, one new row per query per pass: a query whose next row another
+    query took moves on to its next one, so queries with the same neighbours still each get
+    their share. The sequence does not depend on `stop`, so later rounds continue it."""
+    picked: list[tuple[int, int]] = []
+    seen: set[int] = set()
+    ptr = [0] * len(ranked)
+    while len(picked) < stop:
+        before = len(picked)
+        for qi, row in enumerate(ranked):
+            while ptr[qi] < len(row) and int(row[ptr[qi]]) in seen:
+                ptr[qi] += 1
+            if ptr[qi] < len(row) and len(picked) < stop:
+                seen.add(int(row[ptr[qi]]))
+                picked.append((int(row[ptr[qi]]), qi))
+        if len(picked) == before:
+            break
+    return picked
+
+
+def nearest(queries: np.ndarray, rows: np.ndarray, k: int, chunk: int = 256,
+            bonus: Callable[[int, int], np.ndarray] | None = None,
+            ) -> tuple[np.ndarray, dict[tuple[int, int], float]]:
+    """Per query, the indices of its k most similar rows (dot product, plus `bonus(lo, hi)` for
+    queries lo..hi when given), best first, ties by index (what a stable full argsort gives),
+    and {(query, row): similarity} for them (the plain dot product).
 
     Queries go in chunks and only the top k survive each, so memory stays O(chunk x rows)
     rather than O(queries x rows) for a 100,000-row pool.
@@ -158,14 +246,15 @@ def nearest(queries: np.ndarray, rows: np.ndarray, k: int,
     ranked = np.empty((len(queries), k), dtype=np.int64)
     sims: dict[tuple[int, int], float] = {}
     for start in range(0, len(queries), chunk):
-        block = queries[start:start + chunk] @ rows.T
+        plain = queries[start:start + chunk] @ rows.T
+        block = plain if bonus is None else plain + bonus(start, start + len(plain))
         for offset, row in enumerate(block):
             # every row tied with the k-th best is kept, so the stable order is exact
             kth = np.partition(row, len(row) - k)[len(row) - k]
             candidates = np.flatnonzero(row >= kth)
             order = candidates[np.lexsort((candidates, -row[candidates]))][:k]
             ranked[start + offset] = order
-            sims.update({(start + offset, int(j)): float(row[j]) for j in order})
+            sims.update({(start + offset, int(j)): float(plain[offset, j]) for j in order})
     return ranked, sims
 
 
@@ -254,6 +343,29 @@ def replay(pool: Sequence[Example], k: int, seed: int) -> list[Candidate]:
     picks = rng.permutation(len(pool))[:k] if len(pool) else []
     return [Candidate(_as_train(pool[i]), "replay", "replay", (), {"pool_id": pool[i].id})
             for i in picks]
+
+
+def replay_like(ctx: StrategyContext, passed: Sequence[Example], k: int) -> list[Candidate]:
+    """Replay that keeps passing skills: pool rows nearest to the dev items the model passed,
+    interleaved over them (a seeded random sample when none passed)."""
+    if not passed or not ctx.pool:
+        return replay(ctx.pool, k, ctx.seed)
+    order = np.random.default_rng(derive_seed("replay", ctx.seed)).permutation(len(passed))
+    like = [passed[i] for i in order]
+    depth = min(len(ctx.pool), max(1, math.ceil(k / len(like))) + 2)
+    ranked, _ = nearest(ctx.embed([varying(ctx, e) for e in like]),
+                        ctx.embed([varying(ctx, e) for e in ctx.pool]), depth)
+    picks: dict[int, str] = {}
+    for d in range(ranked.shape[1]):
+        for li in range(len(like)):
+            picks.setdefault(int(ranked[li, d]), like[li].id)
+    chosen = list(picks.items())[:k]
+    if len(chosen) < k:  # a small pool: top up at random
+        chosen += [(int(i), "") for i in np.random.default_rng(ctx.seed).permutation(
+            len(ctx.pool)) if int(i) not in picks][:k - len(chosen)]
+    return [Candidate(_as_train(ctx.pool[i]), "replay", "replay", (),
+                      {"pool_id": ctx.pool[i].id, **({"like": who} if who else {})})
+            for i, who in chosen]
 
 
 STRATEGIES: dict[str, Callable[[StrategyContext, Sequence[Request]], list[Candidate]]] = {

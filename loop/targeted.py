@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from loop import curate as cur
+from loop.answer_classes import PoolAnswers, answer_distribution, answer_kind, \
+    format_distribution
 from loop.errors import TaskDataError
 from loop.records import content_hash
 from loop.store import Store, now
@@ -33,11 +35,13 @@ from loop.strategies import (
     CORRECTIONS_GROUP,
     STRATEGIES,
     Candidate,
+    ClusterTarget,
     Request,
     StrategyContext,
     answer_check,
+    fixability,
     question,
-    replay,
+    replay_like,
     resolve_generator,
 )
 from loop.targeted_inputs import (
@@ -51,6 +55,7 @@ from loop.targeted_inputs import (
 )
 from loop.tasks import Task
 from loop.teacher import Teacher, make_teacher
+from loop.template import Template
 
 __all__ = ["NoFailuresError", "TargetedResult", "format_result", "generate_targeted"]
 
@@ -77,6 +82,8 @@ class TargetedResult:
     manifest_hash: str
     data_hash: str
     cached: bool = False
+    rejected_share: dict[str, float] | None = None  # reason -> share of all candidates
+    answer_distribution: dict | None = None  # answer classes: pool vs failures vs data
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -133,16 +140,36 @@ def generate_targeted(store: Store, task: Task, run_id: str | None = None, *,
     if stored is not None:
         return stored
     embed = _Memo(embedder or default_embedder(store))
+    pool = tuple(task.splits.get("train", ()))
+    vary = _varying_part(task)
+    kind = answer_kind([e.output for split in ("train", "dev") for e in task.splits.get(split, ())])
     ctx = StrategyContext(
-        seed=cfg.seed, pool=tuple(task.splits.get("train", ())), embed=embed,
+        seed=cfg.seed, pool=pool, embed=embed, vary=vary,
+        answers=PoolAnswers([e.output for e in pool], kind),
         generator=(cfg.generator, resolve_generator(cfg.generator)) if cfg.generator else None,
         teacher=teacher or (make_teacher(cfg.teacher) if cfg.teacher else None),
         per_prompt=cfg.teacher.per_prompt if cfg.teacher else 3, check=answer_check(task),
         corrections=load_corrections(store, task) if "corrections" in cfg.strategies else (),
         cluster_of={f.example.id: c.cluster_id for c in failures.clusters for f in c.failures})
-    refs = _references(task, cfg)
-    items, decisions = _rounds(ctx, cfg, failures, batch_id, refs, progress)
-    return _write(store, task, failures, batch_id, out_dir, params, items, decisions)
+    refs = _references(task, cfg, vary)
+    dev = {e.id: e for e in task.splits.get("dev", ())}
+    passed = [dev[i] for i in failures.passed if i in dev]
+    items, decisions = _rounds(ctx, cfg, failures, batch_id, refs, passed, progress)
+    return _write(store, task, failures, batch_id, out_dir, params, items, decisions, kind)
+
+
+def _varying_part(task: Task):
+    """question -> its varying part, with the template fitted on every item of the task (train,
+    dev, test) so that the same text counts as template everywhere; memoised per stage."""
+    template = Template.fit([question(e) for split in task.splits.values() for e in split])
+    memo: dict[str, str] = {}
+
+    def vary(text: str) -> str:
+        if text not in memo:
+            memo[text] = template.varying(text)
+        return memo[text]
+
+    return vary
 
 
 def _check_dev_only(task: Task, failures: FailureSet) -> None:
@@ -162,11 +189,12 @@ class _Refs:
     indexes: list[cur.NgramIndex]
 
 
-def _references(task: Task, cfg: TargetedConfig) -> _Refs:
-    """Dev and test items (question + answer) and benchmark questions, with n-gram indexes."""
-    refs = [cur.Reference(f"{split}:{e.id}", question(e), e.output)
+def _references(task: Task, cfg: TargetedConfig, vary) -> _Refs:
+    """Dev and test items (varying question + answer) and benchmark questions, with n-gram
+    indexes. Template text is left out, so only what varies can make two items the same."""
+    refs = [cur.Reference(f"{split}:{e.id}", vary(question(e)), e.output)
             for split in ("dev", "test") for e in task.splits.get(split, ())]
-    pool_texts = [f"{question(e)}\n{e.output}" for e in task.splits.get("train", ())]
+    pool_texts = [f"{vary(question(e))}\n{e.output}" for e in task.splits.get("train", ())]
     c = cfg.curate
     indexes = [cur.build_ngram_index([f"{r.question}\n{r.answer}" for r in refs],
                                      [r.label for r in refs], c.ngram, c.template_df, pool_texts)]
@@ -183,17 +211,29 @@ def _gen_id(batch_id: str, cand: Candidate) -> str:
                         ex.input, ex.output)
 
 
+def cluster_weights(ctx: StrategyContext, clusters: Sequence[ClusterTarget]) -> dict[str, float]:
+    """A cluster's share of the budget: its size, scaled by how fixable it is from the pool
+    (the share of its failures some pool row has everything for), so a 3-item cluster does
+    not get what a 60-item one gets, and a cluster the pool cannot teach gets less."""
+    return {c.cluster_id: len(c.failures) * (0.25 + 0.75 * fixability(ctx, c)) for c in clusters}
+
+
 def _rounds(ctx: StrategyContext, cfg: TargetedConfig, failures: FailureSet, batch_id: str,
-            refs: _Refs, progress: bool):
-    """Ask every strategy for candidates per cluster, curate, and top up the clusters that are
-    short of their share (new seeds and further neighbours) for at most MAX_ROUNDS rounds."""
+            refs: _Refs, passed: Sequence, progress: bool):
+    """Ask every strategy for candidates per cluster (budget shared by cluster weight), curate,
+    and top up the clusters short of their share (new seeds and further neighbours) for at
+    most MAX_ROUNDS rounds."""
     clusters = failures.clusters
     producing = max(1, len([s for s in cfg.strategies if s != "corrections"]))
-    quota = math.ceil(cfg.n / max(1, len(clusters)))
-    want = {c.cluster_id: math.ceil(quota * OVERSAMPLE / producing) for c in clusters}
+    weights = cluster_weights(ctx, clusters) if "retrieval" in cfg.strategies else \
+        {c.cluster_id: float(len(c.failures)) for c in clusters}
+    quota = cur.allocate(cfg.n, weights)
+    want = {c.cluster_id: math.ceil(quota[c.cluster_id] * OVERSAMPLE / producing)
+            for c in clusters}
     n_replay = round(cfg.n * cfg.replay_share / (1 - cfg.replay_share))
-    replayed = [(c, i) for i, c in enumerate(replay(ctx.pool, 2 * n_replay + 10, cfg.seed))] \
+    replayed = [(c, i) for i, c in enumerate(replay_like(ctx, passed, 2 * n_replay + 10))] \
         if n_replay else []
+    groups = [c.cluster_id for c in clusters] + [CORRECTIONS_GROUP]
     found: dict[str, tuple[Candidate, int]] = {}
     offsets: Counter = Counter()
     for round_ in range(MAX_ROUNDS):
@@ -210,8 +250,7 @@ def _rounds(ctx: StrategyContext, cfg: TargetedConfig, failures: FailureSet, bat
                 offsets[name, r.cluster.cluster_id] += r.want
         items = [(k, c, r) for k, (c, r) in found.items()]
         items += [(_gen_id(batch_id, c), c, r) for c, r in replayed]
-        decisions = _curate(ctx, cfg, items, refs, n_replay,
-                            [c.cluster_id for c in clusters] + [CORRECTIONS_GROUP])
+        decisions = _curate(ctx, cfg, items, refs, n_replay, groups, weights)
         kept = Counter(c.cluster_id for (_, c, _), d in zip(items, decisions)
                        if d.accepted and c.strategy != "replay")
         spare = Counter(c.cluster_id for (_, c, _), d in zip(items, decisions)
@@ -221,8 +260,8 @@ def _rounds(ctx: StrategyContext, cfg: TargetedConfig, failures: FailureSet, bat
                      len(items), sum(kept.values()), cfg.n)
         # a cluster below its share with no spare candidates needs more; one with spares is
         # only held back by the total budget
-        short = {c.cluster_id: quota - kept[c.cluster_id] for c in clusters
-                 if kept[c.cluster_id] < quota and not spare[c.cluster_id]}
+        short = {c.cluster_id: quota[c.cluster_id] - kept[c.cluster_id] for c in clusters
+                 if kept[c.cluster_id] < quota[c.cluster_id] and not spare[c.cluster_id]}
         if not short or len(found) == before:
             break
         want = {c.cluster_id: math.ceil(2 * short.get(c.cluster_id, 0) / producing)
@@ -232,15 +271,16 @@ def _rounds(ctx: StrategyContext, cfg: TargetedConfig, failures: FailureSet, bat
         log.warning("targeted: %d examples accepted of %d requested", total, cfg.n)
         # keep the replay share of what was actually accepted, not of what was asked for
         n_final = round(total * cfg.replay_share / (1 - cfg.replay_share))
-        decisions = _curate(ctx, cfg, items, refs, n_final,
-                            [c.cluster_id for c in clusters] + [CORRECTIONS_GROUP])
+        decisions = _curate(ctx, cfg, items, refs, n_final, groups, weights)
     return items, decisions
 
 
 def _curate(ctx: StrategyContext, cfg: TargetedConfig, items, refs: _Refs, n_replay: int,
-            group_order: list[str]):
-    cur_items = [cur.Item(key, question(c.example), c.example.output, c.cluster_id, c.priority,
-                          rank, c.strategy == "replay", c.reason, c.detail, c.own_ref)
+            group_order: list[str], weights: dict[str, float]):
+    vary = ctx.vary or (lambda text: text)
+    cur_items = [cur.Item(key, vary(question(c.example)), c.example.output, c.cluster_id,
+                          c.priority, rank, c.strategy == "replay", c.reason, c.detail,
+                          c.own_ref)
                  for key, c, rank in items]
     # embed only the benchmark questions that share words with some candidate
     shortlist = cur.lexical_shortlist([i.question for i in cur_items],
@@ -251,13 +291,13 @@ def _curate(ctx: StrategyContext, cfg: TargetedConfig, items, refs: _Refs, n_rep
                           ctx.embed([r.question for r in checked]),
                           ctx.embed([r.answer or "" for r in checked]))
     return cur.curate(cur_items, vectors, checked, refs.indexes, cfg.n, n_replay, cfg.curate,
-                      group_order, [e.output for e in ctx.pool])
+                      group_order, [e.output for e in ctx.pool], weights)
 
 
 # ---------------------------------------------------------------------------- outputs
 
 def _write(store: Store, task: Task, failures: FailureSet, batch_id: str, out_dir: Path,
-           params: dict, items, decisions) -> TargetedResult:
+           params: dict, items, decisions, kind: str) -> TargetedResult:
     """Provenance rows, the JSONL dataset and its manifest, then the `datasets` row; the batch's
     earlier rows (an interrupted or re-parametrised run) are replaced in one transaction."""
     created = now()
@@ -275,6 +315,13 @@ def _write(store: Store, task: Task, failures: FailureSet, batch_id: str, out_di
                                "category": r["category"]}, ensure_ascii=False) + "\n"
                    for r in kept).encode("utf-8")
     manifest = _manifest(task, failures, batch_id, params, rows, hashlib.sha256(data).hexdigest())
+    manifest["answer_distribution"] = dist = answer_distribution(
+        kind, [e.output for e in task.splits.get("train", ())],
+        [f.example.output for c in failures.clusters for f in c.failures],
+        [r["output"] for r in kept])
+    if dist["vanished"]:
+        log.warning("targeted: answer classes common in the pool or the failures are (nearly) "
+                    "absent from the training data: %s", ", ".join(dist["vanished"][:10]))
     manifest_hash = content_hash(manifest)
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset_path, manifest_path = out_dir / f"{batch_id}.jsonl", out_dir / f"{batch_id}.manifest.json"
@@ -319,7 +366,9 @@ def _manifest(task: Task, failures: FailureSet, batch_id: str, params: dict, row
                             for s, c in by_strategy.items()},
             "by_cluster": by_cluster,
             "rejected": dict(Counter(r["reason"] for r in rows if r["status"] == "rejected")
-                             .most_common())}
+                             .most_common()),
+            "rejected_share": {k: round(v / len(rows), 4) for k, v in Counter(
+                r["reason"] for r in rows if r["status"] == "rejected").most_common()}}
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -334,7 +383,10 @@ def _result(manifest: dict, manifest_hash: str, dataset_path: Path, manifest_pat
         batch_id=manifest["batch_id"], task=manifest["task"], run_id=manifest["run_id"],
         model_id=manifest["model_id"], dataset_path=str(dataset_path),
         manifest_path=str(manifest_path), manifest_hash=manifest_hash,
-        data_hash=manifest["data_hash"], cached=cached, **{k: manifest[k] for k in COUNT_KEYS})
+        data_hash=manifest["data_hash"], cached=cached,
+        rejected_share=manifest.get("rejected_share"),
+        answer_distribution=manifest.get("answer_distribution"),
+        **{k: manifest[k] for k in COUNT_KEYS})
 
 
 def _stored_result(store: Store, batch_id: str, params_hash: str) -> TargetedResult | None:
@@ -371,7 +423,12 @@ def format_result(result: TargetedResult) -> str:
             f"{c['by_strategy'].get(s, 0):>12}" for s in strategies))
     lines += ["", f"{'strategy':<16}{'accepted':>9}{'rejected':>9}"]
     lines += [f"{s:<16}{v['accepted']:>9}{v['rejected']:>9}" for s, v in result.by_strategy.items()]
-    reasons = ", ".join(f"{k} {v}" for k, v in result.rejected.items()) or "none"
-    lines += ["", f"rejected: {reasons}", f"dataset: {result.dataset_path}",
+    shares = result.rejected_share or {}
+    reasons = ", ".join(f"{k} {v}" + (f" ({shares[k]:.0%} of candidates)" if k in shares else "")
+                        for k, v in result.rejected.items()) or "none"
+    lines += ["", f"rejected: {reasons}"]
+    if result.answer_distribution:
+        lines += ["", format_distribution(result.answer_distribution)]
+    lines += ["", f"dataset: {result.dataset_path}",
               f"manifest: {result.manifest_path} ({result.manifest_hash})"]
     return "\n".join(lines)

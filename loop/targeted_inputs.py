@@ -154,6 +154,7 @@ class FailureSet:
     run_id: str
     model_id: str
     clusters: tuple[ClusterTarget, ...]
+    passed: tuple[str, ...] = ()  # dev items the run scored and the model passed (for replay)
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -190,8 +191,12 @@ def load_failures(store: Store, task: Task, run_id: str | None = None,
                             "is mined from dev failures only (test items must stay unseen).")
     if "failures" not in store.tables():
         raise NoFailuresError("No failure records yet: run `evalloop failures` on the dev run.")
+    # signatures arrive with a store migration; a store without them still works
+    has_sigs = bool(store.query("SELECT 1 FROM information_schema.columns WHERE table_name = "
+                                "'failures' AND column_name = 'signatures'"))
     rows = store.query(
-        "SELECT f.example_id, f.categories, f.cluster_id, p.output FROM failures f "
+        "SELECT f.example_id, f.categories, f.cluster_id, p.output"
+        + (", f.signatures" if has_sigs else "") + " FROM failures f "
         "LEFT JOIN predictions p ON p.prediction_id = f.prediction_id "
         "WHERE f.run_id = ? ORDER BY f.example_id", [run["run_id"]])
     labels = {r["cluster_id"]: r["label"] for r in store.query(
@@ -204,10 +209,16 @@ def load_failures(store: Store, task: Task, run_id: str | None = None,
             continue  # task data changed since the run; never reach into other splits
         cats = tuple(r["categories"] or ())
         key = r["cluster_id"] or f"category:{cats[0] if cats else 'failed'}"
-        groups[str(key)].append(FailureCase(dev[r["example_id"]], r["output"] or "", cats))
+        sigs = tuple(sorted(set(r.get("signatures") or ())))
+        groups[str(key)].append(FailureCase(dev[r["example_id"]], r["output"] or "", cats, sigs))
     clusters = sorted((ClusterTarget(k, labels.get(k, k), tuple(v)) for k, v in groups.items()),
                       key=lambda c: (-len(c.failures), c.cluster_id))
-    return FailureSet(run["run_id"], run["model_id"], tuple(clusters))
+    failed = {r["example_id"] for r in rows}
+    scored = store.query("SELECT example_id FROM run_items WHERE run_id = ? ORDER BY example_id",
+                         [run["run_id"]])
+    passed = tuple(r["example_id"] for r in scored
+                   if r["example_id"] in dev and r["example_id"] not in failed)
+    return FailureSet(run["run_id"], run["model_id"], tuple(clusters), passed)
 
 
 def load_corrections(store: Store, task: Task) -> tuple[Correction, ...]:

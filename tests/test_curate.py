@@ -170,3 +170,105 @@ def test_lexical_shortlist_keeps_only_references_sharing_rare_words():
     items = ["Plants absorb which gas from air during photosynthesis?", "Spell cat backwards."]
     assert cur.lexical_shortlist(items, refs) == [0]
     assert cur.lexical_shortlist([], refs) == []
+
+
+# ---------------------------------------------------------------------------- fixed instructions
+
+SLOT_INSTRUCTION = ("Extract booking details from the user's message. Possible slots: city, "
+                    "date, time. Copy each value exactly as it appears in the message. Reply "
+                    "with a JSON object mapping each slot that is present to its text; reply {} "
+                    "if the message contains none.")
+
+
+def slot_q(message: str, requested: str = "none") -> str:
+    return f"{SLOT_INSTRUCTION}\n\nRequested slot: {requested}\nMessage: {message}"
+
+
+def varying_items(pool, tests):
+    """(items, refs) over the varying parts, the template fitted on every question."""
+    from loop.template import Template
+
+    template = Template.fit([q for q, _ in pool + tests])
+    items = [item(f"p{i}", template.varying(q), a) for i, (q, a) in enumerate(pool)]
+    refs = [cur.Reference(f"test:{i}", template.varying(q), a) for i, (q, a) in enumerate(tests)]
+    return items, refs
+
+
+FILLER = ["sounds good", "ok thanks", "that works for me", "perfect", "great thank you",
+          "no that is all", "can you help me", "I need a car", "hello there", "yes please"]
+
+
+def test_shared_template_alone_never_contaminates_but_a_paraphrase_does():
+    tests = [(slot_q("I need the car in Boston on Friday", "city"), '{"city": "Boston"}'),
+             (slot_q("yes"), "{}"), (slot_q("13", "time"), '{"time": "13"}')]
+    tests += [(slot_q(f"{w} number {k}"), "{}") for k, w in enumerate(FILLER)]
+    pool = [(slot_q("I need a car in Boston on Friday please", "city"), '{"city": "Boston"}'),
+            (slot_q("yes"), "{}"),  # the same short input, same common answer: the same item
+            (slot_q("yes please, go ahead"), "{}"),  # another short input: not a copy
+            (slot_q("14", "time"), '{"time": "14"}'),
+            (slot_q("13", "date"), '{"date": "13"}')]  # same words, other requested slot
+    pool += [(slot_q(f"{w} {k} times over"), "{}") for k, w in enumerate(FILLER)]
+    items, refs = varying_items(pool, tests)
+    index = cur.build_ngram_index([f"{r.question}\n{r.answer}" for r in refs],
+                                  [r.label for r in refs],
+                                  background=[f"{i.question}\n{i.answer}" for i in items])
+    leaks = cur.contamination(items, refs, vectors(items, refs), [index], cur.CurateConfig(),
+                              [a for _, a in pool])
+    assert "test:0" in leaks[0]  # planted paraphrase of a test input, same answer
+    assert "test:1" in leaks[1]
+    assert leaks[2:] == [None] * (len(pool) - 2)
+    # the whole question, instruction included, would make the shared-instruction rows leak
+    full = [item(f"p{i}", q, a) for i, (q, a) in enumerate(pool)]
+    full_refs = [cur.Reference(f"test:{i}", q, a) for i, (q, a) in enumerate(tests)]
+    naive = cur.contamination(full, full_refs, vectors(full, full_refs), [], cur.CurateConfig(),
+                              [a for _, a in pool])
+    assert sum(x is not None for x in naive[5:]) > sum(x is not None for x in leaks[5:])
+
+
+def test_fixed_instruction_pool_keeps_its_empty_answers():
+    rng = np.random.default_rng(0)
+    cities = ["Boston", "Denver", "Austin", "Seattle", "Miami", "Dallas", "Tampa", "Reno"]
+    def row(k):
+        if k % 5 < 2:  # 40% of rows answer {}
+            return slot_q(f"{FILLER[k % 10]} and {rng.integers(1000)} more words {k}"), "{}"
+        city = cities[k % 8]
+        return slot_q(f"pick it up in {city} around noon, case {k}", "city"), \
+            f'{{"city": "{city}"}}'
+    pool, tests = [row(k) for k in range(200)], [row(k) for k in range(1000, 1060)]
+    items, refs = varying_items(pool, tests)
+    vecs = vectors(items, refs)
+    index = cur.build_ngram_index([f"{r.question}\n{r.answer}" for r in refs],
+                                  [r.label for r in refs],
+                                  background=[f"{i.question}\n{i.answer}" for i in items])
+    decisions = cur.curate(items, vecs, refs, [index], n=200,
+                           background_answers=[a for _, a in pool])
+    empty = [d for d, (_, a) in zip(decisions, pool) if a == "{}"]
+    assert sum(d.accepted for d in empty) == len(empty) == 80
+    assert sum(d.accepted for d in decisions) >= 0.95 * len(pool)
+
+
+@pytest.mark.parametrize("a, b, same", [
+    ("Message: yes", "message: YES", True),
+    ("Message: yes", "Message: yes please", False),
+    ("Message: 13", "Message: 14", False),  # numbers differ
+    ("Requested slot: none Message: sounds good, thanks a lot",
+     "Requested slot: none Message: sounds good, thanks a lot!", True),
+])
+def test_near_verbatim(a, b, same):
+    assert cur.near_verbatim(a, b, 0.9) is same
+
+
+def test_allocate_and_weighted_balance_follow_cluster_size():
+    assert cur.allocate(100, {"big": 60, "small": 3}) == {"big": 95, "small": 5}
+    assert cur.allocate(2, {"a": 1, "b": 1, "c": 5}) == {"a": 0, "b": 0, "c": 2}
+    assert sum(cur.allocate(37, {"a": 1.5, "b": 2.5, "c": 3}).values()) == 37
+    items = [item(f"x{i}", f"q{i}", "a", group=g)
+             for i, g in enumerate(["big"] * 40 + ["small"] * 40)]
+    picked = [items[i].group for i in cur.balance(items, list(range(80)), 21, ["big", "small"],
+                                                  {"big": 60, "small": 3})]
+    assert picked.count("big") == 20 and picked.count("small") == 1
+    # a group that runs out leaves its share to the others
+    few = items[:40] + items[40:42]
+    picked = [few[i].group for i in cur.balance(few, list(range(42)), 30, (),
+                                                {"big": 1, "small": 10})]
+    assert picked.count("small") == 2 and picked.count("big") == 28

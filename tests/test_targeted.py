@@ -137,7 +137,8 @@ def test_planted_test_item_and_paraphrase_are_contaminated_and_duplicates_reject
                 contaminated.add(pool_id)
     assert by_pool["plant-copy"] == {("rejected", "contaminated")}
     assert by_pool["plant-paraphrase"] == {("rejected", "contaminated")}
-    dup_reasons = by_pool["dup-copy"] | by_pool["dup-case"]
+    # (an exact repeat of a pool row is dropped when the task loads; its case variant stays)
+    dup_reasons = by_pool.get("dup-copy", set()) | by_pool["dup-case"]
     assert ("rejected", "duplicate") in dup_reasons and ("accepted", None) not in dup_reasons
     # no legitimate pool row is taken for an evaluation item: only the planted ones
     assert contaminated == {"plant-copy", "plant-paraphrase"}
@@ -438,3 +439,196 @@ def test_nearest_rows_equal_a_stable_full_sort_in_bounded_chunks():
     full = np.argsort(-(queries @ rows.T), axis=1, kind="stable")[:, :15]
     assert (ranked == full).all()
     assert sims[(20, 100)] == pytest.approx(float(queries[20] @ rows[100]))
+
+
+# ---------------------------------------------------------------------------- fixed instructions
+
+SLOT_INSTRUCTION = ("Extract car rental details from the customer's message. Possible slots: "
+                    "city, time. Copy each value exactly as it appears in the message. Reply with "
+                    "a JSON object mapping each slot that is present to its text; reply {} if the "
+                    "message contains none.")
+TOWNS = ["Oslo", "Lima", "Quito", "Perth", "Dakar", "Hanoi", "Turin", "Leeds", "Cork", "Bern",
+         "Split", "Porto", "Malmo", "Graz", "Ghent", "Basel", "Bonn", "Nice", "Pisa", "Kiev"]
+HOURS = ["noon", "9am", "7 pm", "half past ten", "midnight", "8:15", "dawn", "4pm"]
+CHATTER = ["thanks a lot", "that sounds fine", "could you check again", "no, nothing else",
+           "I am not sure yet", "let me think about it", "great, go ahead", "what do you need",
+           "hello", "is that everything", "perfect", "sorry, say that again"]
+
+
+def slot_rows(start: int, n: int) -> list[dict]:
+    """A synthetic fixed-instruction slot task: 40% of rows answer {}."""
+    out = []
+    for k in range(start, start + n):
+        town, hour = TOWNS[k % 20], HOURS[k % 8]
+        if k % 5 < 2:
+            text, answer = f"{CHATTER[k % 12]} (ref {k})", {}
+        elif k % 5 == 2:
+            text, answer = f"I'd like to collect it in {town}, booking {k}", {"city": town}
+        elif k % 5 == 3:
+            text, answer = f"pick-up at {hour} please, booking {k}", {"time": hour}
+        else:
+            text, answer = (f"in {town} at {hour}, booking {k}", {"city": town, "time": hour})
+        out.append(rec(SLOT_INSTRUCTION, json.dumps(answer),
+                       "+".join(answer) or "none", f"Message: {text}"))
+    return out
+
+
+def slot_failures(task, missing: str = "city") -> FailureSet:
+    """Dev failures: rows with `missing` lost it; {} rows got an invented time."""
+    lacks, extra = [], []
+    for e in task.split("dev"):
+        ref = json.loads(e.output)
+        if missing in ref:
+            out = {k: v for k, v in ref.items() if k != missing}
+            lacks.append(FailureCase(e, json.dumps(out), ("wrong_answer",),
+                                     (f"missing_key:{missing}",)))
+        elif not ref:
+            extra.append(FailureCase(e, '{"time": "noon"}', ("wrong_answer",),
+                                     ("extra_key:time",)))
+    return FailureSet("run-dev", "m", (ClusterTarget("c-missing", "missing city", tuple(lacks)),
+                                       ClusterTarget("c-extra", "extra time", tuple(extra))))
+
+
+def test_fixed_instruction_task_keeps_empty_answers_and_rejects_a_planted_paraphrase(
+        tmp_path, workspace, embedder):
+    target = rec(SLOT_INSTRUCTION, json.dumps({"city": "Reykjavik", "time": "6:40"}), "city+time",
+                 "Message: we land in Reykjavik around 6:40 and need the car right then")
+    test_rows = slot_rows(1000, 40) + [target]
+    paraphrase = {**target, "id": "plant-paraphrase",
+                  "input": "Message: landing in Reykjavik at around 6:40, we need the car then"}
+    near_dev = rec(SLOT_INSTRUCTION, json.dumps({"city": "Reykjavik", "time": "7:10"}),
+                   "city+time", "Message: we arrive in Reykjavik at 7:10, car needed right away")
+    toml = write_task(tmp_path / "slots", {"train": slot_rows(0, 150) + [paraphrase],
+                                           "dev": slot_rows(500, 30) + [near_dev],
+                                           "test": test_rows},
+                      name="slots", extra_toml="[targeted]\nreplay_share = 0.2\n")
+    task = load_task(toml)
+    with Store(workspace) as store:
+        result = generate_targeted(store, task, failures=slot_failures(task), n=60,
+                                   strategies=["retrieval"], embedder=embedder)
+        stored = rows(store, result.batch_id)
+    planted = [r for r in stored if json.loads(r["source"])["pool_id"] == "plant-paraphrase"]
+    assert planted and all(r["reason"] == "contaminated" for r in planted)
+    contaminated = {json.loads(r["source"])["pool_id"] for r in stored
+                    if r["reason"] == "contaminated"}
+    assert contaminated == {"plant-paraphrase"}  # the shared instruction makes no other copy
+    dist = {c["class"]: c for c in result.answer_distribution["classes"]}
+    assert dist["{}"]["pool"] >= 0.35 and dist["{}"]["data"] >= 0.2
+    assert not result.answer_distribution["vanished"]
+    assert result.rejected_share.get("contaminated", 0) < 0.05
+    # the cluster that lost `city` is taught with rows that have it
+    missing = [json.loads(r["output"]) for r in stored
+               if r["cluster_id"] == "c-missing" and r["status"] == "accepted"]
+    assert missing and all("city" in m for m in missing)
+    extra = [json.loads(r["output"]) for r in stored
+             if r["cluster_id"] == "c-extra" and r["status"] == "accepted"]
+    assert extra and all("time" not in m for m in extra)
+    text = format_result(result)
+    assert "answer classes (object)" in text and "of candidates" in text
+
+
+def _bow(texts, dim=256):
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    for i, t in enumerate(texts):
+        for w in t.lower().split():
+            out[i, sum(map(ord, w)) * 7919 % dim] += 1.0
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def _slot_ctx(pool: list[Example]) -> StrategyContext:
+    from loop.answer_classes import PoolAnswers, answer_kind
+    from loop.template import Template
+
+    outputs = [e.output for e in pool]
+    template = Template.fit([f"{e.instruction}\n\n{e.input}" for e in pool])
+    return StrategyContext(seed=0, pool=tuple(pool), embed=_bow, vary=template.varying,
+                           answers=PoolAnswers(outputs, answer_kind(outputs)))
+
+
+def _ex(i, text, answer, split="train"):
+    return Example(f"{split}{i}", SLOT_INSTRUCTION, json.dumps(answer), f"Message: {text}",
+                   "x", split)
+
+
+def test_retrieval_prefers_pool_rows_with_the_missing_key():
+    failing = _ex(0, "I want the car in Oslo at noon tomorrow", {"city": "Oslo", "time": "noon"},
+                  "dev")
+    near = [_ex(i, f"I want the car at noon tomorrow {w}", {"time": "noon"})
+            for i, w in enumerate(["ok", "please", "thanks", "sir"])]
+    far = [_ex(10 + i, f"collect in {t} on arrival", {"city": t})
+           for i, t in enumerate(["Lima", "Perth", "Cork"])]
+    ctx = _slot_ctx(near + far)
+    with_sig = ClusterTarget("c", "c", (FailureCase(failing, '{"time": "noon"}', ("wrong_answer",),
+                                                    ("missing_key:city",)),))
+    without = ClusterTarget("c", "c", (FailureCase(failing, '{"time": "noon"}',
+                                                   ("wrong_answer",)),))
+    for cluster in (with_sig, without):  # no stored signatures: read off reference and output
+        got = STRATEGIES["retrieval"](ctx, [Request(cluster, 3, 0, 0)])
+        assert [c.source["pool_id"] for c in got] == [e.id for e in far]
+        assert got[0].source["meets"] == 1.0 and got[0].source["needs"] == ["has:city"]
+    # the plain nearest rows are the ones without the city
+    from loop.strategies import nearest
+
+    ranked, _ = nearest(_bow([failing.input]), _bow([e.input for e in near + far]), 3)
+    assert set(ranked[0].tolist()) <= set(range(len(near)))
+
+
+def test_label_confusion_retrieves_the_gold_label_and_a_few_of_the_confused_one():
+    labels = ["billing", "refund", "greeting"]
+    pool = [Example(f"p{i}", "Classify the customer message. Reply with one label.",
+                    labels[i % 3], f"message number {i} about things", "x", "train")
+            for i in range(60)]
+    ctx = _slot_ctx(pool)
+    fails = tuple(FailureCase(Example(f"d{i}", pool[0].instruction, "refund",
+                                      f"message number {100 + i} about money", "x", "dev"),
+                              "billing", ("wrong_answer",), ("label:refund->billing",))
+                  for i in range(8))
+    got = STRATEGIES["retrieval"](ctx, [Request(ClusterTarget("c", "c", fails), 20, 0, 0)])
+    outputs = [c.example.output for c in got]
+    assert outputs.count("refund") >= 15 and 1 <= outputs.count("billing") <= 5
+    assert "greeting" not in outputs
+
+
+def test_budget_follows_cluster_size(tmp_path, workspace, embedder):
+    task = load_task(make_task(tmp_path))
+    big = failures_of(task, ("hours",)).clusters[0]  # 6 failures
+    small = failures_of(task, ("capital",), per_cluster=2).clusters[0]  # 2 failures
+    with Store(workspace) as store:
+        result = generate_targeted(store, task, failures=FailureSet("r", "m", (big, small)),
+                                   n=16, strategies=["retrieval"], embedder=embedder)
+    assert {c: v["accepted"] for c, v in result.by_cluster.items()} == {"c-hours": 12,
+                                                                         "c-capital": 4}
+
+
+def test_answer_distribution_flags_a_vanished_class():
+    from loop.answer_classes import answer_distribution, format_distribution
+
+    pool = ["{}"] * 40 + ['{"city": "A"}'] * 50 + ['{"city": "B", "time": "1"}'] * 10
+    fails = ['{"time": "2"}'] * 3 + ['{"city": "C"}'] * 7
+    data = ['{"city": "A"}'] * 99 + ['{"city": "B", "time": "1"}']
+    dist = answer_distribution("object", pool, fails, data)
+    got = {r["class"]: r for r in dist["classes"]}
+    assert got["{}"]["pool"] == 0.4 and got["{}"]["data"] == 0.0 and got["{}"]["vanished"]
+    assert got["{time}"]["failures"] == 0.3 and got["{time}"]["vanished"]
+    assert not got["{city}"]["vanished"] and not got["{city, time}"]["vanished"]  # 1% is enough
+    assert dist["vanished"] == ["{}", "{time}"]
+    assert "VANISHED" in format_distribution(dist)
+    lists = answer_distribution("list", ['["a", "b"]', "[]"], ['["b"]'], ['["a"]'])
+    assert {r["class"]: r["data"] for r in lists["classes"]} == {"a": 1.0, "b": 0.0, "[]": 0.0}
+
+
+def test_report_shows_signatures_and_marks_a_vanished_class():
+    from loop.answer_classes import answer_distribution
+    from loop.report import _distribution_lines, _signature_lines
+
+    dist = answer_distribution("object", ["{}"] * 4 + ['{"a": 1}'] * 6, ["{}"], ['{"a": 2}'])
+    results = {"targeted": {"answer_distribution": dist},
+               "failures": {"signatures": [{"signature": f"missing_key:k{i}", "count": 20 - i,
+                                            "share": 0.1, "examples": ["e1", "e2"]}
+                                           for i in range(12)]}}
+    table = "\n".join(_distribution_lines(results))
+    assert "| `{}` | 40.0% | 100.0% | 0.0% | **VANISHED** |" in table and "Warning" in table
+    sigs = _signature_lines(results)
+    assert sum(line.startswith("| `missing_key") for line in sigs) == 10
+    assert "2 more" in sigs[-2]
+    assert _distribution_lines({}) == [] and _signature_lines({}) == []
