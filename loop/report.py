@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and in cron
 import matplotlib.pyplot as plt  # noqa: E402
 
+from loop.runstate import stage_seconds  # noqa: E402
 from loop.store import Store  # noqa: E402
 from loop.tasks import Task  # noqa: E402
 
@@ -136,9 +137,21 @@ def write_report(store: Store, task: Task, cycle_id: str, results: dict, cycle_d
     if loss:
         plots["loss"] = loss
     md = _markdown(task, cycle_id, results, gate, cats, clusters, deltas, plots)
+    md += _stage_lines(stage_seconds(store, cycle_id))
     (out / "report.md").write_text(md, encoding="utf-8")
     (out / "report.html").write_text(_html(md, task.name, cycle_id), encoding="utf-8")
     return out / "report.html"
+
+
+def _stage_lines(seconds: dict[str, float]) -> str:
+    """Where the cycle's time went (the report stage itself is still running)."""
+    if not seconds:
+        return ""
+    lines = ["", "## Stage times", "", "| stage | seconds | share |", "|---|---:|---:|"]
+    total = sum(seconds.values()) or 1.0
+    lines += [f"| {stage} | {sec:.1f} | {sec / total:.0%} |" for stage, sec in seconds.items()]
+    lines += [f"| total | {total:.1f} | |"]
+    return "\n".join(lines) + "\n"
 
 
 def _markdown(task, cycle_id, results, gate, cats, clusters, deltas, plots) -> str:

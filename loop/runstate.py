@@ -100,5 +100,5 @@ def stage_seconds(store: Store, cycle_id: str) -> dict[str, float]:
     resumed stage includes the time lost to the interruption)."""
     rows = store.query("SELECT stage, epoch(finished_at) - epoch(started_at) AS seconds "
                        "FROM cycle_stages WHERE cycle_id = ? AND status = 'done' "
-                       "AND finished_at IS NOT NULL", [cycle_id])
+                       "AND finished_at IS NOT NULL ORDER BY started_at", [cycle_id])
     return {r["stage"]: float(r["seconds"]) for r in rows}

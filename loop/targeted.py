@@ -158,6 +158,31 @@ def generate_targeted(store: Store, task: Task, run_id: str | None = None, *,
     return _write(store, task, failures, batch_id, out_dir, params, items, decisions, kind)
 
 
+def random_pool_rows(store: Store, task: Task, n: int, seed: int = 0,
+                     exclude: set[str] | frozenset = frozenset(), embedder=None) -> list:
+    """`n` pool rows drawn at random (seeded), skipping `exclude` ids, through the same
+    decontamination and duplicate rules as targeted data: the baseline targeting must beat
+    (bench/targeted_vs_random.py)."""
+    cfg = targeted_config(task.config, seed=seed)
+    pool = [e for e in task.splits.get("train", ()) if e.id not in exclude]
+    order = np.random.default_rng(seed).permutation(len(pool))
+    vary = _varying_part(task)
+    ctx = StrategyContext(seed=seed, pool=tuple(pool), embed=_Memo(embedder or
+                                                                    default_embedder(store)),
+                          vary=vary)
+    refs = _references(task, cfg, vary)
+    chosen: list = []
+    for start in range(0, len(order), 2 * n):  # curation drops a few: draw again until n
+        block = [pool[i] for i in order[start:start + 2 * n]]
+        items = [(e.id, Candidate(e, "replay", "replay", (), {"pool_id": e.id}), k)
+                 for k, e in enumerate(block)]
+        decisions = _curate(ctx, cfg, items, refs, len(block), ["replay"], {"replay": 1.0})
+        chosen += [e for e, d in zip(block, decisions) if d.accepted]
+        if len(chosen) >= n:
+            break
+    return chosen[:n]
+
+
 def _varying_part(task: Task):
     """question -> its varying part, with the template fitted on every item of the task (train,
     dev, test) so that the same text counts as template everywhere; memoised per stage."""

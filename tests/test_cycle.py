@@ -77,8 +77,13 @@ def test_cycle_summary_on_an_external_task(baseline):
     assert {r["check"] for r in summary["gate"]["reasons"]} >= {"gain", "significance",
                                                                  "categories", "rating"}
     assert Path(summary["report"]).is_file()
+    times = summary["stage_times"]  # every stage but the report itself has finished by now
+    assert set(times) >= {"eval_champion_dev", "failures", "targeted", "train", "gate"}
+    assert all(row["seconds"] >= 0 for row in times.values())
+    assert times["train"]["unit"] == "tokens" and times["train"]["per_s"] > 0
     report = Path(summary["report"]).parent
     assert (report / "report.md").is_file() and (report / "categories.png").is_file()
+    assert "## Stage times" in (report / "report.md").read_text()
     with Store(workspace) as store:
         stages = store.query("SELECT stage, status FROM cycle_stages")
         assert {r["status"] for r in stages} == {"done"} and len(stages) == 9
