@@ -104,6 +104,7 @@ class StrategyContext:
     cluster_of: dict[str, str] = field(default_factory=dict)  # failing example id -> cluster
     vary: Callable[[str], str] | None = None  # question -> its varying part (loop.template)
     answers: PoolAnswers | None = None  # the pool's references, parsed (loop.answer_classes)
+    pool_bonus: np.ndarray | None = None  # per pool row, added to its retrieval score
 
 
 def question(example: Example) -> str:
@@ -199,8 +200,9 @@ def retrieval(ctx: StrategyContext, requests: Sequence[Request]) -> list[Candida
         vecs = ctx.embed([varying(ctx, f.example) for f in fails])
         meets = [_meets(answers, q.needs, cache) for q in queries]  # shared arrays, not copies
         # Each query's `stop` best rows hold `stop` distinct rows, enough for the picks.
+        extra = 0.0 if ctx.pool_bonus is None else ctx.pool_bonus
         ranked, sims = nearest(vecs[[q.failure for q in queries]], pool_vecs, stop,
-                               bonus=lambda lo, hi: NEED_BONUS * np.stack(meets[lo:hi]))
+                               bonus=lambda lo, hi: NEED_BONUS * np.stack(meets[lo:hi]) + extra)
         for j, qi in _interleave(ranked, stop)[req.offset:]:
             q = queries[qi]
             out.append(Candidate(

@@ -51,6 +51,7 @@ from loop.targeted_inputs import (
     benchmark_questions,
     load_corrections,
     load_failures,
+    model_name,
     targeted_config,
 )
 from loop.tasks import Task
@@ -143,8 +144,11 @@ def generate_targeted(store: Store, task: Task, run_id: str | None = None, *,
     pool = tuple(task.splits.get("train", ()))
     vary = _varying_part(task)
     kind = answer_kind([e.output for split in ("train", "dev") for e in task.splits.get(split, ())])
+    bonus = _loss_bonus(store, task, pool, model_name(store, failures.model_id),
+                        cfg.loss_weight, progress) \
+        if cfg.loss_weight > 0 and "retrieval" in cfg.strategies and pool else None
     ctx = StrategyContext(
-        seed=cfg.seed, pool=pool, embed=embed, vary=vary,
+        seed=cfg.seed, pool=pool, embed=embed, vary=vary, pool_bonus=bonus,
         answers=PoolAnswers([e.output for e in pool], kind),
         generator=(cfg.generator, resolve_generator(cfg.generator)) if cfg.generator else None,
         teacher=teacher or (make_teacher(cfg.teacher) if cfg.teacher else None),
@@ -156,6 +160,20 @@ def generate_targeted(store: Store, task: Task, run_id: str | None = None, *,
     passed = [dev[i] for i in failures.passed if i in dev]
     items, decisions = _rounds(ctx, cfg, failures, batch_id, refs, passed, progress)
     return _write(store, task, failures, batch_id, out_dir, params, items, decisions, kind)
+
+
+def _loss_bonus(store: Store, task: Task, pool: Sequence, model: str, weight: float,
+                progress: bool) -> np.ndarray:
+    """`weight` x each pool row's answer-loss percentile under the model that failed (1 = the
+    answer it knows least): among rows equally near a failure, retrieval takes the unknown
+    ones first."""
+    from scipy.stats import rankdata
+
+    from loop.answer_loss import answer_losses
+    from loop.models import load_model
+
+    losses = answer_losses(load_model(model), pool, task.config.system_prompt, progress=progress)
+    return weight * rankdata(losses) / len(losses)
 
 
 def random_pool_rows(store: Store, task: Task, n: int, seed: int = 0,

@@ -5,6 +5,7 @@ benchmark questions. Config errors are collected and reported together.
     strategies = ["corrections", "retrieval", "generator"]   # default: what is configured
     n = 200                       # targeted examples wanted (replayed train rows come on top)
     seed = 0
+    loss_weight = 0.0             # also rank pool rows by the model's loss on their answers
     generator = "demo"            # a registered generator or "package.module:function"
     replay_share = 0.2            # share of the final dataset that is original train rows
     benchmark_data = "../../../shared/benchmarks"   # decontaminate against these questions
@@ -44,6 +45,9 @@ class TargetedConfig:
     seed: int = 0
     generator: str | None = None
     replay_share: float = 0.2
+    # Retrieval also ranks pool rows by how badly the current model answers them (answer loss,
+    # as a percentile over the pool, times this weight; a cosine gap is 0-1): 0 turns it off.
+    loss_weight: float = 0.0
     benchmark_data: Path | None = None
     curate: cur.CurateConfig = field(default_factory=cur.CurateConfig)
     teacher: TeacherConfig | None = None
@@ -54,6 +58,7 @@ class TargetedConfig:
             {f.name: getattr(self.teacher, f.name) for f in fields(self.teacher)}
         return {"strategies": list(self.strategies), "n": self.n, "seed": self.seed,
                 "generator": self.generator, "replay_share": self.replay_share,
+                "loss_weight": self.loss_weight,
                 "benchmark_data": str(self.benchmark_data) if self.benchmark_data else None,
                 "curate": {f.name: getattr(self.curate, f.name) for f in fields(self.curate)},
                 "teacher": teacher}
@@ -136,6 +141,8 @@ def targeted_config(config: TaskConfig, strategies=None, n: int | None = None,
         seed=seed if seed is not None else _get(errors, raw, w, "seed", int, 0),
         generator=generator,
         replay_share=_get(errors, raw, w, "replay_share", float, 0.2, 0.0, 0.9),
+        loss_weight=_get(errors, raw, w, "loss_weight", float, TargetedConfig.loss_weight,
+                         0.0, 10.0),
         benchmark_data=bench_dir, curate=curate, teacher=teacher)
     if cfg.n < 1:
         errors.append(f"n must be a positive number of examples, got {cfg.n}")
@@ -158,6 +165,14 @@ class FailureSet:
 
 
 # ---------------------------------------------------------------------------- inputs
+
+def model_name(store: Store, model_id: str) -> str:
+    """The name a model was loaded by (e.g. `base+adapter_dir`), from its fingerprint."""
+    rows = store.query("SELECT name FROM models WHERE model_id = ?", [model_id])
+    if not rows:
+        raise NoFailuresError(f"Model {model_id} is not in the store: evaluate it first.")
+    return rows[0]["name"]
+
 
 def find_dev_run(store: Store, task: Task, model: str | None = None) -> dict:
     """The latest finished dev eval run of the task (for `model`, a name or fingerprint)."""

@@ -632,3 +632,42 @@ def test_report_shows_signatures_and_marks_a_vanished_class():
     assert sum(line.startswith("| `missing_key") for line in sigs) == 10
     assert "2 more" in sigs[-2]
     assert _distribution_lines({}) == [] and _signature_lines({}) == []
+
+
+def test_loss_bonus_breaks_ties_towards_answers_the_model_does_not_know():
+    from dataclasses import replace
+
+    failing = _ex(0, "collect it in Oslo", {"city": "Oslo"}, "dev")
+    pool = [_ex(i, "collect it in Rome", {"city": "Rome"}) for i in range(4)]  # equally near
+    pool = [replace(e, id=f"p{i}") for i, e in enumerate(pool)]
+    cluster = ClusterTarget("c", "c", (FailureCase(failing, "{}", ("wrong_answer",),
+                                                   ("missing_key:city",)),))
+    plain = STRATEGIES["retrieval"](_slot_ctx(pool), [Request(cluster, 2, 0, 0)])
+    assert [c.source["pool_id"] for c in plain] == ["p0", "p1"]  # ties: pool order
+    ctx = replace(_slot_ctx(pool), pool_bonus=np.array([0.1, 0.2, 0.9, 0.5]))
+    ranked = STRATEGIES["retrieval"](ctx, [Request(cluster, 2, 0, 0)])
+    assert [c.source["pool_id"] for c in ranked] == ["p2", "p3"]
+
+
+def test_loss_weight_is_validated(tmp_path):
+    task = load_task(make_task(tmp_path, "[targeted]\nloss_weight = -1\n"))
+    with pytest.raises(ConfigError, match="loss_weight"):
+        targeted_config(task.config)
+    task = load_task(make_task(tmp_path, "[targeted]\nloss_weight = 0.5\n"))
+    assert targeted_config(task.config).loss_weight == 0.5
+
+
+def test_loss_weight_scores_the_pool_with_the_model_that_failed(tmp_path, workspace, embedder):
+    from dataclasses import replace
+
+    task = load_task(make_task(tmp_path, "[targeted]\nloss_weight = 0.5\n"))
+    failures = replace(failures_of(task), model_id="tiny-id")
+    with Store(workspace) as store:
+        store.put_model("tiny-id", "tiny-random", "tiny-random")
+        result = generate_targeted(store, task, failures=failures, n=8,
+                                   strategies=["retrieval"], embedder=embedder)
+    assert result.accepted == 8
+    with Store(workspace) as store:
+        with pytest.raises(Exception, match="not in the store"):
+            generate_targeted(store, task, failures=replace(failures, model_id="nope"), n=8,
+                              strategies=["retrieval"], embedder=embedder, batch_id="b2")
