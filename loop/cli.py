@@ -1,6 +1,7 @@
 """`evalloop` command line: parse arguments, call library functions, map errors to exit codes.
 
-Exit codes: 0 ok, 2 user error (bad task, data, model, config), 3 store error, 75 locked,
+Exit codes: 0 ok, 1 `eval` thresholds missed (--min-pass-rate, --min-category-pass-rate),
+2 user error (bad task, data, model, config), 3 store error, 75 locked,
 130 interrupted. Nightly cycles add their own (see `evalloop nightly --help`).
 """
 
@@ -59,22 +60,44 @@ def _load_task(args: argparse.Namespace):
 # ---------------------------------------------------------------------------- commands
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from loop import ci_report
     from loop.evaluate import evaluate, format_summary, select
     from loop.models import parse_model_name
     from loop.store import Store
 
     task = _load_task(args)
-    select(task, args.split, args.limit)  # validate everything before touching the store
+    examples = select(task, args.split, args.limit)  # validate everything before the store
+    thresholds = ci_report.parse_thresholds(args.min_pass_rate, args.min_category_pass_rate,
+                                            {e.category for e in examples})
+    if args.junit and Path(args.junit).is_dir():
+        raise EvalloopError(f"--junit {args.junit} is a directory; give a file path.")
     parse_model_name(args.model)
     with Store(args.workspace) as store:
         summary = evaluate(store, task, args.model, split=args.split, limit=args.limit,
                            progress=not args.json)
+        if args.junit:
+            from loop.exports import run_item_rows
+
+            ci_report.write_junit(run_item_rows(store, summary.run_id), summary.task,
+                                  summary.split, {"run_id": summary.run_id,
+                                                  "model": summary.model,
+                                                  "model_id": summary.model_id,
+                                                  "suite_version": summary.suite_version,
+                                                  "pass_rate": f"{summary.pass_rate:.4f}"},
+                                  Path(args.junit))
+    missed = ci_report.missed(thresholds, summary.pass_rate, summary.n, summary.per_category)
     if args.json:
-        _print_json(summary.to_json())
+        _print_json({**summary.to_json(), **({"thresholds": {**thresholds.to_json(),
+                                                              "missed": missed}}
+                                              if thresholds else {})})
     else:
         print(format_summary(summary))
         print(f"\nstored in {Path(args.workspace) / 'evalloop.duckdb'} (run {summary.run_id})")
-    return 0
+        if args.junit:
+            print(f"JUnit report: {args.junit}")
+    for line in missed:
+        print(f"evalloop: threshold missed: {line}", file=sys.stderr)
+    return ci_report.EXIT_BELOW_THRESHOLD if missed else 0
 
 
 def cmd_failures(args: argparse.Namespace) -> int:
@@ -121,12 +144,67 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from loop.train import export_merged
+    from loop import exports
 
-    out = export_merged(args.adapter if "+" in args.adapter else f"{args.base}+{args.adapter}",
-                        args.merge)
-    print(f"merged Hugging Face checkpoint written to {out}")
+    mode = _export_mode(args)
+    if mode == "merge":
+        from loop.train import export_merged
+
+        out = export_merged(args.adapter if "+" in args.adapter
+                            else f"{args.base}+{args.adapter}", args.merge)
+        print(f"merged Hugging Face checkpoint written to {out}")
+        return 0
+    if mode == "data":
+        out, n = exports.export_hf_dataset(Path(args.data), Path(args.hf_card))
+        what = f"Hugging Face dataset folder ({n} rows, README.md card)"
+    else:
+        from loop.store import Store
+
+        with Store(args.workspace, read_only=True) as store:
+            if mode == "benchmarks":
+                out, n = exports.export_lm_eval(store, args.benchmarks, Path(args.out))
+                what = f"lm-eval results JSON ({n} tasks and groups)"
+            else:
+                out, n = exports.export_items(store, args.failures, Path(args.out), args.format)
+                what = f"{args.format} of an eval run's items ({n} rows)"
+    if args.json:
+        _print_json({"written": str(out), "rows": n, "mode": mode})
+    else:
+        print(f"{what} written to {out}")
     return 0
+
+
+def _export_mode(args: argparse.Namespace) -> str:
+    """Which export the flags ask for; every conflict or gap in one message. --format defaults
+    to the OUT file's suffix."""
+    from loop.exports import FORMATS
+
+    modes = [m for m, flag in (("merge", args.adapter), ("benchmarks", args.benchmarks),
+                               ("failures", args.failures), ("data", args.data)) if flag]
+    if len(modes) != 1:
+        raise EvalloopError("evalloop export needs exactly one of --adapter (with --merge), "
+                            "--benchmarks MODEL, --failures RUN|latest, --data JSONL"
+                            + (f"; got {', '.join('--' + m for m in modes)}." if modes else "."))
+    mode, errors = modes[0], []
+    if mode == "merge" and not args.merge:
+        errors.append("--adapter needs --merge OUT_DIR")
+    if mode == "data" and not args.hf_card:
+        errors.append("--data needs --hf-card OUT_DIR")
+    if mode in ("benchmarks", "failures"):
+        wanted = ("lm-eval",) if mode == "benchmarks" else ("csv", "parquet")
+        if not args.out:
+            errors.append(f"--{mode} needs an output file (OUT)")
+        elif args.format is None:
+            args.format = next((f for f in wanted if args.out.endswith(FORMATS[f])), None)
+        if args.out and args.format not in wanted:
+            errors.append(f"--{mode} writes --format {' or '.join(wanted)}"
+                          + (f", not {args.format}" if args.format else
+                             " (none given and OUT's suffix names none)"))
+    elif args.out or args.format:
+        errors.append(f"OUT and --format belong to --benchmarks/--failures, not --{mode}")
+    if errors:
+        raise EvalloopError("Invalid export: " + "; ".join(errors) + ".")
+    return mode
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -355,6 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"model name, directory, hub id or BASE+ADAPTER_DIR (default {DEFAULT_MODEL})")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"])
     p.add_argument("--limit", type=int, default=None, help="first N examples of the split")
+    p.add_argument("--min-pass-rate", type=float, default=None, metavar="X",
+                   help="CI gate: exit 1 when the overall pass rate is below X (0..1)")
+    p.add_argument("--min-category-pass-rate", action="append", default=[], metavar="CAT=X",
+                   help="CI gate per category, repeatable: exit 1 when CAT's pass rate < X")
+    p.add_argument("--junit", default=None, metavar="PATH",
+                   help="write a JUnit XML report (one testcase per item) for CI systems")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("failures", help="failures of the latest evaluation, by category and "
@@ -378,10 +462,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="exported JSONL (default: the task's train)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("export", help="merge an adapter into a Hugging Face checkpoint")
-    p.add_argument("--adapter", required=True, help="ADAPTER_DIR or BASE+ADAPTER_DIR")
+    p = sub.add_parser("export", help="merge an adapter; benchmark results as lm-eval JSON; an "
+                       "eval run as CSV/Parquet; training data as a Hugging Face dataset")
+    common(p, task=False)
+    p.add_argument("--adapter", default=None, help="ADAPTER_DIR or BASE+ADAPTER_DIR to merge")
     p.add_argument("--base", default=DEFAULT_MODEL)
-    p.add_argument("--merge", required=True, metavar="OUT", help="output directory")
+    p.add_argument("--merge", default=None, metavar="OUT_DIR", help="merged checkpoint directory")
+    p.add_argument("--benchmarks", default=None, metavar="MODEL",
+                   help="a model's stored benchmark results (write OUT with --format lm-eval)")
+    p.add_argument("--failures", default=None, metavar="RUN",
+                   help="an eval run id (or prefix, or 'latest'): one row per item, with "
+                        "reference, prediction, failed checks and signatures")
+    p.add_argument("--format", default=None, choices=["lm-eval", "csv", "parquet"],
+                   help="output format (default: from OUT's suffix)")
+    p.add_argument("--data", default=None, metavar="JSONL", help="training data to publish")
+    p.add_argument("--hf-card", default=None, metavar="OUT_DIR",
+                   help="with --data: a datasets-loadable folder with a README.md card")
+    p.add_argument("out", nargs="?", default=None, metavar="OUT",
+                   help="output file for --benchmarks / --failures")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="ARC, HellaSwag, MMLU, TruthfulQA through lm-eval (cached)")

@@ -98,3 +98,34 @@ def test_real_embedded_model_on_a_handful_of_demo_examples(workspace, capsys):
     assert len(outputs) == 6 and all(o.strip() for o in outputs)
     # a real instruction model answers in words related to the task, unlike the random one
     assert summary["mean_similarity"] > 0.3
+
+
+def test_ci_gate_exits_1_with_the_missed_threshold_and_writes_junit(tiny_task, workspace,
+                                                                    tmp_path):
+    # the tiny random model answers nothing right: any positive minimum is missed
+    report = tmp_path / "reports" / "evalloop.xml"
+    proc = run_cli("eval", "--task", str(tiny_task), "--model", "tiny-random", "--workspace",
+                   str(workspace), "--limit", "4", "--min-pass-rate", "0.25",
+                   "--min-category-pass-rate", "colour_red=0", "--junit", str(report))
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "threshold missed: overall pass rate 0.0% (0/4) is below --min-pass-rate 25.0%" \
+        in proc.stderr
+    assert "colour_red" not in proc.stderr  # a minimum of 0 is met
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(report).getroot()
+    assert (root.get("tests"), root.get("failures")) == ("4", "4")
+    assert len(root.findall("testsuite")) == 4 and len(root.findall(".//testcase")) == 4
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--min-pass-rate", "80"], "did you mean 0.8"),
+    (["--min-category-pass-rate", "colour_rde=0.5"], "did you mean colour_red"),
+    (["--min-category-pass-rate", "colour_red"], "CATEGORY=RATE"),
+])
+def test_bad_thresholds_fail_before_evaluating(tiny_task, workspace, capsys, args, expected):
+    assert main(["eval", "--task", str(tiny_task), "--model", "tiny-random", "--workspace",
+                 str(workspace), *args]) == 2
+    assert expected in capsys.readouterr().err
+    assert not (workspace / "evalloop.duckdb").exists()
