@@ -1,18 +1,19 @@
-"""Does targeting beat random data? The loop's targeted data vs the same number of random pool rows,
-same base model, same training settings, for one or more cycles, on each task, in one run.
+"""Does targeting beat random data? The loop's cycles vs the same number of random pool rows,
+same base model, same training settings, chained for several cycles, on each task, in one run.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/targeted_vs_random.py \
-        --tasks ../shared/real-tasks/*/task.toml [--cycles 2] [--model smollm2-135m-instruct] \
-        [--workspace /tmp/tvr] [--json results.json]
+        --tasks ../shared/real-tasks/*/task.toml [--cycles 2] [--workspace /tmp/tvr] \
+        [--json results.json]
 
-Per task and cycle, each arm starts from its own model of the previous cycle (the base model in
-cycle 1), exactly as `evalloop cycle` chains champions:
-  targeted  evaluate on dev -> failures -> `generate_targeted` (the task's [targeted] settings)
-            -> train -> evaluate on test
-  random    as many rows as the targeted dataset holds, drawn at random from the pool rows this
-            arm has not trained on yet, decontaminated against dev and test by the same curation
-            rules -> train -> evaluate on test
-Both arms train with the task's [training] settings and the same dev split for early stopping.
+Per task, in a fresh workspace:
+  targeted  cycle c is exactly `evalloop cycle --task T` (evaluate the champion on dev, failures,
+            targeted data, train, evaluate, arena, benchmarks, gate, report); its stage times
+            are printed. Cycle c+1 starts from cycle c's candidate, promoted or not, so both
+            arms chain the same way (the gate's decision is printed).
+  random    as many rows as cycle c's dataset holds, drawn at random from the pool rows this arm
+            has not trained on yet and decontaminated by the same curation rules
+            (`loop.targeted.random_pool_rows`), trained from this arm's previous model with the
+            task's [training] settings and the same dev split, then evaluated on test.
 
 Printed per task and cycle: test pass rates of base, random and targeted with 95% Wilson
 intervals, the paired difference targeted - random with its 95% interval (per-item differences
@@ -83,18 +84,30 @@ def _train(store, task, workspace: Path, arm: Arm, data_path: Path, data_hash: s
     return f"{parse_model_name(arm.model).base}+{result.adapter_dir}"
 
 
-def _targeted_step(store, task, workspace: Path, arm: Arm, cycle: int, seed: int) -> dict:
-    from loop.evaluate import evaluate
-    from loop.targeted import generate_targeted
+def _targeted_cycle(task_path: Path, workspace: Path, arm: Arm) -> dict:
+    """One `evalloop cycle`; the next one starts from its candidate even when the gate kept the
+    champion (the bench compares data, not promotion)."""
+    from loop import runstate
+    from loop.cycle import run_cycle
+    from loop.models import fingerprint, parse_model_name
+    from loop.store import Store
 
-    dev = evaluate(store, task, arm.model, "dev", progress=False)
-    result = generate_targeted(store, task, dev.run_id, batch_id=f"tvr-targeted-{cycle}",
-                               out_dir=workspace / "data", seed=seed)
-    rows = [json.loads(line) for line in Path(result.dataset_path).read_text().splitlines()]
-    arm.model = _train(store, task, workspace, arm, Path(result.dataset_path),
-                       result.manifest_hash)
-    return {"dev_pass_rate": dev.pass_rate, "n_data": len(rows), "accepted": result.accepted,
-            "replay": result.replay, "rejected": result.rejected}
+    summary = run_cycle(task_path, workspace, progress=False)
+    with Store(workspace) as store:
+        ev = runstate.stage_result(store, summary["cycle_id"], "eval_candidate")
+        data = runstate.stage_result(store, summary["cycle_id"], "targeted")
+        if not summary["gate"]["promote"]:
+            name = summary["candidate"]["name"]
+            runstate.set_champion(store, summary["task"], runstate.Champion(
+                fingerprint(parse_model_name(name)), name), summary["cycle_id"],
+                "bench: chained without promotion")
+    arm.model = summary["candidate"]["name"]
+    return {"test": ev["candidate_test"]["outcomes"], "base_test": ev["champion_test"]["outcomes"],
+            "dev_pass_rate": summary["champion"]["dev"]["pass_rate"],
+            "n_data": data["accepted"] + data["replay"], "accepted": data["accepted"],
+            "replay": data["replay"], "rejected": data["rejected"],
+            "promoted": summary["gate"]["promote"], "stage_times": summary["stage_times"],
+            "cycle_id": summary["cycle_id"]}
 
 
 def _random_step(store, task, workspace: Path, arm: Arm, cycle: int, n: int, seed: int) -> dict:
@@ -111,36 +124,37 @@ def _random_step(store, task, workspace: Path, arm: Arm, cycle: int, n: int, see
     return {"n_data": len(rows)}
 
 
-def run_task(task_path: Path, workspace: Path, model: str, cycles: int, seed: int) -> dict:
+def run_task(task_path: Path, workspace: Path, cycles: int, seed: int) -> dict:
+    """Both arms from the task's [cycle] base_model (the embedded model by default)."""
+    from loop.cycle import validate_sections
     from loop.store import Store
     from loop.tasks import load_task
 
     task = load_task(task_path)
+    model = validate_sections(task).base_model
     workspace = workspace / task.name
     out: dict = {"task": task.name, "cycles": []}
-    with Store(workspace) as store:
+    targeted, random_arm = Arm("targeted", model, set()), Arm("random", model, set())
+    base = None
+    for cycle in range(1, cycles + 1):
         t0 = time.perf_counter()
-        base = _test_outcomes(store, task, model)
-        out["base"] = {"test": base, "seconds": time.perf_counter() - t0}
-        targeted, random_arm = Arm("targeted", model, set()), Arm("random", model, set())
-        for cycle in range(1, cycles + 1):
-            t0 = time.perf_counter()
-            tstep = _targeted_step(store, task, workspace, targeted, cycle, seed)
-            t_outcomes = _test_outcomes(store, task, targeted.model)
-            t_seconds = time.perf_counter() - t0
-            t0 = time.perf_counter()
+        tstep = _targeted_cycle(task_path, workspace, targeted)
+        t_seconds = time.perf_counter() - t0
+        base = base or tstep["base_test"]
+        t0 = time.perf_counter()
+        with Store(workspace) as store:
             rstep = _random_step(store, task, workspace, random_arm, cycle, tstep["n_data"],
                                  seed)
             r_outcomes = _test_outcomes(store, task, random_arm.model)
-            r_seconds = time.perf_counter() - t0
-            out["cycles"].append({
-                "cycle": cycle,
-                "targeted": {**tstep, "test": t_outcomes, "seconds": t_seconds,
-                             "model": targeted.model},
-                "random": {**rstep, "test": r_outcomes, "seconds": r_seconds,
-                           "model": random_arm.model},
-                "targeted_minus_random": paired_difference(r_outcomes, t_outcomes)})
-            print(format_cycle(task.name, base, out["cycles"][-1]), flush=True)
+        r_seconds = time.perf_counter() - t0
+        out["cycles"].append({
+            "cycle": cycle,
+            "targeted": {**tstep, "seconds": t_seconds, "model": targeted.model},
+            "random": {**rstep, "test": r_outcomes, "seconds": r_seconds,
+                       "model": random_arm.model},
+            "targeted_minus_random": paired_difference(r_outcomes, tstep["test"])})
+        print(format_cycle(task.name, base, out["cycles"][-1]), flush=True)
+    out["base"] = {"test": base}
     return out
 
 
@@ -158,7 +172,10 @@ def format_cycle(name: str, base: dict, cycle: dict) -> str:
         f"  base      {_rate(base)}",
         f"  random    {_rate(r['test'])}   {r['seconds']:7.0f} s",
         f"  targeted  {_rate(t['test'])}   {t['seconds']:7.0f} s   "
-        f"(dev before: {t['dev_pass_rate']:.1%}; rejected: {t['rejected']})",
+        f"(gate: {'promoted' if t['promoted'] else 'kept'}; champion dev "
+        f"{t['dev_pass_rate']:.1%}; rejected: {t['rejected']})",
+        "  cycle stages: " + ", ".join(f"{k} {v['seconds']:.0f} s"
+                                       for k, v in t["stage_times"].items()),
         f"  targeted - random: {d['diff']:+.1%} [{d['low']:+.1%}, {d['high']:+.1%}], "
         f"McNemar p = {d['mcnemar_p']:.3g} ({d['only_b']} items only targeted passes, "
         f"{d['only_a']} only random)"])
@@ -171,7 +188,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", required=True, type=Path)
     parser.add_argument("--cycles", type=int, default=2)
-    parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--workspace", type=Path, default=Path("/tmp/evalloop-tvr"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write every figure (and per-item outcomes)")
@@ -179,7 +195,7 @@ def main() -> None:
     results = []
     for path in args.tasks:
         t0 = time.perf_counter()
-        results.append(run_task(path, args.workspace, args.model, args.cycles, args.seed))
+        results.append(run_task(path, args.workspace, args.cycles, args.seed))
         results[-1]["seconds"] = time.perf_counter() - t0
         print(f"{results[-1]['task']}: {results[-1]['seconds']:.0f} s in all\n", flush=True)
         if args.json:
