@@ -143,6 +143,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pairs(args: argparse.Namespace) -> int:
+    from loop.pairs import SOURCES, build_pairs, format_result
+    from loop.store import Store
+
+    task = _load_task(args)
+    with Store(args.workspace) as store:
+        result = build_pairs(store, task, sources=args.sources or SOURCES, out_dir=args.out)
+    _print_json(result.to_json()) if args.json else print(format_result(result))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from loop import exports
 
@@ -461,6 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help="base, or BASE+ADAPTER to continue")
     p.add_argument("--data", default=None, help="exported JSONL (default: the task's train)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pairs", help="preference pairs (DPO) from votes, corrections and "
+                       "failures, decontaminated, as JSONL + manifest")
+    common(p)
+    p.add_argument("--sources", nargs="+", default=None,
+                   help="human judge correction failure (default: all)")
+    p.add_argument("--out", default=None, help="directory (default WS/data/TASK/pairs)")
+    p.set_defaults(func=cmd_pairs)
 
     p = sub.add_parser("export", help="merge an adapter; benchmark results as lm-eval JSON; an "
                        "eval run as CSV/Parquet; training data as a Hugging Face dataset")

@@ -93,15 +93,37 @@ def targeted(ctx: CycleContext) -> dict:
 
 
 def train(ctx: CycleContext) -> dict:
+    """[training] method: "sft" on the targeted data, "dpo" on preference pairs from the store,
+    or "sft+dpo" (DPO starts from, and is referenced to, the SFT adapter)."""
     from loop.train import train_for_task
+    from loop.train_config import TrainConfig
 
-    data = ctx.results["targeted"]
-    result = train_for_task(ctx.store, ctx.task, ctx.workspace, model=ctx.champion.model_name,
-                            data_path=data["dataset_path"], dataset_hash=data["manifest_hash"],
-                            progress=ctx.progress)
+    config = TrainConfig.from_section(ctx.task.config.section("training"),
+                                      where=f"{ctx.task.config.path} [training]")
     spec = parse_model_name(ctx.champion.model_name)
+    model, out = ctx.champion.model_name, {"method": config.method}
+    if config.method in ("sft", "sft+dpo"):
+        data = ctx.results["targeted"]
+        result = train_for_task(ctx.store, ctx.task, ctx.workspace, model=model,
+                                data_path=data["dataset_path"], dataset_hash=data["manifest_hash"],
+                                config=config, progress=ctx.progress)
+        model, out["sft_adapter_dir"] = f"{spec.base}+{result.adapter_dir}", result.adapter_dir
+    if config.method in ("dpo", "sft+dpo"):
+        from loop.pairs import build_pairs
+        from loop.train_dpo import train_dpo_for_task
+
+        # rejected answers of failures: the champion's own, from this cycle's dev run
+        pairs = build_pairs(ctx.store, ctx.task, out_dir=ctx.dir / "pairs",
+                            failure_run=ctx.results["eval_champion_dev"]["run_id"])
+        out["pairs"] = pairs.to_json()
+        if pairs.n_pairs or config.method == "dpo":  # "dpo" with no pairs: TrainingError
+            result = train_dpo_for_task(ctx.store, ctx.task, ctx.workspace, pairs.dataset_path,
+                                        model=model, dataset_hash=pairs.manifest_hash,
+                                        config=config, progress=ctx.progress)
+        else:
+            out["dpo_skipped"] = "no preference pairs after exclusions (see pairs.counts)"
     name = f"{spec.base}+{result.adapter_dir}"
-    return {"train_id": result.train_id, "adapter_dir": result.adapter_dir,
+    return {**out, "train_id": result.train_id, "adapter_dir": result.adapter_dir,
             "candidate_name": name, "model_id": fingerprint(parse_model_name(name)),
             "steps": result.steps_done, "train_loss": result.train_loss,
             "best_eval_loss": result.best_eval_loss, "tokens_per_s": result.tokens_per_s,

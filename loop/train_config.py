@@ -8,6 +8,8 @@ full), `LogRow`, `TrainResult`, and the bf16-or-fp32 choice (measured on CPUs, c
     batch_size = 16        # examples per optimizer step (packed, so no padding)
     micro_batch_tokens = 1024  # tokens per forward+backward (memory), same optimizer steps
     bf16 = "auto"          # "auto": CUDA support / this CPU's measured matmul speed; true/false
+    method = "sft"         # or "dpo" / "sft+dpo": preference pairs (loop/pairs.py, loop/train_dpo.py)
+    dpo_beta = 0.1         # DPO's KL strength; dpo_learning_rate defaults to learning_rate
 
 Why these defaults (the same for every task; measured on a real slot-extraction task, not the
 demo): the embedded model, 250 random pool rows of ../shared/real-tasks/rentalcars (seed 0),
@@ -33,6 +35,7 @@ from dataclasses import asdict, dataclass, fields
 
 from loop.errors import ConfigError
 
+METHODS = ("sft", "dpo", "sft+dpo")
 BF16_SPEEDUP = 1.2  # use bf16 on a CPU only when its matmul is at least this much faster
 
 
@@ -54,8 +57,15 @@ class TrainConfig:
     log_steps: int = 5
     patience: int = 3  # dev evaluations without improvement before stopping; 0 = never stop
     gradient_checkpointing: bool = False
+    share_prefix: bool = True  # rows' common prefix runs once per micro-batch (same gradients)
     qlora: bool = False  # 4-bit base (bitsandbytes), CUDA only
     bf16: str | bool = "auto"
+    # "sft": supervised on the targeted data; "dpo": preference pairs (loop/pairs.py) only;
+    # "sft+dpo": SFT, then DPO from the SFT adapter (also DPO's reference). SFT stays the
+    # default until bench/preference.py measures otherwise.
+    method: str = "sft"
+    dpo_beta: float = 0.1  # DPO's KL strength (trl's default)
+    dpo_learning_rate: float | None = None  # None: learning_rate
 
     def as_dict(self) -> dict:
         data = asdict(self)
@@ -135,8 +145,13 @@ _RULES = {  # key: (type, check, what the message asks for)
     "log_steps": (int, lambda v: v >= 1, "a positive integer"),
     "patience": (int, lambda v: v >= 0, "a non-negative integer"),
     "gradient_checkpointing": (bool, lambda v: True, "true or false"),
+    "share_prefix": (bool, lambda v: True, "true or false"),
     "qlora": (bool, lambda v: True, "true or false"),
     "bf16": ("bf16", lambda v: True, "\"auto\", true or false"),
+    "method": (str, lambda v: v in METHODS, " or ".join(f'"{m}"' for m in ("sft", "dpo",
+                                                                          "sft+dpo"))),
+    "dpo_beta": (float, lambda v: v > 0, "a positive number"),
+    "dpo_learning_rate": (float, lambda v: 0 < v < 1, "a number in (0, 1)"),
 }
 
 

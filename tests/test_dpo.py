@@ -1,0 +1,177 @@
+"""DPO on the tiny random model: the loss goes down on the pairs it trains on, the adapter is a
+standard PEFT adapter, a rerun returns the finished run, sft+dpo starts from (and is referenced
+to) the SFT adapter, and SIGKILL + rerun finishes the planned steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from loop.pairs import PreferencePair
+from loop.records import Example
+from loop.train import last_checkpoint, train_adapter
+from loop.train_config import TrainConfig
+from loop.train_dpo import micro_batch, train_dpo
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+       "TOKENIZERS_PARALLELISM": "false"}
+COLORS = ["blue", "green", "red"]
+FAST = TrainConfig(max_steps=16, epochs=None, batch_size=4, learning_rate=1e-2, save_steps=8,
+                   log_steps=2, bf16=False, method="dpo", dpo_beta=0.5)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def pairs(n: int = 12) -> list[PreferencePair]:
+    """The colour word preferred over a failing non-answer (learnable by a tiny random model in a
+    few steps, unlike an item-by-item mapping)."""
+    out = []
+    for i in range(n):
+        right, wrong = COLORS[i % 3], "I do not know."
+        instruction = f"Item {i}: name its colour."
+        out.append(PreferencePair("failure", "colors", f"ex{i}", instruction, "", right, wrong,
+                                  "reference", "m0", f"run:{i}"))
+    return out
+
+
+def dpo_loss(model_name: str, ps, beta: float, ref_name: str | None = None) -> float:
+    """The mean DPO loss of `model_name` on the pairs, reference = `ref_name` (default: base)."""
+    import torch
+    import torch.nn.functional as F
+
+    from loop.models import load_model
+    from loop.prompts import build_prompt, completion_text
+
+    def logps(name):
+        lm = load_model(name)
+        tok, out = lm.tokenizer, []
+        for p in ps:
+            ex = p.example()
+            prompt = tok(build_prompt(tok, ex), add_special_tokens=False)["input_ids"]
+            row = []
+            for answer in (p.chosen, p.rejected):
+                ids = tok(completion_text(tok, Example(ex.id, ex.instruction, answer)),
+                          add_special_tokens=False)["input_ids"]
+                x = torch.tensor([prompt + ids])
+                with torch.no_grad():
+                    logits = lm.model(x).logits[0, len(prompt) - 1:-1].float()
+                row.append(logits.log_softmax(-1).gather(1, torch.tensor(ids)[:, None]).sum())
+            out.append(row)
+        return torch.tensor(out)
+
+    pol, ref = logps(model_name), logps(ref_name or model_name.split("+")[0])
+    margin = (pol[:, 0] - ref[:, 0]) - (pol[:, 1] - ref[:, 1])
+    return float(-F.logsigmoid(beta * margin).mean())
+
+
+@pytest.fixture(scope="module")
+def dpo_run(tmp_path_factory):
+    import torch
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("dpo")
+    return train_dpo("tiny-random", pairs(), out, FAST, progress=False)
+
+
+def test_micro_batch_divides_the_batch_and_fits_the_budget():
+    assert micro_batch(16, 1024, 100) == 4  # 5 pairs would fit; 4 divides 16
+    assert micro_batch(16, 1024, 2000) == 1
+    assert micro_batch(6, 100_000, 10) == 6
+
+
+def test_dpo_lowers_the_dpo_loss_and_writes_a_standard_adapter(dpo_run):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from loop.models import load_model
+
+    assert dpo_run.steps_done == dpo_run.total_steps == 16
+    before = dpo_loss("tiny-random", pairs(), FAST.dpo_beta)  # policy = reference: log 2
+    after = dpo_loss(f"tiny-random+{dpo_run.adapter_dir}", pairs(), FAST.dpo_beta)
+    assert abs(before - 0.6931) < 1e-3
+    assert after < before - 0.1, (before, after)
+    logged = [r.loss for r in dpo_run.logs if r.loss is not None]
+    assert logged[-1] < logged[0]
+    out = Path(dpo_run.adapter_dir)
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "ref").exists()
+    base = AutoModelForCausalLM.from_pretrained(load_model("tiny-random").base_path)
+    model = PeftModel.from_pretrained(base, str(out))
+    assert list(model.peft_config) == ["default"]
+
+
+def test_rerun_returns_the_finished_run(dpo_run):
+    again = train_dpo("tiny-random", pairs(), dpo_run.adapter_dir, FAST, progress=False)
+    assert again.train_id == dpo_run.train_id and again.elapsed_s == dpo_run.elapsed_s
+
+
+def test_sft_then_dpo_starts_from_and_is_referenced_to_the_sft_adapter(tmp_path):
+    sft_cfg = TrainConfig(max_steps=6, epochs=None, batch_size=4, learning_rate=1e-2,
+                          save_steps=6, bf16=False)
+    examples = [p.example() for p in pairs()]
+    sft = train_adapter("tiny-random", examples, tmp_path / "sft", sft_cfg, progress=False)
+    cfg = TrainConfig(max_steps=8, epochs=None, batch_size=4, learning_rate=1e-2, save_steps=8,
+                      log_steps=2, bf16=False, method="sft+dpo", dpo_beta=0.5)
+    dpo = train_dpo("tiny-random", pairs(), tmp_path / "dpo", cfg,
+                    parent_adapter=sft.adapter_dir, progress=False)
+    assert dpo.parent_adapter == sft.adapter_dir
+    sft_name, dpo_name = f"tiny-random+{sft.adapter_dir}", f"tiny-random+{dpo.adapter_dir}"
+    assert abs(dpo_loss(sft_name, pairs(), 0.5, ref_name=sft_name) - 0.6931) < 1e-3
+    assert dpo_loss(dpo_name, pairs(), 0.5, ref_name=sft_name) < 0.6931 - 0.05
+
+
+def test_sigkill_mid_dpo_then_rerun_finishes_the_planned_steps(tmp_path):
+    task_dir = tmp_path / "task"
+    task_dir.mkdir()
+    test_rows = [{"instruction": f"Other {i}: name a colour.", "output": "red"} for i in range(4)]
+    (task_dir / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test_rows))
+    (task_dir / "task.toml").write_text('name = "colors"\ntest = "test.jsonl"\n'
+                                        "[training]\nbatch_size = 4\nlearning_rate = 0.01\n"
+                                        "bf16 = false\nlog_steps = 2\n")
+    pairs_path = tmp_path / "pairs.jsonl"
+    pairs_path.write_text("".join(json.dumps(p.row()) + "\n" for p in pairs()))
+    ws = tmp_path / "ws"
+    cmd = [sys.executable, "-m", "loop.train_dpo", "--task", str(task_dir / "task.toml"),
+           "--workspace", str(ws), "--pairs", str(pairs_path), "--model", "tiny-random",
+           "--max-steps", "40", "--save-steps", "4", "--json"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if any(last_checkpoint(d / "checkpoints")[1] for d in ws.glob("adapters/*")):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    adapter_dir = next(ws.glob("adapters/*"))
+    assert not (adapter_dir / "train_result.json").exists()  # it really died mid-run
+    _, step = last_checkpoint(adapter_dir / "checkpoints")
+    assert 0 < step < 40
+
+    rerun = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+                           check=False)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    result = json.loads(rerun.stdout)
+    assert result["resumed_from_step"] == step
+    assert result["total_steps"] == result["steps_done"] == 40
+    assert result["adapter_dir"] == str(adapter_dir)
+    assert json.loads((adapter_dir / "train_inputs.json").read_text())["method"] == "dpo"
