@@ -9,12 +9,15 @@ memory matters, e.g. `--task ../shared/real-tasks/rentalcars/task.toml`. Each tr
 own subprocess, so each peak RSS is its own high-water mark. Both get the same LoRA
 adapter (rank 16, alpha 32, dropout 0.05, all linear layers); trl keeps every SFTConfig default
 (batch 8, gradient checkpointing on, bf16 autocast, padded batches, full-vocabulary logits).
-tokens/s counts non-padding tokens over the wall time of `trainer.train()`.
+tokens/s counts example tokens (each row's own non-padding tokens, as if nothing were shared)
+over the wall time of `trainer.train()`; evalloop runs twice, with its default shared-prefix
+packing and with `share_prefix = false`, and also reports forward tokens (what the model actually
+ran: a micro-batch's shared prefix once, top-up padding excluded).
 
 Peak fraction: LoRA training costs about 4 x N FLOPs per trained token, N = model parameters
 (2N for the forward matmuls, 2N for the activation gradients; frozen weights get no weight
-gradients; LoRA's own and the attention-score FLOPs are ignored). achieved = tokens/s x 4N, shown
-as a fraction of this machine's measured square-matmul GFLOP/s in fp32 and in bf16.
+gradients; LoRA's own and the attention-score FLOPs are ignored). achieved = forward tokens/s x
+4N, shown as a fraction of this machine's measured square-matmul GFLOP/s in fp32 and in bf16.
 """
 
 from __future__ import annotations
@@ -47,19 +50,31 @@ def load_examples(task_path: str, n: int, seed: int = 0):
     return random.Random(seed).sample(pool, min(n, len(pool))), task.config.system_prompt
 
 
-def run_ours(model: str, task_path: str, n: int) -> dict:
+def run_ours(model: str, task_path: str, n: int, share_prefix: bool = True) -> dict:
+    from loop import packing
     from loop.train import train_adapter
     from loop.train_config import TrainConfig
 
     rows, system = load_examples(task_path, n)
     # evalloop's defaults, one epoch and no checkpoint or dev evaluation (as on the trl side)
-    config = TrainConfig(epochs=1.0, save_steps=10**6, patience=0, seed=0)
+    config = TrainConfig(epochs=1.0, save_steps=10**6, patience=0, seed=0,
+                         share_prefix=share_prefix)
+    forward = [0]
+    collate = packing.Collator.__call__
+
+    def counting(self, features):  # the bench's own tally of what the model runs
+        batch = collate(self, features)
+        forward[0] += sum(c["forward_tokens"] for c in batch.get("chunks", [batch]))
+        return batch
+
+    packing.Collator.__call__ = counting
     with tempfile.TemporaryDirectory() as tmp:
         result = train_adapter(model, rows, Path(tmp) / "adapter", config, progress=False,
                                system_prompt=system)
-    return {"tokens": result.tokens, "seconds": result.elapsed_s, "steps": result.steps_done,
-            "precision": result.precision, "params": _param_count(model),
-            "micro_batch_tokens": config.micro_batch_tokens, "batch_size": config.batch_size}
+    return {"tokens": result.tokens, "forward_tokens": forward[0], "seconds": result.elapsed_s,
+            "steps": result.steps_done, "precision": result.precision,
+            "params": _param_count(model), "micro_batch_tokens": config.micro_batch_tokens,
+            "batch_size": config.batch_size, "share_prefix": share_prefix}
 
 
 def run_trl_defaults(model: str, task_path: str, n: int) -> dict:
@@ -86,7 +101,8 @@ def run_trl_defaults(model: str, task_path: str, n: int) -> dict:
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
-    return {"tokens": tokens, "seconds": seconds, "steps": trainer.state.global_step,
+    return {"tokens": tokens, "forward_tokens": tokens, "seconds": seconds,
+            "steps": trainer.state.global_step,
             "precision": "bf16 autocast" if args.bf16 else "fp32", "params": _param_count(model),
             "gradient_checkpointing": args.gradient_checkpointing,
             "batch_size": args.per_device_train_batch_size}
@@ -122,7 +138,8 @@ def child(variant: str, model: str, task_path: str, n: int, threads: int | None)
         row = {d: max(measure_matmul_gflops(d, seconds=0.5) for _ in range(3))
                for d in ("fp32", "bf16")}
     else:
-        row = (run_ours if variant == "ours" else run_trl_defaults)(model, task_path, n)
+        row = (run_trl_defaults(model, task_path, n) if variant == "trl"
+               else run_ours(model, task_path, n, share_prefix=variant == "ours"))
         row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(row))
 
@@ -150,7 +167,7 @@ def main() -> None:
                    help="train rows (drawn at random, seed 0)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--child", choices=["ours", "trl", "peak"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["ours", "unshared", "trl", "peak"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args.child, args.model, args.task, args.n, args.threads)
@@ -158,14 +175,20 @@ def main() -> None:
     import torch
 
     peak = spawn("peak", args)  # best of three, in a child like the trainers (same threads)
-    rows = {v: spawn(v, args) for v in ("trl", "ours")}
+    rows = {}
+    for variant in ("trl", "unshared", "ours"):
+        rows[variant] = spawn(variant, args)
+        print(f"{variant}: {json.dumps(rows[variant])}", file=sys.stderr, flush=True)
     for row in rows.values():
         row["tokens_per_s"] = row["tokens"] / row["seconds"]
-        row["gflops"] = row["tokens_per_s"] * 4 * row["params"] / 1e9
+        row["forward_tokens_per_s"] = row["forward_tokens"] / row["seconds"]
+        row["gflops"] = row["forward_tokens_per_s"] * 4 * row["params"] / 1e9  # FLOPs run
         row["peak_fraction"] = {d: row["gflops"] / g for d, g in peak.items()}
     report = {"model": args.model, "task": args.task, "examples": args.n,
               "threads": args.threads or torch.get_num_threads(),
               "matmul_peak_gflops": peak, "speedup": rows["ours"]["tokens_per_s"]
+              / rows["trl"]["tokens_per_s"],
+              "speedup_unshared": rows["unshared"]["tokens_per_s"]
               / rows["trl"]["tokens_per_s"],
               "peak_rss_ratio": rows["ours"]["peak_rss_mb"] / rows["trl"]["peak_rss_mb"],
               "runs": rows, "flops_per_token": "4 x N parameters"}
@@ -176,14 +199,19 @@ def main() -> None:
           f"{args.n} examples, 1 epoch, {report['threads']} threads")
     print(f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s "
           f"(FLOPs per trained token = 4 x N)")
-    print(f"{'trainer':<14}{'precision':<16}{'steps':>6}{'tokens/s':>10}{'GFLOP/s':>9}"
-          f"{'%fp32 pk':>9}{'%bf16 pk':>9}{'peak RSS':>10}")
-    for name, row in (("trl defaults", rows["trl"]), ("evalloop", rows["ours"])):
-        print(f"{name:<14}{row['precision']:<16}{row['steps']:>6}{row['tokens_per_s']:>10.0f}"
-              f"{row['gflops']:>9.1f}{row['peak_fraction']['fp32']:>9.1%}"
-              f"{row['peak_fraction']['bf16']:>9.1%}{row['peak_rss_mb']:>8.0f}MB")
-    print(f"speedup (tokens/s, ours / trl defaults): {report['speedup']:.2f}x; "
-          f"peak RSS ours / trl defaults: {report['peak_rss_ratio']:.2f}")
+    print("tokens/s: example tokens (shared prefixes counted per row); fwd tok/s: tokens the "
+          "model ran; GFLOP/s from forward tokens")
+    print(f"{'trainer':<18}{'precision':<16}{'steps':>6}{'tokens/s':>10}{'fwd tok/s':>10}"
+          f"{'GFLOP/s':>9}{'%fp32 pk':>9}{'%bf16 pk':>9}{'peak RSS':>10}")
+    for name, row in (("trl defaults", rows["trl"]), ("evalloop unshared", rows["unshared"]),
+                      ("evalloop", rows["ours"])):
+        print(f"{name:<18}{row['precision']:<16}{row['steps']:>6}{row['tokens_per_s']:>10.0f}"
+              f"{row['forward_tokens_per_s']:>10.0f}{row['gflops']:>9.1f}"
+              f"{row['peak_fraction']['fp32']:>9.1%}{row['peak_fraction']['bf16']:>9.1%}"
+              f"{row['peak_rss_mb']:>8.0f}MB")
+    print(f"speedup (tokens/s vs trl defaults): evalloop {report['speedup']:.2f}x, unshared "
+          f"{report['speedup_unshared']:.2f}x; peak RSS evalloop / trl defaults: "
+          f"{report['peak_rss_ratio']:.2f}")
 
 
 if __name__ == "__main__":

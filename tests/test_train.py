@@ -204,6 +204,116 @@ def test_chunked_micro_batches_train_like_one_packed_batch(tmp_path):
         torch.testing.assert_close(wb[key], wa[key], atol=1e-4, rtol=1e-3)
 
 
+LONG = ("Read the customer's message and answer with exactly one colour word taken from the "
+        "message's item, nothing else: no punctuation, no explanation, no quotes. {}")
+OTHER = ("You label catalogue items. Reply with the colour of the item in lower case, a single "
+         "word, and never add any other text. {}")
+
+
+def prefixed_examples(n: int, templates=(LONG,)) -> list[Example]:
+    """`examples(n)` whose instructions start with a long fixed text (one per template, in turn),
+    as on real tasks."""
+    out = []
+    for i, e in enumerate(examples(n)):
+        instruction = templates[i % len(templates)].format(e.instruction)
+        out.append(replace(e, id=Example.make_id(instruction, "", e.output),
+                           instruction=instruction))
+    return out
+
+
+def test_prefix_groups_share_only_what_every_row_of_a_chunk_has():
+    from loop.packing import prefix_groups
+
+    a, b = list(range(100, 140)), list(range(200, 240))  # two 40-token instructions
+    rows = [a + [1, 9], b + [2, 9], a + [3, 9], b + [4, 9], a + [1, 9]]
+    prompts = [41] * 5  # each row's answer is its last token
+    # sorted, grouped per instruction; the duplicate keeps one token of its own before its answer
+    assert prefix_groups(rows, prompts, None) == [([0, 4, 2], 40), ([1, 3], 40)]
+    # a budget counts forward tokens: prefix once + rests
+    assert prefix_groups(rows, prompts, 44) == [([0, 4], 40), ([2], 0), ([1, 3], 40)]
+    # under 32 common tokens nothing is shared (and no row is ever left out)
+    short = [r[30:] for r in rows]
+    groups = prefix_groups(short, [11] * 5, None)
+    assert all(p == 0 for _, p in groups) and sorted(i for g, _ in groups for i in g) == [*range(5)]
+
+
+def test_shared_prefix_packing_gives_each_row_its_own_logits():
+    """[prefix once][rest 1][rest 2]...: every position's logits equal the row's alone, for rows
+    of two instructions in one batch (one chunk per instruction) and for a duplicated row."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from loop.models import tiny_random_checkpoint
+    from loop.packing import Collator, prefix_groups, register_varlen_attention
+
+    path = tiny_random_checkpoint()
+    packed_model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, attn_implementation=register_varlen_attention()).eval()
+    plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                 attn_implementation="sdpa").eval()
+    a, b = list(range(100, 140)), list(range(3000, 3045))
+    seqs = [a + [5, 17, 300, 42, 7], b + [9, 8, 7], a + [1000, 2000, 3000, 4000], b + [9, 8, 7],
+            a + [5, 6]]
+    prompts = [42, 46, 41, 46, 41]
+    feats = [{"input_ids": s, "labels": [-100] * p + s[p:]} for s, p in zip(seqs, prompts)]
+    batch = Collator(pad_token_id=0, multiple=8, share_prefix=True)(feats)
+    groups = prefix_groups(seqs, prompts, None)
+    assert [p for _, p in groups] == [40, 45]  # the duplicate row caps b's prefix at 46 - 1
+    assert sum(c["real_tokens"] for c in batch["chunks"]) == sum(map(len, seqs))
+    assert [c["forward_tokens"] for c in batch["chunks"]] == [40 + 5 + 4 + 2, 45 + 3 + 3]
+    # the top-level labels hold every target once, exactly as without sharing
+    unshared = Collator(pad_token_id=0, multiple=8)(feats)
+    assert int((batch["labels"] != -100).sum()) == int((unshared["labels"] != -100).sum()) == 11
+    for chunk, (rows, prefix) in zip(batch["chunks"], groups):
+        assert chunk["shared_prefix_len"] == prefix
+        lengths = [len(seqs[i]) - prefix for i in rows]
+        assert chunk["position_ids"][0, :prefix + sum(lengths)].tolist() == list(range(prefix)) \
+            + [prefix + j for n in lengths for j in range(n)]
+        inputs = {k: v for k, v in chunk.items()
+                  if k not in ("labels", "real_tokens", "forward_tokens")}
+        with torch.no_grad():
+            logits = packed_model(**inputs).logits[0]
+        start = prefix
+        for i, n in zip(rows, lengths):
+            with torch.no_grad():
+                alone = plain(torch.tensor([seqs[i]])).logits[0]
+            torch.testing.assert_close(logits[:prefix], alone[:prefix], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(logits[start:start + n], alone[prefix:], atol=1e-4,
+                                       rtol=1e-4)
+            start += n
+
+
+def test_shared_prefix_trains_exactly_like_unshared_rows(tmp_path):
+    """Sharing on vs off, rows of two long instructions: the same losses and the same adapter
+    (fp32; up to summation order), with far fewer forward tokens."""
+    import torch
+    from safetensors.torch import load_file
+
+    from loop.models import load_tokenizer, parse_model_name
+    from loop.packing import Collator, tokenize_examples
+
+    data = prefixed_examples(24, (LONG, OTHER))
+    rows, _ = tokenize_examples(load_tokenizer(parse_model_name("tiny-random")), data[:8], None,
+                                1024)
+    shared = Collator(0, token_budget=1024, share_prefix=True)(rows)
+    assert [c.get("shared_prefix_len", 0) >= 32 for c in shared["chunks"]] == [True, True]
+    forward = sum(c["forward_tokens"] for c in shared["chunks"])
+    assert forward < 0.6 * sum(len(r["input_ids"]) for r in rows)
+    cfg = replace(FAST, max_steps=3, save_steps=3, log_steps=1)
+    off = train_adapter("tiny-random", data, tmp_path / "off", replace(cfg, share_prefix=False),
+                        progress=False)
+    on = train_adapter("tiny-random", data, tmp_path / "on", cfg, progress=False)
+    assert on.tokens == off.tokens  # tokens/s counts each row's own tokens either way
+    losses = [(a.loss, b.loss) for a, b in zip(off.logs, on.logs) if a.loss is not None]
+    assert len(losses) == 3
+    for a, b in losses:
+        assert b == pytest.approx(a, rel=1e-4)
+    wa = load_file(str(tmp_path / "off" / "adapter_model.safetensors"))
+    wb = load_file(str(tmp_path / "on" / "adapter_model.safetensors"))
+    for key in wa:
+        torch.testing.assert_close(wb[key], wa[key], atol=1e-4, rtol=1e-3)
+
+
 # ---------------------------------------------------------------------------- training
 
 def test_loss_goes_down_and_lora_weights_change(trained):
