@@ -84,19 +84,24 @@ def _train(store, task, workspace: Path, arm: Arm, data_path: Path, data_hash: s
     return f"{parse_model_name(arm.model).base}+{result.adapter_dir}"
 
 
-def _targeted_cycle(task_path: Path, workspace: Path, arm: Arm) -> dict:
+def _targeted_cycle(task_path: Path, workspace: Path, arm: Arm, cycle: int) -> dict:
     """One `evalloop cycle`; the next one starts from its candidate even when the gate kept the
     champion (the bench compares data, not promotion)."""
     from loop import runstate
     from loop.cycle import run_cycle
     from loop.models import fingerprint, parse_model_name
     from loop.store import Store
+    from loop.tasks import load_task
 
-    summary = run_cycle(task_path, workspace, progress=False)
+    with Store(workspace) as store:  # a rerun of the bench reuses the cycles already done
+        done = runstate.finished_cycles(store, load_task(task_path).name)
+    reused = len(done) >= cycle
+    summary = done[cycle - 1]["summary"] if reused else run_cycle(task_path, workspace,
+                                                                  progress=False)
     with Store(workspace) as store:
         ev = runstate.stage_result(store, summary["cycle_id"], "eval_candidate")
         data = runstate.stage_result(store, summary["cycle_id"], "targeted")
-        if not summary["gate"]["promote"]:
+        if not summary["gate"]["promote"] and not reused:
             name = summary["candidate"]["name"]
             runstate.set_champion(store, summary["task"], runstate.Champion(
                 fingerprint(parse_model_name(name)), name), summary["cycle_id"],
@@ -138,7 +143,7 @@ def run_task(task_path: Path, workspace: Path, cycles: int, seed: int) -> dict:
     base = None
     for cycle in range(1, cycles + 1):
         t0 = time.perf_counter()
-        tstep = _targeted_cycle(task_path, workspace, targeted)
+        tstep = _targeted_cycle(task_path, workspace, targeted, cycle)
         t_seconds = time.perf_counter() - t0
         base = base or tstep["base_test"]
         t0 = time.perf_counter()

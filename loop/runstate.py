@@ -102,3 +102,10 @@ def stage_seconds(store: Store, cycle_id: str) -> dict[str, float]:
                        "FROM cycle_stages WHERE cycle_id = ? AND status = 'done' "
                        "AND finished_at IS NOT NULL ORDER BY started_at", [cycle_id])
     return {r["stage"]: float(r["seconds"]) for r in rows}
+
+
+def finished_cycles(store: Store, task_id: str) -> list[dict]:
+    """The task's finished cycles, oldest first: cycle_id and summary."""
+    rows = store.query("SELECT cycle_id, summary FROM cycles WHERE task_id = ? AND status = 'done' "
+                       "ORDER BY started_at", [task_id])
+    return [{"cycle_id": r["cycle_id"], "summary": json.loads(r["summary"])} for r in rows]
