@@ -176,7 +176,11 @@ def _parse_row(record: object, where: str, system_prompt: str | None) -> _Row:
         if key not in record:
             raise TaskDataError(f"{where}: missing required field '{key}' (or give the row as "
                                 "chat: a 'messages' list).")
-    for key in REQUIRED_FIELDS + OPTIONAL_FIELDS:
+    for key in REQUIRED_FIELDS:
+        if not isinstance(record[key], str):
+            raise TaskDataError(f"{where}: field '{key}' must be a string, got "
+                                f"{type(record[key]).__name__}.")
+    for key in OPTIONAL_FIELDS:
         _check_str(record.get(key), where, key)
     if not record["instruction"].strip():
         raise TaskDataError(f"{where}: field 'instruction' is empty.")

@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Columns whose values legitimately differ between two identical runs: clocks and timings.
 VOLATILE = ("created_at", "started_at", "finished_at", "updated_at", "applied_at", "since",
-            "measured_at", "latency_s", "wall_s", "elapsed_s", "tokens_per_s", "peak_mem_mb")
+            "measured_at", "latency_s", "wall_s", "elapsed_s", "tokens_per_s", "peak_mem_mb",
+            "stage_times")
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
