@@ -3,7 +3,9 @@
 The candidate is promoted only when every condition holds:
   1. its pass rate beats the champion's by at least `min_gain`, on the same items;
   2. the gain is significant: exact McNemar test on the paired outcomes, p < `alpha`;
-  3. no category's pass rate drops by more than `category_tolerance`;
+  3. no category's pass rate drops by more than `category_tolerance` beyond its noise: the drop
+     must also exceed 1.96 standard errors of the category's paired per-item differences, so a
+     2-item category (real tasks have dozens) cannot block a model on one flipped item;
   4. its Bradley-Terry rating is above the champion's (when ratings are given);
   5. no benchmark drops by more than `benchmark_tolerance` (absolute, when given) beyond its
      sampling noise: a drop counts only when it is also larger than 1.96 standard errors of the
@@ -133,17 +135,39 @@ def _benchmark_reason(name: str, delta: float, se: float, config: GateConfig) ->
 
 
 def _category_reason(ids, champ, cand, categories, config) -> Reason:
-    by_cat: dict[str, list[tuple[bool, bool]]] = {}
+    by_cat: dict[str, list[int]] = {}
     for i, a, b in zip(ids, champ, cand):
-        by_cat.setdefault(categories.get(i, "default"), []).append((a, b))
-    drops = {}
-    for cat, pairs in by_cat.items():
-        delta = (sum(b for _, b in pairs) - sum(a for a, _ in pairs)) / len(pairs)
-        if delta < -config.category_tolerance:
+        by_cat.setdefault(categories.get(i, "default"), []).append(int(b) - int(a))
+    drops, noisy = {}, {}
+    for cat, diffs in by_cat.items():
+        delta = sum(diffs) / len(diffs)
+        if delta >= -config.category_tolerance:
+            continue
+        if delta < -NOISE_Z * _paired_se(diffs):
             drops[cat] = delta
+        else:
+            noisy[cat] = delta
+    def listed(found: dict[str, float]) -> str:
+        return ", ".join(f"{c} {d:+.1%} (n={len(by_cat[c])})"
+                         for c, d in sorted(found.items(), key=lambda x: x[1]))
+
+    within = f"; within noise: {listed(noisy)}" if noisy else ""
     if drops:
-        worst = ", ".join(f"{c} {d:+.1%}" for c, d in sorted(drops.items(), key=lambda x: x[1]))
-        return Reason("categories", False, f"regressed beyond -{config.category_tolerance:.0%}: "
-                                           f"{worst}")
+        worst = listed(drops)
+        return Reason("categories", False, f"regressed beyond -{config.category_tolerance:.0%} "
+                                           f"and noise: {worst}{within}")
     return Reason("categories", True, f"no category of {len(by_cat)} dropped beyond "
-                                      f"-{config.category_tolerance:.0%}")
+                                      f"-{config.category_tolerance:.0%} and noise{within}")
+
+
+NOISE_Z = 1.96  # two-sided 95%
+
+
+def _paired_se(diffs: list[int]) -> float:
+    """Standard error of the mean paired difference; one item has no measurable noise, so any
+    drop of a single-item category is noise (infinite error)."""
+    n = len(diffs)
+    if n < 2:
+        return float("inf")
+    mean = sum(diffs) / n
+    return (sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) ** 0.5

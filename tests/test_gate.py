@@ -90,3 +90,16 @@ def test_gate_config_validation_lists_problems():
         GateConfig.from_section({"min_gain": "big", "alpha": -1, "colour": 1})
     assert "gate.min_gain" in str(err.value) and "gate.alpha" in str(err.value)
     assert "unknown key gate.colour" in str(err.value)
+
+
+def test_a_small_category_losing_one_item_is_noise_not_a_regression():
+    n = 200
+    champion = {f"e{i}": i < 60 for i in range(n)}
+    candidate = {f"e{i}": i < 140 for i in range(n)}
+    candidate["e0"] = False  # the one item of category "tiny" flips
+    categories = {f"e{i}": "tiny" if i == 0 else "small" if i < 3 else "rest" for i in range(n)}
+    candidate["e1"] = False  # one of three "small" items flips
+    decision = decide(GateInputs(champion, candidate, categories, 900, 1100))
+    (cat,) = [r for r in decision.reasons if r.check == "categories"]
+    assert cat.passed and "within noise: tiny -100.0% (n=1)" in cat.detail
+    assert decision.promote
