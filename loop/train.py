@@ -489,6 +489,14 @@ def train_for_task(store, task, workspace, model: str = DEFAULT_MODEL, data_path
     return result
 
 
+def config_from_args(task, args: argparse.Namespace) -> TrainConfig:
+    """The task's [training] section with the shell entry points' step overrides."""
+    config = TrainConfig.from_section(task.config.section("training"))
+    overrides = {k: getattr(args, k, None) for k in ("max_steps", "save_steps", "patience")}
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None},
+                   **({"epochs": None} if args.max_steps else {}))
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m loop.train`: the same stage the CLI runs (tests kill and rerun it)."""
     # Idle OpenMP threads spin by default; on a CPU shared with other jobs every parallel op then
@@ -512,11 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         task = load_task(args.task)
-        config = TrainConfig.from_section(task.config.section("training"))
-        overrides = {k: v for k, v in (("max_steps", args.max_steps),
-                                       ("save_steps", args.save_steps),
-                                       ("patience", args.patience)) if v is not None}
-        config = replace(config, **overrides, **({"epochs": None} if args.max_steps else {}))
+        config = config_from_args(task, args)
         with Store(args.workspace) as store:
             result = train_for_task(store, task, args.workspace, args.model, args.data,
                                     args.parent, config=config, progress=not args.json)

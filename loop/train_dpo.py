@@ -42,6 +42,7 @@ from loop.train import (  # private helpers shared with SFT, imported rather tha
     _peak_mem_mb,
     _read_logs,
     _sort_target_modules,
+    config_from_args,
     last_checkpoint,
 )
 from loop.train_config import LogRow, TrainConfig, TrainResult, library_versions, use_bf16
@@ -242,10 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         task = load_task(args.task)
-        config = TrainConfig.from_section(task.config.section("training"))
-        overrides = {k: v for k, v in (("max_steps", args.max_steps),
-                                       ("save_steps", args.save_steps)) if v is not None}
-        config = replace(config, **overrides, **({"epochs": None} if args.max_steps else {}))
+        config = config_from_args(task, args)
         with Store(args.workspace) as store:
             result = train_dpo_for_task(store, task, args.workspace, args.pairs, args.model,
                                         args.parent, config=config, progress=not args.json)
