@@ -3,8 +3,8 @@
     evalloop app --workspace W          (binds 127.0.0.1; or: streamlit run app.py -- --workspace W)
 
 Reads the snapshot a writer publishes and writes reviews, corrections and votes to the inbox
-(see loop/inbox.py), so it keeps working while a nightly cycle holds the database. Pages live in
-loop/app_pages/, their queries in loop/app_queries.py.
+(see loop/store/inbox.py), so it keeps working while a nightly cycle holds the database. Pages live in
+loop/app/, their queries in loop/store/app_queries.py.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from loop.app_pages import arena, failures, leaderboard, overview, training
-from loop.app_queries import pending_inbox, snapshot
-from loop.store import SNAPSHOT_NAME
+from loop.app import arena, failures, leaderboard, overview, training
+from loop.store.app_queries import pending_inbox, snapshot
+from loop.store.db import SNAPSHOT_NAME
 
 PAGES = ("Overview", "Failures", "Arena", "Leaderboard", "Benchmarks & training")
 

@@ -25,11 +25,11 @@ DEFAULT_TASK = Path(__file__).resolve().parents[2] / "shared/real-tasks/hotel_in
 def main() -> None:
     import torch
 
-    from loop.evaluate import answers_are_json
-    from loop.generate import generate, json_end
-    from loop.models import load_model
-    from loop.prompts import build_prompt
-    from loop.tasks import load_task
+    from loop.evaluation.evaluate import answers_are_json
+    from loop.models.decode import generate, json_end
+    from loop.models.loading import load_model
+    from loop.core.prompts import build_prompt
+    from loop.data.tasks import load_task
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default=str(DEFAULT_TASK), help="task.toml or its folder")

@@ -10,7 +10,7 @@ Per task, in a fresh workspace, from the task's [cycle] base_model (the embedded
   data      `--n-data` pool rows drawn at random (seeded) through SFT's decontamination
             (`loop.targeted.random_pool_rows`), the same rows for both arms
   sft       SFT on them for sft-steps + dpo-steps optimizer steps (the whole budget)
-  sft+dpo   SFT for sft-steps, then DPO for dpo-steps on pairs built by `loop.pairs` from the
+  sft+dpo   SFT for sft-steps, then DPO for dpo-steps on pairs built by `loop.targeted.pairs` from the
             store: that SFT model's own dev failures (reference vs its answer) plus any votes and
             corrections, decontaminated against test; reference model = the SFT adapter
 Both arms use the task's [training] settings otherwise (batch size, lr, rank; DPO's beta and lr
@@ -42,8 +42,8 @@ from targeted_vs_random import paired_difference, wilson  # noqa: E402  (same st
 
 
 def _sft(store, task, workspace: Path, model: str, data: Path, steps: int, config) -> str:
-    from loop.models import parse_model_name
-    from loop.train import train_for_task
+    from loop.models.loading import parse_model_name
+    from loop.train.sft import train_for_task
 
     cfg = replace(config, method="sft", max_steps=steps, epochs=None)
     result = train_for_task(store, task, workspace, model=model, data_path=data,
@@ -52,10 +52,10 @@ def _sft(store, task, workspace: Path, model: str, data: Path, steps: int, confi
 
 
 def _dpo(store, task, workspace: Path, model: str, steps: int, config, dev_limit) -> tuple:
-    from loop.evaluate import evaluate
-    from loop.models import parse_model_name
-    from loop.pairs import build_pairs
-    from loop.train_dpo import train_dpo_for_task
+    from loop.evaluation.evaluate import evaluate
+    from loop.models.loading import parse_model_name
+    from loop.targeted.pairs import build_pairs
+    from loop.train.dpo import train_dpo_for_task
 
     dev = evaluate(store, task, model, "dev", limit=dev_limit, progress=False)  # + failures
     pairs = build_pairs(store, task, failure_run=dev.run_id, out_dir=workspace / "pairs")
@@ -67,25 +67,28 @@ def _dpo(store, task, workspace: Path, model: str, steps: int, config, dev_limit
     return f"{parse_model_name(model).base}+{result.adapter_dir}", pairs
 
 
-def _benchmarks(store, models: dict[str, str], limit: int) -> dict:
-    """Headline metric per benchmark and arm, and each arm's delta against the base."""
-    from evals.benchmarks import headline, run_benchmarks
+def _benchmarks(store, task, models: dict[str, str], limit: int) -> dict:
+    """Headline metric per benchmark and arm, and each arm's delta against the base (the task's
+    [benchmarks] tasks, data and backend, as the cycle runs them)."""
+    from evals.benchmarks import headline, run_benchmarks, settings_from_section
 
+    section = task.config.section("benchmarks") or {}
+    settings = settings_from_section(section, task.config.path.parent)
     values = {arm: {f"{r.task}/{r.metric}": r.value for r in headline(
-        run_benchmarks(store, name, limit=limit, progress=False))} for arm, name in
-        models.items()}
+        run_benchmarks(store, name, settings.tasks, limit, settings.data_dir, settings.backend,
+                       progress=False))} for arm, name in models.items()}
     return {arm: {k: (v - values["base"].get(k, 0.0)) if v is not None else None
                   for k, v in vals.items()} | {"_values": vals} for arm, vals in values.items()}
 
 
 def run_task(task_path: Path, workspace: Path, args) -> dict:
     from evals.arena import compute_leaderboard, judge_entrants, write_matches, Entrant
-    from loop.cycle import validate_sections
-    from loop.evaluate import evaluate
-    from loop.store import Store
-    from loop.targeted import random_pool_rows
-    from loop.tasks import load_task
-    from loop.train_config import TrainConfig
+    from loop.cycle.run import validate_sections
+    from loop.evaluation.evaluate import evaluate
+    from loop.store.db import Store
+    from loop.targeted.stage import random_pool_rows
+    from loop.data.tasks import load_task
+    from loop.train.config import TrainConfig
 
     task = load_task(task_path)
     base = args.model or validate_sections(task).base_model
@@ -131,7 +134,7 @@ def run_task(task_path: Path, workspace: Path, args) -> dict:
         out["ratings"] = {arm: {k: by_id[e.model_id][k] for k in ("rating", "lower", "upper")}
                           for arm, e in zip(models, entrants) if e.model_id in by_id}
         if args.bench_limit:
-            out["benchmarks"] = _benchmarks(store, models, args.bench_limit)
+            out["benchmarks"] = _benchmarks(store, task, models, args.bench_limit)
     return out
 
 

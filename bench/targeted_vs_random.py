@@ -49,7 +49,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def paired_difference(a: dict[str, bool], b: dict[str, bool]) -> dict:
     """b - a on the items both scored: mean, 95% interval (normal approximation of the per-item
     differences) and the exact McNemar p."""
-    from loop.gate import mcnemar_p
+    from loop.cycle.gate import mcnemar_p
 
     ids = sorted(set(a) & set(b))
     diffs = [int(b[i]) - int(a[i]) for i in ids]
@@ -70,14 +70,14 @@ class Arm:
 
 
 def _test_outcomes(store, task, model: str) -> dict[str, bool]:
-    from loop.evaluate import evaluate
+    from loop.evaluation.evaluate import evaluate
 
     return evaluate(store, task, model, "test", progress=False).outcomes
 
 
 def _train(store, task, workspace: Path, arm: Arm, data_path: Path, data_hash: str) -> str:
-    from loop.models import parse_model_name
-    from loop.train import train_for_task
+    from loop.models.loading import parse_model_name
+    from loop.train.sft import train_for_task
 
     result = train_for_task(store, task, workspace, model=arm.model, data_path=data_path,
                             dataset_hash=data_hash, progress=False)
@@ -87,11 +87,11 @@ def _train(store, task, workspace: Path, arm: Arm, data_path: Path, data_hash: s
 def _targeted_cycle(task_path: Path, workspace: Path, arm: Arm, cycle: int) -> dict:
     """One `evalloop cycle`; the next one starts from its candidate even when the gate kept the
     champion (the bench compares data, not promotion)."""
-    from loop import runstate
-    from loop.cycle import run_cycle
-    from loop.models import fingerprint, parse_model_name
-    from loop.store import Store
-    from loop.tasks import load_task
+    from loop.cycle import runstate
+    from loop.cycle.run import run_cycle
+    from loop.models.loading import fingerprint, parse_model_name
+    from loop.store.db import Store
+    from loop.data.tasks import load_task
 
     with Store(workspace) as store:  # a rerun of the bench reuses the cycles already done
         done = runstate.finished_cycles(store, load_task(task_path).name)
@@ -116,7 +116,7 @@ def _targeted_cycle(task_path: Path, workspace: Path, arm: Arm, cycle: int) -> d
 
 
 def _random_step(store, task, workspace: Path, arm: Arm, cycle: int, n: int, seed: int) -> dict:
-    from loop.targeted import random_pool_rows
+    from loop.targeted.stage import random_pool_rows
 
     rows = random_pool_rows(store, task, n, seed=seed + 1000 * cycle, exclude=arm.used)
     arm.used.update(e.id for e in rows)
@@ -131,9 +131,9 @@ def _random_step(store, task, workspace: Path, arm: Arm, cycle: int, n: int, see
 
 def run_task(task_path: Path, workspace: Path, cycles: int, seed: int) -> dict:
     """Both arms from the task's [cycle] base_model (the embedded model by default)."""
-    from loop.cycle import validate_sections
-    from loop.store import Store
-    from loop.tasks import load_task
+    from loop.cycle.run import validate_sections
+    from loop.store.db import Store
+    from loop.data.tasks import load_task
 
     task = load_task(task_path)
     model = validate_sections(task).base_model

@@ -43,7 +43,7 @@ DEMO_TASK = ROOT / "datasets" / "demo" / "task.toml"
 
 def load_examples(task_path: str, n: int, seed: int = 0):
     """(n train rows drawn with `seed`, the task's system prompt): the same rows for both sides."""
-    from loop.tasks import load_task
+    from loop.data.tasks import load_task
 
     task = load_task(task_path)
     pool = list(task.split("train"))
@@ -51,9 +51,9 @@ def load_examples(task_path: str, n: int, seed: int = 0):
 
 
 def run_ours(model: str, task_path: str, n: int, share_prefix: bool = True) -> dict:
-    from loop import packing
-    from loop.train import train_adapter
-    from loop.train_config import TrainConfig
+    from loop.train import packing
+    from loop.train.sft import train_adapter
+    from loop.train.config import TrainConfig
 
     rows, system = load_examples(task_path, n)
     # evalloop's defaults, one epoch and no checkpoint or dev evaluation (as on the trl side)
@@ -83,8 +83,8 @@ def run_trl_defaults(model: str, task_path: str, n: int) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from datasets import Dataset
-    from loop.models import base_path, load_tokenizer, parse_model_name
-    from loop.prompts import build_prompt, completion_text
+    from loop.models.loading import base_path, load_tokenizer, parse_model_name
+    from loop.core.prompts import build_prompt, completion_text
 
     tok = load_tokenizer(parse_model_name(model))
     rows, system = load_examples(task_path, n)
@@ -120,7 +120,7 @@ def _param_count(model: str) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from loop.models import base_path
+    from loop.models.loading import base_path
 
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_path(model)))
@@ -133,7 +133,7 @@ def child(variant: str, model: str, task_path: str, n: int, threads: int | None)
     if threads:
         torch.set_num_threads(threads)
     if variant == "peak":
-        from loop.train_config import measure_matmul_gflops
+        from loop.train.config import measure_matmul_gflops
 
         row = {d: max(measure_matmul_gflops(d, seconds=0.5) for _ in range(3))
                for d in ("fp32", "bf16")}

@@ -18,9 +18,9 @@ from pathlib import Path, PurePath
 
 from evals import judges, rating
 from evals.similarity import CachedEmbedder, cosine_pairs
-from loop.errors import ConfigError
-from loop.records import content_hash
-from loop.store import Store, now
+from loop.core.errors import ConfigError
+from loop.core.records import content_hash
+from loop.store.db import Store, now
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,8 @@ def evaluate_entrants(store: Store, task, models: Sequence[str], progress: bool 
                       ) -> list[Entrant]:
     """Evaluate each model on the test split (reusing stored predictions); two names for the
     same weights are refused before anything is generated."""
-    from loop.evaluate import evaluate
-    from loop.models import fingerprint, parse_model_name
+    from loop.evaluation.evaluate import evaluate
+    from loop.models.loading import fingerprint, parse_model_name
 
     if len(models) < 2:
         raise ConfigError(f"An arena needs at least two models; got {len(models)}.")

@@ -34,7 +34,7 @@ import yaml
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._index import Kind, TaskIndex
 
-from loop.errors import BenchmarkDataError, ConfigError
+from loop.core.errors import BenchmarkDataError, ConfigError
 
 LM_EVAL_TASKS = Path(lm_eval.tasks.__file__).parent
 SUBJECT_PREFIX = "mmlu_docs_"

@@ -30,9 +30,9 @@ from lm_eval.api.instance import Instance
 
 from evals import benchmark_stderr as gs
 from evals import benchmark_tasks as bt
-from loop.errors import ConfigError
-from loop.models import base_path, fingerprint, load_model, parse_model_name, pick_device
-from loop.store import Store, now
+from loop.core.errors import ConfigError
+from loop.models.loading import base_path, fingerprint, load_model, parse_model_name, pick_device
+from loop.store.db import Store, now
 
 DEFAULT_SEED = 1234
 BACKENDS = ("evalloop", "hf")

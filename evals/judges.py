@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from loop.errors import ConfigError, EvalloopError
-from loop.records import content_hash
+from loop.core.errors import ConfigError, EvalloopError
+from loop.core.records import content_hash
 
 VERDICTS = ("A", "B", "tie", "both_bad")
 
@@ -275,10 +275,10 @@ class LocalCompleter:
         self._lm = None
 
     def __call__(self, prompts: list[str]) -> list[str]:
-        from loop.generate import generate
-        from loop.models import load_model
-        from loop.prompts import build_prompt
-        from loop.records import Example
+        from loop.models.decode import generate
+        from loop.models.loading import load_model
+        from loop.core.prompts import build_prompt
+        from loop.core.records import Example
 
         self._lm = self._lm or load_model(self.label)
         texts = [build_prompt(self._lm.tokenizer, Example("judge", p, "")) for p in prompts]

@@ -33,7 +33,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
-from loop.models import DEFAULT_MODEL, LoadedModel, evalloop_home, load_model
+from loop.models.loading import DEFAULT_MODEL, LoadedModel, evalloop_home, load_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 BF16_MIN_SPEEDUP = 1.25  # below this the timing is within noise of a shared machine: stay in fp32

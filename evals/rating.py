@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import expit
 
-from loop.errors import ConfigError
+from loop.core.errors import ConfigError
 
 SCALE, BASE, INIT = 400.0, 10.0, 1000.0
 PRIOR = 0.01  # weak Gaussian prior (sd 10 nats) on log-strengths: finite when one side wins all

@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from loop.errors import ConfigError
-from loop.records import CheckResult
+from loop.core.errors import ConfigError
+from loop.core.records import CheckResult
 
 
 @dataclass(frozen=True)

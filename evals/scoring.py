@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from evals.rules import CheckInput
 from evals.similarity import CachedEmbedder, cosine_pairs
 from evals.suites import ItemScore, Suite, score_suite
-from loop.records import Example
+from loop.core.records import Example
 
 
 def check_inputs(examples: Sequence[Example], outputs: Sequence[str]) -> list[CheckInput]:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from loop.errors import ModelError
-from loop.records import content_hash
+from loop.core.errors import ModelError
+from loop.core.records import content_hash
 
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evals.rules import REGISTRY, CheckInput, get_check, parse_json_reference
-from loop.config import TaskConfig
-from loop.errors import ConfigError, EvalloopError
-from loop.records import CheckResult
+from loop.core.config import TaskConfig
+from loop.core.errors import ConfigError, EvalloopError
+from loop.core.records import CheckResult
 
 SIMILARITY = "similarity"  # pseudo-check: cosine similarity to the reference >= threshold
 SIMILARITY_VERSION = "1"

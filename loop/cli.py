@@ -19,7 +19,7 @@ from pathlib import Path
 # slower. Set before anything imports torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from loop.errors import EvalloopError, StoreError  # noqa: E402
+from loop.core.errors import EvalloopError, StoreError  # noqa: E402
 
 DEFAULT_WORKSPACE = "evalloop-workspace"
 
@@ -47,7 +47,7 @@ def _print_json(data: object) -> None:
 
 def _load_task(args: argparse.Namespace):
     """Load the task and say in one line what loading did (rows, duplicates dropped or kept)."""
-    from loop.tasks import load_task
+    from loop.data.tasks import load_task
 
     task = load_task(args.task)
     if args.json:  # stdout is the JSON document; the note goes to the log (--verbose)
@@ -60,10 +60,10 @@ def _load_task(args: argparse.Namespace):
 # ---------------------------------------------------------------------------- commands
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from loop import ci_report
-    from loop.evaluate import evaluate, format_summary, select
-    from loop.models import parse_model_name
-    from loop.store import Store
+    from loop.evaluation import ci_report
+    from loop.evaluation.evaluate import evaluate, format_summary, select
+    from loop.models.loading import parse_model_name
+    from loop.store.db import Store
 
     task = _load_task(args)
     examples = select(task, args.split, args.limit)  # validate everything before the store
@@ -101,10 +101,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_failures(args: argparse.Namespace) -> int:
-    from loop.failures_stage import failure_summary, format_failures, latest_run
-    from loop.models import fingerprint, parse_model_name
-    from loop.store import Store
-    from loop.tasks import load_task
+    from loop.failures.stage import failure_summary, format_failures, latest_run
+    from loop.models.loading import fingerprint, parse_model_name
+    from loop.store.db import Store
+    from loop.data.tasks import load_task
 
     task = load_task(args.task)
     model_id = fingerprint(parse_model_name(args.model)) if args.model else None
@@ -115,9 +115,9 @@ def cmd_failures(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from loop.models import parse_model_name
-    from loop.store import Store
-    from loop.targeted import format_result, generate_targeted
+    from loop.models.loading import parse_model_name
+    from loop.store.db import Store
+    from loop.targeted.stage import format_result, generate_targeted
 
     task = _load_task(args)
     if args.model:
@@ -132,8 +132,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from loop.store import Store
-    from loop.train import format_result, train_for_task
+    from loop.store.db import Store
+    from loop.train.sft import format_result, train_for_task
 
     task = _load_task(args)
     with Store(args.workspace) as store:
@@ -144,8 +144,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pairs(args: argparse.Namespace) -> int:
-    from loop.pairs import SOURCES, build_pairs, format_result
-    from loop.store import Store
+    from loop.targeted.pairs import SOURCES, build_pairs, format_result
+    from loop.store.db import Store
 
     task = _load_task(args)
     with Store(args.workspace) as store:
@@ -159,7 +159,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     mode = _export_mode(args)
     if mode == "merge":
-        from loop.train import export_merged
+        from loop.train.sft import export_merged
 
         out = export_merged(args.adapter if "+" in args.adapter
                             else f"{args.base}+{args.adapter}", args.merge)
@@ -169,7 +169,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         out, n = exports.export_hf_dataset(Path(args.data), Path(args.hf_card))
         what = f"Hugging Face dataset folder ({n} rows, README.md card)"
     else:
-        from loop.store import Store
+        from loop.store.db import Store
 
         with Store(args.workspace, read_only=True) as store:
             if mode == "benchmarks":
@@ -221,7 +221,7 @@ def _export_mode(args: argparse.Namespace) -> str:
 def cmd_bench(args: argparse.Namespace) -> int:
     from evals.benchmarks import format_table, run_benchmarks, to_json
     from evals.benchmark_tasks import DEFAULT_TASKS
-    from loop.store import Store
+    from loop.store.db import Store
 
     if args.limit is not None and args.limit < 1:
         raise EvalloopError(f"--limit must be a positive integer, got {args.limit}.")
@@ -243,9 +243,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_arena(args: argparse.Namespace) -> int:
     from evals.arena import format_leaderboard, run_arena
     from evals.judges import check_judge, endpoint_completer, local_completer
-    from loop.models import parse_model_name
-    from loop.store import Store
-    from loop.tasks import load_task
+    from loop.models.loading import parse_model_name
+    from loop.store.db import Store
+    from loop.data.tasks import load_task
 
     task = load_task(args.task)
     check_judge(args.judge)
@@ -274,8 +274,8 @@ def cmd_arena(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from evals.arena import compute_leaderboard, format_leaderboard, judge_agreement, \
         write_heatmap
-    from loop.store import Store
-    from loop.tasks import load_task
+    from loop.store.db import Store
+    from loop.data.tasks import load_task
 
     task_id = load_task(args.task).name if args.task else None
     with Store(args.workspace) as store:
@@ -297,7 +297,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
-    from loop.app_queries import serve
+    from loop.store.app_queries import serve
 
     return serve(args.workspace, args.host, args.port, args.allow_remote)
 
@@ -333,7 +333,7 @@ def _print_cycle(summary: dict) -> None:
 
 
 def cmd_cycle(args: argparse.Namespace) -> int:
-    from loop.cycle import run_cycle
+    from loop.cycle.run import run_cycle
 
     _load_task(args)  # the load note; run_cycle loads the task itself
     summary = run_cycle(args.task, args.workspace, force=args.force, progress=not args.json)
@@ -344,8 +344,8 @@ def cmd_cycle(args: argparse.Namespace) -> int:
 def cmd_nightly(args: argparse.Namespace) -> int:
     import time
 
-    from loop import nightly
-    from loop.cycle import run_cycle
+    from loop.cycle import nightly
+    from loop.cycle.run import run_cycle
 
     workspace = Path(args.workspace)
     with nightly.exclusive_lock(workspace):
@@ -369,7 +369,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from loop.cycle import run_cycle
+    from loop.cycle.run import run_cycle
 
     task = Path(__file__).resolve().parents[1] / "datasets" / "demo" / "task.toml"
     print(f"evalloop demo: one full cycle of the embedded SmolLM2-135M-Instruct on {task}")
@@ -382,10 +382,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from loop import runstate
-    from loop.models import fingerprint, parse_model_name
-    from loop.store import Store
-    from loop.tasks import load_task
+    from loop.cycle import runstate
+    from loop.models.loading import fingerprint, parse_model_name
+    from loop.store.db import Store
+    from loop.data.tasks import load_task
 
     task = load_task(args.task)
     champion = runstate.Champion(fingerprint(parse_model_name(args.model)), args.model)
@@ -396,10 +396,10 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from loop import runstate
-    from loop.errors import ConfigError
-    from loop.store import Store
-    from loop.tasks import load_task
+    from loop.cycle import runstate
+    from loop.core.errors import ConfigError
+    from loop.store.db import Store
+    from loop.data.tasks import load_task
 
     task = load_task(args.task)
     with Store(args.workspace) as store:
@@ -408,8 +408,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             raise ConfigError(f"Task '{task.name}' has no champion history to roll back.")
         previous = history[-2] if len(history) > 1 else None
         if previous is None:
-            from loop.cycle import CycleConfig
-            from loop.models import fingerprint, parse_model_name
+            from loop.cycle.run import CycleConfig
+            from loop.models.loading import fingerprint, parse_model_name
 
             base = CycleConfig.from_section(task.config.section("cycle")).base_model
             previous = {"model_id": fingerprint(parse_model_name(base)), "model_name": base}
@@ -422,7 +422,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    from loop.models import DEFAULT_MODEL
+    from loop.models.loading import DEFAULT_MODEL
 
     parser = argparse.ArgumentParser(prog="evalloop", description="Evaluation-driven LoRA "
                                      "fine-tuning: evaluate, find failures, target, train, gate.")

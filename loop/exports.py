@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from loop.errors import EvalloopError
-from loop.store import Store
+from loop.core.errors import EvalloopError
+from loop.store.db import Store
 
 ITEM_COLUMNS = ("run_id", "task_id", "model_id", "split", "example_id", "category", "passed",
                 "instruction", "input", "reference", "prediction", "failed_checks",
@@ -221,7 +221,7 @@ def _timestamp(value) -> float | None:
 
 
 def export_lm_eval(store: Store, model: str, out: Path) -> tuple[Path, int]:
-    from loop.models import fingerprint, parse_model_name
+    from loop.models.loading import fingerprint, parse_model_name
 
     try:
         model_id = fingerprint(parse_model_name(model))

@@ -62,7 +62,7 @@ def random_adapter(directory: Path) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from loop.models import load_model
+    from loop.models.loading import load_model
 
     lm = load_model("tiny-random")
     model = get_peft_model(lm.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))

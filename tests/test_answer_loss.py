@@ -3,10 +3,10 @@
 import torch
 import torch.nn.functional as F
 
-from loop.answer_loss import answer_losses
-from loop.models import load_model
-from loop.packing import IGNORE, tokenize_examples
-from loop.records import Example
+from loop.targeted.answer_loss import answer_losses
+from loop.models.loading import load_model
+from loop.train.packing import IGNORE, tokenize_examples
+from loop.core.records import Example
 
 INSTRUCTION = ("Classify the message. Possible labels: billing, shipping, returns, account, "
                "other. Reply with the label only, in lower case, and nothing else at all.")

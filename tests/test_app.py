@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from loop import inbox
-from loop.app_pages import views
-from loop.app_queries import (
+from loop.store import inbox
+from loop.app import views
+from loop.store.app_queries import (
     FailureFilter,
     failure_options,
     filter_failures,
@@ -24,8 +24,8 @@ from loop.app_queries import (
     snapshot,
     streamlit_command,
 )
-from loop.errors import EvalloopError
-from loop.store import Store, now
+from loop.core.errors import EvalloopError
+from loop.store.db import Store, now
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 BASE, CAND = "base-0000", "base-0000+ad1"
@@ -430,7 +430,7 @@ def test_app_refuses_a_non_loopback_bind_without_the_flag(workspace, monkeypatch
 
 def test_pages_serve_while_a_cycle_holds_the_database(seeded):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from loop.store import Store\n"
+        "import sys, time; from loop.store.db import Store\n"
         f"s = Store({str(seeded)!r}); print('held', flush=True); time.sleep(120)")],
         stdout=subprocess.PIPE, text=True)
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_app import seed
 
-from loop.store import Store
+from loop.store.db import Store
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed "
@@ -62,7 +62,7 @@ def app_url(workspace):
 def cycle_holding_the_db(workspace, app_url):
     """A writer (as a nightly cycle would be) holding the main database while the test runs."""
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import time; from loop.store import Store\n"
+        "import time; from loop.store.db import Store\n"
         f"s = Store({str(workspace)!r}); print('held', flush=True); time.sleep(300)")],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

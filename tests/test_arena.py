@@ -12,10 +12,10 @@ from evals.arena import (Entrant, build_pairs, compute_leaderboard, evaluate_ent
                          format_leaderboard, judge_agreement, judge_entrants, run_arena,
                          write_heatmap, write_matches)
 from evals.judges import LocalCompleter, human_matches
-from loop.errors import ConfigError
-from loop.records import content_hash
-from loop.store import Store, now
-from loop.tasks import load_task
+from loop.core.errors import ConfigError
+from loop.core.records import content_hash
+from loop.store.db import Store, now
+from loop.data.tasks import load_task
 
 
 class LetterEmbedder:
@@ -176,7 +176,7 @@ def random_adapter(directory: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from loop.models import tiny_random_checkpoint
+    from loop.models.loading import tiny_random_checkpoint
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_random_checkpoint())

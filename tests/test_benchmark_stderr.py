@@ -9,7 +9,7 @@ import pytest
 
 from evals import benchmark_stderr as gs
 from evals.benchmarks import cached_results, result_rows, sample_rows, save
-from loop.store import Store, now
+from loop.store.db import Store, now
 
 # mmlu -> (mmlu_stem -> mmlu_a, mmlu_b), mmlu_c; mmlu_a has one item, so lm-eval says "N/A"
 ITEMS = {"mmlu_a": [1.0], "mmlu_b": [0.0, 1.0, 1.0], "mmlu_c": [0.0, 0.0]}

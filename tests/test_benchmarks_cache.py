@@ -10,8 +10,8 @@ import pytest
 
 from conftest import random_adapter
 from evals.benchmarks import run_benchmarks
-from loop.errors import BenchmarkDataError
-from loop.store import Store
+from loop.core.errors import BenchmarkDataError
+from loop.store.db import Store
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 pytestmark = pytest.mark.skipif(not (DATA / "arc_easy" / "test.jsonl").is_file(),

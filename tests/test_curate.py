@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loop import curate as cur
+from loop.targeted import curate as cur
 
 
 def bow(texts, dim=512):
@@ -186,7 +186,7 @@ def slot_q(message: str, requested: str = "none") -> str:
 
 def varying_items(pool, tests):
     """(items, refs) over the varying parts, the template fitted on every question."""
-    from loop.template import Template
+    from loop.core.template import Template
 
     template = Template.fit([q for q, _ in pool + tests])
     items = [item(f"p{i}", template.varying(q), a) for i, (q, a) in enumerate(pool)]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import classification_records, write_task
-from loop.store import SNAPSHOT_NAME, Store
+from loop.store.db import SNAPSHOT_NAME, Store
 
 SHARED_BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 NEEDS_BENCH = pytest.mark.skipif(not (SHARED_BENCHMARKS / "arc_easy" / "test.jsonl").is_file(),

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from loop.pairs import PreferencePair
-from loop.records import Example
-from loop.train import last_checkpoint, train_adapter
-from loop.train_config import TrainConfig
-from loop.train_dpo import micro_batch, train_dpo
+from loop.targeted.pairs import PreferencePair
+from loop.core.records import Example
+from loop.train.sft import last_checkpoint, train_adapter
+from loop.train.config import TrainConfig
+from loop.train.dpo import micro_batch, train_dpo
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -55,8 +55,8 @@ def dpo_loss(model_name: str, ps, beta: float, ref_name: str | None = None) -> f
     import torch
     import torch.nn.functional as F
 
-    from loop.models import load_model
-    from loop.prompts import build_prompt, completion_text
+    from loop.models.loading import load_model
+    from loop.core.prompts import build_prompt, completion_text
 
     def logps(name):
         lm = load_model(name)
@@ -99,7 +99,7 @@ def test_dpo_lowers_the_dpo_loss_and_writes_a_standard_adapter(dpo_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from loop.models import load_model
+    from loop.models.loading import load_model
 
     assert dpo_run.steps_done == dpo_run.total_steps == 16
     before = dpo_loss("tiny-random", pairs(), FAST.dpo_beta)  # policy = reference: log 2
@@ -146,7 +146,7 @@ def test_sigkill_mid_dpo_then_rerun_finishes_the_planned_steps(tmp_path):
     pairs_path = tmp_path / "pairs.jsonl"
     pairs_path.write_text("".join(json.dumps(p.row()) + "\n" for p in pairs()))
     ws = tmp_path / "ws"
-    cmd = [sys.executable, "-m", "loop.train_dpo", "--task", str(task_dir / "task.toml"),
+    cmd = [sys.executable, "-m", "loop.train.dpo", "--task", str(task_dir / "task.toml"),
            "--workspace", str(ws), "--pairs", str(pairs_path), "--model", "tiny-random",
            "--max-steps", "40", "--save-steps", "4", "--json"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import DEMO_TASK, classification_records, write_task
 from loop.cli import main
-from loop.store import Store
+from loop.store.db import Store
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

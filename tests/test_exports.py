@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from conftest import classification_records, write_task
-from loop import ci_report, exports
+from loop.evaluation import ci_report
+from loop import exports
 from loop.cli import main
-from loop.errors import ConfigError
-from loop.store import Store
+from loop.core.errors import ConfigError
+from loop.store.db import Store
 
 # ---------------------------------------------------------------------------- JUnit structure
 

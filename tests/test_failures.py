@@ -6,8 +6,8 @@ import numpy as np
 
 from evals.rules import CheckInput
 from evals.suites import DEFAULT_SUITE, score_suite
-from loop.failures import cluster_failures, collect_failures, summarize
-from loop.records import Example
+from loop.failures.clusters import cluster_failures, collect_failures, summarize
+from loop.core.records import Example
 
 
 def _failures():
@@ -52,7 +52,7 @@ def test_clusters_split_by_input_and_are_deterministic():
 def test_many_failures_are_clustered_in_bounded_memory_like_the_exact_method(monkeypatch):
     """Above MAX_EXACT, a seeded sample is clustered and the rest join the nearest centroid:
     well separated groups come out the same as with exact clustering."""
-    import loop.failures as failures
+    import loop.failures.clusters as failures
 
     rng = np.random.default_rng(1)
     centres = np.eye(16)[:4] * 5  # unrelated inputs (orthogonal)
@@ -95,8 +95,8 @@ PLANTED = {
 
 
 def _fixed_instruction_failures():
-    from loop.prompts import user_message
-    from loop.template import Template
+    from loop.core.prompts import user_message
+    from loop.core.template import Template
 
     rows = [(kind, *row) for kind, group in PLANTED.items() for row in group]
     examples = [Example(f"{kind}-{i}", INSTRUCTION, ref, input=inp, category="slots")
@@ -125,10 +125,10 @@ def test_fixed_instruction_task_splits_into_clusters_by_kind_with_real_embedder(
     """With the real MiniLM embedder: embedding the whole user message puts every failure in
     one cluster (the instruction dominates); embedding what varies, with the signature and
     what the reference expected, separates the three planted kinds and names them."""
-    import loop.failures as fl
+    import loop.failures.clusters as fl
     from evals.similarity import CachedEmbedder, Embedder
-    from loop.prompts import user_message
-    from loop.store import Store
+    from loop.core.prompts import user_message
+    from loop.store.db import Store
 
     examples, failures = _fixed_instruction_failures()
     with Store(workspace) as store:
@@ -166,8 +166,8 @@ class _BagEmbedder:
 def test_recorded_failures_store_signatures_and_summaries_count_them(workspace):
     """End to end through the store: the label set is fitted on every stored item of the task,
     outputs come from the stored predictions, and the stored summary counts signatures."""
-    from loop.failures_stage import failure_summary, format_failures, record_failures
-    from loop.store import Store
+    from loop.failures.stage import failure_summary, format_failures, record_failures
+    from loop.store.db import Store
 
     colours = ["red", "green", "blue"]
     examples = [Example(f"e{i}", "Name the colour. One word.", colours[i % 3],

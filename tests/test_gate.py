@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from loop.errors import ConfigError
-from loop.gate import GateConfig, GateInputs, decide, mcnemar_p
+from loop.core.errors import ConfigError
+from loop.cycle.gate import GateConfig, GateInputs, decide, mcnemar_p
 
 
 def outcomes(n_pass: int, n: int, offset: int = 0) -> dict[str, bool]:

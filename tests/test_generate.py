@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from loop.evaluate import answers_are_json
-from loop.generate import _finish, generate, json_end, prefix_groups
-from loop.prompts import build_prompt
-from loop.records import Example
+from loop.evaluation.evaluate import answers_are_json
+from loop.models.decode import _finish, generate, json_end, prefix_groups
+from loop.core.prompts import build_prompt
+from loop.core.records import Example
 from tests.conftest import random_adapter
 
 INSTRUCTION = ("Read the guest's message and list every request it makes, one per line, using "
@@ -56,7 +56,7 @@ def _with_early_stops(lm, prompts):
 
 @pytest.fixture(scope="module")
 def base_lm():
-    from loop.models import load_model
+    from loop.models.loading import load_model
 
     lm = _varied(load_model("tiny-random"))
     return _with_early_stops(lm, prompts_for(lm.tokenizer))
@@ -64,7 +64,7 @@ def base_lm():
 
 @pytest.fixture(scope="module")
 def adapter_lm(tmp_path_factory):
-    from loop.models import load_model
+    from loop.models.loading import load_model
 
     adapter = random_adapter(tmp_path_factory.mktemp("adapter") / "a")
     lm = _varied(load_model(f"tiny-random+{adapter}"))

@@ -13,7 +13,7 @@ import pytest
 from evals.judges import (Match, Pair, check_judge, combine_orders, endpoint_completer,
                           human_matches, judge_prompts, llm_judge, parse_verdict,
                           reference_judge)
-from loop.errors import ConfigError, EvalloopError
+from loop.core.errors import ConfigError, EvalloopError
 
 KEY = "sk-test-123"
 

@@ -8,7 +8,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
 from evals.lm_backend import EvalloopLM, pack, token_batches, truncate
-from loop.models import base_path, load_model
+from loop.models.loading import base_path, load_model
 
 MAX_LENGTH = 64  # small, so that one context below is truncated the way lm-eval truncates
 

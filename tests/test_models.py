@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from loop.errors import ModelError
-from loop.models import (DEFAULT_MODEL, fingerprint, load_model, parse_model_name,
+from loop.core.errors import ModelError
+from loop.models.loading import (DEFAULT_MODEL, fingerprint, load_model, parse_model_name,
                          tiny_random_checkpoint)
 
 
@@ -62,7 +62,7 @@ def test_adapter_without_safetensors_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_embedded_model_is_converted_once_to_plain_safetensors():
-    from loop.models import embedded_checkpoint
+    from loop.models.loading import embedded_checkpoint
 
     path = embedded_checkpoint()
     assert (path / "model.safetensors").stat().st_size > 100e6

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import write_task
 
-from loop.pairs import (
+from loop.targeted.pairs import (
     PairSet,
     build_pairs,
     collect_pairs,
@@ -21,9 +21,9 @@ from loop.pairs import (
     pairs_from_matches,
     read_pairs,
 )
-from loop.records import Example
-from loop.store import Store, now
-from loop.tasks import load_task
+from loop.core.records import Example
+from loop.store.db import Store, now
+from loop.data.tasks import load_task
 
 COLOURS = ["red", "green", "blue", "yellow"]
 
@@ -163,7 +163,7 @@ def test_a_pair_whose_prompt_is_a_test_item_is_rejected_as_contaminated(setup, t
                                          "dev": records(6, 200) + [copy], "test": records(4, 300)})
     dup_task = load_task(path)
     dup_item = dup_task.split("dev")[-1]
-    from loop.pairs import PreferencePair, decontaminate
+    from loop.targeted.pairs import PreferencePair, decontaminate
 
     pair = PreferencePair("failure", dup_task.name, dup_item.id, dup_item.instruction,
                           dup_item.input, dup_item.output, "purple", "reference", "m1", "r")
@@ -197,7 +197,7 @@ def test_identical_pairs_are_counted_once():
     rows = [{"run_id": r, "example_id": "e", "model_id": "m", "reference": "yes",
              "output": "no"} for r in ("r1", "r2")]
     pairs, excluded = pairs_from_failures("t", rows, items)
-    from loop.pairs import dedupe
+    from loop.targeted.pairs import dedupe
 
     kept, dups = dedupe(pairs)
     assert len(kept) == 1 and [d.reason for d in dups] == ["duplicate"]
@@ -206,12 +206,12 @@ def test_identical_pairs_are_counted_once():
 
 
 def test_cli_pairs(setup, tmp_path, monkeypatch, capsys):
-    import loop.targeted
+    import loop.targeted.stage
     from loop import cli
 
     task, store = setup
     store.close()
-    monkeypatch.setattr(loop.targeted, "default_embedder", lambda store: BagOfWords())
+    monkeypatch.setattr(loop.targeted.stage, "default_embedder", lambda store: BagOfWords())
     code = cli.main(["pairs", "--task", str(task.config.path), "--workspace",
                      str(tmp_path / "ws"), "--json"])
     assert code == 0

@@ -9,7 +9,7 @@ from scipy.optimize import minimize
 from evals.rating import (PRIOR, Outcome, agreement, bootstrap, difference_interval, fit_bt,
                           fit_bt_batch, leaderboard, online_elo, outcomes_from_verdicts,
                           unique_rows, win_rate_matrix)
-from loop.errors import ConfigError
+from loop.core.errors import ConfigError
 
 TRUE = {"weak": 900.0, "mid": 1000.0, "strong": 1150.0}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from evals.rules import REGISTRY, CheckInput, extract_json, get_check
-from loop.errors import ConfigError
+from loop.core.errors import ConfigError
 
 
 def item(output: str, reference: str = "", input: str = "", instruction: str = "Answer.",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from evals.similarity import CachedEmbedder, Embedder, cosine_pairs
-from loop.store import Store
+from loop.store.db import Store
 
 
 def test_paraphrase_is_closer_than_unrelated_text_and_cache_avoids_reencoding(workspace):

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from loop.errors import StoreError
-from loop.store import MIGRATIONS, Store
+from loop.core.errors import StoreError
+from loop.store.db import MIGRATIONS, Store
 
 FOUNDATION_TABLES = {"migrations", "models", "tasks", "examples", "runs", "predictions",
                      "run_items", "scores"}
@@ -44,7 +44,7 @@ def test_insert_is_parametrised_and_conflicts_keep_or_replace(workspace):
 
 def test_second_writer_gets_a_clear_store_error(workspace):
     with Store(workspace):
-        code = ("import sys; from loop.store import Store; from loop.errors import StoreError\n"
+        code = ("import sys; from loop.store.db import Store; from loop.core.errors import StoreError\n"
                 f"try:\n    Store({str(workspace)!r})\nexcept StoreError as e:\n"
                 "    print('STORE', e); sys.exit(3)\n")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -8,8 +8,8 @@ from conftest import write_task
 from evals.rules import CheckInput
 from evals.suites import (DEFAULT_SUITE, ScoreVersionError, assert_comparable, load_suite,
                           parse_suite, score_suite)
-from loop.config import load_task_config
-from loop.errors import ConfigError
+from loop.core.config import load_task_config
+from loop.core.errors import ConfigError
 
 
 def test_default_suite_scores_json_items_with_json_equal_and_text_with_exact_match():

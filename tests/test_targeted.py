@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import ChatHandler, write_task
 
-from loop.errors import ConfigError, TaskDataError
-from loop.records import Example
-from loop.store import Store
-from loop.strategies import (
+from loop.core.errors import ConfigError, TaskDataError
+from loop.core.records import Example
+from loop.store.db import Store
+from loop.targeted.strategies import (
     GENERATORS,
     STRATEGIES,
     ClusterTarget,
@@ -22,10 +22,10 @@ from loop.strategies import (
     StrategyContext,
     resolve_generator,
 )
-from loop.targeted import format_result, generate_targeted
-from loop.targeted_inputs import FailureSet, load_failures, targeted_config
-from loop.tasks import load_task
-from loop.teacher import parse_pairs
+from loop.targeted.stage import format_result, generate_targeted
+from loop.targeted.inputs import FailureSet, load_failures, targeted_config
+from loop.data.tasks import load_task
+from loop.targeted.teacher import parse_pairs
 
 COUNTRIES = {
     "Peru": "Lima", "Chile": "Santiago", "Kenya": "Nairobi", "Norway": "Oslo", "Egypt": "Cairo",
@@ -212,7 +212,7 @@ def test_yields_requested_examples_spread_over_clusters_with_provenance(
 
 
 def load_task_records(path: str) -> list[Example]:
-    from loop.tasks import read_jsonl
+    from loop.data.tasks import read_jsonl
 
     return read_jsonl(Path(path), "train")
 
@@ -417,7 +417,7 @@ def test_config_errors_are_reported_together(tmp_path):
     assert "sk-oops" not in msg
     with pytest.raises(ConfigError, match="Did you mean 'demo'"):
         resolve_generator("dmeo")
-    assert resolve_generator("loop.demo_task:generate_examples")
+    assert resolve_generator("loop.data.demo_task:generate_examples")
 
 
 def test_default_strategies_follow_the_config(tmp_path):
@@ -429,7 +429,7 @@ def test_default_strategies_follow_the_config(tmp_path):
 
 
 def test_nearest_rows_equal_a_stable_full_sort_in_bounded_chunks():
-    from loop.strategies import nearest
+    from loop.targeted.strategies import nearest
 
     rng = np.random.default_rng(0)
     rows = rng.normal(size=(500, 8)).astype(np.float32)
@@ -536,8 +536,8 @@ def _bow(texts, dim=256):
 
 
 def _slot_ctx(pool: list[Example]) -> StrategyContext:
-    from loop.answer_classes import PoolAnswers, answer_kind
-    from loop.template import Template
+    from loop.targeted.answer_classes import PoolAnswers, answer_kind
+    from loop.core.template import Template
 
     outputs = [e.output for e in pool]
     template = Template.fit([f"{e.instruction}\n\n{e.input}" for e in pool])
@@ -567,7 +567,7 @@ def test_retrieval_prefers_pool_rows_with_the_missing_key():
         assert [c.source["pool_id"] for c in got] == [e.id for e in far]
         assert got[0].source["meets"] == 1.0 and got[0].source["needs"] == ["has:city"]
     # the plain nearest rows are the ones without the city
-    from loop.strategies import nearest
+    from loop.targeted.strategies import nearest
 
     ranked, _ = nearest(_bow([failing.input]), _bow([e.input for e in near + far]), 3)
     assert set(ranked[0].tolist()) <= set(range(len(near)))
@@ -601,7 +601,7 @@ def test_budget_follows_cluster_size(tmp_path, workspace, embedder):
 
 
 def test_answer_distribution_flags_a_vanished_class():
-    from loop.answer_classes import answer_distribution, format_distribution
+    from loop.targeted.answer_classes import answer_distribution, format_distribution
 
     pool = ["{}"] * 40 + ['{"city": "A"}'] * 50 + ['{"city": "B", "time": "1"}'] * 10
     fails = ['{"time": "2"}'] * 3 + ['{"city": "C"}'] * 7
@@ -618,8 +618,8 @@ def test_answer_distribution_flags_a_vanished_class():
 
 
 def test_report_shows_signatures_and_marks_a_vanished_class():
-    from loop.answer_classes import answer_distribution
-    from loop.report import _distribution_lines, _signature_lines
+    from loop.targeted.answer_classes import answer_distribution
+    from loop.cycle.report import _distribution_lines, _signature_lines
 
     dist = answer_distribution("object", ["{}"] * 4 + ['{"a": 1}'] * 6, ["{}"], ['{"a": 2}'])
     results = {"targeted": {"answer_distribution": dist},

@@ -7,11 +7,11 @@ import json
 import pytest
 
 from conftest import DEMO_TASK, classification_records, write_task
-from loop.config import load_task_config
-from loop.errors import ConfigError, TaskDataError
-from loop.prompts import ALPACA_STOP, build_prompt, stop_strings
-from loop.records import Example
-from loop.tasks import load_task, split_off_dev
+from loop.core.config import load_task_config
+from loop.core.errors import ConfigError, TaskDataError
+from loop.core.prompts import ALPACA_STOP, build_prompt, stop_strings
+from loop.core.records import Example
+from loop.data.tasks import load_task, split_off_dev
 
 
 def test_demo_task_loads_with_required_sizes():

@@ -1,6 +1,6 @@
 """The shared-template split: a fixed instruction drops out, what users wrote stays."""
 
-from loop.template import Template
+from loop.core.template import Template
 
 INSTRUCTION = ("Extract booking details from the user's message. Possible slots: city, date, "
                "time. Reply with a JSON object; reply {} if the message contains none.")

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from loop.errors import ConfigError
-from loop.records import Example
-from loop.train import TrainingError, export_merged, last_checkpoint, record_training, train_adapter
-from loop.train_config import TrainConfig, cpu_bf16_choice, use_bf16
+from loop.core.errors import ConfigError
+from loop.core.records import Example
+from loop.train.sft import TrainingError, export_merged, last_checkpoint, record_training, train_adapter
+from loop.train.config import TrainConfig, cpu_bf16_choice, use_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 COLORS = ["blue", "green", "red"]
@@ -116,8 +116,8 @@ def test_packed_batch_equals_separate_sequences_and_never_mixes_them():
     import torch
     from transformers import AutoModelForCausalLM
 
-    from loop.models import tiny_random_checkpoint
-    from loop.packing import Collator, register_varlen_attention
+    from loop.models.loading import tiny_random_checkpoint
+    from loop.train.packing import Collator, register_varlen_attention
 
     path = tiny_random_checkpoint()
     packed_model = AutoModelForCausalLM.from_pretrained(
@@ -161,7 +161,7 @@ def test_packed_batch_equals_separate_sequences_and_never_mixes_them():
 
 
 def test_token_budget_cuts_a_batch_into_chunks_of_whole_examples():
-    from loop.packing import Collator, budget_groups
+    from loop.train.packing import Collator, budget_groups
 
     assert budget_groups([5, 3, 4, 9, 1], None) == [[0, 1, 2, 3, 4]]
     assert budget_groups([5, 3, 4, 9, 1], 8) == [[0, 1], [2], [3], [4]]  # 9 > 8 goes alone
@@ -181,8 +181,8 @@ def test_chunked_micro_batches_train_like_one_packed_batch(tmp_path):
     amplifies on near-zero gradients)."""
     from safetensors.torch import load_file
 
-    from loop.models import load_tokenizer, parse_model_name
-    from loop.packing import Collator, tokenize_examples
+    from loop.models.loading import load_tokenizer, parse_model_name
+    from loop.train.packing import Collator, tokenize_examples
 
     rows, _ = tokenize_examples(load_tokenizer(parse_model_name("tiny-random")), examples(8), None,
                                 1024)
@@ -222,7 +222,7 @@ def prefixed_examples(n: int, templates=(LONG,)) -> list[Example]:
 
 
 def test_prefix_groups_share_only_what_every_row_of_a_chunk_has():
-    from loop.packing import prefix_groups
+    from loop.train.packing import prefix_groups
 
     a, b = list(range(100, 140)), list(range(200, 240))  # two 40-token instructions
     rows = [a + [1, 9], b + [2, 9], a + [3, 9], b + [4, 9], a + [1, 9]]
@@ -243,8 +243,8 @@ def test_shared_prefix_packing_gives_each_row_its_own_logits():
     import torch
     from transformers import AutoModelForCausalLM
 
-    from loop.models import tiny_random_checkpoint
-    from loop.packing import Collator, prefix_groups, register_varlen_attention
+    from loop.models.loading import tiny_random_checkpoint
+    from loop.train.packing import Collator, prefix_groups, register_varlen_attention
 
     path = tiny_random_checkpoint()
     packed_model = AutoModelForCausalLM.from_pretrained(
@@ -289,8 +289,8 @@ def test_shared_prefix_trains_exactly_like_unshared_rows(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from loop.models import load_tokenizer, parse_model_name
-    from loop.packing import Collator, tokenize_examples
+    from loop.models.loading import load_tokenizer, parse_model_name
+    from loop.train.packing import Collator, tokenize_examples
 
     data = prefixed_examples(24, (LONG, OTHER))
     rows, _ = tokenize_examples(load_tokenizer(parse_model_name("tiny-random")), data[:8], None,
@@ -340,9 +340,9 @@ def test_rerun_returns_finished_run_without_training(trained):
 
 
 def test_adapter_loads_with_plain_peft_and_greedy_outputs_match(trained):
-    from loop.generate import generate
-    from loop.models import load_model
-    from loop.prompts import build_prompt
+    from loop.models.decode import generate
+    from loop.models.loading import load_model
+    from loop.core.prompts import build_prompt
 
     lm = load_model(f"tiny-random+{trained.adapter_dir}")
     prompts = [build_prompt(lm.tokenizer, e) for e in examples(4, "test")]
@@ -376,7 +376,7 @@ def test_export_merged_matches_adapter(trained, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from loop.models import load_model
+    from loop.models.loading import load_model
 
     out = export_merged(trained.adapter_dir, tmp_path / "merged")
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
@@ -390,7 +390,7 @@ def test_export_merged_matches_adapter(trained, tmp_path):
 
 
 def test_lineage_rows(trained, tmp_path):
-    from loop.store import Store
+    from loop.store.db import Store
 
     with Store(tmp_path / "ws") as store:
         model_id = record_training(store, trained, "colors", "manifest-abc")
@@ -452,9 +452,9 @@ def test_refuses_foreign_dir_and_qlora_on_cpu(tmp_path):
 
 
 def test_train_for_task_reads_the_training_section_and_records_lineage(tmp_path):
-    from loop.store import Store
-    from loop.tasks import load_task
-    from loop.train import train_for_task
+    from loop.store.db import Store
+    from loop.data.tasks import load_task
+    from loop.train.sft import train_for_task
 
     bad = load_task(write_task(tmp_path / "bad", 12, training="rank = -1\nbatch = 4"))
     with Store(tmp_path / "ws") as store:
@@ -517,10 +517,10 @@ def test_lora_on_embedded_model_raises_dev_exact_match(tmp_path):
     """A small version of the acceptance run: 120 ISO-date pool examples, two epochs, greedy
     exact match on the 50 ISO-date dev items. (The full run, 300 examples of all five skills,
     went from 6.8% to 66.8% dev exact match.)"""
-    from loop.generate import generate
-    from loop.models import load_model
-    from loop.prompts import build_prompt
-    from loop.tasks import load_task
+    from loop.models.decode import generate
+    from loop.models.loading import load_model
+    from loop.core.prompts import build_prompt
+    from loop.data.tasks import load_task
 
     task = load_task(ROOT / "datasets" / "demo" / "task.toml")
     train = [e for e in task.split("train") if e.category == "iso_date"][:120]

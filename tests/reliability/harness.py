@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from loop.store import Store
+from loop.store.db import Store
 
 REPO = Path(__file__).resolve().parents[2]
 

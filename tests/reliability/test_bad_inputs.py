@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import classification_records  # noqa: E402
 from loop.cli import main  # noqa: E402
-from loop.store import DB_NAME, Store  # noqa: E402
+from loop.store.db import DB_NAME, Store  # noqa: E402
 
 GOOD = [json.dumps(r) for r in classification_records(4)]
 BASE_TOML = 'name = "bad"\ntest = "test.jsonl"\n'

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import classification_records, random_adapter, write_task
 
-from loop import models
-from loop.store import DB_NAME, Store
+from loop.models import loading as models
+from loop.store.db import DB_NAME, Store
 from reliability.harness import cli, error_line, table_digests
 
 

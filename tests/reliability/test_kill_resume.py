@@ -1,7 +1,7 @@
 """SIGKILL at seeded random points of every cycle stage, then resume: nothing lost, nothing doubled.
 
 Each trial starts `evalloop cycle` as a fresh process with `EVALLOOP_KILL_AT=STAGE:SECONDS`
-(`loop/faults.py`): when STAGE starts, the process SIGKILLs itself SECONDS later, a random
+(`loop/core/faults.py`): when STAGE starts, the process SIGKILLs itself SECONDS later, a random
 fraction of that stage's duration in an uninterrupted reference run. No handler runs and nothing
 is flushed. A chain of trials shares one workspace and kills in stages taken in cycle order; when
 the chain ends, the cycle is resumed to completion and every table must hold exactly the rows,
@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from conftest import classification_records, write_task
 
-from loop.cycle import STAGES
-from loop.faults import ENV
-from loop.store import DB_NAME, Store
+from loop.cycle.run import STAGES
+from loop.core.faults import ENV
+from loop.store.db import DB_NAME, Store
 from reliability.harness import VOLATILE, cli, table_digests
 
 STAGE_NAMES = tuple(s.__name__ for s in STAGES)

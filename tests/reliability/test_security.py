@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import ChatHandler, classification_records, write_task
 
-from loop import inbox, models
-from loop.app_queries import (
+from loop.store import inbox
+from loop.models import loading as models
+from loop.store.app_queries import (
     FailureFilter,
     check_results,
     current_champion,
@@ -23,8 +24,8 @@ from loop.app_queries import (
     shared_items,
     snapshot,
 )
-from loop.errors import ModelError
-from loop.store import Store
+from loop.core.errors import ModelError
+from loop.store.db import Store
 from reliability.harness import cli, error_line, start_cli, table_digests
 
 INJECTIONS = ["' OR 1=1 --", "'; DROP TABLE failures; --", "\" OR \"\"=\"", "%' OR '1'='1",

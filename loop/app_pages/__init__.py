@@ -1,2 +1,0 @@
-"""The review app's pages: one module per page with `render(workspace)` (Streamlit widgets),
-pure helpers in `views`, read queries in `loop.app_queries`. `app.py` lists the pages."""

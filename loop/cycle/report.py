@@ -1,0 +1,229 @@
+"""The per-cycle report: Markdown and HTML with PNG plots, under `<workspace>/cycles/<id>/report/`.
+
+Sections: gate decision and reasons, per-category pass rates before/after (test), the failure
+signatures of the dev run (what went wrong), the fix rate of each targeted failure cluster (its
+dev members, which training never saw), the answer classes of the training data against the
+pool's and the failures' (a class that vanished from the data is marked), benchmark deltas, the
+training loss curve, and the leaderboard.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and in cron
+import matplotlib.pyplot as plt  # noqa: E402
+
+from loop.cycle.runstate import stage_seconds  # noqa: E402
+from loop.store.db import Store  # noqa: E402
+from loop.data.tasks import Task  # noqa: E402
+
+
+def _bar_pairs(path: Path, labels: list[str], before: list[float], after: list[float],
+               title: str, ylabel: str, names=("champion", "candidate")) -> Path:
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(labels) + 2), 3.6))
+    xs = range(len(labels))
+    ax.bar([x - 0.2 for x in xs], before, width=0.4, label=names[0], color="#9aa5b1")
+    ax.bar([x + 0.2 for x in xs], after, width=0.4, label=names[1], color="#2f80ed")
+    ax.set_xticks(list(xs), labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _category_rows(results: dict) -> list[tuple[str, float, float]]:
+    ev = results["eval_candidate"]
+    before, after = ev["champion_test"]["per_category"], ev["candidate_test"]["per_category"]
+    return [(c, before[c]["pass_rate"], after.get(c, {}).get("pass_rate", 0.0)) for c in before]
+
+
+def _cluster_rows(results: dict) -> list[tuple[str, int, int]]:
+    """(cluster label, failing dev members before, still failing after)."""
+    after = results["eval_candidate"]["candidate_dev"].get("outcomes", {})
+    rows = []
+    for cluster in results.get("failures", {}).get("clusters", []):
+        members = cluster.get("example_ids", [])
+        still = sum(1 for m in members if not after.get(m, False))
+        rows.append((cluster.get("label", cluster.get("cluster_id", "?")), len(members), still))
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def _signature_lines(results: dict, top: int = 10) -> list[str]:
+    sigs = results.get("failures", {}).get("signatures") or []
+    if not sigs:
+        return []
+    lines = ["## Failure signatures (dev, champion)", "",
+             "| signature | count | share | examples |", "|---|---:|---:|---|"]
+    lines += [f"| `{s.get('signature')}` | {s.get('count', 0)} | {s.get('share', 0):.1%} | "
+              f"{', '.join(map(str, s.get('examples', [])[:2]))} |" for s in sigs[:top]]
+    if len(sigs) > top:
+        lines.append(f"| ... {len(sigs) - top} more | | | |")
+    return lines + [""]
+
+
+def _distribution_lines(results: dict, top: int = 20) -> list[str]:
+    """Answer classes: share of pool, failures and training data; vanished ones always shown."""
+    dist = results.get("targeted", {}).get("answer_distribution") or {}
+    rows = dist.get("classes") or []
+    if not rows:
+        return []
+    n = dist.get("n", {})
+    lines = ["## Answer classes: training data vs pool vs failures", ""]
+    if dist.get("vanished"):
+        lines += [f"**Warning: {len(dist['vanished'])} answer class(es) common in the pool or "
+                  f"the failures are (nearly) absent from the training data: "
+                  f"{', '.join(f'`{c}`' for c in dist['vanished'][:10])}.**", ""]
+    lines += [f"| class | pool (n={n.get('pool', '?')}) | failures (n={n.get('failures', '?')}) "
+              f"| training data (n={n.get('data', '?')}) | |", "|---|---:|---:|---:|---|"]
+    shown = [r for i, r in enumerate(rows) if i < top or r.get("vanished")]
+    lines += [f"| `{r['class']}` | {r['pool']:.1%} | {r['failures']:.1%} | {r['data']:.1%} | "
+              f"{'**VANISHED**' if r.get('vanished') else ''} |" for r in shown]
+    if len(rows) > len(shown):
+        lines.append(f"| ... {len(rows) - len(shown)} more classes | | | | |")
+    return lines + [""]
+
+
+def _loss_plot(store: Store, train_id: str | None, path: Path) -> Path | None:
+    if not train_id or "train_logs" not in store.tables():
+        return None
+    rows = store.query("SELECT step, loss, eval_loss FROM train_logs WHERE train_id = ? "
+                       "ORDER BY step", [train_id])
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    train = [(r["step"], r["loss"]) for r in rows if r["loss"] is not None]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if r["eval_loss"] is not None]
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="#2f80ed")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="dev loss", color="#eb5757")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(store: Store, task: Task, cycle_id: str, results: dict, cycle_dir: Path) -> Path:
+    out = cycle_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    gate = results["gate"]
+    cats = _category_rows(results)
+    clusters = _cluster_rows(results)
+    deltas = results.get("benchmarks", {}).get("deltas", {})
+    plots = {"categories": _bar_pairs(out / "categories.png", [c for c, _, _ in cats],
+                                      [b for _, b, _ in cats], [a for _, _, a in cats],
+                                      "Test pass rate per category", "pass rate")}
+    if clusters:
+        plots["clusters"] = _bar_pairs(out / "clusters.png", [c[:28] for c, _, _ in clusters],
+                                       [b for _, b, _ in clusters], [a for _, _, a in clusters],
+                                       "Failing dev items per targeted cluster", "failures",
+                                       ("before", "after"))
+    if deltas:
+        plots["benchmarks"] = _bar_pairs(out / "benchmarks.png", list(deltas),
+                                         [0.0] * len(deltas), list(deltas.values()),
+                                         "Benchmark change (candidate - champion)", "delta",
+                                         ("zero", "delta"))
+    loss = _loss_plot(store, results.get("train", {}).get("train_id"), out / "loss.png")
+    if loss:
+        plots["loss"] = loss
+    md = _markdown(task, cycle_id, results, gate, cats, clusters, deltas, plots)
+    md += _stage_lines(stage_seconds(store, cycle_id))
+    (out / "report.md").write_text(md, encoding="utf-8")
+    (out / "report.html").write_text(_html(md, task.name, cycle_id), encoding="utf-8")
+    return out / "report.html"
+
+
+def _stage_lines(seconds: dict[str, float]) -> str:
+    """Where the cycle's time went (the report stage itself is still running)."""
+    if not seconds:
+        return ""
+    lines = ["", "## Stage times", "", "| stage | seconds | share |", "|---|---:|---:|"]
+    total = sum(seconds.values()) or 1.0
+    lines += [f"| {stage} | {sec:.1f} | {sec / total:.0%} |" for stage, sec in seconds.items()]
+    lines += [f"| total | {total:.1f} | |"]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown(task, cycle_id, results, gate, cats, clusters, deltas, plots) -> str:
+    ev = results["eval_candidate"]
+    verdict = "PROMOTED" if gate["promote"] else "KEPT the champion"
+    lines = [f"# evalloop cycle {cycle_id} — task `{task.name}`", "",
+             f"**Gate: {verdict}.** Test pass rate {gate['champion_pass_rate']:.1%} → "
+             f"{gate['candidate_pass_rate']:.1%} (McNemar p = {gate['p_value']:.3g}).", "",
+             f"- champion: `{ev['champion_test']['model']}`",
+             f"- candidate: `{ev['candidate_test']['model']}`", "",
+             "| check | passed | detail |", "|---|---|---|"]
+    lines += [f"| {r['check']} | {'yes' if r['passed'] else 'NO'} | {r['detail']} |"
+              for r in gate["reasons"]]
+    lines += ["", "## Per category (test split)", "", "| category | champion | candidate | change |",
+              "|---|---:|---:|---:|"]
+    lines += [f"| {c} | {b:.1%} | {a:.1%} | {a - b:+.1%} |" for c, b, a in cats]
+    lines += ["", "![per category](categories.png)", ""]
+    lines += _signature_lines(results)
+    if clusters:
+        lines += ["## Targeted failure clusters (dev members, never trained on)", "",
+                  "| cluster | failing before | failing after | fix rate |", "|---|---:|---:|---:|"]
+        lines += [f"| {c} | {b} | {a} | {(b - a) / b if b else 0:.0%} |" for c, b, a in clusters]
+        lines += ["", "![clusters](clusters.png)", ""]
+    lines += _distribution_lines(results)
+    if deltas:
+        lines += ["## Benchmarks (candidate − champion)", "", "| benchmark | delta |", "|---|---:|"]
+        lines += [f"| {k} | {v:+.3f} |" for k, v in deltas.items()]
+        lines += ["", "![benchmarks](benchmarks.png)", ""]
+    if "loss" in plots:
+        lines += ["## Training", "", "![loss](loss.png)", ""]
+    board = results.get("arena", {}).get("leaderboard", [])
+    if board:
+        lines += ["## Leaderboard (Bradley-Terry, 95% bootstrap interval)", "",
+                  "| rank | model | rating | interval | matches |", "|---:|---|---:|---|---:|"]
+        lines += [f"| {r.get('rank')} | `{r.get('model')}` | {r.get('rating', 0):.0f} | "
+                  f"{r.get('lower', 0):.0f}–{r.get('upper', 0):.0f} | {r.get('n_matches', '')} |"
+                  for r in board]
+        if results["arena"].get("plot"):
+            lines += ["", f"![win rates]({Path(results['arena']['plot']).name})"]
+    return "\n".join(lines) + "\n"
+
+
+def _html(md: str, task: str, cycle_id: str) -> str:
+    """A dependency-free rendering: tables, headings, images, paragraphs."""
+    body, table = [], []
+
+    def flush_table():
+        if table:
+            rows = [r for r in table if not set(r.replace("|", "").strip()) <= set("-: ")]
+            cells = [[html.escape(c.strip()) for c in r.strip("|").split("|")] for r in rows]
+            head = "".join(f"<th>{c}</th>" for c in cells[0])
+            rest = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in cells[1:])
+            body.append(f"<table><tr>{head}</tr>{rest}</table>")
+            table.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+        elif line.startswith("!["):
+            src = line[line.index("(") + 1:-1]
+            body.append(f'<img src="{html.escape(src)}" alt="{html.escape(src)}">')
+        elif line.strip():
+            text = html.escape(line).replace("**", "")
+            body.append(f"<p>{text}</p>")
+    flush_table()
+    style = ("body{font-family:sans-serif;max-width:900px;margin:2em auto}table{border-collapse:"
+             "collapse}td,th{border:1px solid #ccc;padding:3px 8px;font-size:14px}img{max-width:"
+             "100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>evalloop {task} "
+            f"{cycle_id}</title><style>{style}</style></head><body>{''.join(body)}</body></html>")

@@ -1,0 +1,293 @@
+"""Load a task's JSONL splits into `Example` records, with errors that name file, line and field.
+
+Two row shapes, decided per row:
+
+- `{"instruction", "output", "input"?, "category"?, "id"?}`: `instruction` and `output` (the
+  reference) are required strings.
+- OpenAI-style chat `{"messages": [...], "id"?, "category"?, "metadata"?: {"id", "category"}}`:
+  the last message is the assistant's reply (the reference), the one before it the user turn
+  (the instruction). System messages before them are prepended to the instruction with a blank
+  line between, except one equal to the task's `system_prompt` (already sent as the system turn).
+  Earlier user/assistant turns are rejected: multi-turn history is not supported yet, and folding
+  it into one instruction would train a prompt the model never sees at inference.
+
+Ids: an explicit `id`, else a content hash of instruction, input and output. Real data repeats
+rows (short replies like "yes"), so an exact repeat (same instruction, input, output, category)
+is not an error: the 2nd, 3rd... copy gets an occurrence suffix (`<id>.2`), so the first copy keeps
+its id and stores written before stay valid. In dev and test every row stays its own item; the
+train pool drops exact repeats before the dev split is drawn from it, so dev and pool never share
+an identical row. One explicit id on two rows with different content stays an error.
+`Task.report.line()` says what loading did, in one line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from loop.core.config import TaskConfig, load_task_config
+from loop.core.errors import TaskDataError
+from loop.core.records import Example, content_hash
+
+REQUIRED_FIELDS = ("instruction", "output")
+OPTIONAL_FIELDS = ("input", "category", "id")
+CHAT_ROLES = ("system", "user", "assistant")
+MAX_RECORD_CHARS = 1_000_000
+
+
+@dataclass(frozen=True)
+class SplitReport:
+    """What loading one split did; `repeated` rows repeat an earlier row exactly."""
+
+    split: str
+    rows: int
+    repeated: int = 0
+    dropped: int = 0  # exact repeats dropped (the train pool only)
+    drawn_from: str = ""  # "train" when this dev split was drawn from the train file
+
+    def text(self) -> str:
+        if self.drawn_from:
+            return f"{self.split} {self.rows} rows drawn from {self.drawn_from}"
+        if self.split == "train":
+            return f"{self.split} {self.rows} rows, {self.dropped} exact duplicates dropped"
+        kept = f" ({self.repeated} repeated, kept as separate items)" if self.repeated else ""
+        return f"{self.split} {self.rows} rows{kept}"
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    task: str
+    splits: tuple[SplitReport, ...]
+
+    def line(self) -> str:
+        """e.g. `t: train 874 rows, 41 exact duplicates dropped; dev 83 rows drawn from train;
+        test 328 rows (12 repeated, kept as separate items)`."""
+        return f"{self.task}: " + "; ".join(s.text() for s in self.splits)
+
+    def get(self, split: str) -> SplitReport | None:
+        return next((s for s in self.splits if s.split == split), None)
+
+
+@dataclass(frozen=True)
+class Task:
+    config: TaskConfig
+    splits: dict[str, tuple[Example, ...]]
+    report: LoadReport | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def split(self, name: str) -> tuple[Example, ...]:
+        examples = self.splits.get(name, ())
+        if not examples:
+            hint = {
+                "dev": "give a 'dev' file or a 'train' file to split one off",
+                "train": "give a 'train' file in the task TOML",
+            }.get(name, "check the file")
+            raise TaskDataError(f"Task '{self.name}' has no {name} examples: {hint}.")
+        return examples
+
+    @property
+    def data_hash(self) -> str:
+        return content_hash([[e.id for e in self.splits.get(s, ())] for s in sorted(self.splits)])
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One parsed record before ids are assigned (ids depend on the rows before it)."""
+
+    where: str
+    id: str | None  # explicit id, if the row gave one
+    instruction: str
+    input: str
+    output: str
+    category: str
+
+    @property
+    def content(self) -> tuple[str, str, str, str]:
+        return self.instruction, self.input, self.output, self.category
+
+
+# ---------------------------------------------------------------------------- reading files
+
+def read_jsonl(path: Path, split: str, system_prompt: str | None = None) -> list[Example]:
+    """Parse one split file, one Example per row; a bad record raises TaskDataError (file:line)."""
+    rows = [_parse_row(record, where, system_prompt) for where, record in _records(path)]
+    return _with_ids(rows, split)
+
+
+def _records(path: Path) -> Iterator[tuple[str, object]]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TaskDataError(f"Cannot read {path}: {exc.strerror}.") from None
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        if len(line) > MAX_RECORD_CHARS:
+            raise TaskDataError(f"{where}: record is {len(line):,} bytes, over the "
+                                f"{MAX_RECORD_CHARS:,}-byte limit per record.")
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TaskDataError(f"{where}: not valid UTF-8 (byte {exc.start}).") from None
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TaskDataError(f"{where}: not valid JSON ({exc.msg} at column "
+                                f"{exc.colno}).") from None
+        yield where, record
+
+
+def _with_ids(rows: list[_Row], split: str) -> list[Example]:
+    """Explicit id, else content hash; a repeat gets the first free `<id>.<occurrence>`."""
+    first: dict[str, _Row] = {}
+    for row in rows:
+        if row.id is not None and first.setdefault(row.id, row).content != row.content:
+            raise TaskDataError(f"{row.where}: duplicate id '{row.id}' with different content "
+                                f"(first seen on line {first[row.id].where.rsplit(':', 1)[1]}).")
+    used: set[str] = set()
+    examples = []
+    for row in rows:
+        base = row.id or Example.make_id(row.instruction, row.input, row.output)
+        new_id, occurrence = base, 1
+        # an explicit id is reserved for its own first row, even when that row comes later
+        while new_id in used or (new_id in first and new_id != row.id):
+            occurrence += 1
+            new_id = f"{base}.{occurrence}"
+        used.add(new_id)
+        examples.append(Example(new_id, row.instruction, row.output, row.input, row.category,
+                                split))
+    return examples
+
+
+# ---------------------------------------------------------------------------- row shapes
+
+def _parse_row(record: object, where: str, system_prompt: str | None) -> _Row:
+    if not isinstance(record, dict):
+        raise TaskDataError(f"{where}: expected a JSON object, got {type(record).__name__}.")
+    if "messages" in record:
+        return _chat_row(record, where, system_prompt)
+    for key in REQUIRED_FIELDS:
+        if key not in record:
+            raise TaskDataError(f"{where}: missing required field '{key}' (or give the row as "
+                                "chat: a 'messages' list).")
+    for key in REQUIRED_FIELDS:
+        if not isinstance(record[key], str):
+            raise TaskDataError(f"{where}: field '{key}' must be a string, got "
+                                f"{type(record[key]).__name__}.")
+    for key in OPTIONAL_FIELDS:
+        _check_str(record.get(key), where, key)
+    if not record["instruction"].strip():
+        raise TaskDataError(f"{where}: field 'instruction' is empty.")
+    return _Row(where, record.get("id") or None, record["instruction"], record.get("input") or "",
+                record["output"], record.get("category") or "default")
+
+
+def _chat_row(record: dict, where: str, system_prompt: str | None) -> _Row:
+    clash = [k for k in ("instruction", "input", "output") if k in record]
+    if clash:
+        raise TaskDataError(f"{where}: field '{clash[0]}' next to 'messages': give a row either "
+                            "as instruction/output or as chat messages, not both.")
+    messages = record["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise TaskDataError(f"{where}: field 'messages' must be a non-empty list of "
+                            "{\"role\", \"content\"} objects.")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise TaskDataError(f"{where}: field 'messages[{i}]' must be an object with 'role' "
+                                f"and 'content', got {type(message).__name__}.")
+        if message.get("role") not in CHAT_ROLES:
+            raise TaskDataError(f"{where}: field 'messages[{i}].role' must be one of "
+                                f"{', '.join(CHAT_ROLES)}, got {message.get('role')!r}.")
+        _check_str(message.get("content"), where, f"messages[{i}].content", required=True)
+    roles = [m["role"] for m in messages]
+    last = len(messages) - 1
+    if roles[-1] != "assistant":
+        raise TaskDataError(f"{where}: field 'messages[{last}]' must be the assistant's reply "
+                            f"(the reference), got role '{roles[-1]}'.")
+    if last < 1 or roles[-2] != "user":
+        raise TaskDataError(f"{where}: field 'messages[{last - 1}]' must be the user turn the "
+                            f"reply answers, got {repr(roles[-2]) if last else 'nothing'}.")
+    history = [i for i, role in enumerate(roles[:-2]) if role != "system"]
+    if history:
+        raise TaskDataError(f"{where}: field 'messages[{history[0]}]' is an earlier "
+                            f"{roles[history[0]]} turn: multi-turn history is not supported yet; "
+                            "give system messages, one user turn and the assistant reply.")
+    user = messages[-2]["content"]
+    if not user.strip():
+        raise TaskDataError(f"{where}: field 'messages[{last - 1}].content' is empty.")
+    system = [m["content"].strip() for m in messages[:-2]]
+    system = [s for s in system if s and s != (system_prompt or "").strip()]
+    meta = record.get("metadata", {})
+    if not isinstance(meta, dict):
+        raise TaskDataError(f"{where}: field 'metadata' must be an object, got "
+                            f"{type(meta).__name__}.")
+    extra = {}
+    for key in ("id", "category"):
+        top, nested = record.get(key), meta.get(key)
+        _check_str(top, where, key)
+        _check_str(nested, where, f"metadata.{key}")
+        extra[key] = top or nested or None
+    return _Row(where, extra["id"], "\n\n".join([*system, user]), "", messages[-1]["content"],
+                extra["category"] or "default")
+
+
+def _check_str(value: object, where: str, field: str, required: bool = False) -> None:
+    if (value is not None or required) and not isinstance(value, str):
+        raise TaskDataError(f"{where}: field '{field}' must be a string, got "
+                            f"{type(value).__name__}.")
+
+
+# ---------------------------------------------------------------------------- splits
+
+def drop_exact_duplicates(examples: list[Example]) -> list[Example]:
+    """The first of each exact repeat (same instruction, input, output, category), in order."""
+    seen: set[tuple[str, str, str, str]] = set()
+    kept = []
+    for e in examples:
+        if (key := (e.instruction, e.input, e.output, e.category)) not in seen:
+            seen.add(key)
+            kept.append(e)
+    return kept
+
+
+def split_off_dev(train: list[Example], fraction: float) -> tuple[list[Example], list[Example]]:
+    """Deterministic dev split: the `fraction` of train examples with the smallest id hash."""
+    if len(train) < 2:
+        return train, []
+    ranked = sorted(train, key=lambda e: content_hash("dev-split", e.id))
+    n_dev = max(1, round(len(train) * fraction))
+    dev_ids = {e.id for e in ranked[:n_dev]}
+    keep = [e for e in train if e.id not in dev_ids]
+    dev = [Example(e.id, e.instruction, e.output, e.input, e.category, "dev")
+           for e in train if e.id in dev_ids]
+    return keep, dev
+
+
+def load_task(path: str | Path) -> Task:
+    """Load config and every split. The test split must exist and be non-empty."""
+    config = load_task_config(path)
+    read = {name: read_jsonl(file, name, config.system_prompt)
+            for name, file in (("train", config.train), ("dev", config.dev), ("test", config.test))
+            if file}
+    if not read["test"]:
+        raise TaskDataError(f"The test split {config.test} of task '{config.name}' is empty: "
+                            "it needs at least one JSON record.")
+    splits = dict(read)
+    reports = {name: SplitReport(name, len(rows), len(rows) - len(drop_exact_duplicates(rows)))
+               for name, rows in read.items()}
+    if "train" in read:
+        splits["train"] = drop_exact_duplicates(read["train"])
+        reports["train"] = SplitReport("train", len(read["train"]), reports["train"].repeated,
+                                       dropped=len(read["train"]) - len(splits["train"]))
+    if "dev" not in read and splits.get("train"):
+        splits["train"], splits["dev"] = split_off_dev(splits["train"], config.dev_fraction)
+        reports["dev"] = SplitReport("dev", len(splits["dev"]), drawn_from="train")
+    order = [name for name in ("train", "dev", "test") if name in reports]
+    return Task(config=config, splits={k: tuple(v) for k, v in splits.items()},
+                report=LoadReport(config.name, tuple(reports[name] for name in order)))

@@ -1,0 +1,179 @@
+"""The evaluation stage: predictions for one task split (reused when already stored), scored by
+the task's suite, written to the store, summarised per category and per check.
+
+    summary = evaluate(store, load_task("task.toml"), "smollm2-135m-instruct", split="test")
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from evals.suites import load_suite
+from loop.core.errors import TaskDataError
+from loop.models.decode import generate
+from loop.models.loading import LoadedModel, context_length, fingerprint, load_model, load_tokenizer, \
+    parse_model_name
+from loop.core.prompts import build_prompt
+from loop.core.records import Example, content_hash
+from loop.store.db import Store, now
+from loop.data.tasks import Task
+
+GEN_VERSION = "greedy-v1"  # bump when decoding changes, so old predictions are not reused
+JSON_SHARE = 0.9  # stop generation at a closed JSON value when this share of references is JSON
+
+
+@dataclass(frozen=True)
+class EvalSummary:
+    run_id: str
+    task: str
+    model: str
+    model_id: str
+    split: str
+    n: int
+    generated: int
+    reused: int
+    pass_rate: float
+    per_category: dict[str, dict[str, float]]
+    per_check: dict[str, float]
+    mean_similarity: float
+    failure_categories: dict[str, int]
+    n_clusters: int
+    suite_version: str
+    outcomes: dict[str, bool] = field(default_factory=dict, repr=False)  # example id -> passed
+
+    def to_json(self, outcomes: bool = False) -> dict:
+        data = asdict(self)
+        if not outcomes:
+            data.pop("outcomes")
+        return data
+
+
+def select(task: Task, split: str, limit: int | None) -> tuple[Example, ...]:
+    if limit is not None and limit < 1:
+        raise TaskDataError(f"--limit must be a positive number of examples, got {limit}.")
+    return task.split(split)[:limit]
+
+
+def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
+             limit: int | None = None, progress: bool = True,
+             lm: LoadedModel | None = None) -> EvalSummary:
+    examples = select(task, split, limit)
+    spec = parse_model_name(model_name)
+    model_id = lm.model_id if lm else fingerprint(spec)
+    tokenizer = lm.tokenizer if lm else load_tokenizer(spec)
+    gen = task.config.generation
+    stop_at_json = answers_are_json([e for s in task.splits.values() for e in s])
+    # The flag joins the hash only when set, so predictions of other tasks stay reusable.
+    gen_hash = content_hash(GEN_VERSION, gen.max_new_tokens, *(["stop-at-json"] * stop_at_json))
+    prompts = [build_prompt(tokenizer, e, task.config.system_prompt) for e in examples]
+    pred_ids = [content_hash(model_id, content_hash(p), gen_hash) for p in prompts]
+    _check_context(tokenizer, spec, examples, prompts, gen.max_new_tokens)  # before any write
+    stored = store.get_predictions(pred_ids)
+    missing = [i for i, pid in enumerate(pred_ids) if pid not in stored]
+    if missing:
+        lm = lm or load_model(model_name)  # a model that cannot load fails before any write
+    store.put_task(task.name, str(task.config.path), task.data_hash,
+                   [e for s in task.splits.values() for e in s])
+    store.put_model(model_id, model_name, spec.base, adapter=str(spec.adapter or "") or None)
+    run_id = content_hash("eval", task.name, split, model_id, gen_hash, [e.id for e in examples])
+    store.start_run(run_id, "eval", task.name, model_id, split,
+                    {"limit": limit, "max_new_tokens": gen.max_new_tokens, "model": model_name})
+    if missing:
+        outputs = generate(lm, [prompts[i] for i in missing], gen.max_new_tokens,
+                           gen.batch_size, progress=progress, desc=f"{split} {task.name}",
+                           stop_at_json=stop_at_json)
+        rows = [{"prediction_id": pred_ids[i], "model_id": model_id,
+                 "prompt_hash": content_hash(prompts[i]), "gen_hash": gen_hash,
+                 "prompt": prompts[i], "output": o.text, "latency_s": o.latency_s,
+                 "prompt_tokens": o.prompt_tokens, "output_tokens": o.output_tokens,
+                 "created_at": now()} for i, o in zip(missing, outputs)]
+        store.insert("predictions", rows)
+        stored.update({r["prediction_id"]: r for r in rows})
+    outputs = [stored[pid]["output"] for pid in pred_ids]
+    store.insert("run_items", [{"run_id": run_id, "example_id": e.id, "prediction_id": pid}
+                               for e, pid in zip(examples, pred_ids)])
+    summary = _score_and_store(store, task, examples, outputs, pred_ids, run_id, model_id, split)
+    summary = EvalSummary(run_id=run_id, task=task.name, model=model_name, model_id=model_id,
+                          split=split, n=len(examples), generated=len(missing),
+                          reused=len(examples) - len(missing), **summary)
+    store.finish_run(run_id, summary.to_json())
+    return summary
+
+
+def answers_are_json(examples: Sequence[Example], share: float = JSON_SHARE) -> bool:
+    """Whether at least `share` of the reference outputs parse as a JSON object or list."""
+    def is_json(text: str) -> bool:
+        try:
+            return isinstance(json.loads(text), (dict, list))
+        except ValueError:
+            return False
+
+    return bool(examples) and sum(is_json(e.output) for e in examples) >= share * len(examples)
+
+
+def _check_context(tokenizer, spec, examples: Sequence[Example], prompts: Sequence[str],
+                   max_new_tokens: int) -> None:
+    limit = context_length(spec)
+    for example, prompt in zip(examples, prompts):
+        n = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        if n + max_new_tokens > limit:
+            raise TaskDataError(
+                f"Example '{example.id}' ({example.split} split) has a {n}-token prompt; with "
+                f"max_new_tokens={max_new_tokens} it exceeds the model's {limit}-token context. "
+                "Shorten the record or lower [generation] max_new_tokens.")
+
+
+def _score_and_store(store: Store, task: Task, examples, outputs, pred_ids, run_id, model_id,
+                     split: str):
+    from evals.scoring import score_predictions
+    from evals.similarity import CachedEmbedder
+    from loop.failures.stage import record_failures
+
+    suite = load_suite(task.config)
+    embedder = CachedEmbedder(store)
+    item_scores, similarities = score_predictions(store, suite, examples, outputs, embedder)
+    rows, by_cat, by_check = [], defaultdict(list), defaultdict(list)
+    for example, pid, item in zip(examples, pred_ids, item_scores):
+        by_cat[example.category].append(item.passed)
+        for check in item.checks:
+            by_check[check.check].append(check.passed)
+            rows.append({"prediction_id": pid, "task_id": task.name, "example_id": example.id,
+                         "suite_version": suite.version, "check_name": check.check,
+                         "check_version": check.version, "passed": check.passed,
+                         "value": check.value, "required": check.check in suite.required,
+                         "detail": check.detail, "created_at": now()})
+    store.insert("scores", rows, on_conflict="replace")
+    failures = record_failures(store, run_id, task.name, model_id, split, examples, pred_ids,
+                               item_scores, similarities, embedder)
+    passed = [item.passed for item in item_scores]
+    return {
+        "pass_rate": sum(passed) / len(passed),
+        "per_category": {c: {"n": len(v), "pass_rate": sum(v) / len(v)}
+                         for c, v in sorted(by_cat.items())},
+        "per_check": {c: sum(v) / len(v) for c, v in sorted(by_check.items())},
+        "mean_similarity": sum(similarities) / len(similarities),
+        "failure_categories": {c["category"]: c["count"] for c in failures["categories"]},
+        "n_clusters": len(failures["clusters"]),
+        "suite_version": suite.version,
+        "outcomes": {e.id: p for e, p in zip(examples, passed)},
+    }
+
+
+def format_summary(summary: EvalSummary) -> str:
+    lines = [f"{summary.task} / {summary.split}: {summary.model} ({summary.model_id})",
+             f"{summary.n} examples ({summary.generated} generated, {summary.reused} reused), "
+             f"suite v{summary.suite_version}", "",
+             f"{'category':<24}{'n':>6}{'pass rate':>12}"]
+    for cat, row in summary.per_category.items():
+        lines.append(f"{cat:<24}{row['n']:>6}{row['pass_rate']:>11.1%}")
+    lines.append(f"{'overall':<24}{summary.n:>6}{summary.pass_rate:>11.1%}")
+    lines += ["", f"{'check':<24}{'pass rate':>18}"]
+    lines += [f"{name:<24}{rate:>17.1%}" for name, rate in summary.per_check.items()]
+    lines += ["", f"mean similarity to reference: {summary.mean_similarity:.3f}",
+              "failures by category: " + (", ".join(
+                  f"{c} {n}" for c, n in summary.failure_categories.items()) or "none")
+              + f"; {summary.n_clusters} clusters (evalloop failures --task ... for details)"]
+    return "\n".join(lines)

@@ -1,0 +1,121 @@
+"""Failure I/O: store a run's failures and clusters, read them back for reports and the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from evals.signatures import known_labels
+from evals.similarity import CachedEmbedder
+from evals.suites import ItemScore
+from loop.core.errors import EvalloopError
+from loop.failures.clusters import cluster_failures, cluster_row, collect_failures, signature_counts, \
+    summarize
+from loop.core.prompts import user_message
+from loop.core.records import Example
+from loop.store.db import Store
+from loop.core.template import Template
+
+MAX_SIGNATURE_ROWS = 30  # the rest of a long tail (label confusions) is in --json
+
+
+def record_failures(store: Store, run_id: str, task_id: str, model_id: str, split: str,
+                    examples: Sequence[Example], prediction_ids: Sequence[str],
+                    scores: Sequence[ItemScore], similarities: Sequence[float],
+                    embedder: CachedEmbedder, seed: int = 0,
+                    outputs: Sequence[str] | None = None) -> dict:
+    """Collect, sign, cluster and store one run's failures. The template and the label set are
+    fitted on every stored item of the task (all splits), so each split sees the same ones;
+    outputs default to the stored predictions."""
+    if outputs is None:
+        stored = store.get_predictions(prediction_ids)
+        outputs = [stored[p]["output"] if p in stored else "" for p in prediction_ids]
+    template, labels = task_template(store, task_id, examples)
+    failures = collect_failures(examples, prediction_ids, scores, similarities, outputs,
+                                template, labels)
+    vectors = embedder.encode([f.text for f in failures])
+    clusters = cluster_failures(failures, vectors)
+    member_of = {eid: c.cluster_id for c in clusters for eid in c.example_ids}
+    with store.transaction():
+        store.execute("DELETE FROM failures WHERE run_id = ?", [run_id])
+        store.execute("DELETE FROM clusters WHERE run_id = ?", [run_id])
+        store.insert("failures", [{
+            "run_id": run_id, "example_id": f.example_id, "prediction_id": f.prediction_id,
+            "task_id": task_id, "model_id": model_id, "split": split,
+            "categories": list(f.categories), "failed_checks": list(f.failed_checks),
+            "similarity": f.similarity, "cluster_id": member_of.get(f.example_id),
+            "signatures": list(f.signatures)} for f in failures])
+        store.insert("clusters", [{
+            "cluster_id": c.cluster_id, "run_id": run_id, "label": c.label,
+            "dominant_category": c.dominant_category, "top_terms": list(c.top_terms),
+            "size": c.size, "example_ids": list(c.example_ids), "seed": seed,
+            "signatures": list(c.signatures)} for c in clusters])
+    return summarize(failures, clusters, len(examples))
+
+
+def task_template(store: Store, task_id: str,
+                  fallback: Sequence[Example]) -> tuple[Template, frozenset[str]]:
+    """The shared template of the task's user messages and its label set, fitted on every
+    stored item of the task (the given examples when none is stored)."""
+    rows = store.query("SELECT instruction, input, output FROM examples WHERE task_id = ? "
+                       "ORDER BY split, example_id", [task_id])
+    items = [Example("", r["instruction"], r["output"], r["input"] or "") for r in rows]
+    items = items or list(fallback)
+    return (Template.fit(user_message(e) for e in items),
+            known_labels(e.output for e in items))
+
+
+def failure_summary(store: Store, run_id: str) -> dict:
+    """The stored failures of one run, in the shape of `loop.failures.summarize`."""
+    n_items = store.query("SELECT count(*) AS n FROM run_items WHERE run_id = ?", [run_id])[0]["n"]
+    rows = store.query("SELECT example_id, categories, signatures FROM failures "
+                       "WHERE run_id = ? ORDER BY example_id", [run_id])
+    by_cat: dict[str, list[str]] = {}
+    for row in rows:
+        for c in row["categories"]:
+            by_cat.setdefault(c, []).append(row["example_id"])
+    clusters = store.query("SELECT * FROM clusters WHERE run_id = ? ORDER BY size DESC, "
+                           "cluster_id", [run_id])
+    return {
+        "run_id": run_id, "n_items": n_items, "n_failures": len(rows),
+        "categories": [{"category": c, "count": len(ids), "share": len(ids) / max(n_items, 1),
+                        "examples": ids[:2]}
+                       for c, ids in sorted(by_cat.items(), key=lambda x: -len(x[1]))],
+        # failures stored before signatures existed count by their categories
+        "signatures": signature_counts([(r["example_id"], r["signatures"] or r["categories"])
+                                        for r in rows], n_items),
+        "clusters": [cluster_row(c["cluster_id"], c["label"], c["size"], n_items,
+                                 c["dominant_category"], c["top_terms"], c["example_ids"],
+                                 c.get("signatures")) for c in clusters],
+    }
+
+
+def latest_run(store: Store, task_id: str, model_id: str | None, split: str) -> str:
+    params: list = [task_id, split]
+    sql = "SELECT run_id FROM runs WHERE kind = 'eval' AND task_id = ? AND split = ? "
+    if model_id:
+        sql += "AND model_id = ? "
+        params.append(model_id)
+    rows = store.query(sql + "ORDER BY finished_at DESC NULLS LAST LIMIT 1", params)
+    if not rows:
+        raise EvalloopError(f"No evaluation of task '{task_id}' on the {split} split"
+                            f"{' for that model' if model_id else ''} yet: run `evalloop eval "
+                            f"--task ... --split {split}` first.")
+    return rows[0]["run_id"]
+
+
+def format_failures(summary: dict) -> str:
+    lines = [f"{summary['n_failures']} failures in {summary['n_items']} items "
+             f"(run {summary['run_id']})", "", f"{'category':<18}{'count':>7}{'share':>8}  examples"]
+    lines += [f"{c['category']:<18}{c['count']:>7}{c['share']:>8.1%}  {', '.join(c['examples'])}"
+              for c in summary["categories"]]
+    lines += ["", f"{'signature':<40}{'count':>7}{'share':>8}  examples"]
+    signatures = summary.get("signatures", [])
+    lines += [f"{s['signature'][:38]:<40}{s['count']:>7}{s['share']:>8.1%}  "
+              f"{', '.join(s['examples'])}" for s in signatures[:MAX_SIGNATURE_ROWS]]
+    if len(signatures) > MAX_SIGNATURE_ROWS:
+        lines.append(f"... {len(signatures) - MAX_SIGNATURE_ROWS} rarer signatures (--json "
+                     "lists them all)")
+    lines += ["", f"{'size':>6}{'share':>8}  cluster (examples)"]
+    lines += [f"{c['size']:>6}{c['share']:>8.1%}  {c['label']} ({', '.join(c['examples'])})"
+              for c in summary["clusters"]]
+    return "\n".join(lines)

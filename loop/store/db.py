@@ -1,0 +1,415 @@
+"""The DuckDB store: the only module that imports duckdb.
+
+One file, `<workspace>/evalloop.duckdb`. The schema is a list of named, append-only migrations
+(never edit one that has shipped: add a new one). Every statement is parametrised; table and
+column names come only from this module's constants, never from user text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from loop.core.errors import StoreError
+
+DB_NAME = "evalloop.duckdb"
+BULK_ROWS = 64  # from this many rows, insert through Arrow in one statement
+SNAPSHOT_NAME = "snapshot.duckdb"  # read-only copy for the app, published at stage boundaries
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("0001_foundation", """
+    CREATE TABLE models (
+        model_id VARCHAR PRIMARY KEY, name VARCHAR NOT NULL, base VARCHAR NOT NULL,
+        base_path VARCHAR, adapter VARCHAR, parent_id VARCHAR, created_at TIMESTAMP, meta JSON);
+    CREATE TABLE tasks (
+        task_id VARCHAR PRIMARY KEY, config_path VARCHAR, data_hash VARCHAR, updated_at TIMESTAMP);
+    CREATE TABLE examples (
+        task_id VARCHAR NOT NULL, split VARCHAR NOT NULL, example_id VARCHAR NOT NULL,
+        instruction VARCHAR NOT NULL, input VARCHAR, output VARCHAR NOT NULL, category VARCHAR,
+        PRIMARY KEY (task_id, split, example_id));
+    CREATE TABLE runs (
+        run_id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, task_id VARCHAR, model_id VARCHAR,
+        split VARCHAR, params JSON, status VARCHAR NOT NULL, started_at TIMESTAMP,
+        finished_at TIMESTAMP, summary JSON);
+    CREATE TABLE predictions (
+        prediction_id VARCHAR PRIMARY KEY, model_id VARCHAR NOT NULL, prompt_hash VARCHAR NOT NULL,
+        gen_hash VARCHAR NOT NULL, prompt VARCHAR NOT NULL, output VARCHAR NOT NULL,
+        latency_s DOUBLE, prompt_tokens INTEGER, output_tokens INTEGER, created_at TIMESTAMP);
+    CREATE TABLE run_items (
+        run_id VARCHAR NOT NULL, example_id VARCHAR NOT NULL, prediction_id VARCHAR NOT NULL,
+        PRIMARY KEY (run_id, example_id));
+    CREATE TABLE scores (
+        prediction_id VARCHAR NOT NULL, task_id VARCHAR NOT NULL, example_id VARCHAR NOT NULL,
+        suite_version VARCHAR NOT NULL, check_name VARCHAR NOT NULL, check_version VARCHAR NOT NULL,
+        passed BOOLEAN NOT NULL, value DOUBLE, required BOOLEAN NOT NULL, detail JSON,
+        created_at TIMESTAMP,
+        PRIMARY KEY (prediction_id, task_id, example_id, check_name, check_version));
+    """),
+    # Later issues append their migrations here, in this order (replace the anchor line):
+    ("0002_scoring", """
+    CREATE TABLE embeddings (
+        text_hash VARCHAR NOT NULL, embed_model VARCHAR NOT NULL, vector FLOAT[] NOT NULL,
+        PRIMARY KEY (text_hash, embed_model));
+    CREATE TABLE failures (
+        run_id VARCHAR NOT NULL, example_id VARCHAR NOT NULL, prediction_id VARCHAR NOT NULL,
+        task_id VARCHAR NOT NULL, model_id VARCHAR NOT NULL, split VARCHAR,
+        categories VARCHAR[], failed_checks VARCHAR[], similarity DOUBLE, cluster_id VARCHAR,
+        PRIMARY KEY (run_id, example_id));
+    CREATE TABLE clusters (
+        cluster_id VARCHAR NOT NULL, run_id VARCHAR NOT NULL, label VARCHAR,
+        dominant_category VARCHAR, top_terms VARCHAR[], size INTEGER, example_ids VARCHAR[],
+        seed INTEGER, PRIMARY KEY (run_id, cluster_id));
+    CREATE VIEW failures_v AS
+        SELECT f.*, e.category AS example_category, e.instruction, e.input,
+               e.output AS reference, p.output, p.prompt
+        FROM failures f
+        JOIN examples e ON e.task_id = f.task_id AND e.example_id = f.example_id
+             AND e.split = f.split
+        JOIN predictions p ON p.prediction_id = f.prediction_id;
+    """),
+    ("0003_targeted", """
+    CREATE TABLE generated_examples (
+        gen_id VARCHAR PRIMARY KEY, batch_id VARCHAR NOT NULL, task_id VARCHAR NOT NULL,
+        strategy VARCHAR NOT NULL, cluster_id VARCHAR, failure_ids VARCHAR[], source JSON,
+        example_id VARCHAR NOT NULL, instruction VARCHAR NOT NULL, input VARCHAR,
+        output VARCHAR NOT NULL, category VARCHAR, status VARCHAR NOT NULL, reason VARCHAR,
+        detail VARCHAR, created_at TIMESTAMP);
+    CREATE TABLE datasets (
+        manifest_hash VARCHAR PRIMARY KEY, batch_id VARCHAR NOT NULL, task_id VARCHAR NOT NULL,
+        path VARCHAR NOT NULL, counts JSON, created_at TIMESTAMP);
+    CREATE TABLE corrections (
+        correction_id VARCHAR PRIMARY KEY, task_id VARCHAR NOT NULL, example_id VARCHAR NOT NULL,
+        prediction_id VARCHAR, corrected_output VARCHAR NOT NULL, reviewer VARCHAR,
+        created_at TIMESTAMP);
+    """),
+    ("0004_training", """
+    CREATE TABLE training_runs (
+        train_id VARCHAR PRIMARY KEY, task_id VARCHAR, base VARCHAR NOT NULL,
+        base_model_id VARCHAR, parent_adapter VARCHAR, adapter_path VARCHAR NOT NULL,
+        model_id VARCHAR, dataset_hash VARCHAR, config JSON, seed INTEGER, status VARCHAR NOT NULL,
+        total_steps INTEGER, steps_done INTEGER, resumed_from_step INTEGER, n_train INTEGER,
+        n_dev INTEGER, device VARCHAR, precision VARCHAR, tokens_per_s DOUBLE, peak_mem_mb DOUBLE,
+        train_loss DOUBLE, best_eval_loss DOUBLE, versions JSON, created_at TIMESTAMP,
+        finished_at TIMESTAMP);
+    CREATE TABLE train_logs (
+        train_id VARCHAR NOT NULL, step INTEGER NOT NULL, loss DOUBLE, eval_loss DOUBLE,
+        learning_rate DOUBLE, tokens_per_s DOUBLE, peak_mem_mb DOUBLE, epoch DOUBLE,
+        PRIMARY KEY (train_id, step));
+    """),
+    ("0005_benchmarks", """
+    CREATE TABLE benchmark_results (
+        model_id VARCHAR NOT NULL, benchmark VARCHAR NOT NULL, benchmark_version VARCHAR NOT NULL,
+        limit_n INTEGER NOT NULL, shots INTEGER NOT NULL, task VARCHAR NOT NULL,
+        metric VARCHAR NOT NULL, value DOUBLE, stderr DOUBLE, n INTEGER NOT NULL,
+        task_version VARCHAR NOT NULL, higher_is_better BOOLEAN, model_name VARCHAR,
+        base VARCHAR NOT NULL, adapter_hash VARCHAR, seed INTEGER, data_source VARCHAR,
+        lm_eval_version VARCHAR NOT NULL, backend VARCHAR NOT NULL, dtype VARCHAR, wall_s DOUBLE,
+        created_at TIMESTAMP,
+        PRIMARY KEY (model_id, benchmark, benchmark_version, limit_n, shots, task, metric));
+    CREATE TABLE benchmark_samples (
+        model_id VARCHAR NOT NULL, benchmark VARCHAR NOT NULL, benchmark_version VARCHAR NOT NULL,
+        limit_n INTEGER NOT NULL, shots INTEGER NOT NULL, task VARCHAR NOT NULL,
+        doc_id INTEGER NOT NULL, prompt VARCHAR, choices JSON, target VARCHAR, responses JSON,
+        metrics JSON, doc JSON, created_at TIMESTAMP,
+        PRIMARY KEY (model_id, benchmark, benchmark_version, limit_n, shots, task, doc_id));
+    """),
+    ("0006_arena", """
+    CREATE TABLE matches (
+        match_id VARCHAR PRIMARY KEY, task_id VARCHAR, example_id VARCHAR,
+        model_a VARCHAR NOT NULL, model_b VARCHAR NOT NULL, judge VARCHAR NOT NULL,
+        shown_first VARCHAR, verdict VARCHAR, error VARCHAR, voter VARCHAR, detail JSON,
+        created_at TIMESTAMP);
+    CREATE TABLE rating_snapshots (
+        snapshot_id VARCHAR PRIMARY KEY, task_id VARCHAR, judge VARCHAR NOT NULL,
+        n INTEGER NOT NULL, seed INTEGER NOT NULL, ratings JSON, created_at TIMESTAMP);
+    """),
+    ("0007_cycle", """
+    CREATE TABLE cycles (
+        cycle_id VARCHAR PRIMARY KEY, task_id VARCHAR NOT NULL, attempt INTEGER NOT NULL,
+        status VARCHAR NOT NULL, champion_id VARCHAR, champion_name VARCHAR, candidate_id VARCHAR,
+        candidate_name VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP, summary JSON);
+    CREATE TABLE cycle_stages (
+        cycle_id VARCHAR NOT NULL, stage VARCHAR NOT NULL, status VARCHAR NOT NULL,
+        started_at TIMESTAMP, finished_at TIMESTAMP, result JSON, error VARCHAR,
+        PRIMARY KEY (cycle_id, stage));
+    CREATE TABLE champions (
+        task_id VARCHAR NOT NULL, model_id VARCHAR NOT NULL, model_name VARCHAR NOT NULL,
+        since TIMESTAMP NOT NULL, cycle_id VARCHAR, reason VARCHAR,
+        PRIMARY KEY (task_id, since));
+    CREATE TABLE gate_decisions (
+        cycle_id VARCHAR PRIMARY KEY, promote BOOLEAN NOT NULL, p_value DOUBLE, reasons JSON,
+        champion_pass_rate DOUBLE, candidate_pass_rate DOUBLE, created_at TIMESTAMP);
+    """),
+    ("0008_reviews", """
+    CREATE TABLE reviews (
+        review_id VARCHAR PRIMARY KEY, task_id VARCHAR, example_id VARCHAR, prediction_id VARCHAR,
+        action VARCHAR NOT NULL, note VARCHAR, category VARCHAR, reviewer VARCHAR,
+        created_at TIMESTAMP);
+    """),
+    # What went wrong per failure (evals.signatures) and the signatures that name a cluster.
+    ("0009_failure_signatures", """
+    ALTER TABLE failures ADD COLUMN signatures VARCHAR[];
+    ALTER TABLE clusters ADD COLUMN signatures VARCHAR[];
+    CREATE OR REPLACE VIEW failures_v AS
+        SELECT f.*, e.category AS example_category, e.instruction, e.input,
+               e.output AS reference, p.output, p.prompt
+        FROM failures f
+        JOIN examples e ON e.task_id = f.task_id AND e.example_id = f.example_id
+             AND e.split = f.split
+        JOIN predictions p ON p.prediction_id = f.prediction_id;
+    """),
+]
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (dict, list)) and not (isinstance(value, list) and value
+                                                and isinstance(value[0], (int, float, str))):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return value
+
+
+class Store:
+    """A connection to one workspace database, migrated on open."""
+
+    def __init__(self, workspace: str | Path, read_only: bool = False,
+                 path: str | Path | None = None):
+        self.workspace = Path(workspace)
+        self.path = Path(path) if path else self.workspace / DB_NAME
+        self.read_only = read_only
+        self._keys: dict[str, list[str]] = {}  # primary-key columns per table (bulk inserts)
+        try:
+            if not read_only:
+                self.workspace.mkdir(parents=True, exist_ok=True)
+            elif not self.path.exists():
+                raise StoreError(f"No evalloop database at {self.path}: run `evalloop eval` first.")
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as exc:
+            raise StoreError(f"Cannot open {self.path}: {str(exc).splitlines()[0]}. Another "
+                             "evalloop process may hold it; wait for it or use another "
+                             "--workspace.") from None
+        except OSError as exc:
+            raise StoreError(f"Cannot create workspace {self.workspace}: {exc.strerror}.") from None
+        if not read_only:
+            self.migrate()
+            self.ingest_inbox()
+
+    # -- lifecycle
+    def close(self) -> None:
+        try:
+            if not self.read_only:
+                self.publish_snapshot()
+        finally:
+            self.con.close()
+
+    def publish_snapshot(self) -> Path:
+        """Checkpoint and copy the database to `snapshot.duckdb` atomically, for readers."""
+        target = self.workspace / SNAPSHOT_NAME
+        tmp = self.workspace / f".{SNAPSHOT_NAME}.{os.getpid()}.tmp"
+        try:
+            self.con.execute("CHECKPOINT")
+            shutil.copyfile(self.path, tmp)
+            os.replace(tmp, target)
+        except (OSError, duckdb.Error) as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"Cannot publish the read-only snapshot {target}: {exc}.") from None
+        return target
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, exc_type, *rest) -> None:
+        try:
+            self.close()
+        except StoreError:
+            if exc_type is None:
+                raise  # otherwise the error already on its way out is the one to report
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations in order; each in its own transaction. Returns names applied."""
+        self.con.execute("CREATE TABLE IF NOT EXISTS migrations "
+                         "(name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
+        done = {r[0] for r in self.con.execute("SELECT name FROM migrations").fetchall()}
+        applied = []
+        for name, sql in MIGRATIONS:
+            if name in done:
+                continue
+            with self.transaction():
+                self.con.execute(sql)
+                self.con.execute("INSERT INTO migrations VALUES (?, ?)", [name, now()])
+            applied.append(name)
+        return applied
+
+    def ingest_inbox(self) -> int:
+        """Copy app reviews, corrections and votes into their tables (idempotent by id)."""
+        from loop.store import inbox
+
+        added = 0
+        for kind, table, key in (("reviews", "reviews", "review_id"),
+                                 ("corrections", "corrections", "correction_id"),
+                                 ("votes", "matches", "match_id")):
+            if table not in self.tables():
+                continue
+            columns = {r["column_name"] for r in self.query(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                [table])}
+            rows = []
+            for record in inbox.read(self.workspace, kind):
+                row = {key: record["id"], **{k: v for k, v in record.items() if k != "id"}}
+                rows.append({k: v for k, v in row.items() if k in columns})
+            before = self.count(table)
+            for row in rows:  # rows may carry different optional columns
+                self.insert(table, [row])
+            added += self.count(table) - before
+        return added
+
+    def transaction(self):
+        store = self
+
+        class _Tx:
+            def __enter__(self):
+                store.con.execute("BEGIN TRANSACTION")
+
+            def __exit__(self, exc_type, *rest):
+                try:
+                    with store._io_errors():
+                        store.con.execute("ROLLBACK" if exc_type else "COMMIT")
+                except StoreError:
+                    if exc_type is None:
+                        raise
+                return False
+
+        return _Tx()
+
+    # -- generic, parametrised access (table/column names from code, values bound)
+    def insert(self, table: str, rows: Sequence[dict], on_conflict: str = "nothing") -> None:
+        """Insert dict rows; on a primary-key conflict keep the old row ('nothing') or 'replace'."""
+        if not rows:
+            return
+        cols = list(rows[0])
+        verb = {"nothing": "INSERT OR IGNORE", "replace": "INSERT OR REPLACE"}[on_conflict]
+        sql = (f"{verb} INTO {_ident(table)} ({', '.join(_ident(c) for c in cols)}) "
+               f"VALUES ({', '.join('?' for _ in cols)})")
+        values = [[_jsonable(r[c]) for c in cols] for r in rows]
+        with self._io_errors():
+            if len(values) < BULK_ROWS or not self._insert_bulk(table, cols, values, verb):
+                self.con.executemany(sql, values)
+
+    def _insert_bulk(self, table: str, cols: list[str], values: list[list], verb: str) -> bool:
+        """One INSERT ... SELECT from an Arrow table: ~100x faster than executemany on big
+        batches. Same outcome: within the batch the first row of a key wins for 'nothing' and
+        the last for 'replace', as row-by-row inserts would. False if Arrow cannot type the
+        values (mixed types in a column); the caller then inserts row by row."""
+        import pyarrow as pa
+
+        key = self._primary_key(table)
+        if key and all(c in cols for c in key):
+            at = [cols.index(c) for c in key]
+            chosen: dict[tuple, list] = {}
+            for row in values if verb.endswith("REPLACE") else reversed(values):
+                chosen[tuple(row[i] for i in at)] = row
+            values = list(chosen.values())
+        try:
+            batch = pa.Table.from_arrays([pa.array(col) for col in zip(*values)], names=cols)
+        except (pa.ArrowException, TypeError, ValueError):
+            return False
+        names = ", ".join(_ident(c) for c in cols)
+        self.con.register("_evalloop_rows", batch)
+        try:
+            self.con.execute(f"{verb} INTO {_ident(table)} ({names}) "
+                             f"SELECT {names} FROM _evalloop_rows")
+        except (duckdb.ConversionException, duckdb.BinderException,
+                duckdb.NotImplementedException, duckdb.InvalidInputException):
+            return False  # a type Arrow guessed differently: row by row raises the real error
+        finally:
+            self.con.unregister("_evalloop_rows")
+        return True
+
+    def _primary_key(self, table: str) -> list[str]:
+        if table not in self._keys:
+            rows = self.con.execute(
+                "SELECT constraint_column_names FROM duckdb_constraints() WHERE table_name = ? "
+                "AND constraint_type = 'PRIMARY KEY'", [table]).fetchall()
+            self._keys[table] = list(rows[0][0]) if rows else []
+        return self._keys[table]
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[dict]:
+        with self._io_errors():
+            cur = self.con.execute(sql, list(params))
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> None:
+        with self._io_errors():
+            self.con.execute(sql, list(params))
+
+    @contextmanager
+    def _io_errors(self):
+        """Turn an I/O failure (disk full, file gone) into a StoreError; DuckDB keeps every
+        committed transaction and drops the failed one, so nothing partial is left behind."""
+        try:
+            yield
+        except (duckdb.IOException, duckdb.FatalException, duckdb.TransactionException) as exc:
+            raise StoreError(f"Cannot write to {self.path}: {str(exc).splitlines()[0]}. "
+                             "Work committed before this point is kept; free space (or fix "
+                             "the file) and rerun to resume.") from None
+
+    def tables(self) -> list[str]:
+        return [r["table_name"] for r in self.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
+            "ORDER BY table_name")]
+
+    def count(self, table: str) -> int:
+        return self.con.execute(f"SELECT count(*) FROM {_ident(table)}").fetchone()[0]
+
+    # -- typed helpers for the foundation tables
+    def put_model(self, model_id: str, name: str, base: str, base_path: str | None = None,
+                  adapter: str | None = None, parent_id: str | None = None,
+                  meta: dict | None = None) -> None:
+        self.insert("models", [{"model_id": model_id, "name": name, "base": base,
+                                "base_path": base_path, "adapter": adapter, "parent_id": parent_id,
+                                "created_at": now(), "meta": meta or {}}])
+
+    def put_task(self, task_id: str, config_path: str, data_hash: str, examples) -> None:
+        with self.transaction():
+            self.insert("tasks", [{"task_id": task_id, "config_path": config_path,
+                                   "data_hash": data_hash, "updated_at": now()}], "replace")
+            self.insert("examples", [
+                {"task_id": task_id, "split": e.split, "example_id": e.id,
+                 "instruction": e.instruction, "input": e.input, "output": e.output,
+                 "category": e.category} for e in examples])
+
+    def get_predictions(self, prediction_ids: Sequence[str]) -> dict[str, dict]:
+        if not prediction_ids:
+            return {}
+        rows = self.query("SELECT * FROM predictions WHERE list_contains(?, prediction_id)",
+                          [list(prediction_ids)])
+        return {r["prediction_id"]: r for r in rows}
+
+    def start_run(self, run_id: str, kind: str, task_id: str | None, model_id: str | None,
+                  split: str | None, params: dict) -> None:
+        self.insert("runs", [{"run_id": run_id, "kind": kind, "task_id": task_id,
+                              "model_id": model_id, "split": split, "params": params,
+                              "status": "running", "started_at": now(), "finished_at": None,
+                              "summary": None}], "replace")
+
+    def finish_run(self, run_id: str, summary: dict, status: str = "done") -> None:
+        self.execute("UPDATE runs SET status = ?, finished_at = ?, summary = ? WHERE run_id = ?",
+                     [status, now(), json.dumps(summary, default=str), run_id])
+
+
+def _ident(name: str) -> str:
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"bad identifier {name!r}")  # programming error, never user text
+    return f'"{name}"'

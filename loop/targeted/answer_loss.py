@@ -1,0 +1,88 @@
+"""How well a model already knows each reference answer: mean token NLL of the answer after its
+prompt, the signal loss-based data selection ranks the pool by.
+
+    losses = answer_losses(loaded_model, examples)   # one float per example, higher = unknown
+
+The task's shared prompt prefix is encoded once and its KV cache reused for every batch (as in
+`loop.models.decode`); rows are left-padded so every answer ends at the last position and only the
+answer's positions go through the vocabulary projection. Tokenisation is the training one
+(`loop.train.packing`): prompt and answer (+ end-of-turn token) tokenized separately.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from loop.models.decode import _expanded_cache, _supports_prefix_cache, prefix_groups
+from loop.models.loading import LoadedModel
+from loop.train.packing import IGNORE, tokenize_examples
+from loop.core.records import Example
+
+
+def answer_losses(lm: LoadedModel, examples: Sequence[Example], system_prompt: str | None = None,
+                  batch_size: int = 16, progress: bool = False) -> np.ndarray:
+    """Mean negative log-likelihood per answer token of each example's output, in input order."""
+    rows, _ = tokenize_examples(lm.tokenizer, examples, system_prompt, max_seq_len=1 << 30)
+    if len(rows) != len(examples):
+        raise ValueError("every example needs a non-empty answer")
+    n_prompt = [r["labels"].count(IGNORE) for r in rows]
+    prompt_ids = [r["input_ids"][:k] for r, k in zip(rows, n_prompt)]
+    answer_ids = [r["input_ids"][k:] for r, k in zip(rows, n_prompt)]
+    out = np.zeros(len(examples), dtype=np.float64)
+    # a prefix must leave each row its last prompt token: its logit scores the first answer token
+    trimmed = [ids[:-1] for ids in prompt_ids]
+    groups = prefix_groups(trimmed) if _supports_prefix_cache(lm) else \
+        [(0, [i]) for i in range(len(examples))]
+    singles = [i for n, rows in groups if n == 0 for i in rows]
+    work = [(n, rows) for n, rows in groups if n > 0] + ([(0, singles)] if singles else [])
+    bar = tqdm(total=len(examples), desc="answer losses", unit="row", disable=not progress)
+    for n_prefix, rows in work:
+        _group_losses(lm, prompt_ids, answer_ids, rows, n_prefix, batch_size, out, bar)
+    bar.close()
+    return out
+
+
+def _group_losses(lm, prompt_ids, answer_ids, rows: Sequence[int], n_prefix: int,
+                  batch_size: int, out: np.ndarray, bar) -> None:
+    import torch
+
+    prefix_kv = None
+    if n_prefix:
+        with torch.inference_mode():
+            prefix = torch.tensor([prompt_ids[rows[0]][:n_prefix]], device=lm.device)
+            prefix_kv = lm.model(input_ids=prefix, use_cache=True, logits_to_keep=1).cache
+    order = sorted(rows, key=lambda i: -(len(prompt_ids[i]) + len(answer_ids[i])))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        seqs = [prompt_ids[i][n_prefix:] + answer_ids[i] for i in idx]
+        losses = _batch_losses(lm, prefix_kv, n_prefix, seqs, [len(answer_ids[i]) for i in idx])
+        out[idx] = losses
+        bar.update(len(idx))
+
+
+def _batch_losses(lm, prefix_kv, n_prefix: int, seqs: Sequence[Sequence[int]],
+                  answer_lens: Sequence[int]) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    n, width, dev = len(seqs), max(len(s) for s in seqs), lm.device
+    pad = lm.tokenizer.pad_token_id or 0
+    ids = torch.tensor([[pad] * (width - len(s)) + list(s) for s in seqs], device=dev)
+    row_mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=dev)
+    mask = torch.cat([torch.ones(n, n_prefix, dtype=torch.long, device=dev), row_mask], dim=1)
+    positions = (mask.cumsum(1) - 1)[:, n_prefix:].clamp(min=0)
+    keep = max(answer_lens) + 1  # the logit before each answer token, all at the row's end
+    kwargs = {"cache": _expanded_cache(prefix_kv, n, n_prefix + width)} if prefix_kv else {}
+    with torch.inference_mode():
+        logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                          use_cache=bool(prefix_kv), logits_to_keep=keep, **kwargs).logits
+    logprobs = F.log_softmax(logits[:, :-1].float(), dim=-1)  # predicts the last keep-1 tokens
+    targets = ids[:, -(keep - 1):]
+    token_nll = -logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    answer = torch.zeros_like(token_nll, dtype=torch.bool)
+    for row, length in enumerate(answer_lens):
+        answer[row, -length:] = True
+    return ((token_nll * answer).sum(1) / torch.tensor(answer_lens, device=dev)).cpu().numpy()

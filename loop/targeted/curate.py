@@ -1,0 +1,440 @@
+"""Pure curation of targeted data: decontamination, duplicates, cluster balance and replay.
+
+    index = build_ngram_index(ref_texts, ref_labels, background=pool_texts)
+    decisions = curate(items, vectors, refs, [index], n=200, n_replay=50)
+
+Every item gets exactly one `Decision`: accepted, or rejected with a reason from `REASONS` and a
+detail naming what it collided with. Nothing here reads files, models or the store: the caller
+embeds the texts (rows L2-normalised) and passes arrays, so every rule is testable on fakes.
+
+An item is the pair (question, answer): question = instruction + input, answer = the output.
+On a task with a fixed instruction the caller passes only what varies (`loop.core.template`): shared
+template text must not make two items look alike. Two items are "the same item" when their
+questions match exactly, or their questions are close in embedding space *and* their answers
+agree. Question similarity alone is not enough: on
+template-heavy tasks ("Convert 5 hours to minutes" vs "Convert 7 hours to minutes") unrelated
+items score above 0.9 while a reworded copy of one item can score 0.85. And agreeing on a rare
+answer ("720", a JSON record) is strong evidence of the same item, agreeing on a common answer
+("positive", `{}`, `[]`) is not: such answers need a near-verbatim question (close in embedding
+*and* in characters, with the same numbers), so "yes" and "yes please", or "13" and "14",
+answered `{}` stay two items while the same short input with the same answer is one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+REASONS = ("failed_suite", "unparseable", "contaminated", "duplicate", "over_budget")
+_WORD = re.compile(r"\w+")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    ngram: int = 13  # n-gram length for overlap (GPT-3 / lm-eval decontamination use 13)
+    ngram_overlap: float = 0.5  # share of a reference's distinctive n-grams found in an item
+    template_df: int = 5  # an n-gram in this many documents is template text, not item content
+    contamination_similarity: float = 0.8  # question cosine, when the answers agree
+    label_similarity: float = 0.95  # ... when the shared answer is a label many items have
+    verbatim_ratio: float = 0.9  # ... and the questions' characters match this much (difflib)
+    label_count: int = 5  # an answer this frequent (and 1% of all answers) is a label
+    benchmark_similarity: float = 0.9  # question cosine against benchmark questions (no answers)
+    duplicate_similarity: float = 0.95  # question cosine, when the answers agree
+    answer_similarity: float = 0.9  # long free-text answers agree above this cosine
+
+
+@dataclass(frozen=True)
+class Item:
+    """One candidate as curation sees it. `reason` is set when a strategy already rejected it."""
+
+    key: str
+    question: str
+    answer: str
+    group: str  # the failure cluster it targets ("replay" for replayed train rows)
+    priority: int = 0  # higher first (reviewer corrections)
+    rank: int = 0  # position within its strategy's list for this group
+    replay: bool = False
+    reason: str | None = None
+    detail: str = ""
+    own_ref: str = ""  # a reference this item may contain (a reviewer's correction of a dev item)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """An evaluation item that training data must not contain. `answer` None: question-only."""
+
+    label: str  # e.g. "test:3f2a..." or "benchmark:arc_easy/test.jsonl:17"
+    question: str
+    answer: str | None = None
+
+
+@dataclass(frozen=True)
+class Vectors:
+    """L2-normalised embeddings: items' questions and answers, references' questions and answers
+    (answers of question-only references may be any row; they are never read)."""
+
+    item_q: np.ndarray
+    item_a: np.ndarray
+    ref_q: np.ndarray
+    ref_a: np.ndarray
+
+
+@dataclass(frozen=True)
+class Decision:
+    key: str
+    accepted: bool
+    reason: str | None = None
+    detail: str = ""
+
+
+# ---------------------------------------------------------------------------- normalisation
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def norm_text(text: str) -> str:
+    """Case, punctuation and whitespace removed: the key for exact matches."""
+    return " ".join(words(text))
+
+
+def norm_answer(text: str) -> str:
+    """Structured answers compare by their parsed value, others by their words."""
+    stripped = text.strip()
+    if stripped[:1] in "{[":
+        try:
+            return json.dumps(json.loads(stripped), sort_keys=True, ensure_ascii=False)
+        except ValueError:
+            pass
+    return norm_text(text)
+
+
+def answers_agree(a: str, b: str, cosine: float, threshold: float) -> bool:
+    """Equal after normalisation; or long free text close in meaning with the same numbers.
+    Short and structured answers never agree by embedding: '300' and '420' are near in space."""
+    na, nb = norm_answer(a), norm_answer(b)
+    if na == nb:
+        return True
+    if na.startswith(("{", "[")) or len(na.split()) < 5 or len(nb.split()) < 5:
+        return False
+    return cosine >= threshold and sorted(_NUMBER.findall(a)) == sorted(_NUMBER.findall(b))
+
+
+def near_verbatim(a: str, b: str, ratio: float) -> bool:
+    """Nearly the same characters after normalisation, and the same numbers: what a common
+    answer needs before two questions count as one item."""
+    na, nb = norm_text(a), norm_text(b)
+    if sorted(_NUMBER.findall(na)) != sorted(_NUMBER.findall(nb)):
+        return False
+    return na == nb or difflib.SequenceMatcher(None, na, nb, autojunk=False).ratio() >= ratio
+
+
+def common_answers(answers: Sequence[str], config: CurateConfig) -> set[str]:
+    """Normalised answers given label_count times and by 1% of all: labels, `{}`, `[]`."""
+    counts = Counter(norm_answer(a) for a in answers)
+    floor = max(config.label_count, 0.01 * sum(counts.values()))
+    return {a for a, count in counts.items() if count >= floor}
+
+
+def answer_shape(output: str, references: Sequence[str]) -> str | None:
+    """Why a generated answer does not look like the task's answers for its category, or None.
+    Inferred from the references, so it holds for any task: JSON answers must parse as JSON
+    objects; a small closed label set (classification) must be matched; nothing may be empty or
+    far longer than every reference."""
+    text = output.strip()
+    if not text:
+        return "empty output"
+    if not references:
+        return None
+    if sum(_json_object(r) for r in references) >= 0.9 * len(references):
+        return None if _json_object(text) else "not a JSON object, unlike the references"
+    labels = {norm_text(r) for r in references}
+    if len(references) >= 10 and len(labels) <= min(20, max(2, len(references) // 10)):
+        if norm_text(text) not in labels:
+            return f"'{text[:40]}' is not one of the labels {', '.join(sorted(labels)[:8])}"
+        return None
+    if len(text.split()) > max(50, 3 * max(len(r.split()) for r in references)):
+        return "far longer than every reference"
+    return None
+
+
+def _json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------------------- n-gram overlap
+
+def gram_hashes(text: str, n: int) -> np.ndarray:
+    """Unique hashed word n-grams; a text shorter than n is one gram (so short items still match).
+    Python's str hash is salted per process: an index is only used in the process that built it."""
+    toks = words(text)
+    if not toks:
+        return np.empty(0, dtype=np.int64)
+    if len(toks) < n:
+        return np.array([hash(" ".join(toks))], dtype=np.int64)
+    return np.unique(np.array([hash(" ".join(toks[i:i + n])) for i in range(len(toks) - n + 1)],
+                              dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class NgramIndex:
+    """Distinctive n-grams of reference documents, sorted by hash for vectorised lookup."""
+
+    n: int
+    hashes: np.ndarray  # sorted
+    docs: np.ndarray  # reference index of each hash entry
+    sizes: np.ndarray  # distinctive n-grams per reference
+    labels: tuple[str, ...]
+
+
+def build_ngram_index(texts: Sequence[str], labels: Sequence[str], n: int = 13,
+                      template_df: int = 5, background: Sequence[str] = ()) -> NgramIndex:
+    """Index the references' n-grams, leaving out template text: n-grams found in `template_df`
+    or more documents of references + background (e.g. the train pool, which shares the task's
+    instruction templates). Without this, a long shared instruction would match every item."""
+    grams = [gram_hashes(t, n) for t in texts]
+    pool = [gram_hashes(t, n) for t in background]
+    everything = np.concatenate(grams + pool) if grams or pool else np.empty(0, dtype=np.int64)
+    uniq, df = np.unique(everything, return_counts=True)
+    template = uniq[df >= template_df]
+    kept = [g[~np.isin(g, template)] for g in grams]
+    docs = np.concatenate([np.full(len(g), i, dtype=np.int64) for i, g in enumerate(kept)]
+                          or [np.empty(0, dtype=np.int64)])
+    hashes = np.concatenate(kept or [np.empty(0, dtype=np.int64)])
+    order = np.argsort(hashes, kind="stable")
+    return NgramIndex(n=n, hashes=hashes[order], docs=docs[order],
+                      sizes=np.array([len(g) for g in kept], dtype=np.int64), labels=tuple(labels))
+
+
+def ngram_overlap(index: NgramIndex, text: str, skip: str = "") -> tuple[float, int]:
+    """(best share of one reference's distinctive n-grams present in `text`, that reference);
+    the reference labelled `skip` is left out."""
+    grams = gram_hashes(text, index.n)
+    if not len(grams) or not len(index.hashes):
+        return 0.0, -1
+    lo = np.searchsorted(index.hashes, grams, side="left")
+    hi = np.searchsorted(index.hashes, grams, side="right")
+    hits = np.concatenate([index.docs[a:b] for a, b in zip(lo, hi) if b > a]
+                          or [np.empty(0, dtype=np.int64)])
+    if not len(hits):
+        return 0.0, -1
+    counts = np.bincount(hits, minlength=len(index.sizes))
+    share = counts / np.maximum(index.sizes, 1)
+    if skip in index.labels:
+        share[index.labels.index(skip)] = 0.0
+    best = int(np.argmax(share))
+    return float(share[best]), best
+
+
+def lexical_shortlist(item_texts: Sequence[str], ref_texts: Sequence[str],
+                      min_share: float = 0.3, max_df: float = 0.01) -> list[int]:
+    """Indices of references that share at least `min_share` of their distinctive words (3+
+    letters, in at most `max_df` of the references) with some item. Only these can reach a high
+    question cosine, so only these need embedding: this keeps tens of thousands of benchmark
+    questions from being encoded on every run. A heuristic: a paraphrase that replaces nearly
+    every word escapes it (the n-gram and exact checks still see the whole set)."""
+    ref_words = [{w for w in words(t) if len(w) > 2} for t in ref_texts]
+    df = Counter(w for ws in ref_words for w in ws)
+    cap = max(2, max_df * len(ref_texts))
+    postings: dict[str, list[int]] = {}
+    sizes = []
+    for j, ws in enumerate(ref_words):
+        rare = [w for w in ws if df[w] <= cap]
+        sizes.append(len(rare))
+        for w in rare:
+            postings.setdefault(w, []).append(j)
+    keep: set[int] = set()
+    for text in item_texts:
+        hits = Counter(j for w in set(words(text)) for j in postings.get(w, ()))
+        keep.update(j for j, count in hits.items() if count >= min_share * sizes[j])
+    return sorted(keep)
+
+
+# ---------------------------------------------------------------------------- contamination
+
+def contamination(items: Sequence[Item], refs: Sequence[Reference], vectors: Vectors,
+                  indexes: Sequence[NgramIndex], config: CurateConfig,
+                  background_answers: Sequence[str] = ()) -> list[str | None]:
+    """For each item, a detail naming the reference it leaks, or None when clean. Rules, in order:
+    exact question match; n-gram overlap >= ngram_overlap of a reference's distinctive n-grams;
+    question cosine >= contamination_similarity with agreeing answers (label_similarity when
+    the answer is a label: given label_count times and by 1% of the references and
+    `background_answers`, e.g. the train pool's outputs), or >= benchmark_similarity for
+    question-only references."""
+    exact: dict[str, list[int]] = {}
+    for i, ref in enumerate(refs):
+        exact.setdefault(norm_text(ref.question), []).append(i)
+    labels = common_answers([r.answer for r in refs if r.answer is not None]
+                            + list(background_answers), config)
+    out: list[str | None] = []
+    for start in range(0, len(items), 256):  # bounded memory against large benchmark sets
+        chunk = items[start:start + 256]
+        sims = vectors.item_q[start:start + 256] @ vectors.ref_q.T if len(refs) else None
+        for offset, item in enumerate(chunk):
+            row = None if sims is None else sims[offset]
+            out.append(_leak(item, start + offset, row, refs, vectors, indexes, exact, labels,
+                             config))
+    return out
+
+
+def _leak(item: Item, i: int, sims, refs, vectors: Vectors, indexes: Sequence[NgramIndex],
+          exact: dict, labels: set[str], config: CurateConfig) -> str | None:
+    for hit in exact.get(norm_text(item.question), ()):
+        if refs[hit].label != item.own_ref:
+            return f"same question as {refs[hit].label}"
+    for index in indexes:
+        share, doc = ngram_overlap(index, f"{item.question}\n{item.answer}", item.own_ref)
+        if share >= config.ngram_overlap:
+            return f"{index.n}-gram overlap {share:.2f} with {index.labels[doc]}"
+    if sims is None:
+        return None
+    for j in np.flatnonzero(sims >= min(config.contamination_similarity,
+                                        config.benchmark_similarity)):
+        ref = refs[j]
+        if ref.label == item.own_ref:
+            continue
+        if ref.answer is None:
+            if sims[j] >= config.benchmark_similarity:
+                return f"question similarity {sims[j]:.2f} with {ref.label}"
+        elif _same_item(item.question, item.answer, ref.question, ref.answer, float(sims[j]),
+                        float(vectors.item_a[i] @ vectors.ref_a[j]), labels, config):
+            return f"question similarity {sims[j]:.2f} and same answer as {ref.label}"
+    return None
+
+
+def _same_item(q1: str, a1: str, q2: str, a2: str, q_cos: float, a_cos: float,
+               labels: set[str], config: CurateConfig) -> bool:
+    """Close questions with agreeing answers; a common answer also needs near-verbatim text."""
+    if norm_answer(a2) in labels:
+        return q_cos >= config.label_similarity and answers_agree(
+            a1, a2, a_cos, config.answer_similarity) and near_verbatim(q1, q2,
+                                                                        config.verbatim_ratio)
+    return q_cos >= config.contamination_similarity and answers_agree(
+        a1, a2, a_cos, config.answer_similarity)
+
+
+# ---------------------------------------------------------------------------- selection
+
+def precedence(items: Sequence[Item]) -> list[int]:
+    """The order in which items claim their place: priority, then rank (which interleaves the
+    strategies of a cluster), then input order."""
+    return sorted(range(len(items)), key=lambda i: (-items[i].priority, items[i].rank, i))
+
+
+def duplicates(items: Sequence[Item], order: Sequence[int], q_vecs: np.ndarray,
+               a_vecs: np.ndarray, config: CurateConfig,
+               labels: set[str] = frozenset()) -> dict[int, str]:
+    """Greedy: walking `order`, an item that is the same item as an earlier kept one is a
+    duplicate (detail names the kept key); a common answer (`labels`, normalised) also needs a
+    near-verbatim question. Returns {index: detail} for the duplicates."""
+    kept: list[int] = []
+    by_question: dict[str, int] = {}
+    dups: dict[int, str] = {}
+    for i in order:
+        q = norm_text(items[i].question)
+        if q in by_question:
+            dups[i] = f"same question as {items[by_question[q]].key}"
+            continue
+        if kept:
+            sims = q_vecs[kept] @ q_vecs[i]
+            for pos in np.flatnonzero(sims >= config.duplicate_similarity):
+                j = kept[pos]
+                if not answers_agree(items[i].answer, items[j].answer,
+                                     float(a_vecs[i] @ a_vecs[j]), config.answer_similarity):
+                    continue
+                if norm_answer(items[j].answer) not in labels or near_verbatim(
+                        items[i].question, items[j].question, config.verbatim_ratio):
+                    dups[i] = f"near duplicate ({sims[pos]:.2f}) of {items[j].key}"
+                    break
+            if i in dups:
+                continue
+        kept.append(i)
+        by_question[q] = i
+    return dups
+
+
+def balance(items: Sequence[Item], order: Sequence[int], n: int,
+            group_order: Sequence[str] = (), weights: dict[str, float] | None = None) -> list[int]:
+    """Up to n indices, shared over failure clusters in proportion to `weights` (equal when
+    None; a group without a weight gets the largest one): each pick goes to the group with the
+    fewest picks per unit of weight (ties: `group_order`). A group that runs out of candidates
+    leaves its share to the others."""
+    queues: dict[str, list[int]] = {g: [] for g in group_order}
+    for i in order:
+        queues.setdefault(items[i].group, []).append(i)
+    weights = weights or {}
+    top = max(weights.values(), default=1.0) or 1.0
+    weight = {g: max(weights.get(g, top), 1e-9) for g in queues}
+    taken = dict.fromkeys(queues, 0)
+    rank = {g: k for k, g in enumerate(queues)}
+    chosen: list[int] = []
+    while len(chosen) < n:
+        open_groups = [g for g in queues if taken[g] < len(queues[g])]
+        if not open_groups:
+            break
+        g = min(open_groups, key=lambda g: ((taken[g] + 1) / weight[g], rank[g]))
+        chosen.append(queues[g][taken[g]])
+        taken[g] += 1
+    return chosen
+
+
+def allocate(n: int, weights: dict[str, float]) -> dict[str, int]:
+    """`n` shared in proportion to `weights` (largest remainders, ties in dict order), at least
+    one each while n allows: the per-cluster quota that targeting asks candidates for."""
+    if not weights:
+        return {}
+    total = sum(weights.values()) or 1.0
+    exact = {g: n * w / total for g, w in weights.items()}
+    out = {g: int(v) for g, v in exact.items()}
+    for g in sorted(exact, key=lambda g: -(exact[g] - int(exact[g])))[:n - sum(out.values())]:
+        out[g] += 1
+    if n >= len(weights):  # every cluster gets at least one, taken from the largest
+        for g in [g for g, v in out.items() if v == 0]:
+            out[max(out, key=out.get)] -= 1
+            out[g] = 1
+    return out
+
+
+def curate(items: Sequence[Item], vectors: Vectors, refs: Sequence[Reference],
+           indexes: Sequence[NgramIndex], n: int, n_replay: int = 0,
+           config: CurateConfig = CurateConfig(), group_order: Sequence[str] = (),
+           background_answers: Sequence[str] = (),
+           weights: dict[str, float] | None = None) -> list[Decision]:
+    """Decide every item, in input order. Targeted items: strategy rejections, contamination,
+    duplicates, then `n` kept by cluster balance (shares by `weights`). Replay items (original
+    train rows) pass the same filters, then the first `n_replay` of them are kept."""
+    leaks = contamination(items, refs, vectors, indexes, config, background_answers)
+    reasons: dict[int, tuple[str, str]] = {}
+    for i, item in enumerate(items):
+        if item.reason:
+            reasons[i] = (item.reason, item.detail)
+        elif leaks[i]:
+            reasons[i] = ("contaminated", leaks[i])
+    order = [i for i in precedence(items) if i not in reasons]
+    targeted = [i for i in order if not items[i].replay]
+    replay = [i for i in order if items[i].replay]
+    # targeted first, so a replayed row never displaces the example that was meant to fix a failure
+    labels = common_answers([r.answer for r in refs if r.answer is not None]
+                            + list(background_answers), config)
+    dups = duplicates(items, targeted + replay, vectors.item_q, vectors.item_a, config, labels)
+    reasons.update({i: ("duplicate", d) for i, d in dups.items()})
+    chosen = set(balance(items, [i for i in targeted if i not in dups], n, group_order,
+                         weights))
+    chosen |= set([i for i in replay if i not in dups][:n_replay])
+    for i in order:
+        if i not in reasons and i not in chosen:
+            budget = n_replay if items[i].replay else n
+            kind = "replay" if items[i].replay else "targeted"
+            reasons[i] = ("over_budget", f"{kind} budget of {budget} reached")
+    return [Decision(item.key, i not in reasons, *reasons.get(i, (None, "")))
+            for i, item in enumerate(items)]

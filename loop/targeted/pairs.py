@@ -1,0 +1,348 @@
+"""Preference pairs (prompt, chosen, rejected) from what the store already holds.
+
+    result = build_pairs(store, load_task("task.toml"))      # or `evalloop pairs --task T.toml`
+    print(format_result(result))
+
+Four sources, each pair tagged with its `source` so they are never mixed up:
+  human       blind A/B votes from the app (judge "human"): winner vs loser
+  judge       automatic judges' matches (reference, llm), kept apart from human votes
+  correction  a reviewer's corrected answer vs the model output it corrected
+  failure     the reference vs a failing prediction (the item failed, so the reference is the
+              full answer the model should have given)
+Ties, "both bad", unjudged matches, missing outputs and identical answers never become pairs;
+each exclusion is counted with its reason. Pairs are then decontaminated against the test split
+(and benchmark questions when [targeted] benchmark_data is set) with the same rules as SFT data
+(loop/targeted/curate.py via loop/targeted/stage.py). Dev items are allowed: dev is where failures are mined
+and corrections are made, and the gate scores on test. Exported as JSONL (`prompt`, `chosen`,
+`rejected` + provenance) with a manifest beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from loop.core.errors import ConfigError
+from loop.core.prompts import user_message
+from loop.core.records import Example, content_hash
+from loop.store.db import Store
+
+SOURCES = ("human", "judge", "correction", "failure")
+PAIRS_VERSION = "pairs-v1"  # part of every manifest hash: bump when pair building changes
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    source: str  # one of SOURCES
+    task_id: str
+    example_id: str
+    instruction: str
+    input: str
+    chosen: str
+    rejected: str
+    chosen_by: str  # model id, "reference" or "reviewer:<name>"
+    rejected_by: str  # model id
+    origin: str  # the match, correction or failing run it came from
+    judge: str | None = None  # matches only: "human", "reference", "llm"
+    voter: str | None = None
+
+    @property
+    def prompt(self) -> str:
+        return user_message(self.example())
+
+    @property
+    def pair_id(self) -> str:
+        return content_hash("pair", self.source, self.task_id, self.instruction, self.input,
+                            self.chosen, self.rejected)
+
+    def example(self) -> Example:
+        return Example(self.example_id, self.instruction, self.chosen, self.input)
+
+    def row(self) -> dict:
+        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected,
+                "pair_id": self.pair_id, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    source: str
+    reason: str  # tie, both_bad, no_verdict, no_output, same_output, no_reference,
+    #              superseded, unknown_item, duplicate, contaminated
+    origin: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class PairSet:
+    pairs: tuple[PreferencePair, ...]
+    excluded: tuple[Exclusion, ...]
+
+    def counts(self) -> dict[str, dict]:
+        """Per source: pairs kept and exclusions by reason."""
+        kept = Counter(p.source for p in self.pairs)
+        dropped: dict[str, Counter] = {s: Counter() for s in SOURCES}
+        for e in self.excluded:
+            dropped.setdefault(e.source, Counter())[e.reason] += 1
+        return {s: {"pairs": kept[s], "excluded": dict(sorted(dropped[s].items()))}
+                for s in SOURCES}
+
+
+# ---------------------------------------------------------------------------- pure builders
+
+def pairs_from_matches(task_id: str, matches: Iterable[dict], items: dict[str, Example]
+                       ) -> tuple[list[PreferencePair], list[Exclusion]]:
+    """Match rows {match_id, example_id, model_a, model_b, judge, verdict, voter, output_a,
+    output_b} -> winner-vs-loser pairs; source "human" for judge "human", else "judge"."""
+    pairs, out = [], []
+    for m in matches:
+        source = "human" if m["judge"] == "human" else "judge"
+        verdict, origin = m.get("verdict"), m["match_id"]
+        reason = ({"tie": "tie", "both_bad": "both_bad", None: "no_verdict"}.get(verdict)
+                  or _missing(m.get("output_a"), m.get("output_b"))
+                  or (None if m["example_id"] in items else "unknown_item"))
+        if reason is None and verdict not in ("A", "B"):
+            reason = "no_verdict"
+        if reason:
+            out.append(Exclusion(source, reason, origin, f"verdict {verdict}"))
+            continue
+        win, lose = ("a", "b") if verdict == "A" else ("b", "a")
+        ex = items[m["example_id"]]
+        pairs.append(PreferencePair(source, task_id, ex.id, ex.instruction, ex.input,
+                                    m[f"output_{win}"], m[f"output_{lose}"], m[f"model_{win}"],
+                                    m[f"model_{lose}"], origin, m["judge"], m.get("voter")))
+    return pairs, out
+
+
+def pairs_from_corrections(task_id: str, corrections: Iterable[dict], items: dict[str, Example]
+                           ) -> tuple[list[PreferencePair], list[Exclusion]]:
+    """Correction rows {correction_id, example_id, corrected_output, reviewer, prediction_id,
+    output, model_id}, newest first -> corrected vs corrected-output pairs. An older correction
+    of the same (item, prediction) is superseded by the newer one."""
+    pairs, out, seen = [], [], set()
+    for c in corrections:
+        origin, key = c["correction_id"], (c["example_id"], c.get("prediction_id"))
+        reason = ("superseded" if key in seen else
+                  _missing(c.get("output"), c["corrected_output"])
+                  or (None if c["example_id"] in items else "unknown_item"))
+        seen.add(key)
+        if reason:
+            out.append(Exclusion("correction", reason, origin))
+            continue
+        ex = items[c["example_id"]]
+        pairs.append(PreferencePair("correction", task_id, ex.id, ex.instruction, ex.input,
+                                    c["corrected_output"], c["output"],
+                                    f"reviewer:{c.get('reviewer') or 'unknown'}",
+                                    c.get("model_id") or "unknown", origin))
+    return pairs, out
+
+
+def pairs_from_failures(task_id: str, failures: Iterable[dict], items: dict[str, Example]
+                        ) -> tuple[list[PreferencePair], list[Exclusion]]:
+    """Failure rows {run_id, example_id, model_id, reference, output} -> reference vs output."""
+    pairs, out = [], []
+    for f in failures:
+        origin = f"{f['run_id']}:{f['example_id']}"
+        reference = f.get("reference") or ""
+        reason = ("no_reference" if not reference.strip() else
+                  _missing(f.get("output"), reference)
+                  or (None if f["example_id"] in items else "unknown_item"))
+        if reason:
+            out.append(Exclusion("failure", reason, origin))
+            continue
+        ex = items[f["example_id"]]
+        pairs.append(PreferencePair("failure", task_id, ex.id, ex.instruction, ex.input,
+                                    reference, f["output"], "reference", f["model_id"], origin))
+    return pairs, out
+
+
+def _missing(a: str | None, b: str | None) -> str | None:
+    if a is None or b is None:
+        return "no_output"
+    return "same_output" if a.strip() == b.strip() else None
+
+
+def dedupe(pairs: Sequence[PreferencePair]) -> tuple[list[PreferencePair], list[Exclusion]]:
+    """The first of identical (source, prompt, chosen, rejected) pairs; the rest excluded."""
+    kept, out, seen = [], [], set()
+    for p in pairs:
+        if p.pair_id in seen:
+            out.append(Exclusion(p.source, "duplicate", p.origin, p.pair_id))
+        else:
+            seen.add(p.pair_id)
+            kept.append(p)
+    return kept, out
+
+
+# ---------------------------------------------------------------------------- decontamination
+
+def decontaminate(pairs: Sequence[PreferencePair], task, embedder
+                  ) -> tuple[list[PreferencePair], list[Exclusion]]:
+    """SFT's contamination rules (loop/targeted/curate.py) against test items and configured benchmark
+    questions: a pair is an item (question = its prompt, answer = `chosen`)."""
+    from loop.targeted import curate as cur
+    from loop.targeted.stage import _Memo, _references, _varying_part
+    from loop.targeted.inputs import targeted_config
+
+    if not pairs:
+        return [], []
+    cfg = targeted_config(task.config)
+    vary = _varying_part(task)
+    no_dev = replace(task, splits={k: v for k, v in task.splits.items() if k != "dev"})
+    refs = _references(no_dev, cfg, vary)
+    embed = _Memo(embedder)
+    items = [cur.Item(p.pair_id, vary(p.prompt), p.chosen, p.source) for p in pairs]
+    shortlist = cur.lexical_shortlist([i.question for i in items],
+                                      [b.question for b in refs.bench]) if refs.bench else []
+    checked = refs.task + [refs.bench[j] for j in shortlist]
+    vectors = cur.Vectors(embed([i.question for i in items]), embed([i.answer for i in items]),
+                          embed([r.question for r in checked]),
+                          embed([r.answer or "" for r in checked]))
+    pool_answers = [e.output for e in task.splits.get("train", ())]
+    leaks = cur.contamination(items, checked, vectors, refs.indexes, cfg.curate, pool_answers)
+    kept = [p for p, leak in zip(pairs, leaks) if not leak]
+    out = [Exclusion(p.source, "contaminated", p.origin, leak)
+           for p, leak in zip(pairs, leaks) if leak]
+    return kept, out
+
+
+# ---------------------------------------------------------------------------- store reads
+
+def load_matches(store: Store, task_id: str) -> list[dict]:
+    """Stored matches of the task with both models' outputs on the item (each model's latest
+    finished evaluation that answered it)."""
+    return store.query("""
+        WITH outs AS (
+            SELECT r.model_id, ri.example_id, p.output FROM runs r
+            JOIN run_items ri USING (run_id) JOIN predictions p USING (prediction_id)
+            WHERE r.kind = 'eval' AND r.status = 'done' AND r.task_id = ?
+            QUALIFY row_number() OVER (PARTITION BY r.model_id, ri.example_id
+                                       ORDER BY r.finished_at DESC NULLS LAST, r.run_id) = 1)
+        SELECT m.match_id, m.example_id, m.model_a, m.model_b, m.judge, m.verdict, m.voter,
+               a.output AS output_a, b.output AS output_b
+        FROM matches m
+        LEFT JOIN outs a ON a.model_id = m.model_a AND a.example_id = m.example_id
+        LEFT JOIN outs b ON b.model_id = m.model_b AND b.example_id = m.example_id
+        WHERE m.task_id = ? ORDER BY m.created_at, m.match_id""", [task_id, task_id])
+
+
+def load_corrections(store: Store, task_id: str) -> list[dict]:
+    """Corrections of the task, newest first, with the output they corrected."""
+    return store.query("""
+        SELECT c.correction_id, c.example_id, c.corrected_output, c.reviewer, c.prediction_id,
+               p.output, p.model_id
+        FROM corrections c LEFT JOIN predictions p USING (prediction_id)
+        WHERE c.task_id = ? ORDER BY c.created_at DESC, c.correction_id""", [task_id])
+
+
+def load_failure_rows(store: Store, task_id: str, run_id: str | None = None) -> list[dict]:
+    """Stored failures of the task (of one run when given), with reference and output."""
+    sql = ("SELECT run_id, example_id, model_id, reference, output FROM failures_v "
+           "WHERE task_id = ?")
+    params = [task_id]
+    if run_id:
+        sql += " AND run_id = ?"
+        params.append(run_id)
+    return store.query(sql + " ORDER BY run_id, example_id", params)
+
+
+def collect_pairs(store: Store, task, sources: Sequence[str] = SOURCES,
+                  failure_run: str | None = None) -> PairSet:
+    """Every pair of the chosen sources, deduplicated, before decontamination."""
+    unknown = [s for s in sources if s not in SOURCES]
+    if unknown:
+        raise ConfigError(f"unknown pair source(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(SOURCES)}.")
+    items = {e.id: e for split in task.splits.values() for e in split}
+    pairs: list[PreferencePair] = []
+    excluded: list[Exclusion] = []
+    matches = load_matches(store, task.name) if {"human", "judge"} & set(sources) else []
+    steps = (("human", lambda: pairs_from_matches(
+                 task.name, [m for m in matches if m["judge"] == "human"], items)),
+             ("judge", lambda: pairs_from_matches(
+                 task.name, [m for m in matches if m["judge"] != "human"], items)),
+             ("correction", lambda: pairs_from_corrections(
+                 task.name, load_corrections(store, task.name), items)),
+             ("failure", lambda: pairs_from_failures(
+                 task.name, load_failure_rows(store, task.name, failure_run), items)))
+    for source, build in steps:
+        if source in sources:
+            got, dropped = build()
+            pairs += got
+            excluded += dropped
+    pairs, dups = dedupe(pairs)
+    return PairSet(tuple(pairs), tuple(excluded + dups))
+
+
+# ---------------------------------------------------------------------------- the stage
+
+@dataclass(frozen=True)
+class PairsResult:
+    dataset_path: str
+    manifest_path: str
+    manifest_hash: str
+    n_pairs: int
+    counts: dict
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def build_pairs(store: Store, task, sources: Sequence[str] = SOURCES,
+                failure_run: str | None = None, out_dir: str | Path | None = None,
+                embedder=None) -> PairsResult:
+    """Collect, decontaminate and export the task's preference pairs; returns the paths."""
+    if embedder is None:
+        from loop.targeted.stage import default_embedder
+
+        embedder = default_embedder(store)
+    found = collect_pairs(store, task, sources, failure_run)
+    kept, leaked = decontaminate(found.pairs, task, embedder)
+    final = PairSet(tuple(kept), found.excluded + tuple(leaked))
+    return export_pairs(final, task, Path(out_dir) if out_dir else
+                        store.workspace / "data" / task.name / "pairs",
+                        {"sources": list(sources), "failure_run": failure_run})
+
+
+def export_pairs(pairs: PairSet, task, out_dir: Path, params: dict) -> PairsResult:
+    """`<hash>.jsonl` (one pair a line) and `<hash>.manifest.json`; the hash covers the pairs
+    and what produced them, so the same pairs give the same files."""
+    rows = [p.row() for p in pairs.pairs]
+    manifest = {"version": PAIRS_VERSION, "task": task.name, "data_hash": task.data_hash,
+                "params": params, "n_pairs": len(rows), "counts": pairs.counts(),
+                "pair_ids": [r["pair_id"] for r in rows]}
+    digest = content_hash(manifest)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_path, manifest_path = out_dir / f"{digest}.jsonl", out_dir / f"{digest}.manifest.json"
+    _atomic_write(data_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    _atomic_write(manifest_path, json.dumps({**manifest, "manifest_hash": digest,
+                                             "dataset": data_path.name}, indent=2))
+    return PairsResult(str(data_path), str(manifest_path), digest, len(rows), pairs.counts())
+
+
+def read_pairs(path: str | Path) -> list[PreferencePair]:
+    """Pairs back from an exported JSONL (the provenance fields round-trip)."""
+    names = {f for f in PreferencePair.__dataclass_fields__}
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            out.append(PreferencePair(**{k: v for k, v in record.items() if k in names}))
+    return out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def format_result(result: PairsResult) -> str:
+    lines = [f"{result.n_pairs} preference pairs -> {result.dataset_path}"]
+    for source, c in result.counts.items():
+        dropped = ", ".join(f"{k} {v}" for k, v in c["excluded"].items()) or "none"
+        lines.append(f"  {source:<11}{c['pairs']:>6} pairs   excluded: {dropped}")
+    return "\n".join(lines)

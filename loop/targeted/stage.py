@@ -1,0 +1,477 @@
+"""The targeted-data stage: failures of a dev run -> strategies -> curation -> a JSONL dataset.
+
+    result = generate_targeted(store, load_task("task.toml"), run_id)   # a dev eval run
+    print(format_result(result))
+
+Failures are mined from the dev split only; test items are never used to build data and, with
+dev items and configured benchmark questions, are what curation decontaminates against. Every
+candidate becomes a `generated_examples` row (strategy, cluster, failure ids, source, status,
+reason); the accepted ones are written to `<out_dir>/<batch_id>.jsonl` in the task record format
+with a manifest beside it, and a `datasets` row. A batch that is already complete is returned as
+stored, so re-running a cycle stage never duplicates rows. Config: the task TOML's [targeted].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from loop.targeted import curate as cur
+from loop.targeted.answer_classes import PoolAnswers, answer_distribution, answer_kind, \
+    format_distribution
+from loop.core.errors import TaskDataError
+from loop.core.records import content_hash
+from loop.store.db import Store, now
+from loop.targeted.strategies import (
+    CORRECTIONS_GROUP,
+    STRATEGIES,
+    Candidate,
+    ClusterTarget,
+    Request,
+    StrategyContext,
+    answer_check,
+    fixability,
+    question,
+    replay_like,
+    resolve_generator,
+)
+from loop.targeted.inputs import (
+    FailureSet,
+    NoFailuresError,
+    TargetedConfig,
+    benchmark_questions,
+    load_corrections,
+    load_failures,
+    model_name,
+    targeted_config,
+)
+from loop.data.tasks import Task
+from loop.targeted.teacher import Teacher, make_teacher
+from loop.core.template import Template
+
+__all__ = ["NoFailuresError", "TargetedResult", "format_result", "generate_targeted"]
+
+log = logging.getLogger(__name__)
+
+OVERSAMPLE = 1.5  # candidates asked per accepted example wanted: curation drops some
+MAX_ROUNDS = 3  # top-up rounds for clusters whose candidates were rejected
+
+
+@dataclass(frozen=True)
+class TargetedResult:
+    batch_id: str
+    task: str
+    run_id: str
+    model_id: str
+    requested: int
+    accepted: int  # targeted examples kept (replay not included)
+    replay: int
+    by_strategy: dict[str, dict[str, int]]  # strategy -> {accepted, rejected}
+    by_cluster: dict[str, dict]  # cluster -> {label, failures, accepted, by_strategy}
+    rejected: dict[str, int]  # reason -> count
+    dataset_path: str
+    manifest_path: str
+    manifest_hash: str
+    data_hash: str
+    cached: bool = False
+    rejected_share: dict[str, float] | None = None  # reason -> share of all candidates
+    answer_distribution: dict | None = None  # answer classes: pool vs failures vs data
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------- embeddings + checks
+
+class _Memo:
+    """Any `encode(list[str]) -> array` embedder, with rows renormalised and each text encoded
+    once per stage (the scoring embedder also caches across runs in DuckDB)."""
+
+    def __init__(self, embedder):
+        self.embedder, self.cache, self.dim = embedder, {}, None
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        if missing or self.dim is None:
+            batch = missing or [""]
+            vecs = np.asarray(self.embedder.encode(batch), dtype=np.float32)
+            vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+            self.dim = vecs.shape[1]
+            self.cache.update(zip(batch, vecs))
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self.cache[t] for t in texts])
+
+
+def default_embedder(store: Store):
+    """The scoring side's embedder (default all-MiniLM-L6-v2), cached in the store."""
+    from evals.similarity import CachedEmbedder
+
+    return CachedEmbedder(store)
+
+
+# ---------------------------------------------------------------------------- the stage
+
+def generate_targeted(store: Store, task: Task, run_id: str | None = None, *,
+                      model: str | None = None, strategies: Sequence[str] | None = None,
+                      n: int | None = None, seed: int | None = None, batch_id: str | None = None,
+                      out_dir: str | Path | None = None, embedder=None,
+                      teacher: Teacher | None = None, failures: FailureSet | None = None,
+                      progress: bool = False) -> TargetedResult:
+    """Build (or return the stored) targeted dataset for the failures of a dev run: `run_id`,
+    else the latest dev run of `model`, else the latest dev run (or `failures` given directly).
+    Keyword arguments override the task's [targeted] section."""
+    cfg = targeted_config(task.config, strategies=strategies, n=n, seed=seed)
+    failures = failures or load_failures(store, task, run_id, model)
+    _check_dev_only(task, failures)
+    params = {"task": task.name, "data_hash": task.data_hash, "run_id": failures.run_id,
+              **cfg.identity()}
+    batch_id = batch_id or content_hash("targeted", params)
+    out_dir = Path(out_dir) if out_dir else store.workspace / "data" / task.name
+    stored = _stored_result(store, batch_id, content_hash(params))
+    if stored is not None:
+        return stored
+    embed = _Memo(embedder or default_embedder(store))
+    pool = tuple(task.splits.get("train", ()))
+    vary = _varying_part(task)
+    kind = answer_kind([e.output for split in ("train", "dev") for e in task.splits.get(split, ())])
+    bonus = _loss_bonus(store, task, pool, model_name(store, failures.model_id),
+                        cfg.loss_weight, progress) \
+        if cfg.loss_weight > 0 and "retrieval" in cfg.strategies and pool else None
+    ctx = StrategyContext(
+        seed=cfg.seed, pool=pool, embed=embed, vary=vary, pool_bonus=bonus,
+        answers=PoolAnswers([e.output for e in pool], kind),
+        generator=(cfg.generator, resolve_generator(cfg.generator)) if cfg.generator else None,
+        teacher=teacher or (make_teacher(cfg.teacher) if cfg.teacher else None),
+        per_prompt=cfg.teacher.per_prompt if cfg.teacher else 3, check=answer_check(task),
+        corrections=load_corrections(store, task) if "corrections" in cfg.strategies else (),
+        cluster_of={f.example.id: c.cluster_id for c in failures.clusters for f in c.failures})
+    refs = _references(task, cfg, vary)
+    dev = {e.id: e for e in task.splits.get("dev", ())}
+    passed = [dev[i] for i in failures.passed if i in dev]
+    items, decisions = _rounds(ctx, cfg, failures, batch_id, refs, passed, progress)
+    return _write(store, task, failures, batch_id, out_dir, params, items, decisions, kind)
+
+
+def _loss_bonus(store: Store, task: Task, pool: Sequence, model: str, weight: float,
+                progress: bool) -> np.ndarray:
+    """`weight` x each pool row's answer-loss percentile under the model that failed (1 = the
+    answer it knows least): among rows equally near a failure, retrieval takes the unknown
+    ones first."""
+    from scipy.stats import rankdata
+
+    from loop.targeted.answer_loss import answer_losses
+    from loop.models.loading import load_model
+
+    losses = answer_losses(load_model(model), pool, task.config.system_prompt, progress=progress)
+    return weight * rankdata(losses) / len(losses)
+
+
+def random_pool_rows(store: Store, task: Task, n: int, seed: int = 0,
+                     exclude: set[str] | frozenset = frozenset(), embedder=None) -> list:
+    """`n` pool rows drawn at random (seeded), skipping `exclude` ids, through the same
+    decontamination and duplicate rules as targeted data: the baseline targeting must beat
+    (bench/targeted_vs_random.py)."""
+    cfg = targeted_config(task.config, seed=seed)
+    pool = [e for e in task.splits.get("train", ()) if e.id not in exclude]
+    order = np.random.default_rng(seed).permutation(len(pool))
+    vary = _varying_part(task)
+    ctx = StrategyContext(seed=seed, pool=tuple(pool), embed=_Memo(embedder or
+                                                                    default_embedder(store)),
+                          vary=vary)
+    refs = _references(task, cfg, vary)
+    chosen: list = []
+    for start in range(0, len(order), 2 * n):  # curation drops a few: draw again until n
+        block = [pool[i] for i in order[start:start + 2 * n]]
+        items = [(e.id, Candidate(e, "replay", "replay", (), {"pool_id": e.id}), k)
+                 for k, e in enumerate(block)]
+        decisions = _curate(ctx, cfg, items, refs, len(block), ["replay"], {"replay": 1.0})
+        chosen += [e for e, d in zip(block, decisions) if d.accepted]
+        if len(chosen) >= n:
+            break
+    return chosen[:n]
+
+
+def _varying_part(task: Task):
+    """question -> its varying part, with the template fitted on every item of the task (train,
+    dev, test) so that the same text counts as template everywhere; memoised per stage."""
+    template = Template.fit([question(e) for split in task.splits.values() for e in split])
+    memo: dict[str, str] = {}
+
+    def vary(text: str) -> str:
+        if text not in memo:
+            memo[text] = template.varying(text)
+        return memo[text]
+
+    return vary
+
+
+def _check_dev_only(task: Task, failures: FailureSet) -> None:
+    dev = {e.id for e in task.splits.get("dev", ())}
+    outside = [f.example.id for c in failures.clusters for f in c.failures if f.example.id not in dev]
+    if outside:
+        raise TaskDataError(f"{len(outside)} failure(s) are not dev items of task '{task.name}' "
+                            f"(e.g. {outside[0]}): targeted data is built from dev failures only.")
+
+
+@dataclass(frozen=True)
+class _Refs:
+    """What curation checks against: task items (dev, test) and benchmark questions."""
+
+    task: list[cur.Reference]
+    bench: list[cur.Reference]
+    indexes: list[cur.NgramIndex]
+
+
+def _references(task: Task, cfg: TargetedConfig, vary) -> _Refs:
+    """Dev and test items (varying question + answer) and benchmark questions, with n-gram
+    indexes. Template text is left out, so only what varies can make two items the same."""
+    refs = [cur.Reference(f"{split}:{e.id}", vary(question(e)), e.output)
+            for split in ("dev", "test") for e in task.splits.get(split, ())]
+    pool_texts = [f"{vary(question(e))}\n{e.output}" for e in task.splits.get("train", ())]
+    c = cfg.curate
+    indexes = [cur.build_ngram_index([f"{r.question}\n{r.answer}" for r in refs],
+                                     [r.label for r in refs], c.ngram, c.template_df, pool_texts)]
+    bench = benchmark_questions(cfg.benchmark_data) if cfg.benchmark_data else []
+    if bench:
+        indexes.append(cur.build_ngram_index([b.question for b in bench], [b.label for b in bench],
+                                             c.ngram, c.template_df))
+    return _Refs(refs, bench, indexes)
+
+
+def _gen_id(batch_id: str, cand: Candidate) -> str:
+    ex = cand.example
+    return content_hash(batch_id, cand.strategy, cand.cluster_id, cand.source, ex.instruction,
+                        ex.input, ex.output)
+
+
+def cluster_weights(ctx: StrategyContext, clusters: Sequence[ClusterTarget]) -> dict[str, float]:
+    """A cluster's share of the budget: its size, scaled by how fixable it is from the pool
+    (the share of its failures some pool row has everything for), so a 3-item cluster does
+    not get what a 60-item one gets, and a cluster the pool cannot teach gets less."""
+    return {c.cluster_id: len(c.failures) * (0.25 + 0.75 * fixability(ctx, c)) for c in clusters}
+
+
+def _rounds(ctx: StrategyContext, cfg: TargetedConfig, failures: FailureSet, batch_id: str,
+            refs: _Refs, passed: Sequence, progress: bool):
+    """Ask every strategy for candidates per cluster (budget shared by cluster weight), curate,
+    and top up the clusters short of their share (new seeds and further neighbours) for at
+    most MAX_ROUNDS rounds."""
+    clusters = failures.clusters
+    producing = max(1, len([s for s in cfg.strategies if s != "corrections"]))
+    weights = cluster_weights(ctx, clusters) if "retrieval" in cfg.strategies else \
+        {c.cluster_id: float(len(c.failures)) for c in clusters}
+    quota = cur.allocate(cfg.n, weights)
+    want = {c.cluster_id: math.ceil(quota[c.cluster_id] * OVERSAMPLE / producing)
+            for c in clusters}
+    n_replay = round(cfg.n * cfg.replay_share / (1 - cfg.replay_share))
+    replayed = [(c, i) for i, c in enumerate(replay_like(ctx, passed, 2 * n_replay + 10))] \
+        if n_replay else []
+    groups = [c.cluster_id for c in clusters] + [CORRECTIONS_GROUP]
+    found: dict[str, tuple[Candidate, int]] = {}
+    offsets: Counter = Counter()
+    for round_ in range(MAX_ROUNDS):
+        before = len(found)
+        for name in cfg.strategies:
+            requests = [Request(c, want[c.cluster_id], offsets[name, c.cluster_id], round_)
+                        for c in clusters if want[c.cluster_id] > 0]
+            seen: Counter = Counter()
+            for cand in STRATEGIES[name](ctx, requests):
+                rank = offsets[name, cand.cluster_id] + seen[cand.cluster_id]
+                seen[cand.cluster_id] += 1
+                found.setdefault(_gen_id(batch_id, cand), (cand, rank))
+            for r in requests:
+                offsets[name, r.cluster.cluster_id] += r.want
+        items = [(k, c, r) for k, (c, r) in found.items()]
+        items += [(_gen_id(batch_id, c), c, r) for c, r in replayed]
+        decisions = _curate(ctx, cfg, items, refs, n_replay, groups, weights)
+        kept = Counter(c.cluster_id for (_, c, _), d in zip(items, decisions)
+                       if d.accepted and c.strategy != "replay")
+        spare = Counter(c.cluster_id for (_, c, _), d in zip(items, decisions)
+                        if d.reason == "over_budget" and c.strategy != "replay")
+        if progress or log.isEnabledFor(logging.INFO):
+            log.info("targeted round %d: %d candidates, %d accepted of %d", round_ + 1,
+                     len(items), sum(kept.values()), cfg.n)
+        # a cluster below its share with no spare candidates needs more; one with spares is
+        # only held back by the total budget
+        short = {c.cluster_id: quota[c.cluster_id] - kept[c.cluster_id] for c in clusters
+                 if kept[c.cluster_id] < quota[c.cluster_id] and not spare[c.cluster_id]}
+        if not short or len(found) == before:
+            break
+        want = {c.cluster_id: math.ceil(2 * short.get(c.cluster_id, 0) / producing)
+                for c in clusters}
+    total = sum(kept.values())
+    if total < cfg.n:
+        log.warning("targeted: %d examples accepted of %d requested", total, cfg.n)
+        # keep the replay share of what was actually accepted, not of what was asked for
+        n_final = round(total * cfg.replay_share / (1 - cfg.replay_share))
+        decisions = _curate(ctx, cfg, items, refs, n_final, groups, weights)
+    return items, decisions
+
+
+def _curate(ctx: StrategyContext, cfg: TargetedConfig, items, refs: _Refs, n_replay: int,
+            group_order: list[str], weights: dict[str, float]):
+    vary = ctx.vary or (lambda text: text)
+    cur_items = [cur.Item(key, vary(question(c.example)), c.example.output, c.cluster_id,
+                          c.priority, rank, c.strategy == "replay", c.reason, c.detail,
+                          c.own_ref)
+                 for key, c, rank in items]
+    # embed only the benchmark questions that share words with some candidate
+    shortlist = cur.lexical_shortlist([i.question for i in cur_items],
+                                      [b.question for b in refs.bench]) if refs.bench else []
+    checked = refs.task + [refs.bench[j] for j in shortlist]
+    vectors = cur.Vectors(ctx.embed([i.question for i in cur_items]),
+                          ctx.embed([i.answer for i in cur_items]),
+                          ctx.embed([r.question for r in checked]),
+                          ctx.embed([r.answer or "" for r in checked]))
+    return cur.curate(cur_items, vectors, checked, refs.indexes, cfg.n, n_replay, cfg.curate,
+                      group_order, [e.output for e in ctx.pool], weights)
+
+
+# ---------------------------------------------------------------------------- outputs
+
+def _write(store: Store, task: Task, failures: FailureSet, batch_id: str, out_dir: Path,
+           params: dict, items, decisions, kind: str) -> TargetedResult:
+    """Provenance rows, the JSONL dataset and its manifest, then the `datasets` row; the batch's
+    earlier rows (an interrupted or re-parametrised run) are replaced in one transaction."""
+    created = now()
+    rows = [{"gen_id": key, "batch_id": batch_id, "task_id": task.name, "strategy": c.strategy,
+             "cluster_id": c.cluster_id, "failure_ids": list(c.failure_ids), "source": c.source,
+             "example_id": c.example.id, "instruction": c.example.instruction,
+             "input": c.example.input, "output": c.example.output,
+             "category": c.example.category, "status": "accepted" if d.accepted else "rejected",
+             "reason": d.reason, "detail": d.detail, "created_at": created}
+            for (key, c, _), d in zip(items, decisions)]
+    kept = sorted((r for r in rows if r["status"] == "accepted"),
+                  key=lambda r: r["strategy"] == "replay")  # stable: targeted first
+    data = "".join(json.dumps({"id": r["gen_id"], "instruction": r["instruction"],
+                               "input": r["input"], "output": r["output"],
+                               "category": r["category"]}, ensure_ascii=False) + "\n"
+                   for r in kept).encode("utf-8")
+    manifest = _manifest(task, failures, batch_id, params, rows, hashlib.sha256(data).hexdigest())
+    manifest["answer_distribution"] = dist = answer_distribution(
+        kind, [e.output for e in task.splits.get("train", ())],
+        [f.example.output for c in failures.clusters for f in c.failures],
+        [r["output"] for r in kept])
+    if dist["vanished"]:
+        log.warning("targeted: answer classes common in the pool or the failures are (nearly) "
+                    "absent from the training data: %s", ", ".join(dist["vanished"][:10]))
+    manifest_hash = content_hash(manifest)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset_path, manifest_path = out_dir / f"{batch_id}.jsonl", out_dir / f"{batch_id}.manifest.json"
+    _atomic_write(dataset_path, data)
+    _atomic_write(manifest_path, json.dumps({**manifest, "manifest_hash": manifest_hash,
+                                             "created_at": created.isoformat()},
+                                            indent=2, ensure_ascii=False).encode("utf-8"))
+    with store.transaction():
+        store.execute("DELETE FROM generated_examples WHERE batch_id = ?", [batch_id])
+        store.insert("generated_examples", rows)
+        store.execute("DELETE FROM datasets WHERE batch_id = ?", [batch_id])
+        store.insert("datasets", [{"manifest_hash": manifest_hash, "batch_id": batch_id,
+                                   "task_id": task.name, "path": str(dataset_path),
+                                   "counts": {k: manifest[k] for k in COUNT_KEYS},
+                                   "created_at": created}])
+    return _result(manifest, manifest_hash, dataset_path, manifest_path, cached=False)
+
+
+COUNT_KEYS = ("requested", "accepted", "replay", "by_strategy", "by_cluster", "rejected")
+
+
+def _manifest(task: Task, failures: FailureSet, batch_id: str, params: dict, rows: list[dict],
+              data_hash: str) -> dict:
+    by_strategy: dict[str, Counter] = defaultdict(Counter)
+    by_cluster: dict[str, dict] = {
+        c.cluster_id: {"label": c.label, "failures": len(c.failures), "accepted": 0,
+                       "by_strategy": {}} for c in failures.clusters}
+    for r in rows:
+        by_strategy[r["strategy"]][r["status"]] += 1
+        if r["status"] == "accepted" and r["strategy"] != "replay":
+            entry = by_cluster.setdefault(r["cluster_id"], {"label": r["cluster_id"],
+                                                            "failures": 0, "accepted": 0,
+                                                            "by_strategy": {}})
+            entry["accepted"] += 1
+            entry["by_strategy"][r["strategy"]] = entry["by_strategy"].get(r["strategy"], 0) + 1
+    accepted = sum(v["accepted"] for v in by_cluster.values())
+    return {"batch_id": batch_id, "task": task.name, "run_id": failures.run_id,
+            "model_id": failures.model_id, "params": params, "params_hash": content_hash(params),
+            "data_hash": data_hash, "requested": params["n"], "accepted": accepted,
+            "replay": by_strategy["replay"]["accepted"] if "replay" in by_strategy else 0,
+            "by_strategy": {s: {"accepted": c["accepted"], "rejected": c["rejected"]}
+                            for s, c in by_strategy.items()},
+            "by_cluster": by_cluster,
+            "rejected": dict(Counter(r["reason"] for r in rows if r["status"] == "rejected")
+                             .most_common()),
+            "rejected_share": {k: round(v / len(rows), 4) for k, v in Counter(
+                r["reason"] for r in rows if r["status"] == "rejected").most_common()}}
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _result(manifest: dict, manifest_hash: str, dataset_path: Path, manifest_path: Path,
+            cached: bool) -> TargetedResult:
+    return TargetedResult(
+        batch_id=manifest["batch_id"], task=manifest["task"], run_id=manifest["run_id"],
+        model_id=manifest["model_id"], dataset_path=str(dataset_path),
+        manifest_path=str(manifest_path), manifest_hash=manifest_hash,
+        data_hash=manifest["data_hash"], cached=cached,
+        rejected_share=manifest.get("rejected_share"),
+        answer_distribution=manifest.get("answer_distribution"),
+        **{k: manifest[k] for k in COUNT_KEYS})
+
+
+def _stored_result(store: Store, batch_id: str, params_hash: str) -> TargetedResult | None:
+    """The batch's result when it finished with the same parameters and its file is intact."""
+    rows = store.query("SELECT manifest_hash, path FROM datasets WHERE batch_id = ?", [batch_id])
+    if not rows:
+        return None
+    dataset_path = Path(rows[0]["path"])
+    manifest_path = dataset_path.with_name(f"{batch_id}.manifest.json")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        data = dataset_path.read_bytes()
+    except (OSError, ValueError):
+        return None
+    if manifest.get("params_hash") != params_hash or \
+            hashlib.sha256(data).hexdigest() != manifest.get("data_hash"):
+        return None
+    return _result(manifest, rows[0]["manifest_hash"], dataset_path, manifest_path, cached=True)
+
+
+def format_result(result: TargetedResult) -> str:
+    """The CLI's table: per cluster and per strategy, then the rejection reasons."""
+    strategies = sorted({s for c in result.by_cluster.values() for s in c["by_strategy"]})
+    batch = "stored batch" if result.cached else "new batch"
+    lines = [(f"{result.task}: {result.accepted} targeted examples accepted of "
+              f"{result.requested} requested, plus {result.replay} replayed train rows "
+              f"({batch} {result.batch_id})"),
+             f"failures from run {result.run_id} ({result.model_id})", "",
+             f"{'cluster':<36}{'failures':>9}{'accepted':>9}" + "".join(
+                 f"{s[:11]:>12}" for s in strategies)]
+    for cid, c in result.by_cluster.items():
+        name = c["label"] if c["label"] == cid else f"{c['label']} [{cid}]"
+        lines.append(f"{name[:35]:<36}{c['failures']:>9}{c['accepted']:>9}" + "".join(
+            f"{c['by_strategy'].get(s, 0):>12}" for s in strategies))
+    lines += ["", f"{'strategy':<16}{'accepted':>9}{'rejected':>9}"]
+    lines += [f"{s:<16}{v['accepted']:>9}{v['rejected']:>9}" for s, v in result.by_strategy.items()]
+    shares = result.rejected_share or {}
+    reasons = ", ".join(f"{k} {v}" + (f" ({shares[k]:.0%} of candidates)" if k in shares else "")
+                        for k, v in result.rejected.items()) or "none"
+    lines += ["", f"rejected: {reasons}"]
+    if result.answer_distribution:
+        lines += ["", format_distribution(result.answer_distribution)]
+    lines += ["", f"dataset: {result.dataset_path}",
+              f"manifest: {result.manifest_path} ({result.manifest_hash})"]
+    return "\n".join(lines)

@@ -1,0 +1,192 @@
+"""Teachers: a stronger model that writes new training pairs from failure examples.
+
+    teacher = make_teacher(TeacherConfig(model="Qwen/Qwen2.5-7B-Instruct",
+                                         base_url="http://localhost:8000/v1",
+                                         api_key_env="TEACHER_API_KEY"))
+    texts = teacher.complete([teacher_prompt(failure_view, k=3)], seeds=[0])
+    pairs = parse_pairs(texts[0])
+
+Two kinds: a local model (any name `loop.models.load_model` accepts) and an OpenAI-compatible
+chat-completions endpoint (stdlib urllib). The API key is read from the environment variable
+*named* in the config at call time; it is never stored, logged or put in an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Protocol
+
+from loop.core.errors import ConfigError, ModelError
+
+SYSTEM = ("You write training data for a small language model. You answer with JSON only, "
+          "and every answer you give is correct.")
+
+
+class TeacherError(ModelError):
+    """The teacher endpoint refused or failed a request."""
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    model: str  # local model name/path, or the endpoint's model name when base_url is set
+    base_url: str | None = None  # e.g. "http://127.0.0.1:8000/v1"
+    api_key_env: str | None = None  # NAME of the environment variable holding the key
+    per_prompt: int = 3  # pairs asked for in one prompt
+    max_new_tokens: int = 512
+    temperature: float = 0.7  # endpoint only; the local teacher decodes greedily
+    timeout_s: float = 120.0
+
+    @property
+    def display(self) -> str:
+        return f"{self.model}@{self.base_url}" if self.base_url else self.model
+
+
+@dataclass(frozen=True)
+class FailureView:
+    """What the teacher is shown about one failure."""
+
+    instruction: str
+    input: str
+    reference: str
+    model_output: str
+    categories: tuple[str, ...]
+
+
+class Teacher(Protocol):
+    name: str
+
+    def complete(self, prompts: list[str], seeds: list[int]) -> list[str]: ...
+
+
+def teacher_prompt(view: FailureView, k: int, variation: int = 0) -> str:
+    """A self-instruct prompt: the failing item, its reference, what went wrong, the format."""
+    parts = [
+        "A small model failed on this item.",
+        f"Instruction: {view.instruction}",
+        f"Input: {view.input or '(none)'}",
+        f"Correct answer: {view.reference}",
+        f"The model answered: {view.model_output or '(nothing)'}",
+        f"Failure type: {', '.join(view.categories) or 'wrong answer'}",
+        "",
+        (f"Write {k} new items that practise the same skill, with different content (never "
+         "copy the item above). Each answer must be correct and follow exactly the format of "
+         "the correct answer above."),
+        ('Reply with only a JSON list of objects with the keys "instruction", "input" (may '
+         'be "") and "output".'),
+    ]
+    if variation:
+        parts.append(f"(Set {variation + 1}: choose content different from earlier sets.)")
+    return "\n".join(parts)
+
+
+def parse_pairs(text: str) -> list[dict[str, str]]:
+    """The instruction/input/output objects in a teacher answer: a JSON list, or JSON objects
+    anywhere in the text (models wrap JSON in prose or code fences). Invalid entries are dropped."""
+    decoder = json.JSONDecoder()
+    found: list[object] = []
+    pos = 0
+    while pos < len(text):
+        start = min((i for i in (text.find("[", pos), text.find("{", pos)) if i >= 0), default=-1)
+        if start < 0:
+            break
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except ValueError:
+            pos = start + 1
+            continue
+        found.extend(value if isinstance(value, list) else [value])
+        pos = end
+    return [pair for pair in map(_pair, found) if pair]
+
+
+def _pair(value: object) -> dict[str, str] | None:
+    if not isinstance(value, dict):
+        return None
+    instruction, output = value.get("instruction"), value.get("output")
+    if not isinstance(instruction, str) or not instruction.strip() or output is None:
+        return None
+    if isinstance(output, (dict, list)):  # a JSON answer written as JSON, not as a string
+        output = json.dumps(output, ensure_ascii=False)
+    input_text = value.get("input") or ""
+    if not isinstance(output, (str, int, float)) or not isinstance(input_text, str):
+        return None
+    return {"instruction": instruction.strip(), "input": input_text.strip(),
+            "output": str(output).strip()}
+
+
+class LocalTeacher:
+    """Any model `load_model` accepts; greedy, through the model's chat template."""
+
+    def __init__(self, config: TeacherConfig, batch_size: int = 4):
+        self.config, self.batch_size, self.name = config, batch_size, config.model
+        self._lm = None
+
+    def complete(self, prompts: list[str], seeds: list[int]) -> list[str]:
+        from loop.models.decode import generate
+        from loop.models.loading import load_model
+        from loop.core.prompts import build_prompt
+        from loop.core.records import Example
+
+        del seeds  # greedy decoding: the prompt's variation line gives new content, not a seed
+        if self._lm is None:
+            self._lm = load_model(self.config.model)
+        texts = [build_prompt(self._lm.tokenizer, Example("", p, ""), SYSTEM) for p in prompts]
+        outs = generate(self._lm, texts, self.config.max_new_tokens, self.batch_size,
+                        progress=False)
+        return [o.text for o in outs]
+
+
+class EndpointTeacher:
+    """An OpenAI-compatible `/chat/completions` endpoint."""
+
+    def __init__(self, config: TeacherConfig):
+        self.config, self.name = config, config.display
+
+    def complete(self, prompts: list[str], seeds: list[int]) -> list[str]:
+        return [self._one(p, s) for p, s in zip(prompts, seeds)]
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        env = self.config.api_key_env
+        if env:
+            key = os.environ.get(env)
+            if not key:
+                raise ConfigError(f"[targeted.teacher] api_key_env names the environment "
+                                  f"variable {env}, which is not set.")
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _one(self, prompt: str, seed: int) -> str:
+        url = self.config.base_url.rstrip("/") + "/chat/completions"
+        body = {"model": self.config.model, "temperature": self.config.temperature,
+                "max_tokens": self.config.max_new_tokens, "seed": seed,
+                "messages": [{"role": "system", "content": SYSTEM},
+                             {"role": "user", "content": prompt}]}
+        request = urllib.request.Request(url, json.dumps(body).encode("utf-8"),
+                                         self._headers(), method="POST")
+        failure = ""
+        for _attempt in range(2):  # one retry for a transient failure; a 4xx is a config problem
+            try:
+                with urllib.request.urlopen(request, timeout=self.config.timeout_s) as resp:
+                    data = json.loads(resp.read().decode("utf-8"))
+                return str(data["choices"][0]["message"]["content"] or "")
+            except urllib.error.HTTPError as exc:
+                if exc.code < 500:
+                    raise TeacherError(f"Teacher endpoint {url} answered HTTP {exc.code} for "
+                                       f"model '{self.config.model}'; check base_url, model and "
+                                       "the API key variable.") from None
+                failure = f"HTTP {exc.code}"
+            except (urllib.error.URLError, TimeoutError, OSError) as exc:
+                failure = str(getattr(exc, "reason", exc))
+            except (ValueError, KeyError, IndexError, TypeError):
+                raise TeacherError(f"Teacher endpoint {url} gave an answer that is not a "
+                                   "chat-completions response.") from None
+        raise TeacherError(f"Teacher endpoint {url} failed twice ({failure}).")
+
+
+def make_teacher(config: TeacherConfig) -> Teacher:
+    return EndpointTeacher(config) if config.base_url else LocalTeacher(config)

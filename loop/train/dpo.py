@@ -1,0 +1,258 @@
+"""LoRA DPO on preference pairs (loop/targeted/pairs.py) with trl's DPOTrainer, on the SFT LoRA setup.
+
+    result = train_dpo("smollm2-135m-instruct", read_pairs(path), "ws/adapters/x", config)
+    # after SFT ("sft+dpo"): parent_adapter = the SFT adapter, which is also the reference
+
+Shell: `python -m loop.train.dpo --task T.toml --workspace WS --pairs PAIRS.jsonl`.
+
+The model is loaded exactly as for SFT (`loop.train._load_trainable`: same base, precision,
+LoRA config and seed). The reference model is the policy's starting point: trl copies the
+starting adapter into a frozen "ref" adapter, which is the base model for a fresh LoRA
+(B = 0) and the parent (e.g. the SFT) adapter otherwise. Prompts are rendered with the same chat
+template as SFT and generation (`loop.core.prompts`), answers end with EOS like SFT targets.
+Runs are fingerprinted (base, parent, pairs, config, system prompt -> train id -> output dir),
+checkpointed every `save_steps` and resumed from the last complete checkpoint by a rerun; a
+finished run is returned as is. OUT holds a standard PEFT adapter (the trained adapter only),
+train_result.json and train_log.jsonl, like SFT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from loop.core.errors import EvalloopError
+from loop.models.loading import DEFAULT_MODEL, fingerprint, load_tokenizer, parse_model_name, pick_device
+from loop.targeted.pairs import PreferencePair, read_pairs
+from loop.core.prompts import build_prompt, completion_text
+from loop.core.records import content_hash
+from loop.train.sft import (  # private helpers shared with SFT, imported rather than copied
+    LOG_FILE,
+    _atomic_write,
+    _check_qlora,
+    _claim_out_dir,
+    _load_trainable,
+    _loss_summary,
+    _peak_mem_mb,
+    _read_logs,
+    _sort_target_modules,
+    config_from_args,
+    last_checkpoint,
+)
+from loop.train.config import LogRow, TrainConfig, TrainResult, library_versions, use_bf16
+from loop.train.outputs import RESULT_FILE, TrainingError, format_result, record_training
+
+DPO_VERSION = "dpo-lora-v1"  # part of every DPO train id: bump when DPO semantics change
+
+
+def pairs_digest(pairs) -> str:
+    return content_hash([(p.pair_id, p.instruction, p.input, p.chosen, p.rejected)
+                         for p in pairs])
+
+
+def dpo_train_id(base_model_id: str, parent_id: str | None, pairs, config: TrainConfig,
+                 system_prompt: str | None) -> str:
+    """Same inputs -> same id -> same output dir (resume); never equal to an SFT id."""
+    return content_hash(DPO_VERSION, base_model_id, parent_id, pairs_digest(pairs),
+                        config.as_dict(), system_prompt)
+
+
+def pair_rows(tokenizer, pairs, system_prompt: str | None, max_seq_len: int
+              ) -> tuple[list[dict], list[str], int]:
+    """DPO rows {prompt, chosen, rejected} as text; (rows, skipped pair ids, longest tokens).
+    A pair whose prompt + longer answer exceeds max_seq_len is skipped, never truncated."""
+    rows, skipped, longest = [], [], 0
+    for p in pairs:
+        example = p.example()
+        prompt = build_prompt(tokenizer, example, system_prompt)
+        chosen = completion_text(tokenizer, example)
+        rejected = completion_text(tokenizer, replace(example, output=p.rejected))
+        n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        n_answer = max(len(tokenizer(a, add_special_tokens=False)["input_ids"])
+                       for a in (chosen, rejected))
+        if n_prompt + n_answer > max_seq_len:
+            skipped.append(p.pair_id)
+            continue
+        longest = max(longest, n_prompt + n_answer)
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return rows, skipped, longest
+
+
+def micro_batch(batch_size: int, token_budget: int, longest: int) -> int:
+    """Pairs per forward: the largest divisor of batch_size whose padded chosen + rejected rows
+    fit `token_budget` tokens (at least 1), so the optimizer still sees batch_size pairs."""
+    fit = max(1, token_budget // max(2 * longest, 1))
+    return max(d for d in range(1, batch_size + 1) if batch_size % d == 0 and d <= fit)
+
+
+def _dpo_args(config: TrainConfig, ckpt_dir: Path, micro: int, bf16: bool, device,
+              progress: bool):
+    from trl import DPOConfig
+
+    return DPOConfig(
+        output_dir=str(ckpt_dir), per_device_train_batch_size=micro,
+        gradient_accumulation_steps=config.grad_accum * (config.batch_size // micro),
+        learning_rate=config.dpo_learning_rate or config.learning_rate,
+        num_train_epochs=config.epochs or 1.0, max_steps=config.max_steps or -1,
+        lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.0,
+        # on log boundaries, a resumed run logs the same losses as an uninterrupted one
+        logging_steps=math.gcd(config.log_steps, config.save_steps), save_strategy="steps",
+        save_steps=config.save_steps, save_total_limit=2, beta=config.dpo_beta,
+        max_length=None, seed=config.seed, data_seed=config.seed, bf16=bf16,
+        use_cpu=device.type == "cpu", gradient_checkpointing=config.gradient_checkpointing,
+        report_to="none", disable_tqdm=not progress, dataloader_num_workers=0,
+        dataset_num_proc=None)
+
+
+def _make_trainer(model, tokenizer, rows, config, ckpt_dir, micro, bf16, device, log_path,
+                  progress):
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
+    from trl import DPOTrainer
+
+    from datasets import Dataset
+
+    class Logger(TrainerCallback):
+        """A LogRow per logging step in train_log.jsonl (a kill keeps earlier rows)."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            if "loss" not in logs or not state.is_world_process_zero:
+                return
+            row = LogRow(step=state.global_step, loss=logs["loss"],
+                         learning_rate=logs.get("learning_rate"),
+                         peak_mem_mb=_peak_mem_mb(device), epoch=logs.get("epoch"))
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(row.to_json()) + "\n")
+
+    trainer = DPOTrainer(model=model, ref_model=None, processing_class=tokenizer,
+                         args=_dpo_args(config, ckpt_dir, micro, bf16, device, progress),
+                         train_dataset=Dataset.from_list(rows), callbacks=[Logger()])
+    if not progress:
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def train_dpo(base_model_name: str, pairs, out_dir, config: TrainConfig | None = None,
+              parent_adapter=None, progress: bool = True,
+              system_prompt: str | None = None) -> TrainResult:
+    """Train (or resume, or return the finished) DPO LoRA adapter for these pairs into out_dir.
+    `parent_adapter` (or BASE+ADAPTER): the adapter trained further, and the reference."""
+    import torch
+
+    config = config or TrainConfig()
+    spec = parse_model_name(base_model_name)
+    parent = Path(parent_adapter).expanduser().resolve() if parent_adapter else spec.adapter
+    if parent is not None:
+        parse_model_name(f"{spec.base}+{parent}")  # checks the adapter files exist
+    if not pairs:
+        raise TrainingError("No preference pairs: build them with `evalloop pairs` (votes, "
+                            "corrections or failures are needed; see the exclusion counts).")
+    device = pick_device()
+    if config.qlora:
+        _check_qlora(device)
+    tokenizer = load_tokenizer(spec)
+    rows, skipped, longest = pair_rows(tokenizer, pairs, system_prompt, config.max_seq_len)
+    if not rows:
+        raise TrainingError(f"No preference pair fits max_seq_len={config.max_seq_len} tokens "
+                            f"(of {len(pairs)} given): raise [training] max_seq_len.")
+    base_id = fingerprint(replace(spec, adapter=None))
+    parent_id = fingerprint(replace(spec, adapter=parent)) if parent else None
+    train_id = dpo_train_id(base_id, parent_id, pairs, config, system_prompt)
+    out = Path(out_dir).expanduser().resolve()
+    inputs = {"method": "dpo", "base": spec.base, "parent_adapter": str(parent) if parent else None,
+              "n_pairs": len(rows), "config": config.as_dict()}
+    finished = _claim_out_dir(out, train_id, inputs)
+    if finished is not None:
+        return finished
+
+    bf16 = use_bf16(config.bf16, device) or config.qlora
+    model, padding_free = _load_trainable(spec, parent, config, bf16, device)
+    micro = micro_batch(config.batch_size, config.micro_batch_tokens, longest)
+    ckpt_dir = out / "checkpoints"
+    resume, resumed_step = last_checkpoint(ckpt_dir)
+    trainer = _make_trainer(model, tokenizer, rows, config, ckpt_dir, micro, bf16, device,
+                            out / LOG_FILE, progress)
+    started = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except torch.OutOfMemoryError:
+        raise TrainingError(f"The GPU ran out of memory in DPO on '{spec.base}': lower [training] "
+                            "micro_batch_tokens or max_seq_len, or set gradient_checkpointing = "
+                            "true.") from None
+    state, logs = trainer.state, _read_logs(out / LOG_FILE, trainer.state.global_step)
+    result = TrainResult(
+        train_id=train_id, adapter_dir=str(out), base=spec.base, base_model_id=base_id,
+        parent_adapter=str(parent) if parent else None, config=config,
+        total_steps=state.max_steps, steps_done=state.global_step, resumed_from_step=resumed_step,
+        n_train=len(rows), n_dev=0, skipped=tuple(skipped), device=device.type,
+        precision=("qlora-nf4+" if config.qlora else "") + ("bf16" if bf16 else "fp32"),
+        padding_free=False, tokens=0, tokens_per_s=0.0, peak_mem_mb=_peak_mem_mb(device),
+        **_loss_summary(logs), stopped_early=state.global_step < state.max_steps,
+        elapsed_s=time.perf_counter() - started, logs=tuple(logs), versions=library_versions())
+    if trainer.is_world_process_zero():
+        # the trained adapter only: the frozen "ref" copy is not part of the model
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(
+            str(out), selected_adapters=["default"])
+        _sort_target_modules(out / "adapter_config.json")
+        _atomic_write(out / RESULT_FILE, json.dumps(result.to_json(), indent=2))
+    return result
+
+
+def train_dpo_for_task(store, task, workspace, pairs_path, model: str = DEFAULT_MODEL,
+                       parent_adapter=None, dataset_hash: str | None = None,
+                       config: TrainConfig | None = None, progress: bool = True) -> TrainResult:
+    """The DPO stage: exported pairs -> adapter under WS/adapters, lineage in the store."""
+    pairs: list[PreferencePair] = read_pairs(pairs_path)
+    config = config or TrainConfig.from_section(task.config.section("training"),
+                                                where=f"{task.config.path} [training]")
+    spec = parse_model_name(model)
+    parent = Path(parent_adapter).resolve() if parent_adapter else spec.adapter
+    train_id = dpo_train_id(fingerprint(replace(spec, adapter=None)),
+                            fingerprint(replace(spec, adapter=parent)) if parent else None,
+                            pairs, config, task.config.system_prompt)
+    out = Path(workspace) / "adapters" / train_id
+    result = train_dpo(model, pairs, out, config, parent_adapter=parent_adapter,
+                       progress=progress, system_prompt=task.config.system_prompt)
+    if int(os.environ.get("RANK", "0")) == 0:
+        record_training(store, result, task.name, dataset_hash or pairs_digest(pairs))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m loop.train.dpo`: the DPO stage on an exported pairs file (tests kill it)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see loop.train.main
+    from loop.store.db import Store
+    from loop.data.tasks import load_task
+
+    p = argparse.ArgumentParser(prog="python -m loop.train.dpo", description=__doc__.split("\n")[0])
+    p.add_argument("--task", required=True)
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--pairs", required=True, help="JSONL from `evalloop pairs`")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--parent", help="adapter to continue training (and the reference)")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--save-steps", type=int)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        task = load_task(args.task)
+        config = config_from_args(task, args)
+        with Store(args.workspace) as store:
+            result = train_dpo_for_task(store, task, args.workspace, args.pairs, args.model,
+                                        args.parent, config=config, progress=not args.json)
+    except EvalloopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_json(), indent=2) if args.json else format_result(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,535 @@
+"""LoRA supervised fine-tuning with peft + trl's SFTTrainer; the only module that imports trl.
+
+    config = TrainConfig.from_section(task.config.section("training"))
+    result = train_adapter("smollm2-135m-instruct", task.split("train"), "ws/adapters/x", config,
+                           dev_examples=task.split("dev"))
+    record_training(store, result, task_id=task.name, dataset_hash=task.data_hash)
+
+Shell (what `evalloop train` wraps): `python -m loop.train --task T.toml --workspace WS`;
+several GPUs: `accelerate launch -m loop.train --task T.toml --workspace WS` (Trainer runs DDP;
+only rank 0 saves and writes the store).
+
+Speed (bench/train_speed.py measures it against trl's defaults): padding-free packed batches with
+per-example attention (loop/train/packing.py); logits only where a completion token is the target (the
+LM head, a fifth of a small model's FLOPs, skips the prompt); bf16 weights + autocast where this
+machine's bf16 matmul is faster than fp32 (measured once, cached in $EVALLOOP_HOME); gradient
+checkpointing only when asked. Rows that start with the same long text (chat template + a
+task's fixed instruction) run that prefix once per micro-batch (`share_prefix`, loop/train/packing.py;
+the same gradients); tokens/s still counts every row's own tokens. On 96 rentalcars rows that is
+3.9x fewer forward tokens and 3.4x the tokens/s of unshared packing (bench/train_speed.py).
+Memory: saved activations cost ~1.1 MB per forward token (135M model, bf16; half of it the MLP's
+1536-wide tensors), so a batch is cut into micro-batches of at most `micro_batch_tokens` forward
+tokens, each run forward + backward, with one optimizer step per batch (the same gradients). 16
+unshared rows of a long-instruction task (~4,000 tokens) peaked at 6.3 GB RSS as one packed row
+and at 3.6 GB in 2,048-token chunks; on rentalcars the 1,024-token default peaked at 2.2 GB
+unshared and 1.9 GB shared (trl's defaults: 3.8 GB). Robustness: checkpoints
+every `save_steps` in OUT/checkpoints, and a rerun with the same inputs resumes from the last
+complete one (same total steps); a finished run is not redone. OUT itself is the adapter
+(standard PEFT files) plus train_result.json and train_log.jsonl (one line per logging step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+
+from loop.core.errors import EvalloopError
+from loop.models.loading import (
+    DEFAULT_MODEL,
+    base_path,
+    fingerprint,
+    load_tokenizer,
+    parse_model_name,
+    pick_device,
+)
+from loop.train.packing import (
+    IGNORE,
+    VARLEN,
+    Collator,
+    pop_real_tokens,
+    register_varlen_attention,
+    tokenize_examples,
+)
+from loop.core.records import content_hash
+from loop.train.config import LogRow, TrainConfig, TrainResult, library_versions, use_bf16
+from loop.train.outputs import (
+    RESULT_FILE,
+    TrainingError,
+    export_merged,
+    format_result,
+    record_training,
+)
+
+__all__ = ["LogRow", "TrainConfig", "TrainResult", "TrainingError", "export_merged",
+           "format_result", "main", "record_training", "train_adapter", "train_for_task"]
+
+TRAIN_VERSION = "sft-lora-v1"  # part of every train id: bump when training semantics change
+LOG_FILE, INPUTS_FILE = "train_log.jsonl", "train_inputs.json"
+
+
+# ---------------------------------------------------------------------------- identity
+
+def examples_digest(examples) -> str:
+    return content_hash([(e.id, e.instruction, e.input, e.output) for e in examples])
+
+
+def train_id_for(base_model_id: str, parent_id: str | None, examples, dev_examples,
+                 config: TrainConfig, system_prompt: str | None) -> str:
+    """Same inputs -> same id -> same output dir, which is what makes reruns resume."""
+    return content_hash(TRAIN_VERSION, base_model_id, parent_id, examples_digest(examples),
+                        examples_digest(dev_examples or ()), config.as_dict(), system_prompt)
+
+
+def _claim_out_dir(out: Path, train_id: str, inputs: dict) -> TrainResult | None:
+    """Create OUT or check it holds this same run; return the finished result if there is one."""
+    manifest = out / INPUTS_FILE
+    if manifest.is_file():
+        if json.loads(manifest.read_text()).get("train_id") != train_id:
+            raise TrainingError(f"{out} holds a different training run ({manifest} has another "
+                                "train_id): pick a new output directory or delete that one.")
+        done = out / RESULT_FILE
+        if done.is_file() and (out / "adapter_model.safetensors").is_file():
+            return TrainResult.from_json(json.loads(done.read_text()))
+    elif out.is_dir() and any(out.iterdir()):
+        raise TrainingError(f"{out} exists and is not an evalloop training directory: choose an "
+                            "empty or new output directory.")
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(manifest, json.dumps({"train_id": train_id, **inputs}, indent=2, default=str))
+    return None
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def last_checkpoint(ckpt_dir: Path) -> tuple[Path | None, int]:
+    """The newest checkpoint whose trainer state was fully written (a kill can cut a save short)."""
+    best: tuple[Path | None, int] = (None, 0)
+    for path in ckpt_dir.glob("checkpoint-*"):
+        try:
+            step = int(path.name.rsplit("-", 1)[1])
+            state = json.loads((path / "trainer_state.json").read_text())
+        except (ValueError, OSError):
+            continue
+        if (state.get("global_step") == step and step > best[1]
+                and (path / "adapter_model.safetensors").is_file()):
+            best = (path, step)
+    return best
+
+
+# ---------------------------------------------------------------------------- model
+
+def _check_qlora(device) -> None:
+    import importlib.util
+
+    if device.type != "cuda":
+        raise TrainingError("[training] qlora = true needs a CUDA GPU (bitsandbytes 4-bit "
+                            "kernels); "
+                            "this machine has none. Set qlora = false to train in bf16/fp32.")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise TrainingError("[training] qlora = true needs the bitsandbytes package: "
+                            "`pip install bitsandbytes`, or set qlora = false.")
+
+
+def _attention(device) -> str:
+    import importlib.util
+
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"  # reads the same cu_seq_lens, in one fused kernel
+    return register_varlen_attention()
+
+
+def _load_trainable(spec, parent: Path | None, config: TrainConfig, bf16: bool, device):
+    """Base (+parent adapter, trainable) with LoRA; returns (peft model, padding_free)."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": torch.bfloat16 if bf16 else torch.float32, "use_safetensors": True}
+    if config.qlora:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+    path, padding_free = base_path(spec.base), True
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=_attention(device),
+                                                     **kwargs)
+    except ValueError:  # an architecture without pluggable attention: padded batches instead
+        model, padding_free = AutoModelForCausalLM.from_pretrained(path, **kwargs), False
+    except OSError as exc:
+        raise TrainingError(f"Cannot load base model '{spec.base}' from {path}: "
+                            f"{str(exc).splitlines()[0]}.") from None
+    if config.qlora:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, config.gradient_checkpointing)
+    if parent is not None:
+        model = PeftModel.from_pretrained(model, str(parent), is_trainable=True)
+    else:
+        from transformers import set_seed
+
+        set_seed(config.seed)  # LoRA A is drawn at random: the same seed, the same adapter
+        modules = config.target_modules
+        model = get_peft_model(model, LoraConfig(
+            r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+            target_modules=modules if isinstance(modules, str) else list(modules),
+            task_type="CAUSAL_LM"))
+    if bf16 and not config.qlora:
+        # peft casts each LoRA input up to the fp32 adapter dtype, a full activation copy per
+        # adapted layer; under bf16 autocast the LoRA matmuls run in bf16 anyway
+        for module in model.modules():
+            if hasattr(module, "cast_input_dtype_enabled") or hasattr(module, "lora_A"):
+                module.cast_input_dtype_enabled = False
+    return model, padding_free
+
+
+# ---------------------------------------------------------------------------- trainer
+
+class _Meter:
+    """Non-padding tokens and time spent inside training steps (evaluation excluded)."""
+
+    def __init__(self):
+        self.tokens, self.seconds, self.t0 = 0, 0.0, 0.0
+        self.mark = (0, 0.0)  # (tokens, seconds) at the previous logging step
+
+
+def _peak_mem_mb(device) -> float:
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def completion_loss(model, inputs: dict) -> tuple:
+    """(summed next-token loss over labelled positions, their count, model outputs).
+
+    The LM head runs only at positions whose next token is a label, i.e. inside completions:
+    the prompt's logits would be computed only to be masked out.
+    """
+    import torch.nn.functional as F
+
+    targets = inputs.pop("labels")[:, 1:]  # position i predicts token i+1
+    keep = (targets != IGNORE).any(dim=0).nonzero().flatten()
+    out = model(**inputs, logits_to_keep=keep, use_cache=False)
+    picked = targets[:, keep]
+    loss = F.cross_entropy(out.logits.flatten(0, 1).float(), picked.flatten(),
+                           ignore_index=IGNORE, reduction="sum")
+    return loss, int((picked != IGNORE).sum()), out
+
+
+def _sft_args(config: TrainConfig, ckpt_dir: Path, evaluate: bool, bf16: bool, device,
+              padding_free: bool, progress: bool):
+    from trl import SFTConfig
+
+    # Each logged loss averages the steps since the last log; a resumed run restarts that
+    # window at its checkpoint. With checkpoints on log boundaries, a resumed run logs the
+    # same losses as an uninterrupted one.
+    log_every = math.gcd(config.log_steps, config.save_steps)
+    return SFTConfig(
+        output_dir=str(ckpt_dir), per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate, num_train_epochs=config.epochs or 1.0,
+        max_steps=config.max_steps or -1, lr_scheduler_type="cosine", warmup_steps=0.05,
+        weight_decay=0.0, logging_steps=log_every, save_strategy="steps",
+        save_steps=config.save_steps, save_total_limit=2,
+        eval_strategy="steps" if evaluate else "no", eval_steps=config.save_steps,
+        load_best_model_at_end=evaluate and config.patience > 0,
+        metric_for_best_model="eval_loss", greater_is_better=False,
+        seed=config.seed, data_seed=config.seed, bf16=bf16, use_cpu=device.type == "cpu",
+        gradient_checkpointing=config.gradient_checkpointing, max_length=None,
+        # packed rows need no length grouping; padded rows do (and only those get it)
+        train_sampling_strategy="random" if padding_free else "group_by_length",
+        report_to="none", disable_tqdm=not progress, dataloader_num_workers=0,
+        # dev loss only: gathering each eval batch's logits would cost vocab x targets floats
+        prediction_loss_only=True,
+    )
+
+
+def _make_trainer(model, tokenizer, rows, dev_rows, config: TrainConfig, ckpt_dir: Path,
+                  bf16: bool, device, padding_free: bool, meter: _Meter, log_path: Path,
+                  progress: bool):
+    from transformers import EarlyStoppingCallback, TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTTrainer
+
+    from datasets import Dataset
+
+    class Trainer(SFTTrainer):
+        """SFTTrainer with `completion_loss`, normalised over the whole accumulated batch; a
+        batch the collator cut into chunks runs forward + backward chunk by chunk."""
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            chunks = inputs.get("chunks")
+            if chunks is None:
+                return super().training_step(model, inputs, num_items_in_batch)
+            if num_items_in_batch is None:  # normalise by the batch's targets, not a chunk's
+                num_items_in_batch = (int((inputs["labels"][:, 1:] != IGNORE).sum())
+                                      * self.current_gradient_accumulation_steps)
+            total = None
+            for i, chunk in enumerate(chunks):
+                # under DDP, gradients are reduced once, after the batch's last chunk
+                sync = i == len(chunks) - 1
+                with nullcontext() if sync else self.accelerator.no_sync(model):
+                    loss = super().training_step(model, chunk, num_items_in_batch)
+                total = loss if total is None else total + loss
+            return total
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if "chunks" in inputs:  # evaluation (no backward): the batch's summed loss / targets
+                parts = [completion_loss(model, _model_inputs(c)) for c in inputs["chunks"]]
+                loss = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)
+                return (loss, parts[-1][2]) if return_outputs else loss
+            real = pop_real_tokens(inputs)
+            loss, count, out = completion_loss(model, inputs)
+            if model.training:
+                meter.tokens += real
+                if num_items_in_batch is None:
+                    count *= self.current_gradient_accumulation_steps
+                else:  # the label count of all micro-batches (and, under DDP, all ranks)
+                    count = num_items_in_batch
+                    if self.args.average_tokens_across_devices:
+                        loss = loss * self.accelerator.num_processes
+            loss = loss / max(float(count), 1.0)
+            return (loss, out) if return_outputs else loss
+
+    class Logger(TrainerCallback):
+        """Appends a LogRow per logging step to train_log.jsonl (a kill keeps earlier rows)."""
+
+        def on_step_begin(self, args, state, control, **kw):
+            meter.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            meter.seconds += time.perf_counter() - meter.t0
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            if ("loss" not in logs and "eval_loss" not in logs) or not state.is_world_process_zero:
+                return
+            tokens, seconds = meter.tokens - meter.mark[0], meter.seconds - meter.mark[1]
+            if "loss" in logs:
+                meter.mark = (meter.tokens, meter.seconds)
+            row = LogRow(step=state.global_step, loss=logs.get("loss"),
+                         eval_loss=logs.get("eval_loss"), learning_rate=logs.get("learning_rate"),
+                         tokens_per_s=tokens / seconds if "loss" in logs and seconds else None,
+                         peak_mem_mb=_peak_mem_mb(device), epoch=logs.get("epoch"))
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(row.to_json()) + "\n")
+
+    evaluate = bool(dev_rows)
+    # only evalloop's varlen attention reads a shared prefix (flash-attention would ignore it)
+    share = (config.share_prefix and padding_free
+             and getattr(model.config, "_attn_implementation", None) == VARLEN)
+    callbacks = [Logger()]
+    if evaluate and config.patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.patience))
+    trainer = Trainer(
+        model=model, processing_class=tokenizer,
+        args=_sft_args(config, ckpt_dir, evaluate, bf16, device, padding_free, progress),
+        data_collator=Collator(tokenizer.pad_token_id, padding_free,
+                               token_budget=config.micro_batch_tokens, share_prefix=share),
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(dev_rows) if evaluate else None, callbacks=callbacks)
+    trainer.loss_is_scaled_for_ga = True  # compute_loss divides by the accumulated label count
+    if not progress:
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _model_inputs(batch: dict) -> dict:
+    inputs = dict(batch)
+    pop_real_tokens(inputs)
+    return inputs
+
+
+def _read_logs(path: Path, up_to: int) -> list[LogRow]:
+    """Rows logged so far (a killed run's rows survive it), merged per step."""
+    merged: dict[int, LogRow] = {}
+    if not path.is_file():
+        return []
+    for line in path.read_text().splitlines():
+        try:
+            row = LogRow(**json.loads(line))
+        except (ValueError, TypeError):
+            continue  # a line cut short by a kill
+        if row.step <= up_to:
+            merged[row.step] = merged[row.step].merge(row) if row.step in merged else row
+    return [merged[s] for s in sorted(merged)]
+
+
+def _loss_summary(logs: list[LogRow]) -> dict:
+    return {"train_loss": next((r.loss for r in reversed(logs) if r.loss is not None), None),
+            "best_eval_loss": min((r.eval_loss for r in logs if r.eval_loss is not None),
+                                  default=None)}
+
+
+def _rows(tokenizer, examples, system_prompt, max_seq_len: int) -> tuple[list[dict], list[str]]:
+    if not examples:
+        raise TrainingError("No training examples: the data is empty. In a cycle this means the "
+                            "targeted stage accepted nothing (see the rejection reasons with "
+                            "`evalloop generate` or on the app's Generated page).")
+    rows, skipped = tokenize_examples(tokenizer, examples, system_prompt, max_seq_len)
+    if not rows:
+        raise TrainingError(f"No example fits max_seq_len={max_seq_len} tokens (of "
+                            f"{len(examples)} given): raise [training] max_seq_len or shorten "
+                            "them.")
+    return rows, skipped
+
+
+# ---------------------------------------------------------------------------- entry points
+
+def train_adapter(base_model_name: str, examples, out_dir, config: TrainConfig | None = None,
+                  parent_adapter=None, dev_examples=None, progress: bool = True,
+                  system_prompt: str | None = None) -> TrainResult:
+    """Train (or resume, or return the finished) LoRA adapter for these exact inputs into out_dir.
+
+    `base_model_name` may be `BASE+ADAPTER`: that adapter is then the parent, trained further.
+    """
+    import torch
+
+    config = config or TrainConfig()
+    spec = parse_model_name(base_model_name)
+    parent = Path(parent_adapter).expanduser().resolve() if parent_adapter else spec.adapter
+    if parent is not None:
+        parse_model_name(f"{spec.base}+{parent}")  # checks the adapter files exist
+    device = pick_device()
+    if config.qlora:
+        _check_qlora(device)
+    tokenizer = load_tokenizer(spec)
+    rows, skipped = _rows(tokenizer, examples, system_prompt, config.max_seq_len)
+    dev_rows, _ = tokenize_examples(tokenizer, dev_examples or (), system_prompt,
+                                    config.max_seq_len)
+    base_id = fingerprint(replace(spec, adapter=None))
+    parent_id = fingerprint(replace(spec, adapter=parent)) if parent else None
+    train_id = train_id_for(base_id, parent_id, examples, dev_examples, config, system_prompt)
+    out = Path(out_dir).expanduser().resolve()
+    inputs = {"base": spec.base, "parent_adapter": str(parent) if parent else None,
+              "n_train": len(rows), "n_dev": len(dev_rows), "config": config.as_dict()}
+    finished = _claim_out_dir(out, train_id, inputs)
+    if finished is not None:
+        return finished
+
+    bf16 = use_bf16(config.bf16, device) or config.qlora
+    model, padding_free = _load_trainable(spec, parent, config, bf16, device)
+    meter, ckpt_dir = _Meter(), out / "checkpoints"
+    resume, resumed_step = last_checkpoint(ckpt_dir)
+    trainer = _make_trainer(model, tokenizer, rows, dev_rows, config, ckpt_dir, bf16, device,
+                            padding_free, meter, out / LOG_FILE, progress)
+    started = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except torch.OutOfMemoryError:
+        raise TrainingError(
+            f"The GPU ran out of memory training '{spec.base}' with batch_size={config.batch_size}"
+            f" and max_seq_len={config.max_seq_len}. Lower [training] batch_size (raise grad_accum "
+            "to keep the effective batch), set gradient_checkpointing = true, or qlora = true."
+        ) from None
+    state, logs = trainer.state, _read_logs(out / LOG_FILE, trainer.state.global_step)
+    result = TrainResult(
+        train_id=train_id, adapter_dir=str(out), base=spec.base, base_model_id=base_id,
+        parent_adapter=str(parent) if parent else None, config=config,
+        total_steps=state.max_steps, steps_done=state.global_step, resumed_from_step=resumed_step,
+        n_train=len(rows), n_dev=len(dev_rows), skipped=tuple(skipped), device=device.type,
+        precision=("qlora-nf4+" if config.qlora else "") + ("bf16" if bf16 else "fp32"),
+        padding_free=padding_free, tokens=meter.tokens,
+        tokens_per_s=meter.tokens / meter.seconds if meter.seconds else 0.0,
+        peak_mem_mb=_peak_mem_mb(device), **_loss_summary(logs),
+        stopped_early=state.global_step < state.max_steps,
+        elapsed_s=time.perf_counter() - started, logs=tuple(logs), versions=library_versions())
+    if trainer.is_world_process_zero():
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(out))
+        _sort_target_modules(out / "adapter_config.json")
+        _atomic_write(out / RESULT_FILE, json.dumps(result.to_json(), indent=2))
+    return result
+
+
+def _sort_target_modules(config_path: Path) -> None:
+    """peft saves an expanded module set in hash order, which changes from process to process;
+    sorted, the same training gives the same file, hence the same model fingerprint."""
+    config = json.loads(config_path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        _atomic_write(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def train_for_task(store, task, workspace, model: str = DEFAULT_MODEL, data_path=None,
+                   parent_adapter=None, dataset_hash: str | None = None,
+                   config: TrainConfig | None = None, progress: bool = True) -> TrainResult:
+    """The training stage: task (+ exported data) -> adapter under WS/adapters, lineage in store."""
+    from loop.data.tasks import read_jsonl
+
+    examples = read_jsonl(Path(data_path), "train") if data_path else task.split("train")
+    dev = task.splits.get("dev", ())
+    config = config or TrainConfig.from_section(task.config.section("training"),
+                                                where=f"{task.config.path} [training]")
+    spec = parse_model_name(model)
+    parent = Path(parent_adapter).resolve() if parent_adapter else spec.adapter
+    train_id = train_id_for(fingerprint(replace(spec, adapter=None)),
+                            fingerprint(replace(spec, adapter=parent)) if parent else None,
+                            examples, dev, config, task.config.system_prompt)
+    out = Path(workspace) / "adapters" / train_id
+    result = train_adapter(model, examples, out, config, parent_adapter=parent_adapter,
+                           dev_examples=dev, progress=progress,
+                           system_prompt=task.config.system_prompt)
+    if int(os.environ.get("RANK", "0")) == 0:
+        record_training(store, result, task.name, dataset_hash or examples_digest(examples))
+    return result
+
+
+def config_from_args(task, args: argparse.Namespace) -> TrainConfig:
+    """The task's [training] section with the shell entry points' step overrides."""
+    config = TrainConfig.from_section(task.config.section("training"))
+    overrides = {k: getattr(args, k, None) for k in ("max_steps", "save_steps", "patience")}
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None},
+                   **({"epochs": None} if args.max_steps else {}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m loop.train`: the same stage the CLI runs (tests kill and rerun it)."""
+    # Idle OpenMP threads spin by default; on a CPU shared with other jobs every parallel op then
+    # waits on descheduled spinners (25x slower measured: three jobs on two cores). Read by
+    # libgomp when torch loads, so it is set before anything imports torch.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from loop.store.db import Store
+    from loop.data.tasks import load_task
+
+    p = argparse.ArgumentParser(prog="python -m loop.train", description=__doc__.split("\n")[0])
+    p.add_argument("--task", required=True)
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--data", help="training JSONL replacing the task's train split")
+    p.add_argument("--parent", help="adapter to continue training")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--save-steps", type=int)
+    p.add_argument("--patience", type=int, help="dev evaluations without improvement before "
+                   "stopping (0: never stop early)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        task = load_task(args.task)
+        config = config_from_args(task, args)
+        with Store(args.workspace) as store:
+            result = train_for_task(store, task, args.workspace, args.model, args.data,
+                                    args.parent, config=config, progress=not args.json)
+    except EvalloopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_json(), indent=2) if args.json else format_result(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
