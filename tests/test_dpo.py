@@ -175,3 +175,37 @@ def test_sigkill_mid_dpo_then_rerun_finishes_the_planned_steps(tmp_path):
     assert result["total_steps"] == result["steps_done"] == 40
     assert result["adapter_dir"] == str(adapter_dir)
     assert json.loads((adapter_dir / "train_inputs.json").read_text())["method"] == "dpo"
+
+
+def test_the_cycle_trains_the_method_its_task_names(tmp_path):
+    """`[training] method = "sft+dpo"` in the task TOML: the cycle's train stage runs SFT on the
+    targeted data, builds pairs from the champion's dev failures, then DPO from the SFT adapter;
+    the candidate it evaluates is the DPO adapter."""
+    from conftest import classification_records, write_task
+    from loop.store.db import Store
+
+    extra = ("[generation]\nmax_new_tokens = 6\nbatch_size = 8\n"
+             "[cycle]\nbase_model = \"tiny-random\"\nseed = 3\narena = false\nbenchmarks = false\n"
+             "[targeted]\nn = 16\n"
+             "[training]\nmax_steps = 4\nsave_steps = 4\nbatch_size = 4\nmethod = \"sft+dpo\"\n")
+    task = write_task(tmp_path / "task", {"train": classification_records(40, 100),
+                                          "dev": classification_records(12, 300),
+                                          "test": classification_records(12)}, extra)
+    ws = tmp_path / "ws"
+    proc = subprocess.run([sys.executable, "-m", "loop.cli", "cycle", "--task", str(task),
+                           "--workspace", str(ws), "--json"], capture_output=True, text=True,
+                          env=ENV, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    with Store(ws, read_only=True) as store:
+        runs = store.query("SELECT train_id, parent_adapter, adapter_path, config "
+                           "FROM training_runs WHERE status = 'done' ORDER BY created_at")
+    assert len(runs) == 2
+    sft, dpo = runs
+    assert json.loads(dpo["config"])["method"] == "sft+dpo"
+    assert Path(dpo["parent_adapter"]).resolve() == Path(sft["adapter_path"]).resolve()
+    candidate_adapter = summary["candidate"]["name"].split("+", 1)[1]
+    assert Path(candidate_adapter).resolve() == Path(dpo["adapter_path"]).resolve()
+    pairs_dir = next(ws.rglob("pairs"))
+    rows = [json.loads(line) for f in pairs_dir.glob("*.jsonl") for line in f.open()]
+    assert rows and set(rows[0]) >= {"prompt", "chosen", "rejected"}
