@@ -93,9 +93,14 @@ def run_task(task_path: Path, workspace: Path, args) -> dict:
     task = load_task(task_path)
     base = args.model or validate_sections(task).base_model
     config = TrainConfig.from_section(task.config.section("training"))
+    if args.dpo_learning_rate or args.dpo_beta:  # sweep DPO's own settings; SFT arms unchanged
+        config = replace(config, dpo_learning_rate=args.dpo_learning_rate or
+                         config.dpo_learning_rate, dpo_beta=args.dpo_beta or config.dpo_beta)
     workspace = workspace / task.name
     out: dict = {"task": task.name, "base": base, "n_data": args.n_data,
-                 "sft_steps": args.sft_steps, "dpo_steps": args.dpo_steps}
+                 "sft_steps": args.sft_steps, "dpo_steps": args.dpo_steps,
+                 "dpo_learning_rate": config.dpo_learning_rate or config.learning_rate,
+                 "dpo_beta": config.dpo_beta}
     with Store(workspace) as store:
         rows = random_pool_rows(store, task, args.n_data, seed=args.seed)
         data = workspace / "data" / f"pref-{args.seed}-{len(rows)}.jsonl"
@@ -140,7 +145,8 @@ def run_task(task_path: Path, workspace: Path, args) -> dict:
 
 def format_task(r: dict) -> str:
     lines = [f"== {r['task']} (base {r['base']}, {r['n_data']} rows, SFT {r['sft_steps']} + "
-             f"DPO {r['dpo_steps']} steps vs SFT {r['sft_steps'] + r['dpo_steps']})",
+             f"DPO {r['dpo_steps']} steps (lr {r['dpo_learning_rate']:g}, beta {r['dpo_beta']:g}) "
+             f"vs SFT {r['sft_steps'] + r['dpo_steps']})",
              "pairs: " + ", ".join(f"{s} {c['pairs']}" for s, c in r["pairs"].items())]
     for arm, t in r["test"].items():
         rating = r["ratings"].get(arm, {})
@@ -174,6 +180,8 @@ def main() -> None:
                         help="first N dev items whose failures become pairs")
     parser.add_argument("--bench-limit", type=int, default=50, help="items per benchmark; 0: skip")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dpo-learning-rate", type=float, help="default: the task's setting")
+    parser.add_argument("--dpo-beta", type=float, help="default: the task's setting")
     parser.add_argument("--workspace", type=Path, default=Path("/tmp/evalloop-pref"))
     parser.add_argument("--json", type=Path, help="write every figure")
     args = parser.parse_args()
