@@ -74,7 +74,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     parse_model_name(args.model)
     with Store(args.workspace) as store:
         summary = evaluate(store, task, args.model, split=args.split, limit=args.limit,
-                           progress=not args.json)
+                           progress=not args.json, processes=args.processes)
         if args.junit:
             from loop.exports import run_item_rows
 
@@ -133,12 +133,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from loop.store.db import Store
-    from loop.train.sft import format_result, train_for_task
+    from loop.train.sft import config_from_args, format_result, train_for_task
 
     task = _load_task(args)
+    config = config_from_args(task, args)  # [training], with --processes when given
     with Store(args.workspace) as store:
         result = train_for_task(store, task, args.workspace, model=args.model,
-                                data_path=args.data, progress=not args.json)
+                                data_path=args.data, config=config, progress=not args.json)
     _print_json(result.to_json()) if args.json else print(format_result(result))
     return 0
 
@@ -450,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CI gate per category, repeatable: exit 1 when CAT's pass rate < X")
     p.add_argument("--junit", default=None, metavar="PATH",
                    help="write a JUnit XML report (one testcase per item) for CI systems")
+    p.add_argument("--processes", type=int, default=None, metavar="N",
+                   help="generate on N processes (GPUs, or CPU ranks), each a shard of the "
+                        "items; default [generation] processes (docs/scale.md)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("failures", help="failures of the latest evaluation, by category and "
@@ -471,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--model", default=DEFAULT_MODEL, help="base, or BASE+ADAPTER to continue")
     p.add_argument("--data", default=None, help="exported JSONL (default: the task's train)")
+    p.add_argument("--processes", type=int, default=None, metavar="N",
+                   help="train on N ranks through accelerate (DDP/FSDP); default [training] "
+                        "processes (docs/scale.md)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("pairs", help="preference pairs (DPO) from votes, corrections and "
@@ -572,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         _quiet_libraries()
     try:
+        from loop.core.launch import refuse_outside_launcher
+
+        refuse_outside_launcher()  # every command opens the store: one writer, never N ranks
         return args.func(args)
     except EvalloopError as exc:
         kind = "store error" if isinstance(exc, StoreError) else "error"

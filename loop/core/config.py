@@ -10,6 +10,7 @@ A task TOML names its JSONL splits (paths relative to the TOML) and optional sec
     [generation]                  # all optional
     max_new_tokens = 64
     batch_size = 16
+    processes = 1                 # ranks generating shards of the items (docs/scale.md)
 
 Later stages add their own sections ([suite], [training], [targeted], [gate], [benchmarks]); unknown
 top-level keys are reported together with every other error.
@@ -35,6 +36,7 @@ KNOWN_KEYS = {"name", "description", "train", "dev", "test", "dev_fraction", "sy
 class GenerationConfig:
     max_new_tokens: int = 64
     batch_size: int = 16
+    processes: int = 1  # evaluation's generation sharded over this many ranks (CPU or GPUs)
 
     def as_dict(self) -> dict:
         return {"max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size}
@@ -113,11 +115,12 @@ def load_task_config(path: str | Path) -> TaskConfig:
     gen = GenerationConfig(
         max_new_tokens=_typed(errors, "generation.", gen_raw, "max_new_tokens", int, 64),
         batch_size=_typed(errors, "generation.", gen_raw, "batch_size", int, 16),
+        processes=_typed(errors, "generation.", gen_raw, "processes", int, 1),
     )
-    for key in set(gen_raw) - {"max_new_tokens", "batch_size"}:
+    for key in set(gen_raw) - {"max_new_tokens", "batch_size", "processes"}:
         errors.append(f"unknown key generation.{key}")
-    if gen.max_new_tokens < 1 or gen.batch_size < 1:
-        errors.append("generation.max_new_tokens and generation.batch_size must be positive")
+    if gen.max_new_tokens < 1 or gen.batch_size < 1 or gen.processes < 1:
+        errors.append("generation.max_new_tokens, batch_size and processes must be positive")
     if errors:
         raise ConfigError(f"Task file {path} has {len(errors)} problem(s): " + "; ".join(errors) + ".")
     sections = {k: v for k, v in raw.items() if isinstance(v, dict)}

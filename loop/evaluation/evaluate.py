@@ -59,8 +59,12 @@ def select(task: Task, split: str, limit: int | None) -> tuple[Example, ...]:
 
 def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
              limit: int | None = None, progress: bool = True,
-             lm: LoadedModel | None = None) -> EvalSummary:
+             lm: LoadedModel | None = None, processes: int | None = None) -> EvalSummary:
+    """`processes` (default: [generation] processes) > 1: the items to generate are sharded
+    over that many ranks (loop/evaluation/sharded.py); this process alone writes the store."""
     examples = select(task, split, limit)
+    if processes is not None and processes < 1:
+        raise TaskDataError(f"--processes must be a positive number, got {processes}.")
     spec = parse_model_name(model_name)
     model_id = lm.model_id if lm else fingerprint(spec)
     tokenizer = lm.tokenizer if lm else load_tokenizer(spec)
@@ -73,7 +77,8 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
     _check_context(tokenizer, spec, examples, prompts, gen.max_new_tokens)  # before any write
     stored = store.get_predictions(pred_ids)
     missing = [i for i, pid in enumerate(pred_ids) if pid not in stored]
-    if missing:
+    ranks = min(gen.processes if processes is None else processes, len(missing))
+    if missing and ranks <= 1:
         lm = lm or load_model(model_name)  # a model that cannot load fails before any write
     store.put_task(task.name, str(task.config.path), task.data_hash,
                    [e for s in task.splits.values() for e in s])
@@ -81,10 +86,19 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
     run_id = content_hash("eval", task.name, split, model_id, gen_hash, [e.id for e in examples])
     store.start_run(run_id, "eval", task.name, model_id, split,
                     {"limit": limit, "max_new_tokens": gen.max_new_tokens, "model": model_name})
-    if missing:
+    if missing and ranks > 1:  # each rank loads the model itself, on its own device
+        from loop.evaluation.sharded import generate_sharded
+
+        work = store.workspace / "shards" / content_hash([pred_ids[i] for i in missing],
+                                                         gen.batch_size)
+        outputs = generate_sharded(model_name, [prompts[i] for i in missing], ranks, work,
+                                   gen.max_new_tokens, gen.batch_size, stop_at_json,
+                                   progress=progress, desc=f"{split} {task.name}")
+    elif missing:
         outputs = generate(lm, [prompts[i] for i in missing], gen.max_new_tokens,
                            gen.batch_size, progress=progress, desc=f"{split} {task.name}",
                            stop_at_json=stop_at_json)
+    if missing:
         rows = [{"prediction_id": pred_ids[i], "model_id": model_id,
                  "prompt_hash": content_hash(prompts[i]), "gen_hash": gen_hash,
                  "prompt": prompts[i], "output": o.text, "latency_s": o.latency_s,

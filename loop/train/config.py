@@ -10,6 +10,8 @@ full), `LogRow`, `TrainResult`, and the bf16-or-fp32 choice (measured on CPUs, c
     bf16 = "auto"          # "auto": CUDA support / this CPU's measured matmul speed; true/false
     method = "sft"         # or "dpo" / "sft+dpo": preference pairs (loop/targeted/pairs.py, loop/train/dpo.py)
     dpo_beta = 0.1         # DPO's KL strength; dpo_learning_rate defaults to learning_rate
+    processes = 1          # ranks launched through accelerate (docs/scale.md); SFT only
+    strategy = "ddp"       # "ddp": a model copy per rank; "fsdp": parameters sharded across ranks
 
 Why these defaults (the same for every task; measured on a real slot-extraction task, not the
 demo): the embedded model, 250 random pool rows of ../shared/real-tasks/rentalcars (seed 0),
@@ -36,6 +38,8 @@ from dataclasses import asdict, dataclass, fields
 from loop.core.errors import ConfigError
 
 METHODS = ("sft", "dpo", "sft+dpo")
+STRATEGIES = ("ddp", "fsdp")
+LAUNCH_KEYS = ("processes", "strategy")  # how a run is spread over ranks, not what it trains
 BF16_SPEEDUP = 1.2  # use bf16 on a CPU only when its matmul is at least this much faster
 
 
@@ -66,11 +70,25 @@ class TrainConfig:
     method: str = "sft"
     dpo_beta: float = 0.1  # DPO's KL strength (trl's default)
     dpo_learning_rate: float | None = None  # None: learning_rate
+    # `processes` ranks (loop/train/distributed.py) split each batch of `batch_size` rows: the same
+    # optimizer steps as one process. "fsdp" shards the frozen base too (bases too big per device).
+    processes: int = 1
+    strategy: str = "ddp"
 
     def as_dict(self) -> dict:
         data = asdict(self)
         if isinstance(self.target_modules, tuple):
             data["target_modules"] = list(self.target_modules)
+        return data
+
+    def identity(self) -> dict:
+        """What a run's id hashes: the settings that change the trained weights. The process
+        count does not (same global batch), so a DDP run resumes under another count; FSDP
+        checkpoints are sharded, so "fsdp" stays in."""
+        data = self.as_dict()
+        data.pop("processes")
+        if self.strategy == "ddp":
+            data.pop("strategy")
         return data
 
     @classmethod
@@ -97,6 +115,11 @@ class TrainConfig:
                     errors.append(f"{key} must be {need}, got {section[key]!r}")
                 else:
                     values[key] = value
+        if values.get("batch_size", cls.batch_size) % values.get("processes", 1):
+            errors.append("batch_size must be a multiple of processes (each rank takes "
+                          "batch_size / processes rows of every batch)")
+        if values.get("qlora") and values.get("strategy") == "fsdp":
+            errors.append('qlora = true runs with strategy = "ddp" only')
         if "epochs" in section and "max_steps" in section:
             errors.append("give epochs or max_steps, not both")
         if "max_steps" in values:
@@ -152,6 +175,8 @@ _RULES = {  # key: (type, check, what the message asks for)
                                                                           "sft+dpo"))),
     "dpo_beta": (float, lambda v: v > 0, "a positive number"),
     "dpo_learning_rate": (float, lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "processes": (int, lambda v: v >= 1, "a positive integer"),
+    "strategy": (str, lambda v: v in STRATEGIES, '"ddp" or "fsdp"'),
 }
 
 

@@ -6,8 +6,9 @@
     record_training(store, result, task_id=task.name, dataset_hash=task.data_hash)
 
 Shell (what `evalloop train` wraps): `python -m loop.train --task T.toml --workspace WS`;
-several GPUs: `accelerate launch -m loop.train --task T.toml --workspace WS` (Trainer runs DDP;
-only rank 0 saves and writes the store).
+several processes or GPUs: add `--processes N` (or `[training] processes = N`): this process
+tokenizes, launches N ranks through accelerate (DDP or FSDP, loop/train/distributed.py) and alone
+writes the store; the first rank alone writes the adapter and logs, in the same files.
 
 Speed (bench/train_speed.py measures it against trl's defaults): padding-free packed batches with
 per-example attention (loop/train/packing.py); logits only where a completion token is the target (the
@@ -37,7 +38,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from loop.core.errors import EvalloopError
@@ -59,6 +60,7 @@ from loop.train.packing import (
 )
 from loop.core.records import content_hash
 from loop.train.config import LogRow, TrainConfig, TrainResult, library_versions, use_bf16
+from loop.core.launch import refuse_outside_launcher, sum_over_ranks
 from loop.train.outputs import (
     RESULT_FILE,
     TrainingError,
@@ -84,7 +86,7 @@ def train_id_for(base_model_id: str, parent_id: str | None, examples, dev_exampl
                  config: TrainConfig, system_prompt: str | None) -> str:
     """Same inputs -> same id -> same output dir, which is what makes reruns resume."""
     return content_hash(TRAIN_VERSION, base_model_id, parent_id, examples_digest(examples),
-                        examples_digest(dev_examples or ()), config.as_dict(), system_prompt)
+                        examples_digest(dev_examples or ()), config.identity(), system_prompt)
 
 
 def _claim_out_dir(out: Path, train_id: str, inputs: dict) -> TrainResult | None:
@@ -161,6 +163,8 @@ def _load_trainable(spec, parent: Path | None, config: TrainConfig, bf16: bool, 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16)
+        if config.processes > 1:  # 4-bit weights load on a device: this rank's own
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     path, padding_free = base_path(spec.base), True
     try:
         model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=_attention(device),
@@ -256,6 +260,10 @@ def _sft_args(config: TrainConfig, ckpt_dir: Path, evaluate: bool, bf16: bool, d
         report_to="none", disable_tqdm=not progress, dataloader_num_workers=0,
         # dev loss only: gathering each eval batch's logits would cost vocab x targets floats
         prediction_loss_only=True,
+        # several ranks: each batch of batch_size rows is split between them (accelerate's
+        # batch sampler), so the optimizer steps are those of one process
+        accelerator_config={"split_batches": config.processes > 1},
+        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step
     )
 
 
@@ -317,11 +325,15 @@ def _make_trainer(model, tokenizer, rows, dev_rows, config: TrainConfig, ckpt_di
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
-            if ("loss" not in logs and "eval_loss" not in logs) or not state.is_world_process_zero:
+            if "loss" not in logs and "eval_loss" not in logs:
                 return
-            tokens, seconds = meter.tokens - meter.mark[0], meter.seconds - meter.mark[1]
+            # every rank logs the same keys, so every rank joins this sum (a collective)
+            total = sum_over_ranks(meter.tokens) if "loss" in logs else meter.mark[0]
+            if not state.is_world_process_zero:
+                return
+            tokens, seconds = total - meter.mark[0], meter.seconds - meter.mark[1]
             if "loss" in logs:
-                meter.mark = (meter.tokens, meter.seconds)
+                meter.mark = (total, meter.seconds)
             row = LogRow(step=state.global_step, loss=logs.get("loss"),
                          eval_loss=logs.get("eval_loss"), learning_rate=logs.get("learning_rate"),
                          tokens_per_s=tokens / seconds if "loss" in logs and seconds else None,
@@ -391,23 +403,41 @@ def _rows(tokenizer, examples, system_prompt, max_seq_len: int) -> tuple[list[di
 
 # ---------------------------------------------------------------------------- entry points
 
-def train_adapter(base_model_name: str, examples, out_dir, config: TrainConfig | None = None,
-                  parent_adapter=None, dev_examples=None, progress: bool = True,
-                  system_prompt: str | None = None) -> TrainResult:
-    """Train (or resume, or return the finished) LoRA adapter for these exact inputs into out_dir.
+@dataclass(frozen=True)
+class TrainPlan:
+    """One run, decided once: its identity, output dir and tokenized rows. A single process runs
+    it directly; with several processes it travels to every rank as a JSON file
+    (loop/train/distributed.py), so no rank touches the store or the task's data."""
 
-    `base_model_name` may be `BASE+ADAPTER`: that adapter is then the parent, trained further.
-    """
-    import torch
+    base: str
+    parent_adapter: str | None
+    base_model_id: str
+    train_id: str
+    out_dir: str
+    config: TrainConfig
+    rows: list[dict]
+    dev_rows: list[dict]
+    skipped: tuple[str, ...]
 
-    config = config or TrainConfig()
+    def to_json(self) -> dict:
+        return {**asdict(self), "config": self.config.as_dict(), "skipped": list(self.skipped)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainPlan:
+        return cls(**{**data, "config": TrainConfig.from_dict(data["config"]),
+                      "skipped": tuple(data["skipped"])})
+
+
+def plan_training(base_model_name: str, examples, out_dir, config: TrainConfig,
+                  parent_adapter=None, dev_examples=None,
+                  system_prompt: str | None = None) -> TrainPlan | TrainResult:
+    """Check the inputs, tokenize, claim out_dir; the finished result when this run is done."""
     spec = parse_model_name(base_model_name)
     parent = Path(parent_adapter).expanduser().resolve() if parent_adapter else spec.adapter
     if parent is not None:
         parse_model_name(f"{spec.base}+{parent}")  # checks the adapter files exist
-    device = pick_device()
     if config.qlora:
-        _check_qlora(device)
+        _check_qlora(pick_device())
     tokenizer = load_tokenizer(spec)
     rows, skipped = _rows(tokenizer, examples, system_prompt, config.max_seq_len)
     dev_rows, _ = tokenize_examples(tokenizer, dev_examples or (), system_prompt,
@@ -421,13 +451,51 @@ def train_adapter(base_model_name: str, examples, out_dir, config: TrainConfig |
     finished = _claim_out_dir(out, train_id, inputs)
     if finished is not None:
         return finished
+    return TrainPlan(base=spec.base, parent_adapter=str(parent) if parent else None,
+                     base_model_id=base_id, train_id=train_id, out_dir=str(out), config=config,
+                     rows=rows, dev_rows=dev_rows, skipped=tuple(skipped))
 
+
+def train_adapter(base_model_name: str, examples, out_dir, config: TrainConfig | None = None,
+                  parent_adapter=None, dev_examples=None, progress: bool = True,
+                  system_prompt: str | None = None) -> TrainResult:
+    """Train (or resume, or return the finished) LoRA adapter for these exact inputs into out_dir.
+
+    `base_model_name` may be `BASE+ADAPTER`: that adapter is then the parent, trained further.
+    With `config.processes` > 1 the ranks run under accelerate's launcher; this process waits.
+    """
+    config = config or TrainConfig()
+    if config.processes > 1:
+        from loop.train.distributed import check_launchable
+
+        check_launchable(config)
+    plan = plan_training(base_model_name, examples, out_dir, config, parent_adapter,
+                         dev_examples, system_prompt)
+    if isinstance(plan, TrainResult):
+        return plan
+    if config.processes > 1:
+        from loop.train.distributed import train_on_ranks
+
+        return train_on_ranks(plan, progress)
+    return run_plan(plan, progress)
+
+
+def run_plan(plan: TrainPlan, progress: bool = True) -> TrainResult:
+    """Train one planned run in this process (alone, or as one rank of several); the first
+    rank alone writes the adapter, train_log.jsonl and train_result.json."""
+    import torch
+
+    config, out = plan.config, Path(plan.out_dir)
+    spec = parse_model_name(plan.base)
+    parent = Path(plan.parent_adapter) if plan.parent_adapter else None
+    device = pick_device()
+    tokenizer = load_tokenizer(spec)
     bf16 = use_bf16(config.bf16, device) or config.qlora
     model, padding_free = _load_trainable(spec, parent, config, bf16, device)
     meter, ckpt_dir = _Meter(), out / "checkpoints"
     resume, resumed_step = last_checkpoint(ckpt_dir)
-    trainer = _make_trainer(model, tokenizer, rows, dev_rows, config, ckpt_dir, bf16, device,
-                            padding_free, meter, out / LOG_FILE, progress)
+    trainer = _make_trainer(model, tokenizer, plan.rows, plan.dev_rows, config, ckpt_dir, bf16,
+                            device, padding_free, meter, out / LOG_FILE, progress)
     started = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -437,23 +505,36 @@ def train_adapter(base_model_name: str, examples, out_dir, config: TrainConfig |
             f" and max_seq_len={config.max_seq_len}. Lower [training] batch_size (raise grad_accum "
             "to keep the effective batch), set gradient_checkpointing = true, or qlora = true."
         ) from None
+    tokens = int(sum_over_ranks(meter.tokens))  # every rank's rows: the job's throughput
     state, logs = trainer.state, _read_logs(out / LOG_FILE, trainer.state.global_step)
     result = TrainResult(
-        train_id=train_id, adapter_dir=str(out), base=spec.base, base_model_id=base_id,
-        parent_adapter=str(parent) if parent else None, config=config,
+        train_id=plan.train_id, adapter_dir=str(out), base=spec.base,
+        base_model_id=plan.base_model_id, parent_adapter=plan.parent_adapter, config=config,
         total_steps=state.max_steps, steps_done=state.global_step, resumed_from_step=resumed_step,
-        n_train=len(rows), n_dev=len(dev_rows), skipped=tuple(skipped), device=device.type,
+        n_train=len(plan.rows), n_dev=len(plan.dev_rows), skipped=plan.skipped,
+        device=device.type,
         precision=("qlora-nf4+" if config.qlora else "") + ("bf16" if bf16 else "fp32"),
-        padding_free=padding_free, tokens=meter.tokens,
-        tokens_per_s=meter.tokens / meter.seconds if meter.seconds else 0.0,
+        padding_free=padding_free, tokens=tokens,
+        tokens_per_s=tokens / meter.seconds if meter.seconds else 0.0,
         peak_mem_mb=_peak_mem_mb(device), **_loss_summary(logs),
         stopped_early=state.global_step < state.max_steps,
         elapsed_s=time.perf_counter() - started, logs=tuple(logs), versions=library_versions())
+    _save_adapter(trainer, out)
     if trainer.is_world_process_zero():
-        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(out))
-        _sort_target_modules(out / "adapter_config.json")
         _atomic_write(out / RESULT_FILE, json.dumps(result.to_json(), indent=2))
     return result
+
+
+def _save_adapter(trainer, out: Path) -> None:
+    """The adapter in plain PEFT files, written by the first rank. Under FSDP each rank holds a
+    shard of every weight: all ranks gather the full state dict, the first one saves it."""
+    state_dict = None
+    if trainer.is_fsdp_enabled:
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)
+    if trainer.is_world_process_zero():
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(out),
+                                                                        state_dict=state_dict)
+        _sort_target_modules(out / "adapter_config.json")
 
 
 def _sort_target_modules(config_path: Path) -> None:
@@ -484,17 +565,19 @@ def train_for_task(store, task, workspace, model: str = DEFAULT_MODEL, data_path
     result = train_adapter(model, examples, out, config, parent_adapter=parent_adapter,
                            dev_examples=dev, progress=progress,
                            system_prompt=task.config.system_prompt)
-    if int(os.environ.get("RANK", "0")) == 0:
-        record_training(store, result, task.name, dataset_hash or examples_digest(examples))
+    record_training(store, result, task.name, dataset_hash or examples_digest(examples))
     return result
 
 
 def config_from_args(task, args: argparse.Namespace) -> TrainConfig:
     """The task's [training] section with the shell entry points' step overrides."""
-    config = TrainConfig.from_section(task.config.section("training"))
+    section = task.config.section("training")
+    if getattr(args, "processes", None) is not None:  # checked with the rest (batch_size)
+        section["processes"] = args.processes
+    config = TrainConfig.from_section(section, where=f"{task.config.path} [training]")
     overrides = {k: getattr(args, k, None) for k in ("max_steps", "save_steps", "patience")}
     return replace(config, **{k: v for k, v in overrides.items() if v is not None},
-                   **({"epochs": None} if args.max_steps else {}))
+                   **({"epochs": None} if getattr(args, "max_steps", None) else {}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -516,9 +599,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-steps", type=int)
     p.add_argument("--patience", type=int, help="dev evaluations without improvement before "
                    "stopping (0: never stop early)")
+    p.add_argument("--processes", type=int, help="ranks to train on (overrides [training] "
+                   "processes; launched through accelerate, docs/scale.md)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     try:
+        refuse_outside_launcher()
         task = load_task(args.task)
         config = config_from_args(task, args)
         with Store(args.workspace) as store:
