@@ -1,8 +1,8 @@
 """`evalloop` command line: parse arguments, call library functions, map errors to exit codes.
 
 Exit codes: 0 ok, 1 `eval` thresholds missed (--min-pass-rate, --min-category-pass-rate),
-2 user error (bad task, data, model, config), 3 store error, 75 locked,
-130 interrupted. Nightly cycles add their own (see `evalloop nightly --help`).
+2 user error (bad task, data, model, config), 3 store error, 75 locked or a model endpoint
+still failing after its retries (try later), 130 interrupted. Nightly cycles add their own (see `evalloop nightly --help`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 # slower. Set before anything imports torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from loop.core.errors import EvalloopError, StoreError  # noqa: E402
+from loop.core.errors import EndpointError, EvalloopError, StoreError  # noqa: E402
 
 DEFAULT_WORKSPACE = "evalloop-workspace"
 
@@ -256,8 +256,10 @@ def cmd_arena(args: argparse.Namespace) -> int:
         if not args.judge_model:
             raise EvalloopError("--judge llm needs --judge-model (a local model, or an endpoint's "
                                 "model name together with --judge-url).")
-        completer = (endpoint_completer(args.judge_url, args.judge_model, args.judge_key_env)
-                     if args.judge_url else local_completer(args.judge_model))
+        judge_url = args.judge_url or os.environ.get("OPENAI_BASE_URL")
+        completer = (endpoint_completer(judge_url, args.judge_model, args.judge_key_env,
+                                        concurrency=args.judge_concurrency)
+                     if judge_url else local_completer(args.judge_model))
     with Store(args.workspace) as store:
         result = run_arena(store, task, args.models, args.judge, args.n,
                            plot_dir=Path(args.workspace), completer=completer,
@@ -360,7 +362,8 @@ def cmd_nightly(args: argparse.Namespace) -> int:
         except EvalloopError as exc:
             logging.getLogger("loop").error("cycle failed: %s", exc)
             print(f"evalloop: nightly cycle failed: {exc} (log: {log_path})", file=sys.stderr)
-            return nightly.EXIT_FAILED
+            # an endpoint still rate-limited or down is passing: cron retries, the cycle resumes
+            return nightly.EXIT_LOCKED if isinstance(exc, EndpointError) else nightly.EXIT_FAILED
         logging.getLogger("loop").info("cycle %s done: promote=%s", summary["cycle_id"],
                                        summary["gate"]["promote"])
     _print_json(summary) if args.json else _print_cycle(summary)
@@ -518,8 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", required=True)
     p.add_argument("--judge", default="reference", help="reference or llm")
     p.add_argument("--judge-model", default=None, help="llm judge: local model or endpoint model")
-    p.add_argument("--judge-url", default=None, help="llm judge: OpenAI-compatible base URL")
-    p.add_argument("--judge-key-env", default=None, help="name of the env var holding the key")
+    p.add_argument("--judge-url", default=None, help="llm judge: OpenAI-compatible base URL "
+                   "(default: $OPENAI_BASE_URL; neither: --judge-model is a local model)")
+    p.add_argument("--judge-key-env", default=None, help="name of the env var holding the key "
+                   "(default: OPENAI_API_KEY when set)")
+    p.add_argument("--judge-concurrency", type=int, default=4, metavar="N",
+                   help="endpoint judge requests in flight at once")
     p.add_argument("--n", type=int, default=None, help="first N shared items")
     p.set_defaults(func=cmd_arena)
 
@@ -543,7 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cycle)
 
     p = sub.add_parser("nightly", help="one cycle under a lock, with a time budget and a log; "
-                       "exit 0 promoted, 10 kept, 20 failed, 75 locked, 124 over budget")
+                       "exit 0 promoted, 10 kept, 20 failed, 75 locked or an endpoint down "
+                       "(retry later), 124 over budget")
     common(p)
     p.add_argument("--max-minutes", type=float, default=None, help="time budget")
     p.set_defaults(func=cmd_nightly)
