@@ -374,7 +374,12 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from loop.cycle.run import run_cycle
 
-    task = Path(__file__).resolve().parents[1] / "datasets" / "demo" / "task.toml"
+    from loop.data.demo_task import demo_task
+
+    task = demo_task(Path(args.workspace))
+    if args.prepare_only:
+        print(task)
+        return 0
     print(f"evalloop demo: one full cycle of the embedded SmolLM2-135M-Instruct on {task}")
     summary = run_cycle(task, args.workspace, force=args.force, progress=True)
     _print_cycle(summary)
@@ -424,12 +429,25 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- parser
 
+def package_version() -> str:
+    """The installed distribution's version, else the source tree's (`loop.__version__`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("evalloop")
+    except PackageNotFoundError:
+        from loop import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     from loop.models.loading import DEFAULT_MODEL
 
     parser = argparse.ArgumentParser(prog="evalloop", description="Evaluation-driven LoRA "
                                      "fine-tuning: evaluate, find failures, target, train, gate.")
     parser.add_argument("--verbose", "-v", action="store_true", help="show library logs")
+    parser.add_argument("--version", action="version", version=f"evalloop {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, task: bool = True) -> None:
@@ -536,7 +554,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", default=None, help="one judge's matches (default: all)")
     p.set_defaults(func=cmd_leaderboard)
 
-    p = sub.add_parser("app", help="the Streamlit review app (binds 127.0.0.1 by default)")
+    from loop.app import MAIN_SCRIPT
+
+    p = sub.add_parser("app", help="the Streamlit review app (binds 127.0.0.1 by default)",
+                       description=f"Serves {MAIN_SCRIPT} with Streamlit.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # path unwrapped
     common(p, task=False)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8501)
@@ -559,6 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="one full cycle of the embedded model on the demo task")
     common(p, task=False)
     p.add_argument("--force", action="store_true", help="run a new cycle even if one finished")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="print the demo task's path and stop (outside a checkout the task is "
+                        "generated into WORKSPACE/demo-task/ first)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("promote", help="make a model the task's champion by hand")
