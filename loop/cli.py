@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok, 1 `eval` thresholds missed (--min-pass-rate, --min-category-pass-rate),
 2 user error (bad task, data, model, config), 3 store error, 75 locked or a model endpoint
-still failing after its retries (try later), 130 interrupted. Nightly cycles add their own (see `evalloop nightly --help`).
+still failing after its retries (try later), 130 interrupted. Nightly cycles add their own (see
+`evalloop nightly --help`).
 """
 
 from __future__ import annotations

@@ -204,3 +204,17 @@ def test_the_teacher_sends_its_batch_in_parallel_with_seeds_in_order(server):
     assert all(b["messages"][0] == {"role": "system", "content": SYSTEM} and
                b["max_tokens"] == 64 and b["temperature"] == 0.5 for b in sent.values())
     assert FakeServer.peak == 3
+
+
+def test_a_nightly_run_stopped_by_an_endpoint_exits_75_for_cron_to_retry(tmp_path, monkeypatch):
+    import loop.cycle.run
+    from loop import cli
+
+    def endpoint_down(*args, **kwargs):
+        raise EndpointError("The endpoint http://x/v1 answered HTTP 429 (rate limit)")
+
+    monkeypatch.setattr(loop.cycle.run, "run_cycle", endpoint_down)
+    code = cli.main(["nightly", "--task", "t.toml", "--workspace", str(tmp_path / "ws")])
+    assert code == 75
+    (log,) = (tmp_path / "ws" / "logs").glob("nightly-*.log")
+    assert "HTTP 429" in log.read_text()
