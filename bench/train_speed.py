@@ -127,14 +127,30 @@ def _param_count(model: str) -> int:
     return sum(p.numel() for p in meta.parameters())
 
 
+def measure_matmul_gflops(dtype_name: str, size: int = 1024, seconds: float = 1.0,
+                          seed: int = 0) -> float:
+    """Sustained square-matmul GFLOP/s on the CPU in float32 or bfloat16 (2 n^3 FLOPs each)."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(size, size, generator=gen).to(dtype)
+    b = torch.randn(size, size, generator=gen).to(dtype)
+    for _ in range(3):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
+
+
 def child(variant: str, model: str, task_path: str, n: int, threads: int | None) -> None:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     if variant == "peak":
-        from loop.train.config import measure_matmul_gflops
-
         row = {d: max(measure_matmul_gflops(d, seconds=0.5) for _ in range(3))
                for d in ("fp32", "bf16")}
     else:

@@ -32,7 +32,6 @@ from pathlib import Path
 import lm_eval.tasks
 import yaml
 from lm_eval.tasks import TaskManager
-from lm_eval.tasks._index import Kind, TaskIndex
 
 from loop.core.errors import BenchmarkDataError, ConfigError
 
@@ -79,13 +78,17 @@ def write_local_configs(names: list[str], data_dir: Path, out_dir: Path) -> None
     """Write override YAMLs for the standard tasks among `names` into `out_dir`."""
     for name in dict.fromkeys(n for n in names if n in STANDARD):
         files = data_files(name, data_dir)
-        index = TaskIndex.build([LM_EVAL_TASKS / STANDARD[name].folder])
-        entries = [index[name]] if index[name].kind is not Kind.GROUP else [
-            e for e in index.values() if e.kind in (Kind.TASK, Kind.GROUP)]
+        # lm-eval's public TaskManager over the one folder (its index: name -> entry with
+        # yaml_path and cfg); tasks and groups are told apart by its all_* lists
+        folder = TaskManager(include_path=str(LM_EVAL_TASKS / STANDARD[name].folder),
+                             include_defaults=False)
+        index, groups = folder.task_index, set(folder.all_groups)
+        entries = [index[name]] if name not in groups else [
+            index[n] for n in index if n in groups or n in set(folder.all_subtasks)]
         for entry in entries:
             target = out_dir / name / f"{entry.name}.yaml"
             target.parent.mkdir(parents=True, exist_ok=True)
-            if entry.kind is Kind.GROUP:  # group definitions need no change
+            if entry.name in groups:  # group definitions need no change
                 target.write_text(yaml.safe_dump({"include": str(entry.yaml_path)}))
                 continue
             target.write_text(_override_yaml(entry, files, subject_filter=name == "mmlu"))
@@ -148,7 +151,7 @@ def task_manager(names: list[str], data_dir: Path | None, work_dir: Path) -> Tas
 def task_version(manager: TaskManager, name: str) -> str:
     """lm-eval's version of a task or group (for a tag: its members' versions)."""
     entry = manager.task_index[name]
-    if entry.kind is Kind.TAG:
+    if name in manager.all_tags:
         return ",".join(f"{t}={task_version(manager, t)}" for t in sorted(entry.tags))
     version = ((entry.cfg or {}).get("metadata") or {}).get("version")
     return str(version) if version is not None else "unversioned"
@@ -157,7 +160,7 @@ def task_version(manager: TaskManager, name: str) -> str:
 def default_shots(manager: TaskManager, name: str) -> int:
     """The task's own few-shot count (lm-eval runs 0 when a task sets none)."""
     entry = manager.task_index[name]
-    return int((entry.cfg or {}).get("num_fewshot") or 0) if entry.kind is Kind.TASK else 0
+    return int((entry.cfg or {}).get("num_fewshot") or 0) if name in manager.all_subtasks else 0
 
 
 def load_tasks(manager: TaskManager, name: str, data_dir: Path | None) -> dict:

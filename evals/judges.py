@@ -13,16 +13,13 @@ live in the two completers at the bottom, which turn prompts into reply texts.
 from __future__ import annotations
 
 import difflib
-import json
-import os
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from loop.core.errors import ConfigError, EvalloopError
+from loop.core.endpoint import DEFAULT_CONCURRENCY, ChatRequest, Endpoint, complete_all
+from loop.core.errors import ConfigError
 from loop.core.records import content_hash
 
 VERDICTS = ("A", "B", "tie", "both_bad")
@@ -215,55 +212,20 @@ def check_judge(name: str, automatic: bool = True) -> str:
 
 @dataclass(frozen=True)
 class EndpointCompleter:
-    """An OpenAI-compatible chat-completions client (stdlib urllib). The API key is read from
-    the environment variable *named* `api_key_env` at call time; it is never stored or logged."""
-    base_url: str
-    model: str
-    api_key_env: str | None = None
-    timeout: float = 60.0
+    """An OpenAI-compatible chat-completions judge (`loop.core.endpoint`: retries, backoff,
+    `concurrency` requests in flight). A reply that is not a chat completion parses as no
+    verdict; a rate limit or server error that outlasts the retries raises `EndpointError`, so
+    no half-judged batch is stored. The key never leaves the environment."""
+    endpoint: Endpoint
 
     @property
     def label(self) -> str:
-        return f"{self.model}@{self.base_url}"
+        return self.endpoint.label
 
     def __call__(self, prompts: list[str]) -> list[str]:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key_env:
-            key = os.environ.get(self.api_key_env)
-            if not key:
-                raise ConfigError(f"The environment variable {self.api_key_env} (the judge's "
-                                  "API key) is not set.")
-            headers["Authorization"] = f"Bearer {key}"
-        replies = [self._one(prompt, headers) for prompt in prompts]
-        if replies and all(r.startswith("<no reply") for r in replies):
-            raise EvalloopError(f"The judge endpoint {self.base_url} failed on every request; "
-                                f"the first: {replies[0]}.")
-        return replies
-
-    def _one(self, prompt: str, headers: dict[str, str]) -> str:
-        """The reply text, or '<no reply: reason>' (which parses as no verdict)."""
-        url = self.base_url.rstrip("/") + "/chat/completions"
-        body = {"model": self.model, "temperature": 0, "max_tokens": 256,
-                "messages": [{"role": "user", "content": prompt}]}
-        request = urllib.request.Request(url, json.dumps(body).encode("utf-8"), headers,
-                                         method="POST")
-        failure = ""
-        for _attempt in range(2):  # one retry for a transient failure; a 4xx is a config problem
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    data = json.loads(response.read().decode("utf-8"))
-                return str(data["choices"][0]["message"]["content"] or "")
-            except urllib.error.HTTPError as exc:
-                if exc.code < 500:
-                    raise ConfigError(f"The judge endpoint {url} answered HTTP {exc.code} for "
-                                      f"model '{self.model}'; check --judge-url, --judge-model "
-                                      "and the API key variable.") from None
-                failure = f"HTTP {exc.code}"
-            except (urllib.error.URLError, TimeoutError, OSError) as exc:
-                failure = str(getattr(exc, "reason", exc))
-            except (ValueError, KeyError, IndexError, TypeError):
-                return "<no reply: not a chat-completions response>"
-        return f"<no reply: {failure}>"
+        replies = complete_all(self.endpoint, [ChatRequest.user(p, temperature=0, max_tokens=256)
+                                               for p in prompts])
+        return [r.text if r.text is not None else f"<no reply: {r.failure}>" for r in replies]
 
 
 class LocalCompleter:
@@ -286,9 +248,13 @@ class LocalCompleter:
         return [o.text for o in outputs]
 
 
-def endpoint_completer(base_url: str, model: str, api_key_env: str | None = None,
-                       timeout: float = 60.0) -> EndpointCompleter:
-    return EndpointCompleter(base_url, model, api_key_env, timeout)
+def endpoint_completer(base_url: str | None, model: str, api_key_env: str | None = None,
+                       timeout: float = 60.0, concurrency: int = DEFAULT_CONCURRENCY
+                       ) -> EndpointCompleter:
+    """`base_url` None: $OPENAI_BASE_URL; `api_key_env` None: $OPENAI_API_KEY when set."""
+    return EndpointCompleter(Endpoint(
+        base_url, model, api_key_env, timeout_s=timeout, concurrency=concurrency,
+        hint="check --judge-url, --judge-model and the API key variable"))
 
 
 def local_completer(model_name: str, max_new_tokens: int = 16) -> LocalCompleter:

@@ -11,7 +11,7 @@ order, truncation and `is_greedy` semantics (it subclasses `HFLM` and replaces o
   * the vocabulary projection runs only at the positions whose next token is scored;
   * rows are batched by a token budget, longest first;
   * bf16 is used where the hardware runs it faster: on CUDA when supported, on CPU when a one-off
-    timing of this model says so (cached in `$EVALLOOP_HOME/backend_dtype.json`).
+    timing of this model says so (`loop.models.precision`, the same rule as training).
 
 Use: `EvalloopLM(load_model("tiny-random"), dtype="float32")`, or from lm-eval's own CLI:
 `lm_eval --model evalloop --model_args pretrained=smollm2-135m-instruct --tasks arc_easy`.
@@ -19,24 +19,18 @@ Use: `EvalloopLM(load_model("tiny-random"), dtype="float32")`, or from lm-eval's
 
 from __future__ import annotations
 
-import copy
-import json
-import os
-import platform
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
-from loop.models.loading import DEFAULT_MODEL, LoadedModel, evalloop_home, load_model
+from loop.models.loading import DEFAULT_MODEL, LoadedModel, load_model
+from loop.models.precision import prefer_bf16
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-BF16_MIN_SPEEDUP = 1.25  # below this the timing is within noise of a shared machine: stay in fp32
 HEAD_CHUNK = 1024  # scored positions per vocabulary projection (bounds the [P, vocab] buffer)
 
 
@@ -133,57 +127,9 @@ def token_batches(rows: Sequence[PackedRow], budget: int) -> list[list[int]]:
 # ---------------------------------------------------------------------------- dtype choice
 
 def choose_dtype(model, device) -> torch.dtype:
-    """bf16 where it is faster for this model on this hardware, else fp32 (measured once)."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    if device.type != "cpu":
-        return torch.float32
-    cfg = model.config
-    key = (f"{platform.machine()} {_cpu_name()} | torch {torch.__version__} | "
-           f"threads {torch.get_num_threads()} | {cfg.model_type} h{cfg.hidden_size} "
-           f"l{cfg.num_hidden_layers} v{cfg.vocab_size}")
-    path = evalloop_home() / "backend_dtype.json"
-    try:
-        decisions = json.loads(path.read_text())
-    except (OSError, ValueError):
-        decisions = {}
-    if key not in decisions:
-        fp32_s = _time_forward(model)
-        bf16_s = _time_forward(copy.deepcopy(model).to(torch.bfloat16))
-        chosen = "bfloat16" if fp32_s / bf16_s >= BF16_MIN_SPEEDUP else "float32"
-        decisions[key] = {"dtype": chosen, "fp32_s": round(fp32_s, 4), "bf16_s": round(bf16_s, 4),
-                          "measured_at": datetime.now(timezone.utc).isoformat()}
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(decisions, indent=1))
-            os.replace(tmp, path)
-        except OSError:
-            pass  # the cache is an optimisation only
-    return DTYPES[decisions[key]["dtype"]]
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def _time_forward(model, batch: int = 4, length: int = 128) -> float:
-    """Best of three forward passes over a fixed random batch (after one warm-up)."""
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, model.config.vocab_size, (batch, length), generator=generator)
-    times = []
-    with torch.inference_mode():
-        for _ in range(4):
-            start = time.perf_counter()
-            model(input_ids=ids.to(model.device)).logits.float().sum()
-            times.append(time.perf_counter() - start)
-    return min(times[1:])
+    """bf16 where it is faster for this model on this hardware, else fp32 (the one rule in
+    `loop.models.precision`, shared with training; measured once per machine and model shape)."""
+    return torch.bfloat16 if prefer_bf16(device, model.config, lambda: model) else torch.float32
 
 
 # ---------------------------------------------------------------------------- the lm-eval model

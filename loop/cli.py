@@ -1,8 +1,9 @@
 """`evalloop` command line: parse arguments, call library functions, map errors to exit codes.
 
 Exit codes: 0 ok, 1 `eval` thresholds missed (--min-pass-rate, --min-category-pass-rate),
-2 user error (bad task, data, model, config), 3 store error, 75 locked,
-130 interrupted. Nightly cycles add their own (see `evalloop nightly --help`).
+2 user error (bad task, data, model, config), 3 store error, 75 locked or a model endpoint
+still failing after its retries (try later), 130 interrupted. Nightly cycles add their own (see
+`evalloop nightly --help`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 # slower. Set before anything imports torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from loop.core.errors import EvalloopError, StoreError  # noqa: E402
+from loop.core.errors import EndpointError, EvalloopError, StoreError  # noqa: E402
 
 DEFAULT_WORKSPACE = "evalloop-workspace"
 
@@ -257,8 +258,10 @@ def cmd_arena(args: argparse.Namespace) -> int:
         if not args.judge_model:
             raise EvalloopError("--judge llm needs --judge-model (a local model, or an endpoint's "
                                 "model name together with --judge-url).")
-        completer = (endpoint_completer(args.judge_url, args.judge_model, args.judge_key_env)
-                     if args.judge_url else local_completer(args.judge_model))
+        judge_url = args.judge_url or os.environ.get("OPENAI_BASE_URL")
+        completer = (endpoint_completer(judge_url, args.judge_model, args.judge_key_env,
+                                        concurrency=args.judge_concurrency)
+                     if judge_url else local_completer(args.judge_model))
     with Store(args.workspace) as store:
         result = run_arena(store, task, args.models, args.judge, args.n,
                            plot_dir=Path(args.workspace), completer=completer,
@@ -361,7 +364,8 @@ def cmd_nightly(args: argparse.Namespace) -> int:
         except EvalloopError as exc:
             logging.getLogger("loop").error("cycle failed: %s", exc)
             print(f"evalloop: nightly cycle failed: {exc} (log: {log_path})", file=sys.stderr)
-            return nightly.EXIT_FAILED
+            # an endpoint still rate-limited or down is passing: cron retries, the cycle resumes
+            return nightly.EXIT_LOCKED if isinstance(exc, EndpointError) else nightly.EXIT_FAILED
         logging.getLogger("loop").info("cycle %s done: promote=%s", summary["cycle_id"],
                                        summary["gate"]["promote"])
     _print_json(summary) if args.json else _print_cycle(summary)
@@ -372,7 +376,12 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from loop.cycle.run import run_cycle
 
-    task = Path(__file__).resolve().parents[1] / "datasets" / "demo" / "task.toml"
+    from loop.data.demo_task import demo_task
+
+    task = demo_task(Path(args.workspace))
+    if args.prepare_only:
+        print(task)
+        return 0
     print(f"evalloop demo: one full cycle of the embedded SmolLM2-135M-Instruct on {task}")
     summary = run_cycle(task, args.workspace, force=args.force, progress=True)
     _print_cycle(summary)
@@ -422,12 +431,25 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- parser
 
+def package_version() -> str:
+    """The installed distribution's version, else the source tree's (`loop.__version__`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("evalloop")
+    except PackageNotFoundError:
+        from loop import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     from loop.models.loading import DEFAULT_MODEL
 
     parser = argparse.ArgumentParser(prog="evalloop", description="Evaluation-driven LoRA "
                                      "fine-tuning: evaluate, find failures, target, train, gate.")
     parser.add_argument("--verbose", "-v", action="store_true", help="show library logs")
+    parser.add_argument("--version", action="version", version=f"evalloop {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, task: bool = True) -> None:
@@ -525,8 +547,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", required=True)
     p.add_argument("--judge", default="reference", help="reference or llm")
     p.add_argument("--judge-model", default=None, help="llm judge: local model or endpoint model")
-    p.add_argument("--judge-url", default=None, help="llm judge: OpenAI-compatible base URL")
-    p.add_argument("--judge-key-env", default=None, help="name of the env var holding the key")
+    p.add_argument("--judge-url", default=None, help="llm judge: OpenAI-compatible base URL "
+                   "(default: $OPENAI_BASE_URL; neither: --judge-model is a local model)")
+    p.add_argument("--judge-key-env", default=None, help="name of the env var holding the key "
+                   "(default: OPENAI_API_KEY when set)")
+    p.add_argument("--judge-concurrency", type=int, default=4, metavar="N",
+                   help="endpoint judge requests in flight at once")
     p.add_argument("--n", type=int, default=None, help="first N shared items")
     p.set_defaults(func=cmd_arena)
 
@@ -536,7 +562,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", default=None, help="one judge's matches (default: all)")
     p.set_defaults(func=cmd_leaderboard)
 
-    p = sub.add_parser("app", help="the Streamlit review app (binds 127.0.0.1 by default)")
+    from loop.app import MAIN_SCRIPT
+
+    p = sub.add_parser("app", help="the Streamlit review app (binds 127.0.0.1 by default)",
+                       description=f"Serves {MAIN_SCRIPT} with Streamlit.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # path unwrapped
     common(p, task=False)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8501)
@@ -550,7 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cycle)
 
     p = sub.add_parser("nightly", help="one cycle under a lock, with a time budget and a log; "
-                       "exit 0 promoted, 10 kept, 20 failed, 75 locked, 124 over budget")
+                       "exit 0 promoted, 10 kept, 20 failed, 75 locked or an endpoint down "
+                       "(retry later), 124 over budget")
     common(p)
     p.add_argument("--max-minutes", type=float, default=None, help="time budget")
     p.set_defaults(func=cmd_nightly)
@@ -558,6 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="one full cycle of the embedded model on the demo task")
     common(p, task=False)
     p.add_argument("--force", action="store_true", help="run a new cycle even if one finished")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="print the demo task's path and stop (outside a checkout the task is "
+                        "generated into WORKSPACE/demo-task/ first)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("promote", help="make a model the task's champion by hand")

@@ -14,11 +14,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+from loop.core.cache import atomic_path, write_atomic
 from loop.core.errors import EvalloopError
 from loop.store.db import Store
 
@@ -78,27 +78,25 @@ def run_item_rows(store: Store, run_id: str) -> list[dict]:
 
 def write_items(rows: Sequence[dict], out: Path, fmt: str) -> Path:
     """CSV (lists joined by '; ') or Parquet (lists kept as lists), columns ITEM_COLUMNS."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    if fmt == "csv":
-        with tmp.open("w", encoding="utf-8", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=ITEM_COLUMNS)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: "; ".join(row[k]) if k in LIST_COLUMNS else row[k]
-                                 for k in ITEM_COLUMNS})
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    with atomic_path(out) as tmp:
+        if fmt == "csv":
+            with tmp.open("w", encoding="utf-8", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=ITEM_COLUMNS)
+                writer.writeheader()
+                for row in rows:
+                    writer.writerow({k: "; ".join(row[k]) if k in LIST_COLUMNS else row[k]
+                                     for k in ITEM_COLUMNS})
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-        schema = pa.schema([(k, pa.list_(pa.string()) if k in LIST_COLUMNS else
-                             pa.bool_() if k == "passed" else
-                             pa.float64() if k in ("similarity", "latency_s") else pa.string())
-                            for k in ITEM_COLUMNS])
-        table = pa.Table.from_pylist([{k: r[k] for k in ITEM_COLUMNS} for r in rows],
-                                     schema=schema)
-        pq.write_table(table, tmp)
-    os.replace(tmp, out)
+            schema = pa.schema([(k, pa.list_(pa.string()) if k in LIST_COLUMNS else
+                                 pa.bool_() if k == "passed" else
+                                 pa.float64() if k in ("similarity", "latency_s") else
+                                 pa.string()) for k in ITEM_COLUMNS])
+            table = pa.Table.from_pylist([{k: r[k] for k in ITEM_COLUMNS} for r in rows],
+                                         schema=schema)
+            pq.write_table(table, tmp)
     return out
 
 
@@ -229,7 +227,7 @@ def export_lm_eval(store: Store, model: str, out: Path) -> tuple[Path, int]:
         model_id = None  # a stored name or id of a model that no longer resolves
     rows = benchmark_rows(store, model, model_id)
     data = lm_eval_results(rows)
-    _atomic_write(out, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    write_atomic(out, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
     return out, len(data["results"])
 
 
@@ -305,17 +303,10 @@ def export_hf_dataset(jsonl: Path, out_dir: Path) -> tuple[Path, int]:
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) \
         if manifest_path.is_file() else None
     (out_dir / DATA_FILE).parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_dir / DATA_FILE, data)
+    write_atomic(out_dir / DATA_FILE, data)
     if manifest is not None:
-        _atomic_write(out_dir / "manifest.json", json.dumps(manifest, indent=2,
+        write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2,
                                                             ensure_ascii=False) + "\n")
-    _atomic_write(out_dir / "README.md", dataset_card(
+    write_atomic(out_dir / "README.md", dataset_card(
         jsonl.stem, n, list(columns), hashlib.sha256(data).hexdigest(), manifest))
     return out_dir, n
-
-
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)

@@ -81,11 +81,14 @@ class ChatHandler(http.server.BaseHTTPRequestHandler):
     answers: ClassVar[list[str]] = []
     seen: ClassVar[list[dict]] = []
 
+    lock: ClassVar[threading.Lock] = threading.Lock()  # clients send requests in parallel
+
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        ChatHandler.seen.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                                 "body": body})
-        content = ChatHandler.answers[(len(ChatHandler.seen) - 1) % len(ChatHandler.answers)]
+        with ChatHandler.lock:
+            ChatHandler.seen.append({"path": self.path, "auth": self.headers.get("Authorization"),
+                                     "body": body})
+            content = ChatHandler.answers[(len(ChatHandler.seen) - 1) % len(ChatHandler.answers)]
         data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]})
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

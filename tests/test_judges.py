@@ -10,10 +10,11 @@ from typing import ClassVar
 
 import pytest
 
-from evals.judges import (Match, Pair, check_judge, combine_orders, endpoint_completer,
-                          human_matches, judge_prompts, llm_judge, parse_verdict,
-                          reference_judge)
-from loop.core.errors import ConfigError, EvalloopError
+from evals.judges import (EndpointCompleter, Match, Pair, check_judge, combine_orders,
+                          endpoint_completer, human_matches, judge_prompts, llm_judge,
+                          parse_verdict, reference_judge)
+from loop.core.endpoint import Endpoint
+from loop.core.errors import ConfigError, EndpointError
 
 KEY = "sk-test-123"
 
@@ -114,6 +115,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _Handler.seen_auth.append(self.headers.get("Authorization"))
+        if _Handler.status == "junk":  # a 200 that is not a chat completion
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"status": "ok"}')
+            return
         if _Handler.status != 200 or self.path != "/v1/chat/completions":
             self.send_error(_Handler.status if _Handler.status != 200 else 404)
             return
@@ -155,13 +162,23 @@ def test_endpoint_errors(server, monkeypatch):
     monkeypatch.delenv("UNSET_JUDGE_KEY", raising=False)
     with pytest.raises(ConfigError, match="UNSET_JUDGE_KEY"):
         llm_judge([pair()], complete)
-    _Handler.status = 401  # a config problem: stop at once
-    with pytest.raises(ConfigError, match="HTTP 401"):
-        llm_judge([pair()], endpoint_completer(server, "judge-1"))
-    _Handler.status = 503  # transient on every request: nothing to store
-    with pytest.raises(EvalloopError, match="every request"):
-        llm_judge([pair()], endpoint_completer(server, "judge-1"))
-    assert len(_Handler.seen_auth) == 1 + 4  # the 401 once; 503 retried once per prompt
+    assert _Handler.seen_auth == []  # nothing sent without the key
+    _Handler.status = 401  # a config problem: stop at once, no retry
+    with pytest.raises(ConfigError, match="HTTP 401.*--judge-url"):
+        llm_judge([pair()], endpoint_completer(server, "judge-1", concurrency=1))
+    assert len(_Handler.seen_auth) == 1
+    _Handler.status = 503  # still failing after the retries: a passing error, nothing to store
+    one_retry = EndpointCompleter(Endpoint(server, "judge-1", max_retries=1, concurrency=1))
+    with pytest.raises(EndpointError, match=f"{server}.*HTTP 503"):
+        llm_judge([pair()], one_retry)
+    assert len(_Handler.seen_auth) == 1 + 2  # the 401 once; the first 503 prompt tried twice
+
+
+def test_a_reply_that_is_no_chat_completion_is_no_verdict(server):
+    _Handler.status = "junk"
+    verdicts = llm_judge([pair()], endpoint_completer(server, "judge-1"))
+    assert verdicts[0].verdict is None and "unparseable" in verdicts[0].error
+    assert "not a chat-completions response" in verdicts[0].detail["replies"][0]
 
 
 def test_judge_prompts_show_a_first_then_b_first():

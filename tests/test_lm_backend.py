@@ -148,3 +148,15 @@ def test_an_empty_continuation_scores_like_lm_eval():
     empty, other = row.continuations
     assert empty.predictors == () and empty.targets == ()
     assert other.predictors == (2,)
+
+
+def test_the_backend_dtype_is_the_training_decision(tmp_path, monkeypatch):
+    """One bf16 rule: the backend reads the probe training wrote (loop.models.precision)."""
+    from loop.models import precision
+    from loop.train.config import use_bf16
+
+    monkeypatch.setenv("EVALLOOP_HOME", str(tmp_path))
+    trains_bf16 = use_bf16("auto", torch.device("cpu"), "tiny-random")
+    monkeypatch.setattr(precision, "time_forward", lambda model: 1 / 0)  # no second probe
+    lm = EvalloopLM(load_model("tiny-random", device="cpu"), dtype="auto", max_length=MAX_LENGTH)
+    assert lm.dtype_name == ("bfloat16" if trains_bf16 else "float32")

@@ -72,3 +72,26 @@ def test_embedded_model_is_converted_once_to_plain_safetensors():
     assert not getattr(lm.model, "is_quantized", False)
     assert embedded_checkpoint() == path and (path / "model.safetensors").stat().st_mtime_ns == mtime
     assert Path(lm.base_path) == path
+
+
+def test_one_bf16_rule_cuda_support_or_a_measured_cpu_speedup(tmp_path, monkeypatch):
+    import torch
+
+    from loop.models import precision
+
+    monkeypatch.setenv("EVALLOOP_HOME", str(tmp_path))
+    lm = load_model("tiny-random")
+    times = {torch.float32: 1.3, torch.bfloat16: 1.0}  # bf16 1.3x faster: above the bar
+    monkeypatch.setattr(precision, "time_forward", lambda model: times[model.dtype])
+    cpu = torch.device("cpu")
+    assert precision.prefer_bf16(cpu, lm.model.config, lambda: lm.model) is True
+    assert lm.model.dtype == torch.float32  # probed on a copy
+    times[torch.float32] = 1.2  # 1.2x is within the noise: fp32. A new shape, a new measurement
+    wider = type(lm.model.config)(**{**lm.model.config.to_dict(), "hidden_size": 128})
+    assert precision.prefer_bf16(cpu, wider, lambda: lm.model) is False
+    assert precision.prefer_bf16(cpu, lm.model.config, lambda: 1 / 0) is True  # memoised
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert precision.prefer_bf16(torch.device("cuda"), lm.model.config, lambda: 1 / 0) is True
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert precision.prefer_bf16(torch.device("cuda"), lm.model.config, lambda: 1 / 0) is False
+    assert precision.prefer_bf16(torch.device("mps"), lm.model.config, lambda: 1 / 0) is False

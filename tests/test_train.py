@@ -17,7 +17,7 @@ import pytest
 from loop.core.errors import ConfigError
 from loop.core.records import Example
 from loop.train.sft import TrainingError, export_merged, last_checkpoint, record_training, train_adapter
-from loop.train.config import TrainConfig, cpu_bf16_choice, use_bf16
+from loop.train.config import TrainConfig, use_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 COLORS = ["blue", "green", "red"]
@@ -98,16 +98,25 @@ def test_every_config_problem_reported_at_once():
         assert needle in msg
 
 
-def test_bf16_choice_is_measured_once_and_cached(tmp_path, monkeypatch):
+def test_bf16_auto_is_measured_once_per_model_and_cached(tmp_path, monkeypatch):
     import torch
 
+    from loop.models import precision
+
     monkeypatch.setenv("EVALLOOP_HOME", str(tmp_path))
-    first = cpu_bf16_choice()
-    assert first["fp32_gflops"] > 0 and first["bf16_gflops"] > 0
-    assert json.loads((tmp_path / "cpu_bf16.json").read_text())  # cached on disk
-    assert cpu_bf16_choice() == first
-    assert use_bf16(False, torch.device("cpu")) is False
-    assert use_bf16(True, torch.device("cpu")) is True
+    timed = []
+    real = precision.time_forward
+    monkeypatch.setattr(precision, "time_forward",
+                        lambda model: timed.append(model.dtype) or real(model))
+    cpu = torch.device("cpu")
+    first = use_bf16("auto", cpu, "tiny-random")
+    (entry,) = json.loads((tmp_path / "bf16.json").read_text()).values()  # cached on disk
+    assert timed == [torch.float32, torch.bfloat16]  # the model itself, in both dtypes
+    assert entry["fp32_s"] > 0 and entry["bf16_s"] > 0 and entry["bf16"] is first
+    assert first == (entry["fp32_s"] / entry["bf16_s"] >= precision.BF16_MIN_SPEEDUP)
+    assert use_bf16("auto", cpu, "tiny-random") is first and len(timed) == 2  # not measured again
+    assert use_bf16(False, cpu, "tiny-random") is False
+    assert use_bf16(True, cpu, "tiny-random") is True
 
 
 # ---------------------------------------------------------------------------- packing

@@ -31,3 +31,10 @@ class LockedError(EvalloopError):
     """Another run holds the lock."""
 
     exit_code = 75  # EX_TEMPFAIL: cron may retry later
+
+
+class EndpointError(EvalloopError):
+    """A model endpoint kept failing after its retries (rate limit, server error, timeout): a
+    passing problem, not a wrong setting."""
+
+    exit_code = 75  # EX_TEMPFAIL: cron may retry later; a cycle resumes where it stopped

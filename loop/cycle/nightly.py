@@ -3,7 +3,8 @@
     evalloop nightly --task task.toml --workspace /srv/evalloop --max-minutes 120
 
 Exit codes (for cron / systemd): 0 promoted, 10 kept (champion unchanged), 20 failed,
-75 another nightly run holds the lock, 124 time budget exhausted (resumes on the next run).
+75 another nightly run holds the lock or a model endpoint (teacher, judge) kept failing after its
+retries (try again later), 124 time budget exhausted (resumes on the next run).
 """
 
 from __future__ import annotations

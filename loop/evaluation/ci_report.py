@@ -15,13 +15,13 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import os
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loop.core.cache import write_atomic
 from loop.core.errors import ConfigError
 
 EXIT_BELOW_THRESHOLD = 1
@@ -176,8 +176,4 @@ def _time(seconds: float | None) -> str:
 
 def write_junit(rows: Sequence[dict], task: str, split: str, properties: dict[str, object],
                 out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(junit_xml(rows, task, split, properties), encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_atomic(out, junit_xml(rows, task, split, properties))

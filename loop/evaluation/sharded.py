@@ -31,6 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from loop.core import faults
+from loop.core.cache import write_atomic
 from loop.core.errors import EvalloopError
 from loop.core.launch import LaunchError, accelerate_command, run_ranks
 from loop.models.decode import GenOutput
@@ -49,7 +50,7 @@ def generate_sharded(model_name: str, prompts: list[str], processes: int, work_d
     work_dir.mkdir(parents=True, exist_ok=True)
     work = {"model": model_name, "prompts": list(prompts), "max_new_tokens": max_new_tokens,
             "batch_size": batch_size, "stop_at_json": stop_at_json, "desc": desc}
-    _atomic_write(work_dir / WORK_FILE, json.dumps(work))
+    write_atomic(work_dir / WORK_FILE, json.dumps(work))
     cmd = accelerate_command(processes, "loop.evaluation.sharded",
                              [str(work_dir)] + ([] if progress else ["--quiet"]))
     run_ranks(cmd, processes, work_dir / "launch.log", f"generation ({desc})", progress)
@@ -64,12 +65,6 @@ def generate_sharded(model_name: str, prompts: list[str], processes: int, work_d
                           "outputs; delete that directory and rerun.")
     shutil.rmtree(work_dir, ignore_errors=True)  # the caller stores the outputs next
     return results  # type: ignore[return-value]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def run_shard(work_dir: Path, progress: bool) -> None:
@@ -89,14 +84,14 @@ def run_shard(work_dir: Path, progress: bool) -> None:
         if target.is_file():
             return
         if not mine:  # more ranks than items
-            _atomic_write(target, json.dumps({"indices": [], "outputs": []}))
+            write_atomic(target, json.dumps({"indices": [], "outputs": []}))
             return
         lm = load_model(work["model"], device=str(state.device))
         outputs = generate(lm, [work["prompts"][i] for i in mine], work["max_new_tokens"],
                            work["batch_size"], progress=progress and rank == 0,
                            desc=f"{work['desc']} (rank 0 of {processes})",
                            stop_at_json=work["stop_at_json"])
-        _atomic_write(target, json.dumps({"indices": list(mine),
+        write_atomic(target, json.dumps({"indices": list(mine),
                                           "outputs": [asdict(o) for o in outputs]}))
 
 

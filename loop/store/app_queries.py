@@ -407,9 +407,11 @@ def generated_examples(store: Store, status: str | None = None, strategy: str | 
 # ------------------------------------------------------------------ serving
 
 def streamlit_command(workspace: str | Path, host: str, port: int) -> list[str]:
-    """The `streamlit run app.py` command line for a workspace."""
-    app = Path(__file__).resolve().parents[2] / "app.py"
-    return [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", host,
+    """The `streamlit run` command line for a workspace; it serves the packaged app module (not
+    the checkout's app.py), so an installed wheel works too."""
+    from loop.app import MAIN_SCRIPT
+
+    return [sys.executable, "-m", "streamlit", "run", str(MAIN_SCRIPT), "--server.address", host,
             "--server.port", str(port), "--server.headless", "true",
             "--browser.gatherUsageStats", "false",
             # a served app: no source watching, no deploy menu

@@ -8,7 +8,6 @@ column names come only from this module's constants, never from user text.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from typing import Any
 
 import duckdb
 
+from loop.core.cache import atomic_path
 from loop.core.errors import StoreError
 
 DB_NAME = "evalloop.duckdb"
@@ -216,13 +216,11 @@ class Store:
     def publish_snapshot(self) -> Path:
         """Checkpoint and copy the database to `snapshot.duckdb` atomically, for readers."""
         target = self.workspace / SNAPSHOT_NAME
-        tmp = self.workspace / f".{SNAPSHOT_NAME}.{os.getpid()}.tmp"
         try:
             self.con.execute("CHECKPOINT")
-            shutil.copyfile(self.path, tmp)
-            os.replace(tmp, target)
+            with atomic_path(target) as tmp:
+                shutil.copyfile(self.path, tmp)
         except (OSError, duckdb.Error) as exc:
-            tmp.unlink(missing_ok=True)
             raise StoreError(f"Cannot publish the read-only snapshot {target}: {exc}.") from None
         return target
 

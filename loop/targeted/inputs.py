@@ -14,7 +14,8 @@ benchmark questions. Config errors are collected and reported together.
     [targeted.teacher]            # local: model = "name or path"; endpoint: add base_url
     model = "gpt-4o-mini"
     base_url = "http://127.0.0.1:8000/v1"
-    api_key_env = "TEACHER_API_KEY"   # the variable's NAME; the key itself never goes here
+    api_key_env = "TEACHER_API_KEY"   # the variable's NAME (default: $OPENAI_API_KEY if set)
+    concurrency = 4               # endpoint requests in flight at once
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ def _teacher(errors: list[str], raw: dict) -> TeacherConfig | None:
         per_prompt=_get(errors, raw, where, "per_prompt", int, 3, 1, 20),
         max_new_tokens=_get(errors, raw, where, "max_new_tokens", int, 512, 16, 8192),
         temperature=_get(errors, raw, where, "temperature", float, 0.7, 0.0, 2.0),
-        timeout_s=_get(errors, raw, where, "timeout_s", float, 120.0, 1.0, 3600.0))
+        timeout_s=_get(errors, raw, where, "timeout_s", float, 120.0, 1.0, 3600.0),
+        concurrency=_get(errors, raw, where, "concurrency", int, 4, 1, 64))
 
 
 def targeted_config(config: TaskConfig, strategies=None, n: int | None = None,

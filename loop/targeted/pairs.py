@@ -20,12 +20,12 @@ and corrections are made, and the gate scores on test. Exported as JSONL (`promp
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from loop.core.cache import write_atomic
 from loop.core.errors import ConfigError
 from loop.core.prompts import user_message
 from loop.core.records import Example, content_hash
@@ -317,8 +317,8 @@ def export_pairs(pairs: PairSet, task, out_dir: Path, params: dict) -> PairsResu
     digest = content_hash(manifest)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_path, manifest_path = out_dir / f"{digest}.jsonl", out_dir / f"{digest}.manifest.json"
-    _atomic_write(data_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    _atomic_write(manifest_path, json.dumps({**manifest, "manifest_hash": digest,
+    write_atomic(data_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_atomic(manifest_path, json.dumps({**manifest, "manifest_hash": digest,
                                              "dataset": data_path.name}, indent=2))
     return PairsResult(str(data_path), str(manifest_path), digest, len(rows), pairs.counts())
 
@@ -332,12 +332,6 @@ def read_pairs(path: str | Path) -> list[PreferencePair]:
             record = json.loads(line)
             out.append(PreferencePair(**{k: v for k, v in record.items() if k in names}))
     return out
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def format_result(result: PairsResult) -> str:

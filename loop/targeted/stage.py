@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ import numpy as np
 from loop.targeted import curate as cur
 from loop.targeted.answer_classes import PoolAnswers, answer_distribution, answer_kind, \
     format_distribution
+from loop.core.cache import write_atomic
 from loop.core.errors import TaskDataError
 from loop.core.records import content_hash
 from loop.store.db import Store, now
@@ -368,8 +368,8 @@ def _write(store: Store, task: Task, failures: FailureSet, batch_id: str, out_di
     manifest_hash = content_hash(manifest)
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset_path, manifest_path = out_dir / f"{batch_id}.jsonl", out_dir / f"{batch_id}.manifest.json"
-    _atomic_write(dataset_path, data)
-    _atomic_write(manifest_path, json.dumps({**manifest, "manifest_hash": manifest_hash,
+    write_atomic(dataset_path, data)
+    write_atomic(manifest_path, json.dumps({**manifest, "manifest_hash": manifest_hash,
                                              "created_at": created.isoformat()},
                                             indent=2, ensure_ascii=False).encode("utf-8"))
     with store.transaction():
@@ -412,12 +412,6 @@ def _manifest(task: Task, failures: FailureSet, batch_id: str, params: dict, row
                              .most_common()),
             "rejected_share": {k: round(v / len(rows), 4) for k, v in Counter(
                 r["reason"] for r in rows if r["status"] == "rejected").most_common()}}
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _result(manifest: dict, manifest_hash: str, dataset_path: Path, manifest_path: Path,

@@ -7,27 +7,22 @@
     pairs = parse_pairs(texts[0])
 
 Two kinds: a local model (any name `loop.models.load_model` accepts) and an OpenAI-compatible
-chat-completions endpoint (stdlib urllib). The API key is read from the environment variable
-*named* in the config at call time; it is never stored, logged or put in an error message.
+chat-completions endpoint (`loop.core.endpoint`: retries with backoff, `concurrency` requests in
+flight). The API key is read from the environment variable *named* in the config (else
+$OPENAI_API_KEY) at call time; it is never stored, logged or put in an error message.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Protocol
 
-from loop.core.errors import ConfigError, ModelError
+from loop.core.endpoint import DEFAULT_CONCURRENCY, ChatRequest, Endpoint, complete_all
+from loop.core.errors import ConfigError
 
 SYSTEM = ("You write training data for a small language model. You answer with JSON only, "
           "and every answer you give is correct.")
-
-
-class TeacherError(ModelError):
-    """The teacher endpoint refused or failed a request."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +34,7 @@ class TeacherConfig:
     max_new_tokens: int = 512
     temperature: float = 0.7  # endpoint only; the local teacher decodes greedily
     timeout_s: float = 120.0
+    concurrency: int = DEFAULT_CONCURRENCY  # endpoint requests in flight at once
 
     @property
     def display(self) -> str:
@@ -145,47 +141,20 @@ class EndpointTeacher:
 
     def __init__(self, config: TeacherConfig):
         self.config, self.name = config, config.display
+        self.endpoint = Endpoint(config.base_url, config.model, config.api_key_env,
+                                 timeout_s=config.timeout_s, concurrency=config.concurrency,
+                                 hint="check [targeted.teacher] base_url, model and api_key_env")
 
     def complete(self, prompts: list[str], seeds: list[int]) -> list[str]:
-        return [self._one(p, s) for p, s in zip(prompts, seeds)]
-
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        env = self.config.api_key_env
-        if env:
-            key = os.environ.get(env)
-            if not key:
-                raise ConfigError(f"[targeted.teacher] api_key_env names the environment "
-                                  f"variable {env}, which is not set.")
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
-    def _one(self, prompt: str, seed: int) -> str:
-        url = self.config.base_url.rstrip("/") + "/chat/completions"
-        body = {"model": self.config.model, "temperature": self.config.temperature,
-                "max_tokens": self.config.max_new_tokens, "seed": seed,
-                "messages": [{"role": "system", "content": SYSTEM},
-                             {"role": "user", "content": prompt}]}
-        request = urllib.request.Request(url, json.dumps(body).encode("utf-8"),
-                                         self._headers(), method="POST")
-        failure = ""
-        for _attempt in range(2):  # one retry for a transient failure; a 4xx is a config problem
-            try:
-                with urllib.request.urlopen(request, timeout=self.config.timeout_s) as resp:
-                    data = json.loads(resp.read().decode("utf-8"))
-                return str(data["choices"][0]["message"]["content"] or "")
-            except urllib.error.HTTPError as exc:
-                if exc.code < 500:
-                    raise TeacherError(f"Teacher endpoint {url} answered HTTP {exc.code} for "
-                                       f"model '{self.config.model}'; check base_url, model and "
-                                       "the API key variable.") from None
-                failure = f"HTTP {exc.code}"
-            except (urllib.error.URLError, TimeoutError, OSError) as exc:
-                failure = str(getattr(exc, "reason", exc))
-            except (ValueError, KeyError, IndexError, TypeError):
-                raise TeacherError(f"Teacher endpoint {url} gave an answer that is not a "
-                                   "chat-completions response.") from None
-        raise TeacherError(f"Teacher endpoint {url} failed twice ({failure}).")
+        c = self.config
+        replies = complete_all(self.endpoint, [
+            ChatRequest.user(p, SYSTEM, temperature=c.temperature, max_tokens=c.max_new_tokens,
+                             seed=s) for p, s in zip(prompts, seeds)])
+        for reply in replies:
+            if reply.text is None:
+                raise ConfigError(f"The teacher endpoint {self.endpoint.url} gave an answer "
+                                  f"that is {reply.failure}; {self.endpoint.hint}.")
+        return [r.text for r in replies]
 
 
 def make_teacher(config: TeacherConfig) -> Teacher:

@@ -1,5 +1,5 @@
 """The training stage's records: `TrainConfig` (the task TOML's [training] section, validated in
-full), `LogRow`, `TrainResult`, and the bf16-or-fp32 choice (measured on CPUs, cached per machine).
+full), `LogRow`, `TrainResult`, and the [training] bf16 setting resolved (`loop.models.precision`).
 
     [training]             # every key optional; the defaults suit labels, extraction and prose
     rank = 16              # LoRA rank; alpha defaults to 2 x rank
@@ -7,7 +7,7 @@ full), `LogRow`, `TrainResult`, and the bf16-or-fp32 choice (measured on CPUs, c
     epochs = 2             # or max_steps = N (not both)
     batch_size = 16        # examples per optimizer step (packed, so no padding)
     micro_batch_tokens = 1024  # tokens per forward+backward (memory), same optimizer steps
-    bf16 = "auto"          # "auto": CUDA support / this CPU's measured matmul speed; true/false
+    bf16 = "auto"          # "auto": CUDA support / this model's measured CPU speed; true/false
     method = "sft"         # or "dpo" / "sft+dpo": preference pairs (loop/targeted/pairs.py, loop/train/dpo.py)
     dpo_beta = 0.1         # DPO's KL strength; dpo_learning_rate defaults to learning_rate
     processes = 1          # ranks launched through accelerate (docs/scale.md); SFT only
@@ -30,8 +30,6 @@ training sets.
 from __future__ import annotations
 
 import difflib
-import json
-import os
 import platform
 from dataclasses import asdict, dataclass, fields
 
@@ -40,7 +38,6 @@ from loop.core.errors import ConfigError
 METHODS = ("sft", "dpo", "sft+dpo")
 STRATEGIES = ("ddp", "fsdp")
 LAUNCH_KEYS = ("processes", "strategy")  # how a run is spread over ranks, not what it trains
-BF16_SPEEDUP = 1.2  # use bf16 on a CPU only when its matmul is at least this much faster
 
 
 @dataclass(frozen=True)
@@ -266,75 +263,25 @@ def library_versions() -> dict:
 
 # ---------------------------------------------------------------------------- bf16 or fp32
 
-def measure_matmul_gflops(dtype_name: str, size: int = 1024, seconds: float = 1.0,
-                          seed: int = 0) -> float:
-    """Sustained square-matmul GFLOP/s on the CPU in float32 or bfloat16 (2 n^3 FLOPs each)."""
-    import time
-
-    import torch
-
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    gen = torch.Generator().manual_seed(seed)
-    a = torch.randn(size, size, generator=gen).to(dtype)
-    b = torch.randn(size, size, generator=gen).to(dtype)
-    for _ in range(3):
-        a @ b
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-    return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_bf16_choice() -> dict:
-    """{'fp32_gflops', 'bf16_gflops', 'bf16'} for this CPU, measured once and cached."""
-    import torch
-
-    from loop.models.loading import evalloop_home
-
-    key = f"{_cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
-    path = evalloop_home() / "cpu_bf16.json"
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if key not in cache:
-        fp32, bf16 = measure_matmul_gflops("fp32", seconds=0.5), measure_matmul_gflops("bf16",
-                                                                                      seconds=0.5)
-        cache[key] = {"fp32_gflops": round(fp32, 1), "bf16_gflops": round(bf16, 1),
-                      "bf16": bf16 >= BF16_SPEEDUP * fp32}
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache, indent=2))
-            os.replace(tmp, path)
-        except OSError:
-            pass  # the cache only saves a second of measuring next time
-    return cache[key]
-
-
-def use_bf16(setting: str | bool, device) -> bool:
-    """Resolve the [training] bf16 setting ("auto": CUDA support, or measured CPU speed)."""
+def use_bf16(setting: str | bool, device, base: str) -> bool:
+    """Resolve the [training] bf16 setting; "auto" is `loop.models.precision.prefer_bf16` for the
+    base model (CUDA support, or this model's measured CPU speed), the benchmark backend's rule."""
     import torch
 
     if setting is False:
         return False
-    if device.type == "cuda":
-        if not torch.cuda.is_bf16_supported():
-            if setting is True:
-                raise ConfigError("[training] bf16 = true, but this GPU has no bf16 support: "
-                                  "set bf16 = \"auto\" or false.")
-            return False
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if setting is True:
+            raise ConfigError("[training] bf16 = true, but this GPU has no bf16 support: "
+                              "set bf16 = \"auto\" or false.")
+        return False
+    if setting is True:
         return True
-    return True if setting is True else bool(cpu_bf16_choice()["bf16"])
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from loop.models.loading import base_path
+    from loop.models.precision import prefer_bf16
+
+    path = base_path(base)
+    return prefer_bf16(device, AutoConfig.from_pretrained(path), lambda: (
+        AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)))

@@ -32,6 +32,7 @@ import os
 import sys
 from pathlib import Path
 
+from loop.core.cache import write_atomic
 from loop.core.errors import EvalloopError
 from loop.core.launch import accelerate_command, has_cuda, run_ranks
 from loop.train.config import TrainConfig, TrainResult
@@ -55,9 +56,7 @@ def train_on_ranks(plan: TrainPlan, progress: bool = True) -> TrainResult:
     work = Path(plan.out_dir) / "checkpoints"
     work.mkdir(parents=True, exist_ok=True)
     path = work / PLAN_FILE
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(plan.to_json()))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(plan.to_json()))
     cmd = accelerate_command(config.processes, "loop.train.distributed",
                              [str(path)] + ([] if progress else ["--quiet"]),
                              strategy=config.strategy)

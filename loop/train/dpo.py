@@ -27,6 +27,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from loop.core.cache import write_atomic
 from loop.core.errors import EvalloopError
 from loop.models.loading import DEFAULT_MODEL, fingerprint, load_tokenizer, parse_model_name, pick_device
 from loop.targeted.pairs import PreferencePair, read_pairs
@@ -34,7 +35,6 @@ from loop.core.prompts import build_prompt, completion_text
 from loop.core.records import content_hash
 from loop.train.sft import (  # private helpers shared with SFT, imported rather than copied
     LOG_FILE,
-    _atomic_write,
     _check_qlora,
     _claim_out_dir,
     _load_trainable,
@@ -172,7 +172,7 @@ def train_dpo(base_model_name: str, pairs, out_dir, config: TrainConfig | None =
     if finished is not None:
         return finished
 
-    bf16 = use_bf16(config.bf16, device) or config.qlora
+    bf16 = use_bf16(config.bf16, device, spec.base) or config.qlora
     model, padding_free = _load_trainable(spec, parent, config, bf16, device)
     micro = micro_batch(config.batch_size, config.micro_batch_tokens, longest)
     ckpt_dir = out / "checkpoints"
@@ -201,7 +201,7 @@ def train_dpo(base_model_name: str, pairs, out_dir, config: TrainConfig | None =
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(
             str(out), selected_adapters=["default"])
         _sort_target_modules(out / "adapter_config.json")
-        _atomic_write(out / RESULT_FILE, json.dumps(result.to_json(), indent=2))
+        write_atomic(out / RESULT_FILE, json.dumps(result.to_json(), indent=2))
     return result
 
 

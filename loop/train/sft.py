@@ -13,7 +13,7 @@ writes the store; the first rank alone writes the adapter and logs, in the same 
 Speed (bench/train_speed.py measures it against trl's defaults): padding-free packed batches with
 per-example attention (loop/train/packing.py); logits only where a completion token is the target (the
 LM head, a fifth of a small model's FLOPs, skips the prompt); bf16 weights + autocast where this
-machine's bf16 matmul is faster than fp32 (measured once, cached in $EVALLOOP_HOME); gradient
+model runs faster in bf16 on this machine (loop/models/precision.py, measured once and cached); gradient
 checkpointing only when asked. Rows that start with the same long text (chat template + a
 task's fixed instruction) run that prefix once per micro-batch (`share_prefix`, loop/train/packing.py;
 the same gradients); tokens/s still counts every row's own tokens. On 96 rentalcars rows that is
@@ -41,6 +41,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from loop.core.cache import write_atomic
 from loop.core.errors import EvalloopError
 from loop.models.loading import (
     DEFAULT_MODEL,
@@ -103,14 +104,8 @@ def _claim_out_dir(out: Path, train_id: str, inputs: dict) -> TrainResult | None
         raise TrainingError(f"{out} exists and is not an evalloop training directory: choose an "
                             "empty or new output directory.")
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(manifest, json.dumps({"train_id": train_id, **inputs}, indent=2, default=str))
+    write_atomic(manifest, json.dumps({"train_id": train_id, **inputs}, indent=2, default=str))
     return None
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def last_checkpoint(ckpt_dir: Path) -> tuple[Path | None, int]:
@@ -490,7 +485,7 @@ def run_plan(plan: TrainPlan, progress: bool = True) -> TrainResult:
     parent = Path(plan.parent_adapter) if plan.parent_adapter else None
     device = pick_device()
     tokenizer = load_tokenizer(spec)
-    bf16 = use_bf16(config.bf16, device) or config.qlora
+    bf16 = use_bf16(config.bf16, device, spec.base) or config.qlora
     model, padding_free = _load_trainable(spec, parent, config, bf16, device)
     meter, ckpt_dir = _Meter(), out / "checkpoints"
     resume, resumed_step = last_checkpoint(ckpt_dir)
@@ -521,7 +516,7 @@ def run_plan(plan: TrainPlan, progress: bool = True) -> TrainResult:
         elapsed_s=time.perf_counter() - started, logs=tuple(logs), versions=library_versions())
     _save_adapter(trainer, out)
     if trainer.is_world_process_zero():
-        _atomic_write(out / RESULT_FILE, json.dumps(result.to_json(), indent=2))
+        write_atomic(out / RESULT_FILE, json.dumps(result.to_json(), indent=2))
     return result
 
 
@@ -543,7 +538,7 @@ def _sort_target_modules(config_path: Path) -> None:
     config = json.loads(config_path.read_text())
     if isinstance(config.get("target_modules"), list):
         config["target_modules"] = sorted(config["target_modules"])
-        _atomic_write(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_atomic(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def train_for_task(store, task, workspace, model: str = DEFAULT_MODEL, data_path=None,
