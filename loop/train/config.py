@@ -1,5 +1,6 @@
-"""The training stage's records: `TrainConfig` (the task TOML's [training] section, validated in
-full), `LogRow`, `TrainResult`, and the bf16-or-fp32 choice (measured on CPUs, cached per machine).
+"""The training stage's records: `TrainConfig` (the task TOML's [training] table, a
+`loop.core.settings.TrainingSettings`), `LogRow`, `TrainResult`, and the bf16-or-fp32 choice
+(measured on CPUs, cached per machine).
 
     [training]             # every key optional; the defaults suit labels, extraction and prose
     rank = 16              # LoRA rank; alpha defaults to 2 x rank
@@ -27,132 +28,19 @@ training sets.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import platform
 from dataclasses import asdict, dataclass, fields
 
 from loop.core.errors import ConfigError
+from loop.core.settings import TrainingSettings
 
-METHODS = ("sft", "dpo", "sft+dpo")
 BF16_SPEEDUP = 1.2  # use bf16 on a CPU only when its matmul is at least this much faster
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    rank: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0  # LoRA dropout: +15-20% step time on CPU, little gain on short runs
-    target_modules: str | tuple[str, ...] = "all-linear"  # peft name or module names
-    learning_rate: float = 1e-3  # see the module docstring for the measurements
-    epochs: float | None = 2.0
-    max_steps: int | None = None  # when set, replaces epochs
-    batch_size: int = 16
-    grad_accum: int = 1
-    micro_batch_tokens: int = 1024  # tokens per forward+backward: bounds activation memory
-    max_seq_len: int = 1024  # longer examples are skipped (and counted), never truncated
-    seed: int = 0
-    save_steps: int = 50  # checkpoint (and dev-loss evaluation) interval
-    log_steps: int = 5
-    patience: int = 3  # dev evaluations without improvement before stopping; 0 = never stop
-    gradient_checkpointing: bool = False
-    share_prefix: bool = True  # rows' common prefix runs once per micro-batch (same gradients)
-    qlora: bool = False  # 4-bit base (bitsandbytes), CUDA only
-    bf16: str | bool = "auto"
-    # "sft": supervised on the targeted data; "dpo": preference pairs (loop/targeted/pairs.py) only;
-    # "sft+dpo": SFT, then DPO from the SFT adapter (also DPO's reference). SFT stays the
-    # default until bench/preference.py measures otherwise.
-    method: str = "sft"
-    dpo_beta: float = 0.1  # DPO's KL strength (trl's default)
-    dpo_learning_rate: float | None = None  # None: learning_rate
-
-    def as_dict(self) -> dict:
-        data = asdict(self)
-        if isinstance(self.target_modules, tuple):
-            data["target_modules"] = list(self.target_modules)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        data = dict(data)
-        if isinstance(data.get("target_modules"), list):
-            data["target_modules"] = tuple(data["target_modules"])
-        return cls(**data)
-
-    @classmethod
-    def from_section(cls, section: dict | None, where: str = "[training]") -> TrainConfig:
-        """Validate a [training] table; raise ConfigError listing every problem at once."""
-        section, errors, values = dict(section or {}), [], {}
-        names = [f.name for f in fields(cls)]
-        for key in section:
-            if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
-                errors.append(f"unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close
-                                                        else f" (known: {', '.join(names)})"))
-        for key, (kind, ok, need) in _RULES.items():
-            if key in section:
-                value = _coerce(section[key], kind)
-                if value is _BAD or not ok(value):
-                    errors.append(f"{key} must be {need}, got {section[key]!r}")
-                else:
-                    values[key] = value
-        if "epochs" in section and "max_steps" in section:
-            errors.append("give epochs or max_steps, not both")
-        if "max_steps" in values:
-            values["epochs"] = None
-        if "rank" in values and "alpha" not in section:
-            values["alpha"] = 2.0 * values["rank"]
-        if errors:
-            raise ConfigError(f"{where} has {len(errors)} problem(s): " + "; ".join(errors) + ".")
-        return cls(**values)
-
-
-_BAD = object()
-
-
-def _coerce(value, kind):
-    if kind == "bf16":
-        return value if value == "auto" or isinstance(value, bool) else _BAD
-    if kind == "modules":
-        if isinstance(value, str) and value:
-            return value
-        if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
-            return tuple(value)
-        return _BAD
-    if isinstance(value, bool) != (kind is bool):
-        return _BAD
-    if kind is float and isinstance(value, int):
-        return float(value)
-    return value if isinstance(value, kind) else _BAD
-
-
-_RULES = {  # key: (type, check, what the message asks for)
-    "rank": (int, lambda v: v >= 1, "a positive integer"),
-    "alpha": (float, lambda v: v > 0, "a positive number"),
-    "dropout": (float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "target_modules": ("modules", lambda v: True,
-                       "\"all-linear\" or a non-empty list of module names"),
-    "learning_rate": (float, lambda v: 0 < v < 1, "a number in (0, 1)"),
-    "epochs": (float, lambda v: v > 0, "a positive number"),
-    "max_steps": (int, lambda v: v >= 1, "a positive integer"),
-    "batch_size": (int, lambda v: v >= 1, "a positive integer"),
-    "grad_accum": (int, lambda v: v >= 1, "a positive integer"),
-    "micro_batch_tokens": (int, lambda v: v >= 64, "an integer >= 64"),
-    "max_seq_len": (int, lambda v: v >= 16, "an integer >= 16"),
-    "seed": (int, lambda v: v >= 0, "a non-negative integer"),
-    "save_steps": (int, lambda v: v >= 1, "a positive integer"),
-    "log_steps": (int, lambda v: v >= 1, "a positive integer"),
-    "patience": (int, lambda v: v >= 0, "a non-negative integer"),
-    "gradient_checkpointing": (bool, lambda v: True, "true or false"),
-    "share_prefix": (bool, lambda v: True, "true or false"),
-    "qlora": (bool, lambda v: True, "true or false"),
-    "bf16": ("bf16", lambda v: True, "\"auto\", true or false"),
-    "method": (str, lambda v: v in METHODS, " or ".join(f'"{m}"' for m in ("sft", "dpo",
-                                                                          "sft+dpo"))),
-    "dpo_beta": (float, lambda v: v > 0, "a positive number"),
-    "dpo_learning_rate": (float, lambda v: 0 < v < 1, "a number in (0, 1)"),
-}
+# The [training] table, validated with the task (loop.core.settings), under the name the training
+# code has always used; `as_dict()` is what a run stores and hashes into its id.
+TrainConfig = TrainingSettings
 
 
 @dataclass(frozen=True)
