@@ -447,7 +447,11 @@ def with_overrides(settings: TaskSettings, section: str, **changes: Any) -> Any:
 
 def problems_message(exc: ValidationError, path: Path, raw: Mapping,
                      prefix: tuple = ()) -> str:
-    lines = [problem_line(e, path, raw, prefix) for e in exc.errors()]
+    errors = exc.errors()
+    # a list whose items all failed is also "too short": the items' own errors say it better
+    errors = [e for e in errors if e["type"] != "too_short" or not any(
+        len(o["loc"]) > len(e["loc"]) and o["loc"][:len(e["loc"])] == e["loc"] for o in errors)]
+    lines = [problem_line(e, path, raw, prefix) for e in errors]
     return f"{len(lines)} problem(s) in the task settings: " + "; ".join(lines) + "."
 
 
