@@ -72,6 +72,13 @@ def test_a_suite_file_names_itself_in_its_problems(tmp_path):
         load_task(toml)
     assert f"{tmp_path / 'suite.toml'}: checks: at least one check must be required" \
         in str(err.value)
+    toml.write_text(toml.read_text().replace("suite.toml", "gone.toml") +
+                    "[generation]\nbatch_size = 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_task(toml)
+    assert str(err.value).startswith("2 problem(s)")  # the file alone, not its missing keys
+    assert f"{toml}: [suite] file: suite file {tmp_path / 'gone.toml'} cannot be read" \
+        in str(err.value) and "[generation] batch_size" in str(err.value)
 
 
 def test_changed_check_version_is_never_compared():

@@ -109,9 +109,10 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     @classmethod
-    def _rules(cls, data: dict, context: Mapping) -> tuple[dict, list[tuple[tuple, str]]]:
+    def _rules(cls, data: dict, context: Mapping) -> tuple[dict | None, list[tuple[tuple, str]]]:
         """Cross-key rules on the raw table: (the table with derived values, problems as
-        (location, message)); reported together with the per-key problems."""
+        (location, message)); reported together with the per-key problems, or alone when the
+        table comes back None (nothing else can be checked)."""
         return data, []
 
     @model_validator(mode="wrap")
@@ -119,9 +120,12 @@ class Section(BaseModel):
     def _apply_rules(cls, data: Any, handler, info: ValidationInfo):
         problems: list[InitErrorDetails] = []
         if isinstance(data, dict):
-            data, found = cls._rules(dict(data), info.context or {})
+            table, found = cls._rules(dict(data), info.context or {})
             problems = [_rule_error(loc, m, data.get(loc[0]) if loc else data)
                         for loc, m in found]
+            if table is None:
+                raise ValidationError.from_exception_data(cls.__name__, problems)
+            data = table
         try:
             result = handler(data)
         except ValidationError as exc:
@@ -187,7 +191,7 @@ class SuiteSettings(Section):
         if "file" in data:
             path, loaded, problem = _read_suite_file(data["file"], context)
             if problem:
-                return {k: v for k, v in data.items() if k != "file"}, [(("file",), problem)]
+                return None, [(("file",), problem)]
             data = {**loaded, "file": path}
         checks = data.get("checks")
         if isinstance(checks, list) and checks and all(isinstance(c, dict) for c in checks) \
