@@ -73,14 +73,16 @@ def test_defaults_are_the_ones_the_stages_always_used(tmp_path):
     s = load_task(write_task(tmp_path, ROWS, name="plain")).settings
     assert (s.name, s.dev_fraction, s.system_prompt, s.suite, s.benchmarks) == (
         "plain", 0.1, None, None, None)
-    assert s.generation.model_dump() == {"max_new_tokens": 64, "batch_size": 16}
+    assert s.generation.model_dump() == {"max_new_tokens": 64, "batch_size": 16, "processes": 1}
     assert s.training.model_dump() == {
         "rank": 16, "alpha": 32.0, "dropout": 0.0, "target_modules": "all-linear",
         "learning_rate": 1e-3, "epochs": 2.0, "max_steps": None, "batch_size": 16,
         "grad_accum": 1, "micro_batch_tokens": 1024, "max_seq_len": 1024, "seed": 0,
         "save_steps": 50, "log_steps": 5, "patience": 3, "gradient_checkpointing": False,
         "share_prefix": True, "qlora": False, "bf16": "auto", "method": "sft", "dpo_beta": 0.1,
-        "dpo_learning_rate": None}
+        "dpo_learning_rate": None, "processes": 1, "strategy": "ddp"}
+    # a run's id hashes what changes the weights: one process and DDP hash as before they existed
+    assert set(s.training.as_dict()) - set(s.training.identity()) == {"processes", "strategy"}
     assert s.gate.model_dump() == {"min_gain": 0.02, "alpha": 0.05, "category_tolerance": 0.05,
                                    "benchmark_tolerance": 0.02, "require_rating": True}
     assert s.cycle.model_dump() == {"base_model": DEFAULT_MODEL, "seed": 0, "benchmarks": True,
@@ -115,6 +117,23 @@ def test_relative_paths_resolve_against_the_toml_and_derived_values(tmp_path):
     assert with_overrides(s, "targeted", n=7).benchmark_data == s.targeted.benchmark_data
     with pytest.raises(ConfigError, match=r"\[targeted\] strategies: strategy 'teacher' needs"):
         with_overrides(s, "targeted", strategies=["teacher"])
+
+
+def test_ranks_must_divide_the_batch_and_qlora_needs_ddp(tmp_path):
+    toml = write_task(tmp_path, ROWS, '[training]\nprocesses = 3\nbatch_size = 8\nqlora = true\n'
+                                      'strategy = "fsdp"\n[generation]\nprocesses = 0\n')
+    with pytest.raises(ConfigError) as err:
+        load_task(toml)
+    message = str(err.value)
+    assert message.startswith("3 problem(s)")
+    assert f"{toml}: [training] processes: batch_size must be a multiple of processes" in message
+    assert f'{toml}: [training] strategy: qlora = true runs with strategy = "ddp" only' in message
+    assert f"{toml}: [generation] processes: must be >= 1, got 0" in message
+    ok = load_task(write_task(tmp_path / "ok", ROWS, "[training]\nbatch_size = 8\n")).settings
+    assert with_overrides(ok, "training", processes=4).processes == 4  # `--processes 4`
+    with pytest.raises(ConfigError, match="batch_size must be a multiple of processes"):
+        with_overrides(ok, "training", processes=3)
+    assert ok.training.model_copy(update={"strategy": "fsdp"}).identity()["strategy"] == "fsdp"
 
 
 def test_settings_are_frozen():

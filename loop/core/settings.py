@@ -148,6 +148,8 @@ class GenerationSettings(Section):
 
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
+    processes: int = Field(1, ge=1, description="ranks generating shards of the items "
+                                                "(docs/scale.md)")
 
 
 class SuiteCheckSettings(Section):
@@ -239,6 +241,11 @@ class TrainingSettings(Section):
     dpo_beta: float = Field(0.1, gt=0, description="DPO's KL strength")
     dpo_learning_rate: float | None = Field(None, gt=0, lt=1,
                                             description="default: learning_rate")
+    # how a run is spread over ranks (loop/train/distributed.py), not what it trains: `processes`
+    # ranks split each batch of `batch_size` rows, the same optimizer steps as one process
+    processes: int = Field(1, ge=1, description="ranks launched through accelerate; SFT only")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description='"ddp": a model copy per rank; "fsdp": parameters sharded across ranks')
 
     @classmethod
     def _rules(cls, data, context):
@@ -248,9 +255,16 @@ class TrainingSettings(Section):
         elif data.get("max_steps") is not None:
             data["epochs"] = None
         rank = data.get("rank")
-        if "alpha" not in data and isinstance(rank, int) and not isinstance(rank, bool) \
-                and rank >= 1:
+        if "alpha" not in data and _positive_int(rank):
             data["alpha"] = 2.0 * rank
+        batch = data.get("batch_size", cls.model_fields["batch_size"].default)
+        ranks = data.get("processes", 1)
+        if _positive_int(batch) and _positive_int(ranks) and batch % ranks:
+            problems.append((("processes",), "batch_size must be a multiple of processes (each "
+                                             "rank takes batch_size / processes rows of every "
+                                             "batch)"))
+        if data.get("qlora") is True and data.get("strategy") == "fsdp":
+            problems.append((("strategy",), 'qlora = true runs with strategy = "ddp" only'))
         return data, problems
 
     def as_dict(self) -> dict:
@@ -260,9 +274,23 @@ class TrainingSettings(Section):
             data["target_modules"] = list(self.target_modules)
         return data
 
+    def identity(self) -> dict:
+        """What a run's id hashes: the settings that change the trained weights. The process
+        count does not (same global batch), so a DDP run resumes under another count; FSDP
+        checkpoints are sharded, so "fsdp" stays in."""
+        data = self.as_dict()
+        data.pop("processes")
+        if self.strategy == "ddp":
+            data.pop("strategy")
+        return data
+
     @classmethod
     def from_dict(cls, data: dict) -> TrainingSettings:
         return cls.model_validate(data)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 class TeacherSettings(Section):

@@ -60,7 +60,7 @@ def dpo_train_id(base_model_id: str, parent_id: str | None, pairs, config: Train
                  system_prompt: str | None) -> str:
     """Same inputs -> same id -> same output dir (resume); never equal to an SFT id."""
     return content_hash(DPO_VERSION, base_model_id, parent_id, pairs_digest(pairs),
-                        config.as_dict(), system_prompt)
+                        config.identity(), system_prompt)
 
 
 def pair_rows(tokenizer, pairs, system_prompt: str | None, max_seq_len: int

@@ -85,7 +85,7 @@ def train_id_for(base_model_id: str, parent_id: str | None, examples, dev_exampl
                  config: TrainConfig, system_prompt: str | None) -> str:
     """Same inputs -> same id -> same output dir, which is what makes reruns resume."""
     return content_hash(TRAIN_VERSION, base_model_id, parent_id, examples_digest(examples),
-                        examples_digest(dev_examples or ()), config.as_dict(), system_prompt)
+                        examples_digest(dev_examples or ()), config.identity(), system_prompt)
 
 
 def _claim_out_dir(out: Path, train_id: str, inputs: dict) -> TrainResult | None:
@@ -490,11 +490,13 @@ def train_for_task(store, task, workspace, model: str = DEFAULT_MODEL, data_path
 
 
 def config_from_args(task, args: argparse.Namespace) -> TrainConfig:
-    """The task's [training] section with the shell entry points' step overrides."""
-    overrides = {k: getattr(args, k, None) for k in ("max_steps", "save_steps", "patience")}
+    """The task's [training] settings with the shell entry points' overrides (validated again
+    with the rest of the table: processes must divide batch_size)."""
+    overrides = {k: getattr(args, k, None)
+                 for k in ("max_steps", "save_steps", "patience", "processes")}
     return with_overrides(task.settings, "training",
                           **{k: v for k, v in overrides.items() if v is not None},
-                          **({"epochs": None} if args.max_steps else {}))
+                          **({"epochs": None} if getattr(args, "max_steps", None) else {}))
 
 
 def main(argv: list[str] | None = None) -> int:
