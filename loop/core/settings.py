@@ -7,8 +7,8 @@ loads (before any model or the store is touched) and then passed down as `task.s
 One model per TOML table, with the same keys: top-level keys (the JSONL splits, paths relative to
 the TOML's folder), [generation], [suite], [training], [targeted] + [targeted.teacher], [gate],
 [benchmarks], [cycle]. Unknown keys, wrong types and out-of-range values are all reported together,
-each as `<file>: [section] key: message`. `evalloop schema` writes `TaskSettings`'s JSON Schema
-for editors.
+each as `<file>: [section] key: message` (loop/core/settings_problems.py). `evalloop schema`
+writes `TaskSettings`'s JSON Schema for editors.
 
 Checks that need a registry owned above loop.core (the suite's check names and parameters, in
 evals.rules) come in through `CheckVocabulary`; strategy names are a closed set here (the
@@ -17,21 +17,19 @@ strategies module's registry is tested to match it).
 
 from __future__ import annotations
 
-import difflib
 import json
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, PrivateAttr,
                       StrictStr, ValidationError, ValidationInfo, field_validator, model_validator)
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import InitErrorDetails
 
 from loop.core.errors import ConfigError
+from loop.core.settings_problems import RULE, problems_message, rule_error, submodel
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # lm-eval tasks a [benchmarks] table runs by default (evals.benchmark_tasks.STANDARD, in order)
@@ -41,7 +39,6 @@ StrategyName = Literal["corrections", "retrieval", "generator", "teacher"]
 STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
 BenchmarkBackend = Literal["evalloop", "hf"]
 TrainMethod = Literal["sft", "dpo", "sft+dpo"]
-RULE = "settings_rule"  # error type of a cross-key rule (see Section._rules)
 
 
 # ---------------------------------------------------------------------------- value types
@@ -121,7 +118,7 @@ class Section(BaseModel):
         problems: list[InitErrorDetails] = []
         if isinstance(data, dict):
             table, found = cls._rules(dict(data), info.context or {})
-            problems = [_rule_error(loc, m, data.get(loc[0]) if loc else data)
+            problems = [rule_error(loc, m, data.get(loc[0]) if loc else data)
                         for loc, m in found]
             if table is None:
                 raise ValidationError.from_exception_data(cls.__name__, problems)
@@ -130,17 +127,12 @@ class Section(BaseModel):
             result = handler(data)
         except ValidationError as exc:
             # a nested section's rule errors come back as plain dicts: rebuild them
-            errors = [_rule_error(e["loc"], e["ctx"]["m"], e["input"]) if e["type"] == RULE
+            errors = [rule_error(e["loc"], e["ctx"]["m"], e["input"]) if e["type"] == RULE
                       else e for e in exc.errors()]
             raise ValidationError.from_exception_data(exc.title, [*errors, *problems]) from None
         if problems:
             raise ValidationError.from_exception_data(cls.__name__, problems)
         return result
-
-
-def _rule_error(loc: tuple, message: str, value: Any) -> InitErrorDetails:
-    return InitErrorDetails(type=PydanticCustomError(RULE, "{m}", {"m": message}), loc=loc,
-                            input=value)
 
 
 class GenerationSettings(Section):
@@ -457,7 +449,10 @@ def parse_settings(raw: dict, path: str | Path, checks: CheckVocabulary | None =
     try:
         settings = TaskSettings.model_validate(raw, context=context)
     except ValidationError as exc:
-        raise ConfigError(problems_message(exc, path, raw)) from None
+        suite_file = (raw.get("suite") or {}).get("file")
+        files = {"suite": (path.parent / suite_file).resolve()} \
+            if isinstance(suite_file, str) else {}
+        raise ConfigError(problems_message(exc, TaskSettings, path, files)) from None
     settings._path = path
     settings._tables = {k: v for k, v in raw.items() if isinstance(v, dict)}
     return settings
@@ -467,99 +462,9 @@ def with_overrides(settings: TaskSettings, section: str, **changes: Any) -> Any:
     """One section validated again from its TOML table with some keys replaced (command-line
     flags), e.g. `with_overrides(s, "targeted", n=50)`; problems read as load_settings's do."""
     data = {**settings.tables.get(section, {}), **changes}
-    kind = _submodel(TaskSettings, section)
+    kind = submodel(TaskSettings, section)
     try:
         return kind.model_validate(data, context={"root": settings.path.parent})
     except ValidationError as exc:
-        raise ConfigError(problems_message(exc, settings.path, {section: data},
+        raise ConfigError(problems_message(exc, TaskSettings, settings.path,
                                            prefix=(section,))) from None
-
-
-# ---------------------------------------------------------------------------- messages
-
-def problems_message(exc: ValidationError, path: Path, raw: Mapping,
-                     prefix: tuple = ()) -> str:
-    errors = exc.errors()
-    # a list whose items all failed is also "too short": the items' own errors say it better
-    errors = [e for e in errors if e["type"] != "too_short" or not any(
-        len(o["loc"]) > len(e["loc"]) and o["loc"][:len(e["loc"])] == e["loc"] for o in errors)]
-    lines = [problem_line(e, path, raw, prefix) for e in errors]
-    return f"{len(lines)} problem(s) in the task settings: " + "; ".join(lines) + "."
-
-
-def problem_line(error: Mapping, path: Path, raw: Mapping, prefix: tuple = ()) -> str:
-    """`<file>: [section] key: message` for one pydantic error."""
-    loc = [*prefix, *error["loc"]]
-    model: type[BaseModel] = TaskSettings
-    section: list[str] = []
-    while loc and isinstance(loc[0], str) and (sub := _submodel(model, loc[0])) is not None:
-        model = sub
-        section.append(loc.pop(0))
-    message = _message(error, model, loc)
-    if message.startswith("unknown section"):
-        section, loc = [str(loc[0])], []
-    file = path
-    if section[:1] == ["suite"] and loc[:1] != ["file"]:
-        suite_file = (raw.get("suite") or {}).get("file")
-        if isinstance(suite_file, str):  # the problem is in the suite file
-            file, section = (path.parent / suite_file).resolve(), []
-    where = (f"[{'.'.join(section)}]" if section else "") + (" " if section and loc else "") \
-        + _key(loc)
-    return f"{file}: {where or '(top level)'}: {message}"
-
-
-def _submodel(model: type[BaseModel], key: str) -> type[BaseModel] | None:
-    field = model.model_fields.get(key)
-    if field is None:
-        return None
-    kinds = get_args(field.annotation) if get_origin(field.annotation) in (Union, UnionType) \
-        else (field.annotation,)  # a table, or an optional one; never a list of tables
-    return next((k for k in kinds if isinstance(k, type) and issubclass(k, Section)), None)
-
-
-def _key(parts: list) -> str:
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
-
-
-TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false",
-              "string": "a string", "tuple": "a list", "list": "a list", "dict": "a table",
-              "model": "a table"}
-BOUNDS = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"),
-          "less_than": ("<", "lt"), "less_than_equal": ("<=", "le")}
-
-
-def _message(error: Mapping, model: type[BaseModel], rest: list) -> str:
-    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
-    if kind == "extra_forbidden":
-        key = str(rest[-1]) if rest else "?"
-        if key == "api_key":  # never echo a secret
-            return ("not allowed: put the key in an environment variable and give its name "
-                    "as api_key_env")
-        table = isinstance(value, dict) and model is TaskSettings
-        known = [k for k in model.model_fields
-                 if model is not TaskSettings or (_submodel(model, k) is not None) == table]
-        what = "unknown section" if table else "unknown key"
-        close = difflib.get_close_matches(key, known, n=1)
-        return what + (f" (did you mean '{close[0]}'?)" if close
-                       else f" (known: {', '.join(known)})")
-    if kind == "missing":
-        return "is required"
-    if kind in (RULE, "value_error", "assertion_error"):
-        return str(ctx.get("error", ctx.get("m", error["msg"])))
-    base = kind.removesuffix("_type").removesuffix("_parsing")
-    if base in TYPE_WORDS and kind != base:
-        return f"must be {TYPE_WORDS[base]}, got {value!r}"
-    if kind in BOUNDS:
-        sign, name = BOUNDS[kind]
-        return f"must be {sign} {ctx[name]}, got {value!r}"
-    if kind == "too_short":
-        return "must not be empty"
-    if kind == "literal_error":
-        expected = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
-        close = difflib.get_close_matches(str(value), expected, n=1)
-        return (f"must be one of {ctx.get('expected')}, got {value!r}"
-                + (f" (did you mean '{close[0]}'?)" if close else ""))
-    return error["msg"][:1].lower() + error["msg"][1:]
