@@ -41,11 +41,11 @@ def main() -> None:
 
     path = Path(args.task)
     task = load_task(path / "task.toml" if path.is_dir() else path)
-    gen = task.config.generation
+    gen = task.settings.generation
     sizes = [int(b) for b in args.batch_sizes.split(",") if b] or [gen.batch_size]
     lm = load_model(args.model)
     examples = task.split(args.split)[: args.n]
-    prompts = [build_prompt(lm.tokenizer, e, task.config.system_prompt) for e in examples]
+    prompts = [build_prompt(lm.tokenizer, e, task.settings.system_prompt) for e in examples]
     use_json = answers_are_json([e for s in task.splits.values() for e in s])
 
     def timed(**kw):

@@ -29,7 +29,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -45,7 +44,7 @@ def _sft(store, task, workspace: Path, model: str, data: Path, steps: int, confi
     from loop.models.loading import parse_model_name
     from loop.train.sft import train_for_task
 
-    cfg = replace(config, method="sft", max_steps=steps, epochs=None)
+    cfg = config.model_copy(update={"method": "sft", "max_steps": steps, "epochs": None})
     result = train_for_task(store, task, workspace, model=model, data_path=data,
                             dataset_hash=f"pref-{data.stem}", config=cfg, progress=False)
     return f"{parse_model_name(model).base}+{result.adapter_dir}"
@@ -61,7 +60,7 @@ def _dpo(store, task, workspace: Path, model: str, steps: int, config, dev_limit
     pairs = build_pairs(store, task, failure_run=dev.run_id, out_dir=workspace / "pairs")
     if not pairs.n_pairs:
         return None, pairs
-    cfg = replace(config, method="sft+dpo", max_steps=steps, epochs=None)
+    cfg = config.model_copy(update={"method": "sft+dpo", "max_steps": steps, "epochs": None})
     result = train_dpo_for_task(store, task, workspace, pairs.dataset_path, model=model,
                                 dataset_hash=pairs.manifest_hash, config=cfg, progress=False)
     return f"{parse_model_name(model).base}+{result.adapter_dir}", pairs
@@ -70,10 +69,10 @@ def _dpo(store, task, workspace: Path, model: str, steps: int, config, dev_limit
 def _benchmarks(store, task, models: dict[str, str], limit: int) -> dict:
     """Headline metric per benchmark and arm, and each arm's delta against the base (the task's
     [benchmarks] tasks, data and backend, as the cycle runs them)."""
-    from evals.benchmarks import headline, run_benchmarks, settings_from_section
+    from evals.benchmarks import headline, run_benchmarks
+    from loop.core.settings import BenchmarksSettings
 
-    section = task.config.section("benchmarks") or {}
-    settings = settings_from_section(section, task.config.path.parent)
+    settings = task.settings.benchmarks or BenchmarksSettings()
     values = {arm: {f"{r.task}/{r.metric}": r.value for r in headline(
         run_benchmarks(store, name, settings.tasks, limit, settings.data_dir, settings.backend,
                        progress=False))} for arm, name in models.items()}
@@ -83,19 +82,18 @@ def _benchmarks(store, task, models: dict[str, str], limit: int) -> dict:
 
 def run_task(task_path: Path, workspace: Path, args) -> dict:
     from evals.arena import compute_leaderboard, judge_entrants, write_matches, Entrant
-    from loop.cycle.run import validate_sections
     from loop.evaluation.evaluate import evaluate
     from loop.store.db import Store
     from loop.targeted.stage import random_pool_rows
     from loop.data.tasks import load_task
-    from loop.train.config import TrainConfig
 
     task = load_task(task_path)
-    base = args.model or validate_sections(task).base_model
-    config = TrainConfig.from_section(task.config.section("training"))
+    base = args.model or task.settings.cycle.base_model
+    config = task.settings.training
     if args.dpo_learning_rate or args.dpo_beta:  # sweep DPO's own settings; SFT arms unchanged
-        config = replace(config, dpo_learning_rate=args.dpo_learning_rate or
-                         config.dpo_learning_rate, dpo_beta=args.dpo_beta or config.dpo_beta)
+        config = config.model_copy(update={
+            "dpo_learning_rate": args.dpo_learning_rate or config.dpo_learning_rate,
+            "dpo_beta": args.dpo_beta or config.dpo_beta})
     workspace = workspace / task.name
     out: dict = {"task": task.name, "base": base, "n_data": args.n_data,
                  "sft_steps": args.sft_steps, "dpo_steps": args.dpo_steps,

@@ -131,12 +131,11 @@ def _random_step(store, task, workspace: Path, arm: Arm, cycle: int, n: int, see
 
 def run_task(task_path: Path, workspace: Path, cycles: int, seed: int) -> dict:
     """Both arms from the task's [cycle] base_model (the embedded model by default)."""
-    from loop.cycle.run import validate_sections
     from loop.store.db import Store
     from loop.data.tasks import load_task
 
     task = load_task(task_path)
-    model = validate_sections(task).base_model
+    model = task.settings.cycle.base_model
     workspace = workspace / task.name
     out: dict = {"task": task.name, "cycles": []}
     targeted, random_arm = Arm("targeted", model, set()), Arm("random", model, set())

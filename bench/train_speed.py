@@ -47,7 +47,7 @@ def load_examples(task_path: str, n: int, seed: int = 0):
 
     task = load_task(task_path)
     pool = list(task.split("train"))
-    return random.Random(seed).sample(pool, min(n, len(pool))), task.config.system_prompt
+    return random.Random(seed).sample(pool, min(n, len(pool))), task.settings.system_prompt
 
 
 def run_ours(model: str, task_path: str, n: int, share_prefix: bool = True) -> dict:

@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import get_args
 
 import lm_eval
 from lm_eval import simple_evaluate
@@ -31,11 +31,12 @@ from lm_eval.api.instance import Instance
 from evals import benchmark_stderr as gs
 from evals import benchmark_tasks as bt
 from loop.core.errors import ConfigError
+from loop.core.settings import BenchmarkBackend
 from loop.models.loading import base_path, fingerprint, load_model, parse_model_name, pick_device
 from loop.store.db import Store, now
 
 DEFAULT_SEED = 1234
-BACKENDS = ("evalloop", "hf")
+BACKENDS = get_args(BenchmarkBackend)  # the [benchmarks] backend values
 HF_BATCH_SIZE = 32
 FORGETTING = "forgetting"
 FORGETTING_ITEMS = 1000
@@ -68,40 +69,6 @@ class BenchmarkResult:
     wall_s: float
     created_at: datetime
     cached: bool = False
-
-
-@dataclass(frozen=True)
-class BenchmarkSettings:
-    """The `[benchmarks]` section of a task TOML."""
-
-    tasks: tuple[str, ...] = bt.DEFAULT_TASKS
-    limit: int | None = None
-    data_dir: Path | None = None
-    backend: str = "evalloop"
-
-
-def settings_from_section(section: dict[str, Any], toml_dir: Path) -> BenchmarkSettings:
-    """Validate `[benchmarks]` (all problems in one ConfigError); data_dir is TOML-relative."""
-    errors = [f"unknown key benchmarks.{k}" for k in section
-              if k not in {"tasks", "limit", "data_dir", "backend"}]
-    tasks = section.get("tasks", list(bt.DEFAULT_TASKS))
-    if not (isinstance(tasks, list) and tasks and all(isinstance(t, str) for t in tasks)):
-        errors.append(f"benchmarks.tasks must be a non-empty list of task names, got {tasks!r}")
-    limit = section.get("limit")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        errors.append(f"benchmarks.limit must be a positive integer, got {limit!r}")
-    backend = section.get("backend", "evalloop")
-    if backend not in BACKENDS:
-        errors.append(f"benchmarks.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    data_dir = section.get("data_dir")
-    if data_dir is not None and not isinstance(data_dir, str):
-        errors.append(f"benchmarks.data_dir must be a path string, got {data_dir!r}")
-    elif data_dir is not None and not (toml_dir / data_dir).resolve().is_dir():
-        errors.append(f"benchmarks.data_dir {(toml_dir / data_dir).resolve()} is not a directory")
-    if errors:
-        raise ConfigError("Invalid [benchmarks] section: " + "; ".join(errors) + ".")
-    return BenchmarkSettings(tuple(tasks), limit, (toml_dir / data_dir).resolve()
-                             if data_dir else None, backend)
 
 
 # ---------------------------------------------------------------------------- running

@@ -38,8 +38,6 @@ class Check:
 
 
 REGISTRY: dict[str, Check] = {}
-FAILURE_CATEGORIES = ("wrong_answer", "format", "too_long", "repetition", "misspelling",
-                      "inconsistency", "hallucination")
 
 
 def register(name: str, version: str, category: str, higher_is_better: bool = True):

@@ -1,6 +1,7 @@
 """Versioned test suites: which checks a task runs, which are required, with what parameters.
 
-Declared in the task TOML (or in a file it names, relative to the TOML):
+Declared in the task TOML (or in a file it names, relative to the TOML), validated with the task's
+settings (loop.core.settings, against `CHECKS`):
 
     [suite]
     version = "2"
@@ -18,20 +19,19 @@ score extraction items with `json_equal` and the rest with `exact_match`.
 
 from __future__ import annotations
 
+import difflib
 import inspect
-import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 from evals.rules import REGISTRY, CheckInput, get_check, parse_json_reference
-from loop.core.config import TaskConfig
-from loop.core.errors import ConfigError, EvalloopError
+from loop.core.errors import EvalloopError
 from loop.core.records import CheckResult
+from loop.core.settings import CheckVocabulary, TaskSettings
 
 SIMILARITY = "similarity"  # pseudo-check: cosine similarity to the reference >= threshold
 SIMILARITY_VERSION = "1"
-APPLIES = ("all", "json", "text")
 
 
 @dataclass(frozen=True)
@@ -82,67 +82,36 @@ class ScoreVersionError(EvalloopError):
     """Scores made with different suite or check versions were about to be compared."""
 
 
-def load_suite(config: TaskConfig) -> Suite:
-    section = config.section("suite")
-    if not section:
+def load_suite(settings: TaskSettings) -> Suite:
+    """The task's suite: its [suite] table (validated when the task loaded), else the default."""
+    if settings.suite is None:
         return DEFAULT_SUITE
-    where = f"{config.path} [suite]"
-    if "file" in section:
-        path = (config.path.parent / str(section["file"])).resolve()
-        try:
-            section = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"Suite file {path} (from {where}) cannot be read: {exc}.") from None
-        where = str(path)
-    return parse_suite(section, where)
+    return Suite(version=settings.suite.version,
+                 checks=tuple(SuiteCheck(c.name, c.required, dict(c.params), c.applies)
+                              for c in settings.suite.checks))
 
 
-def parse_suite(section: dict, where: str) -> Suite:
-    errors = [f"unknown key '{k}'" for k in section if k not in ("version", "checks", "file")]
-    version = section.get("version")
-    if not isinstance(version, (str, int)) or isinstance(version, bool):
-        errors.append("'version' is required (a string such as \"1\")")
-    raw_checks = section.get("checks", [])
-    if not isinstance(raw_checks, list) or not raw_checks:
-        errors.append("'checks' must be a non-empty list of tables")
-        raw_checks = []
-    checks = []
-    for k, raw in enumerate(raw_checks):
-        at = f"checks[{k}]"
-        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-            errors.append(f"{at} must be a table with a 'name'")
-            continue
-        errors += [f"{at}: unknown key '{x}'" for x in raw
-                   if x not in ("name", "required", "params", "applies")]
-        params = raw.get("params", {})
-        if not isinstance(params, dict):
-            errors.append(f"{at}.params must be a table")
-            params = {}
-        if raw.get("applies", "all") not in APPLIES:
-            errors.append(f"{at}.applies must be one of {', '.join(APPLIES)}")
-        if not isinstance(raw.get("required", False), bool):
-            errors.append(f"{at}.required must be true or false")
-        errors += _param_errors(raw["name"], params, at)
-        checks.append(SuiteCheck(raw["name"], bool(raw.get("required", False)), params,
-                                 raw.get("applies", "all")))
-    if checks and not any(c.required for c in checks):
-        errors.append("at least one check must be required (required = true)")
-    if errors:
-        raise ConfigError(f"Invalid suite in {where}: " + "; ".join(errors) + ".")
-    return Suite(version=str(version), checks=tuple(checks))
+def unknown_check(name: str) -> str | None:
+    """Why `name` is not a check a suite can list (None when it is)."""
+    if name == SIMILARITY or name in REGISTRY:
+        return None
+    close = difflib.get_close_matches(name, list(REGISTRY), n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"unknown check '{name}' ({hint}known: {', '.join(sorted(REGISTRY))}, {SIMILARITY})"
 
 
-def _param_errors(name: str, params: dict, at: str) -> list[str]:
+def param_problems(name: str, params: Mapping[str, Any]) -> list[str]:
+    """Params a known check does not accept (its function's keyword arguments)."""
     if name == SIMILARITY:
-        bad = set(params) - {"threshold"}
-        return [f"{at}: unknown param '{p}' for similarity" for p in bad]
-    try:
-        check = get_check(name)
-    except ConfigError as exc:
-        return [f"{at}: {exc}".rstrip(".")]
-    accepted = set(inspect.signature(check.fn).parameters) - {"items"}
-    return [f"{at}: unknown param '{p}' for {name} (accepts: {', '.join(sorted(accepted))})"
+        return [f"unknown param '{p}' for similarity (accepts: threshold)"
+                for p in params if p != "threshold"]
+    accepted = set(inspect.signature(REGISTRY[name].fn).parameters) - {"items"}
+    return [f"unknown param '{p}' for {name} (accepts: {', '.join(sorted(accepted))})"
             for p in params if p not in accepted]
+
+
+# what task settings validate [suite] checks against (loop.core cannot import this layer)
+CHECKS = CheckVocabulary(unknown=unknown_check, param_problems=param_problems)
 
 
 def _applies(check: SuiteCheck, item: CheckInput) -> bool:

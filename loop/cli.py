@@ -418,14 +418,25 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             raise ConfigError(f"Task '{task.name}' has no champion history to roll back.")
         previous = history[-2] if len(history) > 1 else None
         if previous is None:
-            from loop.cycle.run import CycleConfig
             from loop.models.loading import fingerprint, parse_model_name
 
-            base = CycleConfig.from_section(task.config.section("cycle")).base_model
+            base = task.settings.cycle.base_model
             previous = {"model_id": fingerprint(parse_model_name(base)), "model_name": base}
         champion = runstate.Champion(previous["model_id"], previous["model_name"])
         runstate.set_champion(store, task.name, champion, None, "rollback")
     print(f"champion of {task.name} rolled back to {champion.model_name}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from loop.core.settings import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote the task TOML's JSON Schema to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -602,6 +613,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollback", help="restore the previous champion")
     common(p)
     p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("schema", help="the task TOML's JSON Schema, for editors (Taplo, Even "
+                       "Better TOML)")
+    p.add_argument("--output", "-o", help="write it to this file (default: stdout)")
+    p.set_defaults(func=cmd_schema)
     return parser
 
 

@@ -8,13 +8,11 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import classification_records, random_adapter, write_task
 
-from loop.core.errors import ConfigError
 from loop.core.launch import LaunchError, accelerate_command
 from loop.data.tasks import load_task
 from loop.store.db import Store
@@ -95,9 +93,11 @@ def _task(root: Path, extra: str = "") -> Path:
 # ---------------------------------------------------------------------------- settings
 
 def test_processes_setting_is_checked_and_launches_the_right_engine():
-    assert TrainConfig.from_section({"processes": 2, "batch_size": 8}).processes == 2
-    with pytest.raises(ConfigError, match="strategy must be.*multiple of processes"):
-        TrainConfig.from_section({"processes": 3, "batch_size": 8, "strategy": "zero"})
+    from pydantic import ValidationError
+
+    assert TrainConfig.model_validate({"processes": 2, "batch_size": 8}).processes == 2
+    with pytest.raises(ValidationError, match="(?s)strategy.*multiple of processes"):
+        TrainConfig.model_validate({"processes": 3, "batch_size": 8, "strategy": "zero"})
     # the process count is not part of what is trained, so not part of the run's id
     assert TrainConfig(processes=4).identity() == TrainConfig().identity()
     assert TrainConfig(strategy="fsdp").identity() != TrainConfig().identity()
@@ -143,7 +143,7 @@ def test_two_ranks_train_like_one_process_and_only_this_process_opens_the_store(
         # opened it too would fail on DuckDB's lock
         with Store(ws) as store:
             results[n] = train_for_task(store, task, ws, model="tiny-random",
-                                        config=replace(FAST, processes=n), progress=False)
+                                        config=FAST.model_copy(update={"processes": n}), progress=False)
             runs = store.query("SELECT train_id, n_train, status FROM training_runs")
         assert runs == [{"train_id": results[n].train_id, "n_train": 32, "status": "done"}]
     one, two = results[1], results[2]

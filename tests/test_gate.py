@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from loop.core.errors import ConfigError
-from loop.cycle.gate import GateConfig, GateInputs, decide, mcnemar_p
+from loop.core.settings import GateSettings
+from loop.cycle.gate import GateInputs, decide, mcnemar_p
 
 
 def outcomes(n_pass: int, n: int, offset: int = 0) -> dict[str, bool]:
@@ -50,7 +50,7 @@ def test_a_benchmark_drop_within_sampling_noise_does_not_block():
 
 def test_insignificant_gain_is_rejected_with_the_p_value():
     decision = decide(make_inputs(100, 104, champion_rating=990, candidate_rating=1010),
-                      GateConfig(min_gain=0.01))
+                      GateSettings(min_gain=0.01))
     assert not decision.promote
     (sig,) = [r for r in decision.reasons if r.check == "significance"]
     assert not sig.passed and f"p = {decision.p_value:.3g}" in sig.detail
@@ -70,7 +70,7 @@ def test_category_regression_blocks_promotion():
 def test_lower_rating_or_missing_rating_blocks_promotion():
     assert not decide(make_inputs(40, 120, champion_rating=1100, candidate_rating=900)).promote
     assert not decide(make_inputs(40, 120)).promote
-    assert decide(make_inputs(40, 120), GateConfig(require_rating=False)).promote
+    assert decide(make_inputs(40, 120), GateSettings(require_rating=False)).promote
 
 
 def test_mcnemar_matches_binomial_on_discordant_pairs():
@@ -82,14 +82,6 @@ def test_mcnemar_matches_binomial_on_discordant_pairs():
 def test_no_paired_items_is_a_rejection():
     decision = decide(GateInputs({"a": True}, {"b": True}, {}))
     assert not decision.promote and decision.reasons[0].check == "paired_items"
-
-
-def test_gate_config_validation_lists_problems():
-    assert GateConfig.from_section({"min_gain": 0.05}).min_gain == 0.05
-    with pytest.raises(ConfigError) as err:
-        GateConfig.from_section({"min_gain": "big", "alpha": -1, "colour": 1})
-    assert "gate.min_gain" in str(err.value) and "gate.alpha" in str(err.value)
-    assert "unknown key gate.colour" in str(err.value)
 
 
 def test_a_small_category_losing_one_item_is_noise_not_a_regression():

@@ -212,7 +212,7 @@ def test_cli_pairs(setup, tmp_path, monkeypatch, capsys):
     task, store = setup
     store.close()
     monkeypatch.setattr(loop.targeted.stage, "default_embedder", lambda store: BagOfWords())
-    code = cli.main(["pairs", "--task", str(task.config.path), "--workspace",
+    code = cli.main(["pairs", "--task", str(task.settings.path), "--workspace",
                      str(tmp_path / "ws"), "--json"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)

@@ -410,21 +410,26 @@ def test_config_errors_are_reported_together(tmp_path):
         '[targeted]\nstrategies = ["retreival", "teacher"]\nn = 0\nreplay_share = 2.0\n'
         'colour = 1\n[targeted.teacher]\nmodel = "m"\napi_key = "sk-oops"\n'))
     with pytest.raises(ConfigError) as err:
-        targeted_config(load_task(toml).config)
+        load_task(toml)
     msg = str(err.value)
-    assert "did you mean 'retrieval'" in msg and "unknown key targeted.colour" in msg
-    assert "targeted.n" in msg and "replay_share" in msg and "api_key_env" in msg
+    assert "[targeted] strategies[0]: must be one of" in msg and "did you mean 'retrieval'" in msg
+    assert "[targeted] colour: unknown key" in msg and "[targeted] n: must be >= 1" in msg
+    assert "[targeted] replay_share: must be <= 0.9" in msg
+    assert "[targeted.teacher] api_key: not allowed" in msg and "api_key_env" in msg
     assert "sk-oops" not in msg
+    task = load_task(make_task(tmp_path / "ok"))
+    with pytest.raises(ConfigError, match=r"\[targeted\] n: must be >= 1, got 0"):
+        targeted_config(task.settings, n=0)  # a command-line override is validated alike
     with pytest.raises(ConfigError, match="Did you mean 'demo'"):
         resolve_generator("dmeo")
     assert resolve_generator("loop.data.demo_task:generate_examples")
 
 
 def test_default_strategies_follow_the_config(tmp_path):
-    plain = targeted_config(load_task(make_task(tmp_path / "a")).config)
+    plain = targeted_config(load_task(make_task(tmp_path / "a")).settings)
     assert plain.strategies == ("corrections", "retrieval") and plain.n == 200
     full = targeted_config(load_task(make_task(tmp_path / "b", extra_toml=(
-        '[targeted]\ngenerator = "demo"\n[targeted.teacher]\nmodel = "tiny-random"\n'))).config)
+        '[targeted]\ngenerator = "demo"\n[targeted.teacher]\nmodel = "tiny-random"\n'))).settings)
     assert full.strategies == ("corrections", "retrieval", "generator", "teacher")
 
 
@@ -622,16 +627,14 @@ def test_report_shows_signatures_and_marks_a_vanished_class():
     from loop.cycle.report import _distribution_lines, _signature_lines
 
     dist = answer_distribution("object", ["{}"] * 4 + ['{"a": 1}'] * 6, ["{}"], ['{"a": 2}'])
-    results = {"targeted": {"answer_distribution": dist},
-               "failures": {"signatures": [{"signature": f"missing_key:k{i}", "count": 20 - i,
-                                            "share": 0.1, "examples": ["e1", "e2"]}
-                                           for i in range(12)]}}
-    table = "\n".join(_distribution_lines(results))
+    signatures = [{"signature": f"missing_key:k{i}", "count": 20 - i, "share": 0.1,
+                   "examples": ["e1", "e2"]} for i in range(12)]
+    table = "\n".join(_distribution_lines(dist))
     assert "| `{}` | 40.0% | 100.0% | 0.0% | **VANISHED** |" in table and "Warning" in table
-    sigs = _signature_lines(results)
+    sigs = _signature_lines(signatures)
     assert sum(line.startswith("| `missing_key") for line in sigs) == 10
     assert "2 more" in sigs[-2]
-    assert _distribution_lines({}) == [] and _signature_lines({}) == []
+    assert _distribution_lines(None) == [] and _signature_lines(()) == []
 
 
 def test_loss_bonus_breaks_ties_towards_answers_the_model_does_not_know():
@@ -650,11 +653,10 @@ def test_loss_bonus_breaks_ties_towards_answers_the_model_does_not_know():
 
 
 def test_loss_weight_is_validated(tmp_path):
-    task = load_task(make_task(tmp_path, "[targeted]\nloss_weight = -1\n"))
     with pytest.raises(ConfigError, match="loss_weight"):
-        targeted_config(task.config)
+        load_task(make_task(tmp_path, "[targeted]\nloss_weight = -1\n"))
     task = load_task(make_task(tmp_path, "[targeted]\nloss_weight = 0.5\n"))
-    assert targeted_config(task.config).loss_weight == 0.5
+    assert targeted_config(task.settings).loss_weight == 0.5
 
 
 def test_loss_weight_scores_the_pool_with_the_model_that_failed(tmp_path, workspace, embedder):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import DEMO_TASK, classification_records, write_task
-from loop.core.config import load_task_config
+from loop.core.settings import load_settings
 from loop.core.errors import ConfigError, TaskDataError
 from loop.core.prompts import ALPACA_STOP, build_prompt, stop_strings
 from loop.core.records import Example
@@ -81,17 +81,21 @@ def test_config_reports_every_problem_at_once(tmp_path):
     (tmp_path / "t.toml").write_text(
         'dev = "nope.jsonl"\ncolour = 1\n[generation]\nmax_new_tokens = "x"\n[wat]\n')
     with pytest.raises(ConfigError) as err:
-        load_task_config(tmp_path / "t.toml")
+        load_task(tmp_path / "t.toml")
     message = str(err.value)
-    for fragment in ("'test' is required", "nope.jsonl", "unknown key 'colour'",
-                     "max_new_tokens must be int", "unknown section [wat]"):
+    toml = tmp_path / "t.toml"
+    assert message.startswith("5 problem(s)")
+    for fragment in (f"{toml}: test: is required",
+                     f"{toml}: dev: file {tmp_path / 'nope.jsonl'} does not exist",
+                     f"{toml}: colour: unknown key", f"{toml}: [wat]: unknown section",
+                     f"{toml}: [generation] max_new_tokens: must be an integer, got 'x'"):
         assert fragment in message
 
 
 def test_toml_syntax_error(tmp_path):
     (tmp_path / "t.toml").write_text('test = "a.jsonl\n')
     with pytest.raises(ConfigError, match="not valid TOML"):
-        load_task_config(tmp_path / "t.toml")
+        load_settings(tmp_path / "t.toml")
 
 
 def test_split_off_dev_keeps_small_pools():

@@ -16,6 +16,7 @@ import pytest
 
 from loop.core.errors import ConfigError
 from loop.core.records import Example
+from loop.core.settings import load_settings
 from loop.train.sft import TrainingError, export_merged, last_checkpoint, record_training, train_adapter
 from loop.train.config import TrainConfig, use_bf16
 
@@ -76,26 +77,33 @@ def trained(tmp_path_factory):
 # ---------------------------------------------------------------------------- config
 
 def test_defaults_and_valid_section():
-    assert TrainConfig.from_section({}) == TrainConfig()
-    cfg = TrainConfig.from_section({"rank": 8, "max_steps": 100, "target_modules": ["q_proj"],
-                                    "bf16": False, "dropout": 0})
+    assert TrainConfig.model_validate({}) == TrainConfig()
+    assert (TrainConfig().learning_rate, TrainConfig().epochs) == (1e-3, 2.0)  # measured
+    cfg = TrainConfig.model_validate({"rank": 8, "max_steps": 100, "target_modules": ["q_proj"],
+                                      "bf16": False, "dropout": 0})
     assert (cfg.rank, cfg.alpha, cfg.max_steps, cfg.epochs) == (8, 16.0, 100, None)
     assert cfg.target_modules == ("q_proj",) and cfg.bf16 is False and cfg.dropout == 0.0
-    assert TrainConfig.from_section({"rank": 8, "alpha": 8}).alpha == 8.0
+    assert TrainConfig.model_validate({"rank": 8, "alpha": 8}).alpha == 8.0
     assert TrainConfig.from_dict(cfg.as_dict()) == cfg
+    assert cfg.as_dict()["target_modules"] == ["q_proj"]  # what runs store and hash
 
 
-def test_every_config_problem_reported_at_once():
+def test_every_config_problem_reported_at_once(tmp_path):
+    (tmp_path / "test.jsonl").write_text('{"instruction": "i", "output": "o"}\n')
+    toml = tmp_path / "task.toml"
+    toml.write_text('test = "test.jsonl"\n[training]\nrank = 0\nlearning_rate = "fast"\n'
+                    'bf16 = "maybe"\nepochs = 2\nmax_steps = 5\nlerning_rate = 1e-3\n'
+                    'qlora = 1\ndropout = 1.5\ntarget_modules = []\n')
     with pytest.raises(ConfigError) as err:
-        TrainConfig.from_section({"rank": 0, "learning_rate": "fast", "bf16": "maybe",
-                                  "epochs": 2, "max_steps": 5, "lerning_rate": 1e-3,
-                                  "qlora": 1, "dropout": 1.5, "target_modules": []})
+        load_settings(toml)
     msg = str(err.value)
-    assert "8 problem(s)" in msg
-    for needle in ("rank must be", "learning_rate must be", "bf16 must be", "not both",
-                   "did you mean 'learning_rate'", "qlora must be", "dropout must be",
-                   "target_modules must be"):
-        assert needle in msg
+    assert msg.startswith("8 problem(s)")
+    for needle in ("rank: must be >= 1", "learning_rate: must be a number", "bf16: must be",
+                   "max_steps: give epochs or max_steps, not both",
+                   "lerning_rate: unknown key (did you mean 'learning_rate'?)",
+                   "qlora: must be true or false", "dropout: must be < 1",
+                   "target_modules: must be"):
+        assert f"{toml}: [training] {needle}" in msg
 
 
 def test_bf16_auto_is_measured_once_per_model_and_cached(tmp_path, monkeypatch):
@@ -196,11 +204,11 @@ def test_chunked_micro_batches_train_like_one_packed_batch(tmp_path):
     rows, _ = tokenize_examples(load_tokenizer(parse_model_name("tiny-random")), examples(8), None,
                                 1024)
     assert len(Collator(0, token_budget=64)(rows)["chunks"]) >= 4  # a batch really is cut
-    cfg = replace(FAST, max_steps=3, save_steps=3, log_steps=1)
+    cfg = FAST.model_copy(update=dict(max_steps=3, save_steps=3, log_steps=1))
     one = train_adapter("tiny-random", examples(24), tmp_path / "one",
-                        replace(cfg, micro_batch_tokens=10**6), progress=False)
+                        cfg.model_copy(update=dict(micro_batch_tokens=10**6)), progress=False)
     cut = train_adapter("tiny-random", examples(24), tmp_path / "cut",
-                        replace(cfg, micro_batch_tokens=64), progress=False)
+                        cfg.model_copy(update=dict(micro_batch_tokens=64)), progress=False)
     assert one.tokens == cut.tokens
     for a, b in zip(one.logs, cut.logs):
         if a.loss is not None:
@@ -308,9 +316,9 @@ def test_shared_prefix_trains_exactly_like_unshared_rows(tmp_path):
     assert [c.get("shared_prefix_len", 0) >= 32 for c in shared["chunks"]] == [True, True]
     forward = sum(c["forward_tokens"] for c in shared["chunks"])
     assert forward < 0.6 * sum(len(r["input_ids"]) for r in rows)
-    cfg = replace(FAST, max_steps=3, save_steps=3, log_steps=1)
-    off = train_adapter("tiny-random", data, tmp_path / "off", replace(cfg, share_prefix=False),
-                        progress=False)
+    cfg = FAST.model_copy(update=dict(max_steps=3, save_steps=3, log_steps=1))
+    off = train_adapter("tiny-random", data, tmp_path / "off",
+                        cfg.model_copy(update=dict(share_prefix=False)), progress=False)
     on = train_adapter("tiny-random", data, tmp_path / "on", cfg, progress=False)
     assert on.tokens == off.tokens  # tokens/s counts each row's own tokens either way
     losses = [(a.loss, b.loss) for a, b in zip(off.logs, on.logs) if a.loss is not None]
@@ -416,7 +424,7 @@ def test_lineage_rows(trained, tmp_path):
 def test_parent_adapter_continues_training(trained, tmp_path):
     from safetensors.torch import load_file
 
-    cfg = replace(FAST, max_steps=4, save_steps=4)
+    cfg = FAST.model_copy(update=dict(max_steps=4, save_steps=4))
     child = train_adapter(f"tiny-random+{trained.adapter_dir}", examples(12), tmp_path / "child",
                           cfg, progress=False)
     assert child.parent_adapter == trained.adapter_dir
@@ -433,7 +441,7 @@ def test_parent_adapter_continues_training(trained, tmp_path):
 def test_early_stopping_on_dev_loss_keeps_the_best_adapter(tmp_path):
     # dev answers the training never shows: dev loss rises as training sharpens on train answers
     dev = [replace(e, output="purple", id=f"dev{i}") for i, e in enumerate(examples(6, "dev"))]
-    cfg = replace(FAST, max_steps=60, save_steps=4, patience=2)
+    cfg = FAST.model_copy(update=dict(max_steps=60, save_steps=4, patience=2))
     result = train_adapter("tiny-random", examples(24), tmp_path / "es", cfg, dev_examples=dev,
                            progress=False)
     evals = [(r.step, r.eval_loss) for r in result.logs if r.eval_loss is not None]
@@ -456,8 +464,8 @@ def test_refuses_foreign_dir_and_qlora_on_cpu(tmp_path):
     with pytest.raises(TrainingError, match="not an evalloop training directory"):
         train_adapter("tiny-random", examples(8), tmp_path / "other", FAST, progress=False)
     with pytest.raises(TrainingError, match="CUDA"):
-        train_adapter("tiny-random", examples(8), tmp_path / "q", replace(FAST, qlora=True),
-                      progress=False)
+        train_adapter("tiny-random", examples(8), tmp_path / "q",
+                      FAST.model_copy(update=dict(qlora=True)), progress=False)
 
 
 def test_train_for_task_reads_the_training_section_and_records_lineage(tmp_path):
@@ -465,10 +473,9 @@ def test_train_for_task_reads_the_training_section_and_records_lineage(tmp_path)
     from loop.data.tasks import load_task
     from loop.train.sft import train_for_task
 
-    bad = load_task(write_task(tmp_path / "bad", 12, training="rank = -1\nbatch = 4"))
+    with pytest.raises(ConfigError, match=r"^2 problem.*\[training\] rank: .*\[training\] batch"):
+        load_task(write_task(tmp_path / "bad", 12, training="rank = -1\nbatch = 4"))
     with Store(tmp_path / "ws") as store:
-        with pytest.raises(ConfigError, match=r"\[training\] has 2 problem"):
-            train_for_task(store, bad, tmp_path / "ws", model="tiny-random", progress=False)
         task = load_task(write_task(tmp_path / "ok", 12, training="rank = 4\nmax_steps = 3\n"
                                     "batch_size = 4\nsave_steps = 3\nbf16 = false"))
         result = train_for_task(store, task, tmp_path / "ws", model="tiny-random",
@@ -536,11 +543,11 @@ def test_lora_on_embedded_model_raises_dev_exact_match(tmp_path):
     dev = [e for e in task.split("dev") if e.category == "iso_date"]
     result = train_adapter("smollm2-135m-instruct", train, tmp_path / "a",
                            TrainConfig(epochs=2.0, patience=0), progress=False,
-                           system_prompt=task.config.system_prompt)
+                           system_prompt=task.settings.system_prompt)
 
     def exact_match(name: str) -> float:
         lm = load_model(name)
-        prompts = [build_prompt(lm.tokenizer, e, task.config.system_prompt) for e in dev]
+        prompts = [build_prompt(lm.tokenizer, e, task.settings.system_prompt) for e in dev]
         outs = generate(lm, prompts, max_new_tokens=16, batch_size=25, progress=False)
         return sum(o.text.strip() == e.output for o, e in zip(outs, dev)) / len(dev)
 

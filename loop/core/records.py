@@ -6,9 +6,6 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-SPLITS = ("train", "dev", "test")
-
-
 def content_hash(*parts: object, length: int = 16) -> str:
     """A short, stable hex id of the JSON form of `parts`."""
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
@@ -29,20 +26,6 @@ class Example:
     @staticmethod
     def make_id(instruction: str, input: str, output: str) -> str:
         return content_hash(instruction, input, output)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """A model's output for one prompt under one generation config."""
-
-    prediction_id: str
-    model_id: str
-    example_id: str
-    prompt: str
-    output: str
-    latency_s: float
-    prompt_tokens: int
-    output_tokens: int
 
 
 @dataclass(frozen=True)

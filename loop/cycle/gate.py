@@ -10,7 +10,8 @@ The candidate is promoted only when every condition holds:
   5. no benchmark drops by more than `benchmark_tolerance` (absolute, when given) beyond its
      sampling noise: a drop counts only when it is also larger than 1.96 standard errors of the
      difference, so a 40-item nightly subset cannot block a model on two flipped items.
-Every condition yields a reason, passed or not, so the report shows why.
+Every condition yields a reason, passed or not, so the report shows why. The thresholds are the
+task's [gate] settings (loop.core.settings.GateSettings).
 """
 
 from __future__ import annotations
@@ -20,35 +21,7 @@ from dataclasses import dataclass, field
 
 from scipy.stats import binomtest
 
-from loop.core.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class GateConfig:
-    min_gain: float = 0.02
-    alpha: float = 0.05
-    category_tolerance: float = 0.05
-    benchmark_tolerance: float = 0.02
-    require_rating: bool = True
-
-    @classmethod
-    def from_section(cls, section: Mapping) -> GateConfig:
-        errors, values = [], {}
-        for key, default in cls().__dict__.items():
-            if key not in section:
-                continue
-            value = section[key]
-            if isinstance(default, bool):
-                ok = isinstance(value, bool)
-            else:
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
-            if not ok:
-                errors.append(f"gate.{key} must be a {'boolean' if isinstance(default, bool) else 'non-negative number'}, got {value!r}")
-            values[key] = value
-        errors += [f"unknown key gate.{k}" for k in set(section) - set(cls().__dict__)]
-        if errors:
-            raise ConfigError("Invalid [gate] section: " + "; ".join(errors) + ".")
-        return cls(**values)
+from loop.core.settings import GateSettings
 
 
 @dataclass(frozen=True)
@@ -85,6 +58,11 @@ class PromotionDecision:
                 "candidate_pass_rate": self.candidate_pass_rate,
                 "reasons": [r.__dict__ for r in self.reasons]}
 
+    @classmethod
+    def from_json(cls, data: dict) -> PromotionDecision:
+        return cls(data["promote"], tuple(Reason(**r) for r in data["reasons"]), data["p_value"],
+                   data["champion_pass_rate"], data["candidate_pass_rate"])
+
 
 def mcnemar_p(champion: list[bool], candidate: list[bool]) -> float:
     """Two-sided exact McNemar p-value on paired outcomes (binomial test on discordant pairs)."""
@@ -96,7 +74,7 @@ def mcnemar_p(champion: list[bool], candidate: list[bool]) -> float:
     return float(binomtest(only_candidate, discordant, 0.5).pvalue)
 
 
-def decide(inputs: GateInputs, config: GateConfig = GateConfig()) -> PromotionDecision:
+def decide(inputs: GateInputs, config: GateSettings = GateSettings()) -> PromotionDecision:
     ids = sorted(set(inputs.champion) & set(inputs.candidate))
     if not ids:
         reason = Reason("paired_items", False, "no test items scored for both models")
@@ -126,7 +104,7 @@ def decide(inputs: GateInputs, config: GateConfig = GateConfig()) -> PromotionDe
                              champ_rate, cand_rate)
 
 
-def _benchmark_reason(name: str, delta: float, se: float, config: GateConfig) -> Reason:
+def _benchmark_reason(name: str, delta: float, se: float, config: GateSettings) -> Reason:
     noise = 1.96 * se
     dropped = delta < -config.benchmark_tolerance and delta < -noise
     return Reason(f"benchmark:{name}", not dropped,

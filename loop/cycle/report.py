@@ -10,6 +10,7 @@ training loss curve, and the leaderboard.
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and in cron
 import matplotlib.pyplot as plt  # noqa: E402
 
+from loop.cycle.gate import PromotionDecision  # noqa: E402
+from loop.cycle.results import CycleResults  # noqa: E402
 from loop.cycle.runstate import stage_seconds  # noqa: E402
 from loop.store.db import Store  # noqa: E402
 from loop.data.tasks import Task  # noqa: E402
@@ -38,25 +41,25 @@ def _bar_pairs(path: Path, labels: list[str], before: list[float], after: list[f
     return path
 
 
-def _category_rows(results: dict) -> list[tuple[str, float, float]]:
-    ev = results["eval_candidate"]
-    before, after = ev["champion_test"]["per_category"], ev["candidate_test"]["per_category"]
+def _category_rows(results: CycleResults) -> list[tuple[str, float, float]]:
+    ev = results.eval_candidate
+    before, after = ev.champion_test.per_category, ev.candidate_test.per_category
     return [(c, before[c]["pass_rate"], after.get(c, {}).get("pass_rate", 0.0)) for c in before]
 
 
-def _cluster_rows(results: dict) -> list[tuple[str, int, int]]:
+def _cluster_rows(results: CycleResults) -> list[tuple[str, int, int]]:
     """(cluster label, failing dev members before, still failing after)."""
-    after = results["eval_candidate"]["candidate_dev"].get("outcomes", {})
+    after = results.eval_candidate.candidate_dev.outcomes
     rows = []
-    for cluster in results.get("failures", {}).get("clusters", []):
+    for cluster in results.failures.clusters if results.failures else ():
         members = cluster.get("example_ids", [])
         still = sum(1 for m in members if not after.get(m, False))
         rows.append((cluster.get("label", cluster.get("cluster_id", "?")), len(members), still))
     return sorted(rows, key=lambda r: -r[1])
 
 
-def _signature_lines(results: dict, top: int = 10) -> list[str]:
-    sigs = results.get("failures", {}).get("signatures") or []
+def _signature_lines(sigs: Sequence[dict], top: int = 10) -> list[str]:
+    """The dev run's failure signatures ({signature, count, share, examples} rows)."""
     if not sigs:
         return []
     lines = ["## Failure signatures (dev, champion)", "",
@@ -68,9 +71,9 @@ def _signature_lines(results: dict, top: int = 10) -> list[str]:
     return lines + [""]
 
 
-def _distribution_lines(results: dict, top: int = 20) -> list[str]:
+def _distribution_lines(dist: dict | None, top: int = 20) -> list[str]:
     """Answer classes: share of pool, failures and training data; vanished ones always shown."""
-    dist = results.get("targeted", {}).get("answer_distribution") or {}
+    dist = dist or {}
     rows = dist.get("classes") or []
     if not rows:
         return []
@@ -113,13 +116,14 @@ def _loss_plot(store: Store, train_id: str | None, path: Path) -> Path | None:
     return path
 
 
-def write_report(store: Store, task: Task, cycle_id: str, results: dict, cycle_dir: Path) -> Path:
+def write_report(store: Store, task: Task, cycle_id: str, results: CycleResults,
+                 cycle_dir: Path) -> Path:
     out = cycle_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    gate = results["gate"]
+    gate = results.gate
     cats = _category_rows(results)
     clusters = _cluster_rows(results)
-    deltas = results.get("benchmarks", {}).get("deltas", {})
+    deltas = results.benchmarks.deltas if results.benchmarks else {}
     plots = {"categories": _bar_pairs(out / "categories.png", [c for c, _, _ in cats],
                                       [b for _, b, _ in cats], [a for _, _, a in cats],
                                       "Test pass rate per category", "pass rate")}
@@ -133,7 +137,7 @@ def write_report(store: Store, task: Task, cycle_id: str, results: dict, cycle_d
                                          [0.0] * len(deltas), list(deltas.values()),
                                          "Benchmark change (candidate - champion)", "delta",
                                          ("zero", "delta"))
-    loss = _loss_plot(store, results.get("train", {}).get("train_id"), out / "loss.png")
+    loss = _loss_plot(store, results.train.train_id if results.train else None, out / "loss.png")
     if loss:
         plots["loss"] = loss
     md = _markdown(task, cycle_id, results, gate, cats, clusters, deltas, plots)
@@ -154,43 +158,45 @@ def _stage_lines(seconds: dict[str, float]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _markdown(task, cycle_id, results, gate, cats, clusters, deltas, plots) -> str:
-    ev = results["eval_candidate"]
-    verdict = "PROMOTED" if gate["promote"] else "KEPT the champion"
+def _markdown(task, cycle_id, results: CycleResults, gate: PromotionDecision, cats, clusters,
+              deltas, plots) -> str:
+    ev = results.eval_candidate
+    verdict = "PROMOTED" if gate.promote else "KEPT the champion"
     lines = [f"# evalloop cycle {cycle_id} — task `{task.name}`", "",
-             f"**Gate: {verdict}.** Test pass rate {gate['champion_pass_rate']:.1%} → "
-             f"{gate['candidate_pass_rate']:.1%} (McNemar p = {gate['p_value']:.3g}).", "",
-             f"- champion: `{ev['champion_test']['model']}`",
-             f"- candidate: `{ev['candidate_test']['model']}`", "",
+             f"**Gate: {verdict}.** Test pass rate {gate.champion_pass_rate:.1%} → "
+             f"{gate.candidate_pass_rate:.1%} (McNemar p = {gate.p_value:.3g}).", "",
+             f"- champion: `{ev.champion_test.model}`",
+             f"- candidate: `{ev.candidate_test.model}`", "",
              "| check | passed | detail |", "|---|---|---|"]
-    lines += [f"| {r['check']} | {'yes' if r['passed'] else 'NO'} | {r['detail']} |"
-              for r in gate["reasons"]]
+    lines += [f"| {r.check} | {'yes' if r.passed else 'NO'} | {r.detail} |"
+              for r in gate.reasons]
     lines += ["", "## Per category (test split)", "", "| category | champion | candidate | change |",
               "|---|---:|---:|---:|"]
     lines += [f"| {c} | {b:.1%} | {a:.1%} | {a - b:+.1%} |" for c, b, a in cats]
     lines += ["", "![per category](categories.png)", ""]
-    lines += _signature_lines(results)
+    lines += _signature_lines(results.failures.signatures if results.failures else ())
     if clusters:
         lines += ["## Targeted failure clusters (dev members, never trained on)", "",
                   "| cluster | failing before | failing after | fix rate |", "|---|---:|---:|---:|"]
         lines += [f"| {c} | {b} | {a} | {(b - a) / b if b else 0:.0%} |" for c, b, a in clusters]
         lines += ["", "![clusters](clusters.png)", ""]
-    lines += _distribution_lines(results)
+    lines += _distribution_lines(results.targeted.answer_distribution if results.targeted
+                                 else None)
     if deltas:
         lines += ["## Benchmarks (candidate − champion)", "", "| benchmark | delta |", "|---|---:|"]
         lines += [f"| {k} | {v:+.3f} |" for k, v in deltas.items()]
         lines += ["", "![benchmarks](benchmarks.png)", ""]
     if "loss" in plots:
         lines += ["## Training", "", "![loss](loss.png)", ""]
-    board = results.get("arena", {}).get("leaderboard", [])
+    board = results.arena.leaderboard if results.arena else ()
     if board:
         lines += ["## Leaderboard (Bradley-Terry, 95% bootstrap interval)", "",
                   "| rank | model | rating | interval | matches |", "|---:|---|---:|---|---:|"]
         lines += [f"| {r.get('rank')} | `{r.get('model')}` | {r.get('rating', 0):.0f} | "
                   f"{r.get('lower', 0):.0f}–{r.get('upper', 0):.0f} | {r.get('n_matches', '')} |"
                   for r in board]
-        if results["arena"].get("plot"):
-            lines += ["", f"![win rates]({Path(results['arena']['plot']).name})"]
+        if results.arena.plot:
+            lines += ["", f"![win rates]({Path(results.arena.plot).name})"]
     return "\n".join(lines) + "\n"
 
 

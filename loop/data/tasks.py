@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from loop.core.config import TaskConfig, load_task_config
+from evals.suites import CHECKS  # the suite's check names live with the scorers
+from loop.core.settings import TaskSettings, load_settings
 from loop.core.errors import TaskDataError
 from loop.core.records import Example, content_hash
 
@@ -72,13 +73,13 @@ class LoadReport:
 
 @dataclass(frozen=True)
 class Task:
-    config: TaskConfig
+    settings: TaskSettings  # the TOML, validated in full when the task loaded
     splits: dict[str, tuple[Example, ...]]
     report: LoadReport | None = None
 
     @property
     def name(self) -> str:
-        return self.config.name
+        return self.settings.name
 
     def split(self, name: str) -> tuple[Example, ...]:
         examples = self.splits.get(name, ())
@@ -270,13 +271,14 @@ def split_off_dev(train: list[Example], fraction: float) -> tuple[list[Example],
 
 
 def load_task(path: str | Path) -> Task:
-    """Load config and every split. The test split must exist and be non-empty."""
-    config = load_task_config(path)
-    read = {name: read_jsonl(file, name, config.system_prompt)
-            for name, file in (("train", config.train), ("dev", config.dev), ("test", config.test))
-            if file}
+    """Validate the task's settings (every problem in one ConfigError, before any data or model
+    is read), then load every split. The test split must exist and be non-empty."""
+    settings = load_settings(path, checks=CHECKS)
+    read = {name: read_jsonl(file, name, settings.system_prompt)
+            for name, file in (("train", settings.train), ("dev", settings.dev),
+                               ("test", settings.test)) if file}
     if not read["test"]:
-        raise TaskDataError(f"The test split {config.test} of task '{config.name}' is empty: "
+        raise TaskDataError(f"The test split {settings.test} of task '{settings.name}' is empty: "
                             "it needs at least one JSON record.")
     splits = dict(read)
     reports = {name: SplitReport(name, len(rows), len(rows) - len(drop_exact_duplicates(rows)))
@@ -286,8 +288,8 @@ def load_task(path: str | Path) -> Task:
         reports["train"] = SplitReport("train", len(read["train"]), reports["train"].repeated,
                                        dropped=len(read["train"]) - len(splits["train"]))
     if "dev" not in read and splits.get("train"):
-        splits["train"], splits["dev"] = split_off_dev(splits["train"], config.dev_fraction)
+        splits["train"], splits["dev"] = split_off_dev(splits["train"], settings.dev_fraction)
         reports["dev"] = SplitReport("dev", len(splits["dev"]), drawn_from="train")
     order = [name for name in ("train", "dev", "test") if name in reports]
-    return Task(config=config, splits={k: tuple(v) for k, v in splits.items()},
-                report=LoadReport(config.name, tuple(reports[name] for name in order)))
+    return Task(settings=settings, splits={k: tuple(v) for k, v in splits.items()},
+                report=LoadReport(settings.name, tuple(reports[name] for name in order)))

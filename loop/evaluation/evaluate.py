@@ -50,6 +50,10 @@ class EvalSummary:
             data.pop("outcomes")
         return data
 
+    @classmethod
+    def from_json(cls, data: dict) -> EvalSummary:
+        return cls(**data)
+
 
 def select(task: Task, split: str, limit: int | None) -> tuple[Example, ...]:
     if limit is not None and limit < 1:
@@ -68,11 +72,11 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
     spec = parse_model_name(model_name)
     model_id = lm.model_id if lm else fingerprint(spec)
     tokenizer = lm.tokenizer if lm else load_tokenizer(spec)
-    gen = task.config.generation
+    gen = task.settings.generation
     stop_at_json = answers_are_json([e for s in task.splits.values() for e in s])
     # The flag joins the hash only when set, so predictions of other tasks stay reusable.
     gen_hash = content_hash(GEN_VERSION, gen.max_new_tokens, *(["stop-at-json"] * stop_at_json))
-    prompts = [build_prompt(tokenizer, e, task.config.system_prompt) for e in examples]
+    prompts = [build_prompt(tokenizer, e, task.settings.system_prompt) for e in examples]
     pred_ids = [content_hash(model_id, content_hash(p), gen_hash) for p in prompts]
     _check_context(tokenizer, spec, examples, prompts, gen.max_new_tokens)  # before any write
     stored = store.get_predictions(pred_ids)
@@ -80,7 +84,7 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
     ranks = min(gen.processes if processes is None else processes, len(missing))
     if missing and ranks <= 1:
         lm = lm or load_model(model_name)  # a model that cannot load fails before any write
-    store.put_task(task.name, str(task.config.path), task.data_hash,
+    store.put_task(task.name, str(task.settings.path), task.data_hash,
                    [e for s in task.splits.values() for e in s])
     store.put_model(model_id, model_name, spec.base, adapter=str(spec.adapter or "") or None)
     run_id = content_hash("eval", task.name, split, model_id, gen_hash, [e.id for e in examples])
@@ -146,7 +150,7 @@ def _score_and_store(store: Store, task: Task, examples, outputs, pred_ids, run_
     from evals.similarity import CachedEmbedder
     from loop.failures.stage import record_failures
 
-    suite = load_suite(task.config)
+    suite = load_suite(task.settings)
     embedder = CachedEmbedder(store)
     item_scores, similarities = score_predictions(store, suite, examples, outputs, embedder)
     rows, by_cat, by_check = [], defaultdict(list), defaultdict(list)

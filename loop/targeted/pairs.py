@@ -185,11 +185,11 @@ def decontaminate(pairs: Sequence[PreferencePair], task, embedder
     questions: a pair is an item (question = its prompt, answer = `chosen`)."""
     from loop.targeted import curate as cur
     from loop.targeted.stage import _Memo, _references, _varying_part
-    from loop.targeted.inputs import targeted_config
+    from loop.targeted.inputs import curate_config
 
     if not pairs:
         return [], []
-    cfg = targeted_config(task.config)
+    cfg = task.settings.targeted
     vary = _varying_part(task)
     no_dev = replace(task, splits={k: v for k, v in task.splits.items() if k != "dev"})
     refs = _references(no_dev, cfg, vary)
@@ -202,7 +202,8 @@ def decontaminate(pairs: Sequence[PreferencePair], task, embedder
                           embed([r.question for r in checked]),
                           embed([r.answer or "" for r in checked]))
     pool_answers = [e.output for e in task.splits.get("train", ())]
-    leaks = cur.contamination(items, checked, vectors, refs.indexes, cfg.curate, pool_answers)
+    leaks = cur.contamination(items, checked, vectors, refs.indexes, curate_config(cfg),
+                              pool_answers)
     kept = [p for p, leak in zip(pairs, leaks) if not leak]
     out = [Exclusion(p.source, "contaminated", p.origin, leak)
            for p, leak in zip(pairs, leaks) if leak]
@@ -289,6 +290,10 @@ class PairsResult:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> PairsResult:
+        return cls(**data)
 
 
 def build_pairs(store: Store, task, sources: Sequence[str] = SOURCES,

@@ -30,6 +30,7 @@ from loop.targeted.answer_classes import PoolAnswers, answer_distribution, answe
 from loop.core.cache import write_atomic
 from loop.core.errors import TaskDataError
 from loop.core.records import content_hash
+from loop.core.settings import TargetedSettings
 from loop.store.db import Store, now
 from loop.targeted.strategies import (
     CORRECTIONS_GROUP,
@@ -47,8 +48,9 @@ from loop.targeted.strategies import (
 from loop.targeted.inputs import (
     FailureSet,
     NoFailuresError,
-    TargetedConfig,
+    batch_identity,
     benchmark_questions,
+    curate_config,
     load_corrections,
     load_failures,
     model_name,
@@ -88,6 +90,10 @@ class TargetedResult:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> TargetedResult:
+        return cls(**data)
 
 
 # ---------------------------------------------------------------------------- embeddings + checks
@@ -130,11 +136,11 @@ def generate_targeted(store: Store, task: Task, run_id: str | None = None, *,
     """Build (or return the stored) targeted dataset for the failures of a dev run: `run_id`,
     else the latest dev run of `model`, else the latest dev run (or `failures` given directly).
     Keyword arguments override the task's [targeted] section."""
-    cfg = targeted_config(task.config, strategies=strategies, n=n, seed=seed)
+    cfg = targeted_config(task.settings, strategies=strategies, n=n, seed=seed)
     failures = failures or load_failures(store, task, run_id, model)
     _check_dev_only(task, failures)
     params = {"task": task.name, "data_hash": task.data_hash, "run_id": failures.run_id,
-              **cfg.identity()}
+              **batch_identity(cfg)}
     batch_id = batch_id or content_hash("targeted", params)
     out_dir = Path(out_dir) if out_dir else store.workspace / "data" / task.name
     stored = _stored_result(store, batch_id, content_hash(params))
@@ -172,7 +178,7 @@ def _loss_bonus(store: Store, task: Task, pool: Sequence, model: str, weight: fl
     from loop.targeted.answer_loss import answer_losses
     from loop.models.loading import load_model
 
-    losses = answer_losses(load_model(model), pool, task.config.system_prompt, progress=progress)
+    losses = answer_losses(load_model(model), pool, task.settings.system_prompt, progress=progress)
     return weight * rankdata(losses) / len(losses)
 
 
@@ -181,7 +187,7 @@ def random_pool_rows(store: Store, task: Task, n: int, seed: int = 0,
     """`n` pool rows drawn at random (seeded), skipping `exclude` ids, through the same
     decontamination and duplicate rules as targeted data: the baseline targeting must beat
     (bench/targeted_vs_random.py)."""
-    cfg = targeted_config(task.config, seed=seed)
+    cfg = targeted_config(task.settings, seed=seed)
     pool = [e for e in task.splits.get("train", ()) if e.id not in exclude]
     order = np.random.default_rng(seed).permutation(len(pool))
     vary = _varying_part(task)
@@ -232,13 +238,13 @@ class _Refs:
     indexes: list[cur.NgramIndex]
 
 
-def _references(task: Task, cfg: TargetedConfig, vary) -> _Refs:
+def _references(task: Task, cfg: TargetedSettings, vary) -> _Refs:
     """Dev and test items (varying question + answer) and benchmark questions, with n-gram
     indexes. Template text is left out, so only what varies can make two items the same."""
     refs = [cur.Reference(f"{split}:{e.id}", vary(question(e)), e.output)
             for split in ("dev", "test") for e in task.splits.get(split, ())]
     pool_texts = [f"{vary(question(e))}\n{e.output}" for e in task.splits.get("train", ())]
-    c = cfg.curate
+    c = curate_config(cfg)
     indexes = [cur.build_ngram_index([f"{r.question}\n{r.answer}" for r in refs],
                                      [r.label for r in refs], c.ngram, c.template_df, pool_texts)]
     bench = benchmark_questions(cfg.benchmark_data) if cfg.benchmark_data else []
@@ -261,7 +267,7 @@ def cluster_weights(ctx: StrategyContext, clusters: Sequence[ClusterTarget]) -> 
     return {c.cluster_id: len(c.failures) * (0.25 + 0.75 * fixability(ctx, c)) for c in clusters}
 
 
-def _rounds(ctx: StrategyContext, cfg: TargetedConfig, failures: FailureSet, batch_id: str,
+def _rounds(ctx: StrategyContext, cfg: TargetedSettings, failures: FailureSet, batch_id: str,
             refs: _Refs, passed: Sequence, progress: bool):
     """Ask every strategy for candidates per cluster (budget shared by cluster weight), curate,
     and top up the clusters short of their share (new seeds and further neighbours) for at
@@ -318,7 +324,7 @@ def _rounds(ctx: StrategyContext, cfg: TargetedConfig, failures: FailureSet, bat
     return items, decisions
 
 
-def _curate(ctx: StrategyContext, cfg: TargetedConfig, items, refs: _Refs, n_replay: int,
+def _curate(ctx: StrategyContext, cfg: TargetedSettings, items, refs: _Refs, n_replay: int,
             group_order: list[str], weights: dict[str, float]):
     vary = ctx.vary or (lambda text: text)
     cur_items = [cur.Item(key, vary(question(c.example)), c.example.output, c.cluster_id,
@@ -333,8 +339,8 @@ def _curate(ctx: StrategyContext, cfg: TargetedConfig, items, refs: _Refs, n_rep
                           ctx.embed([i.answer for i in cur_items]),
                           ctx.embed([r.question for r in checked]),
                           ctx.embed([r.answer or "" for r in checked]))
-    return cur.curate(cur_items, vectors, checked, refs.indexes, cfg.n, n_replay, cfg.curate,
-                      group_order, [e.output for e in ctx.pool], weights)
+    return cur.curate(cur_items, vectors, checked, refs.indexes, cfg.n, n_replay,
+                      curate_config(cfg), group_order, [e.output for e in ctx.pool], weights)
 
 
 # ---------------------------------------------------------------------------- outputs

@@ -370,20 +370,10 @@ def replay_like(ctx: StrategyContext, passed: Sequence[Example], k: int) -> list
             for i, who in chosen]
 
 
+# its names are the settings' StrategyName (loop.core.settings; tests/test_settings.py checks)
 STRATEGIES: dict[str, Callable[[StrategyContext, Sequence[Request]], list[Candidate]]] = {
     "corrections": corrections, "retrieval": retrieval, "generator": generator, "teacher": teacher,
 }
-
-
-def check_strategies(names: Sequence[str]) -> list[str]:
-    """Problems with strategy names, each with a 'did you mean' where one is close."""
-    errors = []
-    for name in names:
-        if name not in STRATEGIES:
-            near = difflib.get_close_matches(name, list(STRATEGIES), n=1)
-            hint = f"did you mean '{near[0]}'? " if near else ""
-            errors.append(f"unknown strategy '{name}' ({hint}known: {', '.join(STRATEGIES)})")
-    return errors
 
 
 # ---------------------------------------------------------------------------- answer checks
@@ -415,7 +405,7 @@ def _suite_scorer(task: Task):
         from evals.suites import load_suite, score_suite
     except ImportError:  # scoring not installed: the shape check alone
         return None
-    suite = load_suite(task.config)
+    suite = load_suite(task.settings)
 
     def score(examples: Sequence[Example]) -> list[str | None]:
         items = [CheckInput(e.instruction, e.input, e.output, e.output) for e in examples]

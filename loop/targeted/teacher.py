@@ -18,27 +18,12 @@ import json
 from dataclasses import dataclass
 from typing import Protocol
 
-from loop.core.endpoint import DEFAULT_CONCURRENCY, ChatRequest, Endpoint, complete_all
+from loop.core.endpoint import ChatRequest, Endpoint, complete_all
 from loop.core.errors import ConfigError
+from loop.core.settings import TeacherSettings as TeacherConfig  # [targeted.teacher]
 
 SYSTEM = ("You write training data for a small language model. You answer with JSON only, "
           "and every answer you give is correct.")
-
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    model: str  # local model name/path, or the endpoint's model name when base_url is set
-    base_url: str | None = None  # e.g. "http://127.0.0.1:8000/v1"
-    api_key_env: str | None = None  # NAME of the environment variable holding the key
-    per_prompt: int = 3  # pairs asked for in one prompt
-    max_new_tokens: int = 512
-    temperature: float = 0.7  # endpoint only; the local teacher decodes greedily
-    timeout_s: float = 120.0
-    concurrency: int = DEFAULT_CONCURRENCY  # endpoint requests in flight at once
-
-    @property
-    def display(self) -> str:
-        return f"{self.model}@{self.base_url}" if self.base_url else self.model
 
 
 @dataclass(frozen=True)

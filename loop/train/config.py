@@ -1,5 +1,6 @@
-"""The training stage's records: `TrainConfig` (the task TOML's [training] section, validated in
-full), `LogRow`, `TrainResult`, and the [training] bf16 setting resolved (`loop.models.precision`).
+"""The training stage's records: `TrainConfig` (the task TOML's [training] table, a
+`loop.core.settings.TrainingSettings`), `LogRow`, `TrainResult`, and the [training] bf16 setting
+resolved (`loop.models.precision`).
 
     [training]             # every key optional; the defaults suit labels, extraction and prose
     rank = 16              # LoRA rank; alpha defaults to 2 x rank
@@ -7,11 +8,9 @@ full), `LogRow`, `TrainResult`, and the [training] bf16 setting resolved (`loop.
     epochs = 2             # or max_steps = N (not both)
     batch_size = 16        # examples per optimizer step (packed, so no padding)
     micro_batch_tokens = 1024  # tokens per forward+backward (memory), same optimizer steps
-    bf16 = "auto"          # "auto": CUDA support / this model's measured CPU speed; true/false
+    bf16 = "auto"          # "auto": CUDA support / this CPU's measured matmul speed; true/false
     method = "sft"         # or "dpo" / "sft+dpo": preference pairs (loop/targeted/pairs.py, loop/train/dpo.py)
     dpo_beta = 0.1         # DPO's KL strength; dpo_learning_rate defaults to learning_rate
-    processes = 1          # ranks launched through accelerate (docs/scale.md); SFT only
-    strategy = "ddp"       # "ddp": a model copy per rank; "fsdp": parameters sharded across ranks
 
 Why these defaults (the same for every task; measured on a real slot-extraction task, not the
 demo): the embedded model, 250 random pool rows of ../shared/real-tasks/rentalcars (seed 0),
@@ -29,152 +28,16 @@ training sets.
 
 from __future__ import annotations
 
-import difflib
 import platform
 from dataclasses import asdict, dataclass, fields
 
 from loop.core.errors import ConfigError
-
-METHODS = ("sft", "dpo", "sft+dpo")
-STRATEGIES = ("ddp", "fsdp")
-LAUNCH_KEYS = ("processes", "strategy")  # how a run is spread over ranks, not what it trains
+from loop.core.settings import TrainingSettings
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    rank: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0  # LoRA dropout: +15-20% step time on CPU, little gain on short runs
-    target_modules: str | tuple[str, ...] = "all-linear"  # peft name or module names
-    learning_rate: float = 1e-3  # see the module docstring for the measurements
-    epochs: float | None = 2.0
-    max_steps: int | None = None  # when set, replaces epochs
-    batch_size: int = 16
-    grad_accum: int = 1
-    micro_batch_tokens: int = 1024  # tokens per forward+backward: bounds activation memory
-    max_seq_len: int = 1024  # longer examples are skipped (and counted), never truncated
-    seed: int = 0
-    save_steps: int = 50  # checkpoint (and dev-loss evaluation) interval
-    log_steps: int = 5
-    patience: int = 3  # dev evaluations without improvement before stopping; 0 = never stop
-    gradient_checkpointing: bool = False
-    share_prefix: bool = True  # rows' common prefix runs once per micro-batch (same gradients)
-    qlora: bool = False  # 4-bit base (bitsandbytes), CUDA only
-    bf16: str | bool = "auto"
-    # "sft": supervised on the targeted data; "dpo": preference pairs (loop/targeted/pairs.py) only;
-    # "sft+dpo": SFT, then DPO from the SFT adapter (also DPO's reference). SFT stays the
-    # default until bench/preference.py measures otherwise.
-    method: str = "sft"
-    dpo_beta: float = 0.1  # DPO's KL strength (trl's default)
-    dpo_learning_rate: float | None = None  # None: learning_rate
-    # `processes` ranks (loop/train/distributed.py) split each batch of `batch_size` rows: the same
-    # optimizer steps as one process. "fsdp" shards the frozen base too (bases too big per device).
-    processes: int = 1
-    strategy: str = "ddp"
-
-    def as_dict(self) -> dict:
-        data = asdict(self)
-        if isinstance(self.target_modules, tuple):
-            data["target_modules"] = list(self.target_modules)
-        return data
-
-    def identity(self) -> dict:
-        """What a run's id hashes: the settings that change the trained weights. The process
-        count does not (same global batch), so a DDP run resumes under another count; FSDP
-        checkpoints are sharded, so "fsdp" stays in."""
-        data = self.as_dict()
-        data.pop("processes")
-        if self.strategy == "ddp":
-            data.pop("strategy")
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        data = dict(data)
-        if isinstance(data.get("target_modules"), list):
-            data["target_modules"] = tuple(data["target_modules"])
-        return cls(**data)
-
-    @classmethod
-    def from_section(cls, section: dict | None, where: str = "[training]") -> TrainConfig:
-        """Validate a [training] table; raise ConfigError listing every problem at once."""
-        section, errors, values = dict(section or {}), [], {}
-        names = [f.name for f in fields(cls)]
-        for key in section:
-            if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
-                errors.append(f"unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close
-                                                        else f" (known: {', '.join(names)})"))
-        for key, (kind, ok, need) in _RULES.items():
-            if key in section:
-                value = _coerce(section[key], kind)
-                if value is _BAD or not ok(value):
-                    errors.append(f"{key} must be {need}, got {section[key]!r}")
-                else:
-                    values[key] = value
-        if values.get("batch_size", cls.batch_size) % values.get("processes", 1):
-            errors.append("batch_size must be a multiple of processes (each rank takes "
-                          "batch_size / processes rows of every batch)")
-        if values.get("qlora") and values.get("strategy") == "fsdp":
-            errors.append('qlora = true runs with strategy = "ddp" only')
-        if "epochs" in section and "max_steps" in section:
-            errors.append("give epochs or max_steps, not both")
-        if "max_steps" in values:
-            values["epochs"] = None
-        if "rank" in values and "alpha" not in section:
-            values["alpha"] = 2.0 * values["rank"]
-        if errors:
-            raise ConfigError(f"{where} has {len(errors)} problem(s): " + "; ".join(errors) + ".")
-        return cls(**values)
-
-
-_BAD = object()
-
-
-def _coerce(value, kind):
-    if kind == "bf16":
-        return value if value == "auto" or isinstance(value, bool) else _BAD
-    if kind == "modules":
-        if isinstance(value, str) and value:
-            return value
-        if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
-            return tuple(value)
-        return _BAD
-    if isinstance(value, bool) != (kind is bool):
-        return _BAD
-    if kind is float and isinstance(value, int):
-        return float(value)
-    return value if isinstance(value, kind) else _BAD
-
-
-_RULES = {  # key: (type, check, what the message asks for)
-    "rank": (int, lambda v: v >= 1, "a positive integer"),
-    "alpha": (float, lambda v: v > 0, "a positive number"),
-    "dropout": (float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "target_modules": ("modules", lambda v: True,
-                       "\"all-linear\" or a non-empty list of module names"),
-    "learning_rate": (float, lambda v: 0 < v < 1, "a number in (0, 1)"),
-    "epochs": (float, lambda v: v > 0, "a positive number"),
-    "max_steps": (int, lambda v: v >= 1, "a positive integer"),
-    "batch_size": (int, lambda v: v >= 1, "a positive integer"),
-    "grad_accum": (int, lambda v: v >= 1, "a positive integer"),
-    "micro_batch_tokens": (int, lambda v: v >= 64, "an integer >= 64"),
-    "max_seq_len": (int, lambda v: v >= 16, "an integer >= 16"),
-    "seed": (int, lambda v: v >= 0, "a non-negative integer"),
-    "save_steps": (int, lambda v: v >= 1, "a positive integer"),
-    "log_steps": (int, lambda v: v >= 1, "a positive integer"),
-    "patience": (int, lambda v: v >= 0, "a non-negative integer"),
-    "gradient_checkpointing": (bool, lambda v: True, "true or false"),
-    "share_prefix": (bool, lambda v: True, "true or false"),
-    "qlora": (bool, lambda v: True, "true or false"),
-    "bf16": ("bf16", lambda v: True, "\"auto\", true or false"),
-    "method": (str, lambda v: v in METHODS, " or ".join(f'"{m}"' for m in ("sft", "dpo",
-                                                                          "sft+dpo"))),
-    "dpo_beta": (float, lambda v: v > 0, "a positive number"),
-    "dpo_learning_rate": (float, lambda v: 0 < v < 1, "a number in (0, 1)"),
-    "processes": (int, lambda v: v >= 1, "a positive integer"),
-    "strategy": (str, lambda v: v in STRATEGIES, '"ddp" or "fsdp"'),
-}
+# The [training] table, validated with the task (loop.core.settings), under the name the training
+# code has always used; `as_dict()` is what a run stores and hashes into its id.
+TrainConfig = TrainingSettings
 
 
 @dataclass(frozen=True)

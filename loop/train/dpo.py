@@ -210,16 +210,15 @@ def train_dpo_for_task(store, task, workspace, pairs_path, model: str = DEFAULT_
                        config: TrainConfig | None = None, progress: bool = True) -> TrainResult:
     """The DPO stage: exported pairs -> adapter under WS/adapters, lineage in the store."""
     pairs: list[PreferencePair] = read_pairs(pairs_path)
-    config = config or TrainConfig.from_section(task.config.section("training"),
-                                                where=f"{task.config.path} [training]")
+    config = config or task.settings.training
     spec = parse_model_name(model)
     parent = Path(parent_adapter).resolve() if parent_adapter else spec.adapter
     train_id = dpo_train_id(fingerprint(replace(spec, adapter=None)),
                             fingerprint(replace(spec, adapter=parent)) if parent else None,
-                            pairs, config, task.config.system_prompt)
+                            pairs, config, task.settings.system_prompt)
     out = Path(workspace) / "adapters" / train_id
     result = train_dpo(model, pairs, out, config, parent_adapter=parent_adapter,
-                       progress=progress, system_prompt=task.config.system_prompt)
+                       progress=progress, system_prompt=task.settings.system_prompt)
     if int(os.environ.get("RANK", "0")) == 0:
         record_training(store, result, task.name, dataset_hash or pairs_digest(pairs))
     return result

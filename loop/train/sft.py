@@ -1,6 +1,6 @@
 """LoRA supervised fine-tuning with peft + trl's SFTTrainer; the only module that imports trl.
 
-    config = TrainConfig.from_section(task.config.section("training"))
+    config = task.settings.training
     result = train_adapter("smollm2-135m-instruct", task.split("train"), "ws/adapters/x", config,
                            dev_examples=task.split("dev"))
     record_training(store, result, task_id=task.name, dataset_hash=task.data_hash)
@@ -43,6 +43,7 @@ from pathlib import Path
 
 from loop.core.cache import write_atomic
 from loop.core.errors import EvalloopError
+from loop.core.settings import with_overrides
 from loop.models.loading import (
     DEFAULT_MODEL,
     base_path,
@@ -549,30 +550,28 @@ def train_for_task(store, task, workspace, model: str = DEFAULT_MODEL, data_path
 
     examples = read_jsonl(Path(data_path), "train") if data_path else task.split("train")
     dev = task.splits.get("dev", ())
-    config = config or TrainConfig.from_section(task.config.section("training"),
-                                                where=f"{task.config.path} [training]")
+    config = config or task.settings.training
     spec = parse_model_name(model)
     parent = Path(parent_adapter).resolve() if parent_adapter else spec.adapter
     train_id = train_id_for(fingerprint(replace(spec, adapter=None)),
                             fingerprint(replace(spec, adapter=parent)) if parent else None,
-                            examples, dev, config, task.config.system_prompt)
+                            examples, dev, config, task.settings.system_prompt)
     out = Path(workspace) / "adapters" / train_id
     result = train_adapter(model, examples, out, config, parent_adapter=parent_adapter,
                            dev_examples=dev, progress=progress,
-                           system_prompt=task.config.system_prompt)
+                           system_prompt=task.settings.system_prompt)
     record_training(store, result, task.name, dataset_hash or examples_digest(examples))
     return result
 
 
 def config_from_args(task, args: argparse.Namespace) -> TrainConfig:
-    """The task's [training] section with the shell entry points' step overrides."""
-    section = task.config.section("training")
-    if getattr(args, "processes", None) is not None:  # checked with the rest (batch_size)
-        section["processes"] = args.processes
-    config = TrainConfig.from_section(section, where=f"{task.config.path} [training]")
-    overrides = {k: getattr(args, k, None) for k in ("max_steps", "save_steps", "patience")}
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None},
-                   **({"epochs": None} if getattr(args, "max_steps", None) else {}))
+    """The task's [training] settings with the shell entry points' overrides (validated again
+    with the rest of the table: processes must divide batch_size)."""
+    overrides = {k: getattr(args, k, None)
+                 for k in ("max_steps", "save_steps", "patience", "processes")}
+    return with_overrides(task.settings, "training",
+                          **{k: v for k, v in overrides.items() if v is not None},
+                          **({"epochs": None} if getattr(args, "max_steps", None) else {}))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,473 @@
+"""A task's settings: the task TOML as typed, frozen pydantic models, parsed once when the task
+loads (before any model or the store is touched) and then passed down as `task.settings`.
+
+    settings = load_settings("task.toml")   # ConfigError listing every problem at once
+    settings.training.learning_rate, settings.targeted.teacher, settings.path
+
+One model per TOML table, with the same keys: top-level keys (the JSONL splits, paths relative to
+the TOML's folder), [generation], [suite], [training], [targeted] + [targeted.teacher], [gate],
+[benchmarks], [cycle]. Unknown keys, wrong types and out-of-range values are all reported together,
+each as `<file>: [section] key: message` (loop/core/settings_problems.py). `evalloop schema`
+writes `TaskSettings`'s JSON Schema for editors.
+
+Checks that need a registry owned above loop.core (the suite's check names and parameters, in
+evals.rules) come in through `CheckVocabulary`; strategy names are a closed set here (the
+strategies module's registry is tested to match it).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, PrivateAttr,
+                      StrictStr, ValidationError, ValidationInfo, field_validator, model_validator)
+from pydantic_core import InitErrorDetails
+
+from loop.core.endpoint import DEFAULT_CONCURRENCY
+from loop.core.errors import ConfigError
+from loop.core.settings_problems import RULE, problems_message, rule_error, submodel
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+# lm-eval tasks a [benchmarks] table runs by default (evals.benchmark_tasks.STANDARD, in order)
+DEFAULT_BENCHMARK_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc1",
+                           "truthfulqa_mc2")
+StrategyName = Literal["corrections", "retrieval", "generator", "teacher"]
+STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
+BenchmarkBackend = Literal["evalloop", "hf"]
+TrainMethod = Literal["sft", "dpo", "sft+dpo"]
+
+
+# ---------------------------------------------------------------------------- value types
+
+def _path_validator(kind: Literal["file", "dir"]) -> BeforeValidator:
+    """A TOML path string, resolved against the TOML's folder; it must exist."""
+    def resolve(value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, Path):
+            return value
+        if not isinstance(value, str):
+            raise ValueError(f"must be a path string, got {value!r}")
+        path = (Path((info.context or {}).get("root", ".")) / value).resolve()
+        if kind == "file" and not path.is_file():
+            raise ValueError(f"file {path} does not exist")
+        if kind == "dir" and not path.is_dir():
+            raise ValueError(f"directory {path} does not exist")
+        return path
+
+    return BeforeValidator(resolve, json_schema_input_type=str)
+
+
+TomlFile = Annotated[Path, _path_validator("file")]
+TomlDir = Annotated[Path, _path_validator("dir")]
+Names = Annotated[tuple[StrictStr, ...], Field(strict=False, min_length=1)]  # TOML lists
+
+
+def _bf16(value: Any) -> str | bool:
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError(f'must be "auto", true or false, got {value!r}')
+
+
+def _modules(value: Any) -> str | tuple[str, ...]:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    raise ValueError(f'must be "all-linear" or a non-empty list of module names, got {value!r}')
+
+
+def _version(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Bf16 = Annotated[str | bool, PlainValidator(_bf16, json_schema_input_type=Literal["auto"] | bool)]
+TargetModules = Annotated[str | tuple[str, ...], PlainValidator(
+    _modules, json_schema_input_type=str | list[str])]
+SuiteVersion = Annotated[StrictStr, BeforeValidator(_version, json_schema_input_type=str | int)]
+
+
+@dataclass(frozen=True)
+class CheckVocabulary:
+    """The registered checks, from the layer that owns them (evals.suites.CHECKS): a message for
+    an unknown check name (None when known), and the problems of a check's params."""
+
+    unknown: Callable[[str], str | None]
+    param_problems: Callable[[str, Mapping[str, Any]], list[str]]
+
+
+# ---------------------------------------------------------------------------- sections
+
+class Section(BaseModel):
+    """A TOML table: unknown keys are errors, values are never coerced (no "3" for 3)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @classmethod
+    def _rules(cls, data: dict, context: Mapping) -> tuple[dict | None, list[tuple[tuple, str]]]:
+        """Cross-key rules on the raw table: (the table with derived values, problems as
+        (location, message)); reported together with the per-key problems, or alone when the
+        table comes back None (nothing else can be checked)."""
+        return data, []
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _apply_rules(cls, data: Any, handler, info: ValidationInfo):
+        problems: list[InitErrorDetails] = []
+        if isinstance(data, dict):
+            table, found = cls._rules(dict(data), info.context or {})
+            problems = [rule_error(loc, m, data.get(loc[0]) if loc else data)
+                        for loc, m in found]
+            if table is None:
+                raise ValidationError.from_exception_data(cls.__name__, problems)
+            data = table
+        try:
+            result = handler(data)
+        except ValidationError as exc:
+            # a nested section's rule errors come back as plain dicts: rebuild them
+            errors = [rule_error(e["loc"], e["ctx"]["m"], e["input"]) if e["type"] == RULE
+                      else e for e in exc.errors()]
+            raise ValidationError.from_exception_data(exc.title, [*errors, *problems]) from None
+        if problems:
+            raise ValidationError.from_exception_data(cls.__name__, problems)
+        return result
+
+
+class GenerationSettings(Section):
+    """[generation]: greedy decoding of the task's answers."""
+
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)
+    processes: int = Field(1, ge=1, description="ranks generating shards of the items "
+                                                "(docs/scale.md)")
+
+
+class SuiteCheckSettings(Section):
+    """One entry of [suite] checks."""
+
+    name: StrictStr = Field(description="a registered check (evals.rules) or \"similarity\"")
+    required: bool = False
+    params: dict[str, Any] = Field(default_factory=dict, description="the check's keyword args")
+    applies: Literal["all", "json", "text"] = Field(
+        "all", description="items whose reference is JSON, is not, or all")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str, info: ValidationInfo) -> str:
+        checks = (info.context or {}).get("checks")
+        if checks is not None and (problem := checks.unknown(name)):
+            raise ValueError(problem)
+        return name
+
+    @field_validator("params")
+    @classmethod
+    def _accepted(cls, params: dict, info: ValidationInfo) -> dict:
+        checks = (info.context or {}).get("checks")
+        name = info.data.get("name")
+        if checks is not None and name and not checks.unknown(name):
+            if problems := checks.param_problems(name, params):
+                raise ValueError("; ".join(problems))
+        return params
+
+
+class SuiteSettings(Section):
+    """[suite]: which checks a task runs (or `file`, a TOML with the same keys at its top)."""
+
+    version: SuiteVersion = Field(description="stored with every score; bump on any change")
+    checks: tuple[SuiteCheckSettings, ...] = Field(strict=False, min_length=1)
+    file: TomlFile | None = Field(None, description="a suite TOML, relative to the task TOML")
+
+    @classmethod
+    def _rules(cls, data, context):
+        problems = []
+        if "file" in data:
+            path, loaded, problem = _read_suite_file(data["file"], context)
+            if problem:
+                return None, [(("file",), problem)]
+            data = {**loaded, "file": path}
+        checks = data.get("checks")
+        if isinstance(checks, list) and checks and all(isinstance(c, dict) for c in checks) \
+                and not any(c.get("required") is True for c in checks):
+            problems.append((("checks",), "at least one check must be required "
+                                          "(required = true)"))
+        return data, problems
+
+
+def _read_suite_file(value: Any, context: Mapping) -> tuple[Path | None, dict, str | None]:
+    if not isinstance(value, (str, Path)):
+        return None, {}, f"must be a path string, got {value!r}"
+    path = (Path(context.get("root", ".")) / value).resolve()
+    try:
+        return path, tomllib.loads(path.read_text(encoding="utf-8")), None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return path, {}, f"suite file {path} cannot be read: {exc}"
+
+
+class TrainingSettings(Section):
+    """[training]: LoRA fine-tuning; loop/train/config.py says why these defaults."""
+
+    rank: int = Field(16, ge=1, description="LoRA rank; alpha defaults to 2 x rank")
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout: +15-20% step time on CPU")
+    target_modules: TargetModules = Field(
+        "all-linear", description='"all-linear" (peft) or a list of module names')
+    learning_rate: float = Field(1e-3, gt=0, lt=1)
+    epochs: float | None = Field(2.0, gt=0, description="or max_steps (not both)")
+    max_steps: int | None = Field(None, ge=1, description="replaces epochs when set")
+    batch_size: int = Field(16, ge=1, description="examples per optimizer step (packed)")
+    grad_accum: int = Field(1, ge=1)
+    micro_batch_tokens: int = Field(1024, ge=64, description="tokens per forward+backward")
+    max_seq_len: int = Field(1024, ge=16, description="longer examples are skipped, never cut")
+    seed: int = Field(0, ge=0)
+    save_steps: int = Field(50, ge=1, description="checkpoint and dev-loss interval")
+    log_steps: int = Field(5, ge=1)
+    patience: int = Field(3, ge=0, description="dev evaluations without improvement; 0 = never "
+                                               "stop early")
+    gradient_checkpointing: bool = False
+    share_prefix: bool = Field(True, description="rows' common prefix runs once per micro-batch")
+    qlora: bool = Field(False, description="4-bit base (bitsandbytes), CUDA only")
+    bf16: Bf16 = Field("auto", description='"auto": CUDA support or the CPU\'s measured speed')
+    method: TrainMethod = Field("sft", description="sft, dpo (preference pairs) or sft+dpo")
+    dpo_beta: float = Field(0.1, gt=0, description="DPO's KL strength")
+    dpo_learning_rate: float | None = Field(None, gt=0, lt=1,
+                                            description="default: learning_rate")
+    # how a run is spread over ranks (loop/train/distributed.py), not what it trains: `processes`
+    # ranks split each batch of `batch_size` rows, the same optimizer steps as one process
+    processes: int = Field(1, ge=1, description="ranks launched through accelerate; SFT only")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description='"ddp": a model copy per rank; "fsdp": parameters sharded across ranks')
+
+    @classmethod
+    def _rules(cls, data, context):
+        problems = []
+        if data.get("epochs") is not None and data.get("max_steps") is not None:
+            problems.append((("max_steps",), "give epochs or max_steps, not both"))
+        elif data.get("max_steps") is not None:
+            data["epochs"] = None
+        rank = data.get("rank")
+        if "alpha" not in data and _positive_int(rank):
+            data["alpha"] = 2.0 * rank
+        batch = data.get("batch_size", cls.model_fields["batch_size"].default)
+        ranks = data.get("processes", 1)
+        if _positive_int(batch) and _positive_int(ranks) and batch % ranks:
+            problems.append((("processes",), "batch_size must be a multiple of processes (each "
+                                             "rank takes batch_size / processes rows of every "
+                                             "batch)"))
+        if data.get("qlora") is True and data.get("strategy") == "fsdp":
+            problems.append((("strategy",), 'qlora = true runs with strategy = "ddp" only'))
+        return data, problems
+
+    def as_dict(self) -> dict:
+        """The plain form stored with a training run (and hashed into its id)."""
+        data = self.model_dump()
+        if isinstance(self.target_modules, tuple):
+            data["target_modules"] = list(self.target_modules)
+        return data
+
+    def identity(self) -> dict:
+        """What a run's id hashes: the settings that change the trained weights. The process
+        count does not (same global batch), so a DDP run resumes under another count; FSDP
+        checkpoints are sharded, so "fsdp" stays in."""
+        data = self.as_dict()
+        data.pop("processes")
+        if self.strategy == "ddp":
+            data.pop("strategy")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainingSettings:
+        return cls.model_validate(data)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+class TeacherSettings(Section):
+    """[targeted.teacher]: a local model, or an OpenAI-compatible endpoint with base_url."""
+
+    model: StrictStr = Field(min_length=1, description="a model name/path, or the endpoint's "
+                                                       "model name with base_url")
+    base_url: StrictStr | None = Field(None, description='e.g. "http://127.0.0.1:8000/v1"')
+    api_key_env: StrictStr | None = Field(
+        None, description="the NAME of the environment variable holding the key (never the key)")
+    per_prompt: int = Field(3, ge=1, le=20, description="pairs asked for in one prompt")
+    max_new_tokens: int = Field(512, ge=16, le=8192)
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="endpoint only; local is greedy")
+    timeout_s: float = Field(120.0, ge=1.0, le=3600.0)
+    concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, le=64,
+                             description="endpoint requests in flight at once")
+
+    @property
+    def display(self) -> str:
+        return f"{self.model}@{self.base_url}" if self.base_url else self.model
+
+
+class TargetedSettings(Section):
+    """[targeted]: targeted data from dev failures, and its curation thresholds."""
+
+    strategies: tuple[StrategyName, ...] = Field(
+        ("corrections", "retrieval"), strict=False, min_length=1,
+        description="default: corrections, retrieval, + generator / teacher when configured")
+    n: int = Field(200, ge=1, le=1_000_000, description="targeted examples wanted (replay on top)")
+    seed: int = 0
+    generator: StrictStr | None = Field(
+        None, description='a registered generator ("demo") or "package.module:function"')
+    replay_share: float = Field(0.2, ge=0.0, le=0.9,
+                                description="share of the dataset that is original train rows")
+    loss_weight: float = Field(
+        0.0, ge=0.0, le=10.0, description="also rank pool rows by the model's answer loss "
+                                          "(a percentile times this weight); 0 = off")
+    benchmark_data: TomlDir | None = Field(
+        None, description="decontaminate against these benchmarks' questions")
+    # curation thresholds (loop.targeted.curate.CurateConfig, same names)
+    ngram: int = Field(13, ge=1, le=64, description="n-gram length for overlap")
+    ngram_overlap: float = Field(0.5, ge=0.0, le=1.0)
+    contamination_similarity: float = Field(0.8, ge=0.0, le=1.0)
+    label_similarity: float = Field(0.95, ge=0.0, le=1.0)
+    benchmark_similarity: float = Field(0.9, ge=0.0, le=1.0)
+    duplicate_similarity: float = Field(0.95, ge=0.0, le=1.0)
+    teacher: TeacherSettings | None = None
+
+    @classmethod
+    def _rules(cls, data, context):
+        problems = []
+        names = data.get("strategies")
+        if names is None:
+            names = ["corrections", "retrieval"] + ["generator"] * bool(data.get("generator")) \
+                + ["teacher"] * bool(data.get("teacher"))
+        if isinstance(names, (list, tuple)) and all(isinstance(s, str) for s in names):
+            names = list(dict.fromkeys(names))
+            if "generator" in names and not data.get("generator"):
+                problems.append((("strategies",), "strategy 'generator' needs [targeted] "
+                                                  "generator (e.g. \"demo\")"))
+            if "teacher" in names and not data.get("teacher"):
+                problems.append((("strategies",), "strategy 'teacher' needs a "
+                                                  "[targeted.teacher] table"))
+        data["strategies"] = names
+        return data, problems
+
+
+class GateSettings(Section):
+    """[gate]: when a candidate replaces the champion (loop/cycle/gate.py)."""
+
+    min_gain: float = Field(0.02, ge=0, description="test pass-rate gain needed")
+    alpha: float = Field(0.05, ge=0, description="McNemar significance level")
+    category_tolerance: float = Field(0.05, ge=0, description="largest category drop allowed")
+    benchmark_tolerance: float = Field(0.02, ge=0, description="largest benchmark drop allowed")
+    require_rating: bool = Field(True, description="a pairwise rating must exist and improve")
+
+
+class BenchmarksSettings(Section):
+    """[benchmarks]: the forgetting check, lm-eval tasks on the champion and the candidate."""
+
+    tasks: Names = DEFAULT_BENCHMARK_TASKS
+    limit: int | None = Field(None, ge=1, description="items per task (a cycle uses 50 if unset)")
+    data_dir: TomlDir | None = Field(None, description="local benchmark data (else the hub)")
+    backend: BenchmarkBackend = "evalloop"
+
+
+class CycleSettings(Section):
+    """[cycle]: the nightly cycle."""
+
+    base_model: StrictStr = Field(DEFAULT_MODEL, description="the first champion")
+    seed: int = 0
+    benchmarks: bool = Field(True, description="false skips the forgetting check")
+    arena: bool = Field(True, description="false skips pairwise ratings (and the gate's need)")
+
+
+class TaskSettings(Section):
+    """A task TOML: its JSONL splits (relative to the TOML) and the stages' tables."""
+
+    name: StrictStr | None = Field(None, description="default: the TOML file's stem")
+    description: StrictStr | None = None
+    train: TomlFile | None = Field(None, description="JSONL pool for targeted data")
+    dev: TomlFile | None = Field(None, description="JSONL; split off train when absent")
+    test: TomlFile = Field(description="JSONL, the held-out split the gate compares on")
+    dev_fraction: float = Field(0.1, gt=0, lt=1, description="dev share split off train")
+    system_prompt: StrictStr | None = None
+    generation: GenerationSettings = GenerationSettings()
+    suite: SuiteSettings | None = Field(None, description="default: evals.suites.DEFAULT_SUITE")
+    training: TrainingSettings = TrainingSettings()
+    targeted: TargetedSettings = TargetedSettings()
+    gate: GateSettings = GateSettings()
+    benchmarks: BenchmarksSettings | None = Field(None, description="absent: no benchmarks")
+    cycle: CycleSettings = CycleSettings()
+
+    _path: Path | None = PrivateAttr(None)
+    _tables: dict = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def _rules(cls, data, context):
+        if "name" not in data and context.get("stem"):
+            data["name"] = context["stem"]
+        return data, []
+
+    @property
+    def path(self) -> Path:
+        """The task TOML this was read from."""
+        if self._path is None:
+            raise ValueError("settings built in code have no file (use load_settings)")
+        return self._path
+
+    @property
+    def tables(self) -> dict[str, dict]:
+        """The TOML's tables as written: the cycle's identity hashes them (ids stay stable)."""
+        return self._tables
+
+
+def json_schema() -> dict:
+    """The task TOML's JSON Schema (what `evalloop schema` writes, for editors), in draft-07:
+    the newest draft TOML editors (Taplo, Even Better TOML) read; pydantic's `$defs` become
+    draft-07's `definitions`."""
+    text = json.dumps(TaskSettings.model_json_schema()).replace('"#/$defs/', '"#/definitions/')
+    schema = json.loads(text)
+    return {"$schema": "http://json-schema.org/draft-07/schema#", "title": "evalloop task",
+            **{k: v for k, v in schema.items() if k not in ("$defs", "title")},
+            "definitions": schema.get("$defs", {})}
+
+
+# ---------------------------------------------------------------------------- loading
+
+def load_settings(path: str | Path, checks: CheckVocabulary | None = None) -> TaskSettings:
+    """Read and validate a task TOML; raise one ConfigError listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Task file {path} does not exist (expected a task TOML, see README).")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Task file {path} is not valid TOML: {exc}.") from None
+    return parse_settings(raw, path, checks)
+
+
+def parse_settings(raw: dict, path: str | Path, checks: CheckVocabulary | None = None
+                   ) -> TaskSettings:
+    """Validate an already-read TOML document as if it were the file at `path`."""
+    path = Path(path).resolve()
+    context = {"root": path.parent, "stem": path.stem, "checks": checks}
+    try:
+        settings = TaskSettings.model_validate(raw, context=context)
+    except ValidationError as exc:
+        suite_file = (raw.get("suite") or {}).get("file")
+        files = {"suite": (path.parent / suite_file).resolve()} \
+            if isinstance(suite_file, str) else {}
+        raise ConfigError(problems_message(exc, TaskSettings, path, files)) from None
+    settings._path = path
+    settings._tables = {k: v for k, v in raw.items() if isinstance(v, dict)}
+    return settings
+
+
+def with_overrides(settings: TaskSettings, section: str, **changes: Any) -> Any:
+    """One section validated again from its TOML table with some keys replaced (command-line
+    flags), e.g. `with_overrides(s, "targeted", n=50)`; problems read as load_settings's do."""
+    data = {**settings.tables.get(section, {}), **changes}
+    kind = submodel(TaskSettings, section)
+    try:
+        return kind.model_validate(data, context={"root": settings.path.parent})
+    except ValidationError as exc:
+        raise ConfigError(problems_message(exc, TaskSettings, settings.path,
+                                           prefix=(section,))) from None

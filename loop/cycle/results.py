@@ -1,0 +1,194 @@
+"""What each cycle stage returns: frozen records, read by attribute. Each has `to_json()`, the
+exact JSON the cycle has always stored in `cycle_stages.result` (a resumed cycle reads it back with
+`from_json`, and the app and bench scripts read the stored JSON), so old stores resume unchanged.
+
+    eval_champion_dev -> DevEvalResult       failures  -> FailuresResult
+    targeted          -> TargetedResult      train     -> TrainStageResult
+    eval_candidate    -> CandidateEvalResult arena     -> ArenaResult
+    benchmarks        -> BenchmarksResult    gate      -> PromotionDecision
+    report            -> ReportResult
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from loop.cycle.gate import PromotionDecision
+from loop.evaluation.evaluate import EvalSummary
+from loop.targeted.pairs import PairsResult
+from loop.targeted.stage import TargetedResult
+
+
+@dataclass(frozen=True)
+class DevEvalResult:
+    """The champion's dev evaluation, whose failures the cycle targets."""
+
+    run_id: str
+    summary: EvalSummary  # without per-item outcomes
+
+    def to_json(self) -> dict:
+        return {"run_id": self.run_id, "summary": self.summary.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> DevEvalResult:
+        return cls(data["run_id"], EvalSummary.from_json(data["summary"]))
+
+
+@dataclass(frozen=True)
+class FailuresResult:
+    """The dev run's stored failures (loop.failures.stage.failure_summary): rows as the CLI and
+    the report show them."""
+
+    run_id: str
+    n_items: int
+    n_failures: int
+    categories: tuple[dict, ...]  # {category, count, share, examples}
+    signatures: tuple[dict, ...]  # {signature, count, share, examples}
+    clusters: tuple[dict, ...]  # {cluster_id, label, size, share, example_ids, ...}
+
+    def to_json(self) -> dict:
+        return {"run_id": self.run_id, "n_items": self.n_items, "n_failures": self.n_failures,
+                "categories": list(self.categories), "signatures": list(self.signatures),
+                "clusters": list(self.clusters)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> FailuresResult:
+        return cls(data["run_id"], data["n_items"], data["n_failures"],
+                   tuple(data["categories"]), tuple(data.get("signatures", ())),
+                   tuple(data["clusters"]))
+
+
+@dataclass(frozen=True)
+class TrainStageResult:
+    """The candidate: the adapter trained by SFT, DPO or SFT then DPO ([training] method)."""
+
+    method: str
+    train_id: str
+    adapter_dir: str
+    candidate_name: str  # base+adapter_dir
+    model_id: str
+    steps: int
+    train_loss: float | None
+    best_eval_loss: float | None
+    tokens_per_s: float
+    elapsed_s: float
+    sft_adapter_dir: str | None = None  # "sft" and "sft+dpo"
+    pairs: PairsResult | None = None  # "dpo" and "sft+dpo"
+    dpo_skipped: str | None = None  # "sft+dpo" without preference pairs: why
+
+    def to_json(self) -> dict:
+        head = {"method": self.method}
+        if self.sft_adapter_dir is not None:
+            head["sft_adapter_dir"] = self.sft_adapter_dir
+        if self.pairs is not None:
+            head["pairs"] = self.pairs.to_json()
+        if self.dpo_skipped is not None:
+            head["dpo_skipped"] = self.dpo_skipped
+        tail = {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("method", "sft_adapter_dir", "pairs", "dpo_skipped")}
+        return {**head, **tail}
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainStageResult:
+        pairs = data.get("pairs")
+        return cls(**{**data, "pairs": PairsResult.from_json(pairs) if pairs else None})
+
+
+@dataclass(frozen=True)
+class CandidateEvalResult:
+    """The candidate on dev and test, and the champion on test, with per-item outcomes."""
+
+    candidate_dev: EvalSummary
+    candidate_test: EvalSummary
+    champion_test: EvalSummary
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name).to_json(outcomes=True) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> CandidateEvalResult:
+        return cls(**{f.name: EvalSummary.from_json(data[f.name]) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class ArenaResult:
+    """Pairwise judging of champion vs candidate and the task's leaderboard ([cycle] arena)."""
+
+    skipped: bool = False
+    judged: int = 0
+    new_matches: int = 0
+    judge: str | None = None
+    errors: int = 0
+    ratings: dict[str, float] = field(default_factory=dict)  # model name -> Bradley-Terry
+    leaderboard: tuple[dict, ...] = ()
+    plot: str | None = None
+
+    def to_json(self) -> dict:
+        if self.skipped:
+            return {"skipped": True}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "skipped"}
+        data["leaderboard"] = list(self.leaderboard)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> ArenaResult:
+        if data.get("skipped"):
+            return cls(skipped=True)
+        return cls(**{**data, "leaderboard": tuple(data.get("leaderboard", ()))})
+
+
+@dataclass(frozen=True)
+class BenchmarksResult:
+    """Benchmark deltas (candidate - champion) per "task/metric", with their standard errors."""
+
+    deltas: dict[str, float] = field(default_factory=dict)
+    delta_se: dict[str, float] = field(default_factory=dict)
+    limit: int | None = None
+    champion: dict[str, float] = field(default_factory=dict)
+    candidate: dict[str, float] = field(default_factory=dict)
+    skipped: bool = False
+    reason: str | None = None  # why skipped
+
+    def to_json(self) -> dict:
+        if self.skipped:
+            return {"skipped": True, "deltas": self.deltas, "reason": self.reason}
+        return {"limit": self.limit, "deltas": self.deltas, "delta_se": self.delta_se,
+                "champion": self.champion, "candidate": self.candidate}
+
+    @classmethod
+    def from_json(cls, data: dict) -> BenchmarksResult:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    path: str  # the HTML report
+
+    def to_json(self) -> dict:
+        return {"path": self.path}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ReportResult:
+        return cls(data["path"])
+
+
+@dataclass
+class CycleResults:
+    """What the stages returned so far; the runner fills one field per finished stage."""
+
+    eval_champion_dev: DevEvalResult | None = None
+    failures: FailuresResult | None = None
+    targeted: TargetedResult | None = None
+    train: TrainStageResult | None = None
+    eval_candidate: CandidateEvalResult | None = None
+    arena: ArenaResult | None = None
+    benchmarks: BenchmarksResult | None = None
+    gate: PromotionDecision | None = None
+    report: ReportResult | None = None
+
+
+RESULT_TYPES = {"eval_champion_dev": DevEvalResult, "failures": FailuresResult,
+                "targeted": TargetedResult, "train": TrainStageResult,
+                "eval_candidate": CandidateEvalResult, "arena": ArenaResult,
+                "benchmarks": BenchmarksResult, "gate": PromotionDecision,
+                "report": ReportResult}
