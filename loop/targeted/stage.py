@@ -115,8 +115,9 @@ class _Memo:
 def default_embedder(store: Store):
     """The scoring side's embedder (default all-MiniLM-L6-v2), cached in the store."""
     from evals.similarity import CachedEmbedder
+    from loop.store.embeddings import EmbeddingCache
 
-    return CachedEmbedder(store)
+    return CachedEmbedder(EmbeddingCache(store))
 
 
 # ---------------------------------------------------------------------------- the stage
