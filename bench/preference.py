@@ -82,7 +82,7 @@ def _benchmarks(store, task, models: dict[str, str], limit: int) -> dict:
 
 
 def run_task(task_path: Path, workspace: Path, args) -> dict:
-    from evals.arena import compute_leaderboard, judge_entrants, write_matches, Entrant
+    from loop.evaluation.arena import compute_leaderboard, judge_entrants, write_matches, Entrant
     from loop.cycle.run import validate_sections
     from loop.evaluation.evaluate import evaluate
     from loop.store.db import Store

@@ -241,8 +241,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_arena(args: argparse.Namespace) -> int:
-    from evals.arena import format_leaderboard, run_arena
+    from evals.arena import format_leaderboard
     from evals.judges import check_judge, endpoint_completer, local_completer
+    from loop.evaluation.arena import run_arena
     from loop.models.loading import parse_model_name
     from loop.store.db import Store
     from loop.data.tasks import load_task
@@ -272,8 +273,8 @@ def cmd_arena(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from evals.arena import compute_leaderboard, format_leaderboard, judge_agreement, \
-        write_heatmap
+    from evals.arena import format_leaderboard
+    from loop.evaluation.arena import compute_leaderboard, judge_agreement, write_heatmap
     from loop.store.db import Store
     from loop.data.tasks import load_task
 

@@ -142,7 +142,7 @@ def eval_candidate(ctx: CycleContext) -> dict:
 
 
 def arena(ctx: CycleContext) -> dict:
-    from evals.arena import run_arena
+    from loop.evaluation.arena import run_arena
 
     if not ctx.config.arena:
         return {"skipped": True}
