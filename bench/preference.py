@@ -70,7 +70,8 @@ def _dpo(store, task, workspace: Path, model: str, steps: int, config, dev_limit
 def _benchmarks(store, task, models: dict[str, str], limit: int) -> dict:
     """Headline metric per benchmark and arm, and each arm's delta against the base (the task's
     [benchmarks] tasks, data and backend, as the cycle runs them)."""
-    from evals.benchmarks import headline, run_benchmarks, settings_from_section
+    from evals.benchmarks import headline, settings_from_section
+    from loop.evaluation.benchmarks import run_benchmarks
 
     section = task.config.section("benchmarks") or {}
     settings = settings_from_section(section, task.config.path.parent)

@@ -219,7 +219,8 @@ def _export_mode(args: argparse.Namespace) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from evals.benchmarks import format_table, run_benchmarks, to_json
+    from evals.benchmarks import format_table, to_json
+    from loop.evaluation.benchmarks import run_benchmarks
     from evals.benchmark_tasks import DEFAULT_TASKS
     from loop.store.db import Store
 

@@ -20,6 +20,8 @@ from datetime import datetime
 from pathlib import Path
 
 from loop.core.errors import EvalloopError
+from loop.store import benchmarks as benchmark_queries
+from loop.store import runs as run_queries
 from loop.store.db import Store
 
 ITEM_COLUMNS = ("run_id", "task_id", "model_id", "split", "example_id", "category", "passed",
@@ -111,22 +113,13 @@ def export_items(store: Store, run: str, out: Path, fmt: str) -> tuple[Path, int
 
 def benchmark_rows(store: Store, model: str, model_id: str | None) -> list[dict]:
     """The latest stored run of each benchmark of one model (by fingerprint, else by name or
-    id). No store helper reads all of a model's benchmarks; the SQL lives here."""
-    if "benchmark_results" not in store.tables():
-        rows = []
-    else:
-        rows = store.query("SELECT * FROM benchmark_results WHERE model_id = ? "
-                           "ORDER BY created_at, benchmark", [model_id]) if model_id else []
-        rows = rows or store.query(
-            "SELECT * FROM benchmark_results WHERE model_id = ? OR model_name = ? "
-            "ORDER BY created_at, benchmark", [model, model])
+    id)."""
+    rows = benchmark_queries.model_results(store, model, model_id)
     if not rows:
-        known = store.query("SELECT DISTINCT model_name FROM benchmark_results ORDER BY 1") \
-            if "benchmark_results" in store.tables() else []
+        known = benchmark_queries.benchmarked_models(store)
         raise ExportError(f"No benchmark results for model '{model}' in {store.path}: run "
                           f"`evalloop bench --model {model}` first."
-                          + (f" Models with results: {', '.join(r['model_name'] for r in known)}."
-                             if known else ""))
+                          + (f" Models with results: {', '.join(known)}." if known else ""))
     rows = [r for r in rows if r["model_id"] == rows[-1]["model_id"]]  # a reused name: newest
     latest: dict[str, tuple] = {}  # benchmark -> run key of its newest run
     for r in rows:  # ascending created_at: the last one wins

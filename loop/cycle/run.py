@@ -152,30 +152,16 @@ def arena(ctx: CycleContext) -> dict:
 
 
 def benchmarks(ctx: CycleContext) -> dict:
-    from evals.benchmarks import headline, run_benchmarks, settings_from_section
+    from evals.benchmarks import settings_from_section
+    from loop.evaluation.benchmarks import paired_deltas
 
     section = ctx.task.config.section("benchmarks")
     if not ctx.config.benchmarks or not section:
         return {"skipped": True, "deltas": {},
                 "reason": "no [benchmarks] section" if not section else "disabled in [cycle]"}
     settings = settings_from_section(section, ctx.task.config.path.parent)
-    limit = settings.limit or DEFAULT_BENCHMARK_LIMIT
-    runs, errs = {}, {}
-    for role, model in (("champion", ctx.champion.model_name), ("candidate", ctx.candidate_name)):
-        results = [r for r in headline(run_benchmarks(
-            ctx.store, model, settings.tasks, limit, settings.data_dir, settings.backend,
-            progress=ctx.progress, seed=ctx.config.seed))
-            if r.task == r.benchmark and r.value is not None and r.higher_is_better is not False]
-        runs[role] = {(r.benchmark, r.metric): r.value for r in results}
-        errs[role] = {(r.benchmark, r.metric): r.stderr or 0.0 for r in results}
-    shared = [k for k in runs["champion"] if k in runs["candidate"]]
-    deltas = {f"{b}/{m}": runs["candidate"][(b, m)] - runs["champion"][(b, m)] for b, m in shared}
-    # unpaired standard error of the difference: conservative for the same items
-    delta_se = {f"{b}/{m}": (errs["candidate"][(b, m)] ** 2 + errs["champion"][(b, m)] ** 2) ** 0.5
-                for b, m in shared}
-    return {"limit": limit, "deltas": deltas, "delta_se": delta_se,
-            "champion": {f"{b}/{m}": v for (b, m), v in runs["champion"].items()},
-            "candidate": {f"{b}/{m}": v for (b, m), v in runs["candidate"].items()}}
+    return paired_deltas(ctx.store, ctx.champion.model_name, ctx.candidate_name, settings,
+                         settings.limit or DEFAULT_BENCHMARK_LIMIT, ctx.config.seed, ctx.progress)
 
 
 def gate(ctx: CycleContext) -> dict:
