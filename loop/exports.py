@@ -41,17 +41,16 @@ class ExportError(EvalloopError):
 
 def resolve_run(store: Store, run: str) -> dict:
     """An eval run by id, unique id prefix, or `latest` (the last finished one)."""
-    sql = "SELECT * FROM runs WHERE kind = 'eval' AND status = 'done' "
     if run.lower() == "latest":
-        rows = store.query(sql + "ORDER BY finished_at DESC NULLS LAST LIMIT 1")
+        rows = run_queries.finished_eval_runs(store, 1)
     else:
-        rows = store.query(sql + "AND starts_with(run_id, ?) ORDER BY run_id", [run])
+        rows = run_queries.finished_eval_runs_by_prefix(store, run)
     if len(rows) == 1:
         return rows[0]
     if rows:
         raise ExportError(f"Run id prefix '{run}' matches {len(rows)} eval runs "
                           f"({', '.join(r['run_id'] for r in rows[:5])}); give more characters.")
-    recent = store.query(sql + "ORDER BY finished_at DESC NULLS LAST LIMIT 5")
+    recent = run_queries.finished_eval_runs(store, 5)
     known = ", ".join(f"{r['run_id']} ({r['task_id']}/{r['split']})" for r in recent)
     raise ExportError(f"No finished eval run '{run}' in {store.path}. "
                       + (f"Recent runs: {known}." if known else "Run `evalloop eval` first."))
@@ -59,19 +58,8 @@ def resolve_run(store: Store, run: str) -> dict:
 
 def run_item_rows(store: Store, run_id: str) -> list[dict]:
     """One row per item of an eval run: reference, prediction, and for failures the failed
-    checks, signatures and cluster. (No store helper joins these; the SQL lives here.)"""
-    rows = store.query("""
-        SELECT r.run_id, r.task_id, r.model_id, r.split, ri.example_id, e.category,
-               f.example_id IS NULL AS passed, e.instruction, e.input, e.output AS reference,
-               p.output AS prediction, f.failed_checks, f.signatures,
-               f.categories AS failure_categories, f.similarity, f.cluster_id, p.latency_s
-        FROM run_items ri
-        JOIN runs r ON r.run_id = ri.run_id
-        JOIN examples e ON e.task_id = r.task_id AND e.split = r.split
-             AND e.example_id = ri.example_id
-        JOIN predictions p ON p.prediction_id = ri.prediction_id
-        LEFT JOIN failures f ON f.run_id = ri.run_id AND f.example_id = ri.example_id
-        WHERE ri.run_id = ? ORDER BY ri.example_id""", [run_id])
+    checks, signatures and cluster; list columns as lists (never None)."""
+    rows = run_queries.run_item_rows(store, run_id)
     for row in rows:
         for column in LIST_COLUMNS:
             row[column] = list(row[column] or [])
