@@ -299,7 +299,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
-    from loop.store.app_queries import serve
+    from loop.app.serve import serve
 
     return serve(args.workspace, args.host, args.port, args.allow_remote)
 
@@ -400,12 +400,13 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from loop.cycle import runstate
     from loop.core.errors import ConfigError
+    from loop.store import cycles
     from loop.store.db import Store
     from loop.data.tasks import load_task
 
     task = load_task(args.task)
     with Store(args.workspace) as store:
-        history = runstate.champion_history(store, task.name)
+        history = cycles.champion_history(store, task.name)
         if not history:
             raise ConfigError(f"Task '{task.name}' has no champion history to roll back.")
         previous = history[-2] if len(history) > 1 else None

@@ -22,6 +22,7 @@ from loop.cycle.gate import GateConfig, GateInputs, decide
 from loop.models.loading import DEFAULT_MODEL, fingerprint, parse_model_name
 from loop.core import faults
 from loop.cycle import runstate
+from loop.store import cycles
 from loop.store.db import Store, now
 from loop.data.tasks import Task, load_task
 
@@ -256,7 +257,7 @@ def run_cycle(task_path: str | Path, workspace: str | Path, force: bool = False,
         cycle_id, finished = runstate.open_cycle(store, task.name, champion, inputs, force)
         ctx = CycleContext(store, task, workspace, cycle_id, champion, config, progress, deadline)
         for stage in STAGES:
-            done = runstate.stage_result(store, cycle_id, stage.__name__)
+            done = cycles.stage_result(store, cycle_id, stage.__name__)
             if done is not None:
                 ctx.results[stage.__name__] = done
                 continue
@@ -274,11 +275,11 @@ def run_cycle(task_path: str | Path, workspace: str | Path, force: bool = False,
             runstate.mark_stage(store, cycle_id, stage.__name__, "done",
                                 ctx.results[stage.__name__])
             if stage is train:
-                runstate.set_candidate(store, cycle_id, ctx.results["train"]["model_id"],
+                cycles.set_candidate(store, cycle_id, ctx.results["train"]["model_id"],
                                        ctx.candidate_name)
         summary = summarize(ctx, already_finished=finished)
         if not finished:
-            runstate.finish_cycle(store, cycle_id, summary)
+            cycles.finish_cycle(store, cycle_id, summary)
         return summary
 
 
@@ -300,7 +301,7 @@ def _stage_items(results: dict) -> dict[str, tuple[float, str]]:
 
 def stage_times(ctx: CycleContext) -> dict[str, dict]:
     """Per stage: wall seconds and, where a stage processes countable items, items/s."""
-    seconds = runstate.stage_seconds(ctx.store, ctx.cycle_id)
+    seconds = cycles.stage_seconds(ctx.store, ctx.cycle_id)
     items = _stage_items(ctx.results)
     out = {}
     for stage in STAGES:

@@ -56,3 +56,21 @@ def verdicts(store: Store, task_id: str | None = None, judge: str | None = None)
 
 def put_rating_snapshot(store: Store, row: dict) -> None:
     store.insert("rating_snapshots", [row])
+
+
+def matches_with_outputs(store: Store, task_id: str) -> list[dict]:
+    """Stored matches of the task with both models' outputs on the item (each model's latest
+    finished evaluation that answered it)."""
+    return store.query("""
+        WITH outs AS (
+            SELECT r.model_id, ri.example_id, p.output FROM runs r
+            JOIN run_items ri USING (run_id) JOIN predictions p USING (prediction_id)
+            WHERE r.kind = 'eval' AND r.status = 'done' AND r.task_id = ?
+            QUALIFY row_number() OVER (PARTITION BY r.model_id, ri.example_id
+                                       ORDER BY r.finished_at DESC NULLS LAST, r.run_id) = 1)
+        SELECT m.match_id, m.example_id, m.model_a, m.model_b, m.judge, m.verdict, m.voter,
+               a.output AS output_a, b.output AS output_b
+        FROM matches m
+        LEFT JOIN outs a ON a.model_id = m.model_a AND a.example_id = m.example_id
+        LEFT JOIN outs b ON b.model_id = m.model_b AND b.example_id = m.example_id
+        WHERE m.task_id = ? ORDER BY m.created_at, m.match_id""", [task_id, task_id])
