@@ -19,12 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("loop", "evals")
 TOP_MODULES = ("app.py",)
 
-# importer prefix -> the only `loop` modules it may import (by prefix); None = any
+# importer prefix -> the only `loop` modules it may import (by prefix)
 LOOP_ALLOWED = {
     "evals": ("loop.core", "loop.models"),
     "loop.core": ("loop.core",),
     "loop.models": ("loop.core", "loop.models"),
+    "loop.store": ("loop.core", "loop.store"),
 }
+BELOW_SCORING = ("loop.core", "loop.models", "loop.store")  # never import evals
 SQL = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE\s+\w+\s+SET|"
                  r"DELETE\s+FROM|CREATE\s+(OR\s+REPLACE\s+)?(TABLE|INDEX|VIEW)|ALTER\s+TABLE)\b",
                  re.DOTALL)
@@ -123,9 +125,10 @@ def layer_violations(edges: list[Edge]) -> list[str]:
                     and not any(_inside(e.imported, a) for a in allowed)):
                 out.append(f"{e.importer}:{e.line} imports {e.imported} (a {importer} module may "
                            f"import from loop only {', '.join(allowed)})")
-        if _inside(e.importer, "loop.core") and _inside(e.imported, "evals"):
-            out.append(f"{e.importer}:{e.line} imports {e.imported} (loop.core is the bottom "
-                       "layer)")
+        below = next((b for b in BELOW_SCORING if _inside(e.importer, b)), None)
+        if below and _inside(e.imported, "evals"):
+            out.append(f"{e.importer}:{e.line} imports {e.imported} ({below} is below the "
+                       "scoring layer)")
     return out
 
 
@@ -231,7 +234,9 @@ def test_a_clean_synthetic_tree_passes(tmp_path):
     ({"evals/score.py": "from loop import stage\n"}, "evals.score:1 imports loop.stage"),
     ({"loop/core/records.py": "from ..store import db\n"}, "loop.core.records:1 imports "
                                                            "loop.store.db"),
-    ({"loop/core/records.py": "import evals.score\n"}, "loop.core is the bottom layer"),
+    ({"loop/core/records.py": "import evals.score\n"}, "loop.core is below the scoring layer"),
+    ({"loop/store/db.py": "from evals.score import x\n"}, "loop.store is below the scoring"),
+    ({"loop/store/db.py": "import loop.stage\n"}, "loop.store.db:1 imports loop.stage"),
     ({"loop/stage.py": "SQL = ('UPDATE runs '\n       'SET status = ?')\n"},
      "loop/stage.py:1: SQL outside loop/store/"),
     ({"evals/score.py": "x = f'DELETE FROM {name} WHERE 1'\n"}, "evals/score.py:1: SQL outside"),
