@@ -24,7 +24,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 from lm_eval import simple_evaluate  # noqa: E402
 
 from evals import benchmark_tasks as bt  # noqa: E402
-from evals.benchmarks import DEFAULT_SEED, make_lm  # noqa: E402
+from evals.benchmarks import DEFAULT_SEED  # noqa: E402
+from loop.evaluation.benchmarks import make_lm  # noqa: E402
 
 
 def parse_task(spec: str) -> tuple[str, int | None]:

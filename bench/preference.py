@@ -69,8 +69,9 @@ def _dpo(store, task, workspace: Path, model: str, steps: int, config, dev_limit
 def _benchmarks(store, task, models: dict[str, str], limit: int) -> dict:
     """Headline metric per benchmark and arm, and each arm's delta against the base (the task's
     [benchmarks] tasks, data and backend, as the cycle runs them)."""
-    from evals.benchmarks import headline, run_benchmarks
+    from evals.benchmarks import headline
     from loop.core.settings import BenchmarksSettings
+    from loop.evaluation.benchmarks import run_benchmarks
 
     settings = task.settings.benchmarks or BenchmarksSettings()
     values = {arm: {f"{r.task}/{r.metric}": r.value for r in headline(
@@ -81,7 +82,7 @@ def _benchmarks(store, task, models: dict[str, str], limit: int) -> dict:
 
 
 def run_task(task_path: Path, workspace: Path, args) -> dict:
-    from evals.arena import compute_leaderboard, judge_entrants, write_matches, Entrant
+    from loop.evaluation.arena import compute_leaderboard, judge_entrants, write_matches, Entrant
     from loop.evaluation.evaluate import evaluate
     from loop.store.db import Store
     from loop.targeted.stage import random_pool_rows

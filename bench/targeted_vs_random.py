@@ -90,17 +90,18 @@ def _targeted_cycle(task_path: Path, workspace: Path, arm: Arm, cycle: int) -> d
     from loop.cycle import runstate
     from loop.cycle.run import run_cycle
     from loop.models.loading import fingerprint, parse_model_name
+    from loop.store import cycles
     from loop.store.db import Store
     from loop.data.tasks import load_task
 
     with Store(workspace) as store:  # a rerun of the bench reuses the cycles already done
-        done = runstate.finished_cycles(store, load_task(task_path).name)
+        done = cycles.finished_cycles(store, load_task(task_path).name)
     reused = len(done) >= cycle
     summary = done[cycle - 1]["summary"] if reused else run_cycle(task_path, workspace,
                                                                   progress=False)
     with Store(workspace) as store:
-        ev = runstate.stage_result(store, summary["cycle_id"], "eval_candidate")
-        data = runstate.stage_result(store, summary["cycle_id"], "targeted")
+        ev = cycles.stage_result(store, summary["cycle_id"], "eval_candidate")
+        data = cycles.stage_result(store, summary["cycle_id"], "targeted")
         if not summary["gate"]["promote"] and not reused:
             name = summary["candidate"]["name"]
             runstate.set_champion(store, summary["task"], runstate.Champion(

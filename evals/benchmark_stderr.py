@@ -6,7 +6,8 @@ gate then read MMLU's forgetting noise as ±0.000 and an MMLU drop of two items 
 A size-weighted group's value is the mean over all its items, so its standard error is that of
 the item mean, computed here from the per-item scores (lm-eval's logged samples, or the stored
 `benchmark_samples`). It ignores the stratification by subject, which makes it slightly
-conservative. Pure functions; `evals.benchmarks` applies them to fresh and cached results.
+conservative. Pure functions; `evals.benchmarks` applies them to fresh results,
+`loop.evaluation.benchmarks` to cached ones.
 """
 
 from __future__ import annotations

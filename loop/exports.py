@@ -20,6 +20,8 @@ from pathlib import Path
 
 from loop.core.cache import atomic_path, write_atomic
 from loop.core.errors import EvalloopError
+from loop.store import benchmarks as benchmark_queries
+from loop.store import runs as run_queries
 from loop.store.db import Store
 
 ITEM_COLUMNS = ("run_id", "task_id", "model_id", "split", "example_id", "category", "passed",
@@ -39,17 +41,16 @@ class ExportError(EvalloopError):
 
 def resolve_run(store: Store, run: str) -> dict:
     """An eval run by id, unique id prefix, or `latest` (the last finished one)."""
-    sql = "SELECT * FROM runs WHERE kind = 'eval' AND status = 'done' "
     if run.lower() == "latest":
-        rows = store.query(sql + "ORDER BY finished_at DESC NULLS LAST LIMIT 1")
+        rows = run_queries.finished_eval_runs(store, 1)
     else:
-        rows = store.query(sql + "AND starts_with(run_id, ?) ORDER BY run_id", [run])
+        rows = run_queries.finished_eval_runs_by_prefix(store, run)
     if len(rows) == 1:
         return rows[0]
     if rows:
         raise ExportError(f"Run id prefix '{run}' matches {len(rows)} eval runs "
                           f"({', '.join(r['run_id'] for r in rows[:5])}); give more characters.")
-    recent = store.query(sql + "ORDER BY finished_at DESC NULLS LAST LIMIT 5")
+    recent = run_queries.finished_eval_runs(store, 5)
     known = ", ".join(f"{r['run_id']} ({r['task_id']}/{r['split']})" for r in recent)
     raise ExportError(f"No finished eval run '{run}' in {store.path}. "
                       + (f"Recent runs: {known}." if known else "Run `evalloop eval` first."))
@@ -57,19 +58,8 @@ def resolve_run(store: Store, run: str) -> dict:
 
 def run_item_rows(store: Store, run_id: str) -> list[dict]:
     """One row per item of an eval run: reference, prediction, and for failures the failed
-    checks, signatures and cluster. (No store helper joins these; the SQL lives here.)"""
-    rows = store.query("""
-        SELECT r.run_id, r.task_id, r.model_id, r.split, ri.example_id, e.category,
-               f.example_id IS NULL AS passed, e.instruction, e.input, e.output AS reference,
-               p.output AS prediction, f.failed_checks, f.signatures,
-               f.categories AS failure_categories, f.similarity, f.cluster_id, p.latency_s
-        FROM run_items ri
-        JOIN runs r ON r.run_id = ri.run_id
-        JOIN examples e ON e.task_id = r.task_id AND e.split = r.split
-             AND e.example_id = ri.example_id
-        JOIN predictions p ON p.prediction_id = ri.prediction_id
-        LEFT JOIN failures f ON f.run_id = ri.run_id AND f.example_id = ri.example_id
-        WHERE ri.run_id = ? ORDER BY ri.example_id""", [run_id])
+    checks, signatures and cluster; list columns as lists (never None)."""
+    rows = run_queries.run_item_rows(store, run_id)
     for row in rows:
         for column in LIST_COLUMNS:
             row[column] = list(row[column] or [])
@@ -109,22 +99,13 @@ def export_items(store: Store, run: str, out: Path, fmt: str) -> tuple[Path, int
 
 def benchmark_rows(store: Store, model: str, model_id: str | None) -> list[dict]:
     """The latest stored run of each benchmark of one model (by fingerprint, else by name or
-    id). No store helper reads all of a model's benchmarks; the SQL lives here."""
-    if "benchmark_results" not in store.tables():
-        rows = []
-    else:
-        rows = store.query("SELECT * FROM benchmark_results WHERE model_id = ? "
-                           "ORDER BY created_at, benchmark", [model_id]) if model_id else []
-        rows = rows or store.query(
-            "SELECT * FROM benchmark_results WHERE model_id = ? OR model_name = ? "
-            "ORDER BY created_at, benchmark", [model, model])
+    id)."""
+    rows = benchmark_queries.model_results(store, model, model_id)
     if not rows:
-        known = store.query("SELECT DISTINCT model_name FROM benchmark_results ORDER BY 1") \
-            if "benchmark_results" in store.tables() else []
+        known = benchmark_queries.benchmarked_models(store)
         raise ExportError(f"No benchmark results for model '{model}' in {store.path}: run "
                           f"`evalloop bench --model {model}` first."
-                          + (f" Models with results: {', '.join(r['model_name'] for r in known)}."
-                             if known else ""))
+                          + (f" Models with results: {', '.join(known)}." if known else ""))
     rows = [r for r in rows if r["model_id"] == rows[-1]["model_id"]]  # a reused name: newest
     latest: dict[str, tuple] = {}  # benchmark -> run key of its newest run
     for r in rows:  # ascending created_at: the last one wins

@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evals.arena import (Entrant, build_pairs, compute_leaderboard, evaluate_entrants,
-                         format_leaderboard, judge_agreement, judge_entrants, run_arena,
-                         write_heatmap, write_matches)
+from evals.arena import format_leaderboard
 from evals.judges import LocalCompleter, human_matches
 from loop.core.errors import ConfigError
 from loop.core.records import content_hash
 from loop.store.db import Store, now
 from loop.data.tasks import load_task
+from loop.evaluation.arena import (Entrant, build_pairs, compute_leaderboard, evaluate_entrants,
+                                   judge_agreement, judge_entrants, run_arena, write_heatmap,
+                                   write_matches)
 
 
 class LetterEmbedder:
@@ -203,3 +204,24 @@ def test_run_arena_on_the_tiny_model_with_a_tiny_llm_judge(tiny_task, workspace,
             "SELECT detail->>'judged_by' AS judged_by FROM matches WHERE judge = 'llm'")} == {
             "tiny-random"}
     assert Path(ref["plot"]).is_file()
+
+
+def test_the_scoring_side_pairs_judges_and_rates_without_a_store():
+    """evals.arena on plain records: no store, no evaluation stage."""
+    from evals import arena as pairwise
+    from loop.core.records import Example
+
+    examples = {f"e{i}": Example(f"e{i}", "colour?", colour, split="test")
+                for i, colour in enumerate(["red", "blue", "green"])}
+    right = {k: {"output": e.output, "passed": True} for k, e in examples.items()}
+    wrong = {k: {"output": "purple", "passed": False} for k in list(examples)[:2]}
+    pairs = pairwise.pair_items(examples, right, wrong, None, LetterEmbedder())
+    assert [p.example_id for p in pairs] == ["e0", "e1"]  # only items both answered
+    blank = pairwise.pending_matches("t", "right", "wrong", pairs, "reference")
+    matches = pairwise.judge_pairs(blank, pairs)
+    assert [m.verdict for m in matches] == ["A", "A"]
+    assert [m.match_id for m in matches] == [m.match_id for m in blank]
+    rows = [m.row(now()) for m in matches]
+    board = pairwise.leaderboard(pairwise.match_outcomes(rows), {"right": "R"}, n_boot=20)
+    assert [(r["model"], r["wins"]) for r in board] == [("R", 2), ("wrong", 0)]
+    assert pairwise.judge_agreement(rows) == {"reference": {"agreement": None, "shared": 0}}

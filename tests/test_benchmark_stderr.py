@@ -8,7 +8,8 @@ from dataclasses import replace
 import pytest
 
 from evals import benchmark_stderr as gs
-from evals.benchmarks import cached_results, result_rows, sample_rows, save
+from evals.benchmarks import result_rows, sample_rows
+from loop.evaluation.benchmarks import cached_results, save
 from loop.store.db import Store, now
 
 # mmlu -> (mmlu_stem -> mmlu_a, mmlu_b), mmlu_c; mmlu_a has one item, so lm-eval says "N/A"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import random_adapter
-from evals.benchmarks import run_benchmarks
+from loop.evaluation.benchmarks import run_benchmarks
 from loop.core.errors import BenchmarkDataError
 from loop.store.db import Store
 

@@ -213,7 +213,8 @@ def lm_eval_output() -> dict:
 
 
 def store_benchmarks(workspace: Path, out: dict) -> list:
-    from evals.benchmarks import result_rows, save
+    from evals.benchmarks import result_rows
+    from loop.evaluation.benchmarks import save
 
     rows = []
     for benchmark, keys in (("arc_easy", ["arc_easy"]),

@@ -129,10 +129,11 @@ def test_fixed_instruction_task_splits_into_clusters_by_kind_with_real_embedder(
     from evals.similarity import CachedEmbedder, Embedder
     from loop.core.prompts import user_message
     from loop.store.db import Store
+    from loop.store.embeddings import EmbeddingCache
 
     examples, failures = _fixed_instruction_failures()
     with Store(workspace) as store:
-        embedder = CachedEmbedder(store, Embedder())
+        embedder = CachedEmbedder(EmbeddingCache(store), Embedder())
         whole = fl._unit(embedder.encode([user_message(e) for e in examples]))
         vectors = embedder.encode([f.text for f in failures])
     one = fl._cluster_labels(whole, fl._key_matrix([("x",)] * len(whole)), 0.35, weight=0.0)

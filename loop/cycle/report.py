@@ -20,8 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from loop.cycle.gate import PromotionDecision  # noqa: E402
 from loop.cycle.results import CycleResults  # noqa: E402
-from loop.cycle.runstate import stage_seconds  # noqa: E402
+from loop.store.cycles import stage_seconds  # noqa: E402
 from loop.store.db import Store  # noqa: E402
+from loop.store.training import loss_curve  # noqa: E402
 from loop.data.tasks import Task  # noqa: E402
 
 
@@ -94,10 +95,7 @@ def _distribution_lines(dist: dict | None, top: int = 20) -> list[str]:
 
 
 def _loss_plot(store: Store, train_id: str | None, path: Path) -> Path | None:
-    if not train_id or "train_logs" not in store.tables():
-        return None
-    rows = store.query("SELECT step, loss, eval_loss FROM train_logs WHERE train_id = ? "
-                       "ORDER BY step", [train_id])
+    rows = loss_curve(store, train_id) if train_id else []
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(5, 3.2))

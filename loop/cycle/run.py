@@ -25,6 +25,7 @@ from loop.cycle.gate import GateInputs, PromotionDecision, decide
 from loop.cycle.results import (RESULT_TYPES, ArenaResult, BenchmarksResult, CandidateEvalResult,
                                 CycleResults, DevEvalResult, FailuresResult, ReportResult,
                                 TrainStageResult)
+from loop.store import cycles
 from loop.data.tasks import Task, load_task
 from loop.evaluation.evaluate import EvalSummary, evaluate
 from loop.models.loading import fingerprint, parse_model_name
@@ -129,7 +130,7 @@ def eval_candidate(ctx: CycleContext) -> CandidateEvalResult:
 
 
 def arena(ctx: CycleContext) -> ArenaResult:
-    from evals.arena import run_arena
+    from loop.evaluation.arena import run_arena
 
     if not ctx.settings.cycle.arena:
         return ArenaResult(skipped=True)
@@ -139,30 +140,15 @@ def arena(ctx: CycleContext) -> ArenaResult:
 
 
 def benchmarks(ctx: CycleContext) -> BenchmarksResult:
-    from evals.benchmarks import headline, run_benchmarks
+    from loop.evaluation.benchmarks import paired_deltas
 
     settings = ctx.settings.benchmarks
     if not ctx.settings.cycle.benchmarks or settings is None:
         return BenchmarksResult(skipped=True, reason="no [benchmarks] section" if settings is None
                                 else "disabled in [cycle]")
-    limit = settings.limit or DEFAULT_BENCHMARK_LIMIT
-    runs, errs = {}, {}
-    for role, model in (("champion", ctx.champion.model_name), ("candidate", ctx.candidate_name)):
-        results = [r for r in headline(run_benchmarks(
-            ctx.store, model, settings.tasks, limit, settings.data_dir, settings.backend,
-            progress=ctx.progress, seed=ctx.settings.cycle.seed))
-            if r.task == r.benchmark and r.value is not None and r.higher_is_better is not False]
-        runs[role] = {(r.benchmark, r.metric): r.value for r in results}
-        errs[role] = {(r.benchmark, r.metric): r.stderr or 0.0 for r in results}
-    shared = [k for k in runs["champion"] if k in runs["candidate"]]
-    deltas = {f"{b}/{m}": runs["candidate"][(b, m)] - runs["champion"][(b, m)] for b, m in shared}
-    # unpaired standard error of the difference: conservative for the same items
-    delta_se = {f"{b}/{m}": (errs["candidate"][(b, m)] ** 2 + errs["champion"][(b, m)] ** 2) ** 0.5
-                for b, m in shared}
-    return BenchmarksResult(
-        limit=limit, deltas=deltas, delta_se=delta_se,
-        champion={f"{b}/{m}": v for (b, m), v in runs["champion"].items()},
-        candidate={f"{b}/{m}": v for (b, m), v in runs["candidate"].items()})
+    return BenchmarksResult(**paired_deltas(
+        ctx.store, ctx.champion.model_name, ctx.candidate_name, settings,
+        settings.limit or DEFAULT_BENCHMARK_LIMIT, ctx.settings.cycle.seed, ctx.progress))
 
 
 def gate(ctx: CycleContext) -> PromotionDecision:
@@ -228,7 +214,7 @@ def run_cycle(task_path: str | Path, workspace: str | Path, force: bool = False,
         ctx = CycleContext(store, task, workspace, cycle_id, champion, progress, deadline)
         for stage in STAGES:
             name = stage.__name__
-            done = runstate.stage_result(store, cycle_id, name)
+            done = cycles.stage_result(store, cycle_id, name)
             if done is not None:
                 setattr(ctx.results, name, RESULT_TYPES[name].from_json(done))
                 continue
@@ -246,10 +232,10 @@ def run_cycle(task_path: str | Path, workspace: str | Path, force: bool = False,
             setattr(ctx.results, name, result)
             runstate.mark_stage(store, cycle_id, name, "done", result.to_json())
             if stage is train:
-                runstate.set_candidate(store, cycle_id, result.model_id, ctx.candidate_name)
+                cycles.set_candidate(store, cycle_id, result.model_id, ctx.candidate_name)
         summary = summarize(ctx, already_finished=finished)
         if not finished:
-            runstate.finish_cycle(store, cycle_id, summary)
+            cycles.finish_cycle(store, cycle_id, summary)
         return summary
 
 
@@ -271,7 +257,7 @@ def _stage_items(results: CycleResults) -> dict[str, tuple[float, str]]:
 
 def stage_times(ctx: CycleContext) -> dict[str, dict]:
     """Per stage: wall seconds and, where a stage processes countable items, items/s."""
-    seconds = runstate.stage_seconds(ctx.store, ctx.cycle_id)
+    seconds = cycles.stage_seconds(ctx.store, ctx.cycle_id)
     items = _stage_items(ctx.results)
     out = {}
     for stage in STAGES:

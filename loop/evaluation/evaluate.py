@@ -149,10 +149,11 @@ def _score_and_store(store: Store, task: Task, examples, outputs, pred_ids, run_
     from evals.scoring import score_predictions
     from evals.similarity import CachedEmbedder
     from loop.failures.stage import record_failures
+    from loop.store.embeddings import EmbeddingCache
 
     suite = load_suite(task.settings)
-    embedder = CachedEmbedder(store)
-    item_scores, similarities = score_predictions(store, suite, examples, outputs, embedder)
+    embedder = CachedEmbedder(EmbeddingCache(store))
+    item_scores, similarities = score_predictions(suite, examples, outputs, embedder)
     rows, by_cat, by_check = [], defaultdict(list), defaultdict(list)
     for example, pid, item in zip(examples, pred_ids, item_scores):
         by_cat[example.category].append(item.passed)

@@ -12,6 +12,8 @@ from loop.failures.clusters import cluster_failures, cluster_row, collect_failur
     summarize
 from loop.core.prompts import user_message
 from loop.core.records import Example
+from loop.store import failures as failure_queries
+from loop.store import runs as run_queries
 from loop.store.db import Store
 from loop.core.template import Template
 
@@ -35,20 +37,18 @@ def record_failures(store: Store, run_id: str, task_id: str, model_id: str, spli
     vectors = embedder.encode([f.text for f in failures])
     clusters = cluster_failures(failures, vectors)
     member_of = {eid: c.cluster_id for c in clusters for eid in c.example_ids}
-    with store.transaction():
-        store.execute("DELETE FROM failures WHERE run_id = ?", [run_id])
-        store.execute("DELETE FROM clusters WHERE run_id = ?", [run_id])
-        store.insert("failures", [{
-            "run_id": run_id, "example_id": f.example_id, "prediction_id": f.prediction_id,
-            "task_id": task_id, "model_id": model_id, "split": split,
-            "categories": list(f.categories), "failed_checks": list(f.failed_checks),
-            "similarity": f.similarity, "cluster_id": member_of.get(f.example_id),
-            "signatures": list(f.signatures)} for f in failures])
-        store.insert("clusters", [{
-            "cluster_id": c.cluster_id, "run_id": run_id, "label": c.label,
-            "dominant_category": c.dominant_category, "top_terms": list(c.top_terms),
-            "size": c.size, "example_ids": list(c.example_ids), "seed": seed,
-            "signatures": list(c.signatures)} for c in clusters])
+    failure_rows = [{
+        "run_id": run_id, "example_id": f.example_id, "prediction_id": f.prediction_id,
+        "task_id": task_id, "model_id": model_id, "split": split,
+        "categories": list(f.categories), "failed_checks": list(f.failed_checks),
+        "similarity": f.similarity, "cluster_id": member_of.get(f.example_id),
+        "signatures": list(f.signatures)} for f in failures]
+    cluster_rows = [{
+        "cluster_id": c.cluster_id, "run_id": run_id, "label": c.label,
+        "dominant_category": c.dominant_category, "top_terms": list(c.top_terms),
+        "size": c.size, "example_ids": list(c.example_ids), "seed": seed,
+        "signatures": list(c.signatures)} for c in clusters]
+    failure_queries.replace_run_failures(store, run_id, failure_rows, cluster_rows)
     return summarize(failures, clusters, len(examples))
 
 
@@ -56,8 +56,7 @@ def task_template(store: Store, task_id: str,
                   fallback: Sequence[Example]) -> tuple[Template, frozenset[str]]:
     """The shared template of the task's user messages and its label set, fitted on every
     stored item of the task (the given examples when none is stored)."""
-    rows = store.query("SELECT instruction, input, output FROM examples WHERE task_id = ? "
-                       "ORDER BY split, example_id", [task_id])
+    rows = run_queries.task_examples(store, task_id)
     items = [Example("", r["instruction"], r["output"], r["input"] or "") for r in rows]
     items = items or list(fallback)
     return (Template.fit(user_message(e) for e in items),
@@ -66,15 +65,13 @@ def task_template(store: Store, task_id: str,
 
 def failure_summary(store: Store, run_id: str) -> dict:
     """The stored failures of one run, in the shape of `loop.failures.summarize`."""
-    n_items = store.query("SELECT count(*) AS n FROM run_items WHERE run_id = ?", [run_id])[0]["n"]
-    rows = store.query("SELECT example_id, categories, signatures FROM failures "
-                       "WHERE run_id = ? ORDER BY example_id", [run_id])
+    n_items = run_queries.count_run_items(store, run_id)
+    rows = failure_queries.run_failures(store, run_id)
     by_cat: dict[str, list[str]] = {}
     for row in rows:
         for c in row["categories"]:
             by_cat.setdefault(c, []).append(row["example_id"])
-    clusters = store.query("SELECT * FROM clusters WHERE run_id = ? ORDER BY size DESC, "
-                           "cluster_id", [run_id])
+    clusters = failure_queries.run_clusters(store, run_id)
     return {
         "run_id": run_id, "n_items": n_items, "n_failures": len(rows),
         "categories": [{"category": c, "count": len(ids), "share": len(ids) / max(n_items, 1),
@@ -90,17 +87,12 @@ def failure_summary(store: Store, run_id: str) -> dict:
 
 
 def latest_run(store: Store, task_id: str, model_id: str | None, split: str) -> str:
-    params: list = [task_id, split]
-    sql = "SELECT run_id FROM runs WHERE kind = 'eval' AND task_id = ? AND split = ? "
-    if model_id:
-        sql += "AND model_id = ? "
-        params.append(model_id)
-    rows = store.query(sql + "ORDER BY finished_at DESC NULLS LAST LIMIT 1", params)
-    if not rows:
+    run = run_queries.latest_eval_run(store, task_id, split, [model_id] if model_id else None)
+    if run is None:
         raise EvalloopError(f"No evaluation of task '{task_id}' on the {split} split"
                             f"{' for that model' if model_id else ''} yet: run `evalloop eval "
                             f"--task ... --split {split}` first.")
-    return rows[0]["run_id"]
+    return run["run_id"]
 
 
 def format_failures(summary: dict) -> str:

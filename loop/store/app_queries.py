@@ -12,18 +12,13 @@ search are plain characters. SQL text here is built only from constants in this 
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 from loop.store import inbox
-from loop.core.errors import EvalloopError
 from loop.store.db import SNAPSHOT_NAME, Store
 
 # inbox kind -> (table, id column); the record's `id` becomes the id column on ingest
@@ -402,35 +397,3 @@ def generated_examples(store: Store, status: str | None = None, strategy: str | 
         f"g.output, g.detail FROM generated_examples g "
         f"{'WHERE ' + ' AND '.join(where) if where else ''} "
         f"ORDER BY g.created_at DESC, g.gen_id LIMIT ?", params + [int(limit)])
-
-
-# ------------------------------------------------------------------ serving
-
-def streamlit_command(workspace: str | Path, host: str, port: int) -> list[str]:
-    """The `streamlit run` command line for a workspace; it serves the packaged app module (not
-    the checkout's app.py), so an installed wheel works too."""
-    from loop.app import MAIN_SCRIPT
-
-    return [sys.executable, "-m", "streamlit", "run", str(MAIN_SCRIPT), "--server.address", host,
-            "--server.port", str(port), "--server.headless", "true",
-            "--browser.gatherUsageStats", "false",
-            # a served app: no source watching, no deploy menu
-            "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal",
-            "--", "--workspace", str(Path(workspace).resolve())]
-
-
-def serve(workspace: str | Path, host: str = "127.0.0.1", port: int = 8501,
-          allow_remote: bool = False) -> NoReturn:
-    """Become the Streamlit server for the workspace, bound to `host` (loopback unless
-    `allow_remote`). The process is replaced (exec), so Ctrl-C and SIGTERM reach the server
-    and nothing is left running behind a killed parent."""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not allow_remote:
-        raise EvalloopError(f"Refusing to serve the app on non-loopback address {host}: it has no "
-                            "login. Pass --allow-remote to expose it on purpose.")
-    print(f"evalloop app on http://{host}:{port} (workspace {workspace})", flush=True)
-    command = streamlit_command(workspace, host, port)
-    os.execv(command[0], command)

@@ -11,13 +11,13 @@ import json
 import shutil
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from loop.core.cache import atomic_path
+from loop.core.clock import now
 from loop.core.errors import StoreError
 
 DB_NAME = "evalloop.duckdb"
@@ -169,10 +169,6 @@ MIGRATIONS: list[tuple[str, str]] = [
 ]
 
 
-def now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (dict, list)) and not (isinstance(value, list) and value
                                                 and isinstance(value[0], (int, float, str))):
@@ -259,9 +255,7 @@ class Store:
                                  ("votes", "matches", "match_id")):
             if table not in self.tables():
                 continue
-            columns = {r["column_name"] for r in self.query(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
-                [table])}
+            columns = self.columns(table)
             rows = []
             for record in inbox.read(self.workspace, kind):
                 row = {key: record["id"], **{k: v for k, v in record.items() if k != "id"}}
@@ -367,6 +361,10 @@ class Store:
         return [r["table_name"] for r in self.query(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
             "ORDER BY table_name")]
+
+    def columns(self, table: str) -> set[str]:
+        return {r["column_name"] for r in self.query(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table])}
 
     def count(self, table: str) -> int:
         return self.con.execute(f"SELECT count(*) FROM {_ident(table)}").fetchone()[0]

@@ -14,8 +14,8 @@ import json
 import os
 from pathlib import Path
 
+from loop.core.clock import now
 from loop.core.records import content_hash
-from loop.store.db import now
 
 KINDS = ("reviews", "corrections", "votes")
 

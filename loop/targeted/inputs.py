@@ -28,6 +28,9 @@ from pathlib import Path
 from loop.targeted import curate as cur
 from loop.core.errors import EvalloopError, TaskDataError
 from loop.core.settings import TargetedSettings, TaskSettings, with_overrides
+from loop.store import failures as failure_queries
+from loop.store import runs as run_queries
+from loop.store import targeted as targeted_queries
 from loop.store.db import Store
 from loop.targeted.strategies import ClusterTarget, Correction, FailureCase
 from loop.data.tasks import Task
@@ -78,10 +81,10 @@ class FailureSet:
 
 def model_name(store: Store, model_id: str) -> str:
     """The name a model was loaded by (e.g. `base+adapter_dir`), from its fingerprint."""
-    rows = store.query("SELECT name FROM models WHERE model_id = ?", [model_id])
-    if not rows:
+    name = run_queries.model_name(store, model_id)
+    if name is None:
         raise NoFailuresError(f"Model {model_id} is not in the store: evaluate it first.")
-    return rows[0]["name"]
+    return name
 
 
 def find_dev_run(store: Store, task: Task, model: str | None = None) -> dict:
@@ -90,25 +93,21 @@ def find_dev_run(store: Store, task: Task, model: str | None = None) -> dict:
     if model:
         from loop.models.loading import fingerprint, parse_model_name
 
-        model_ids = [model] if store.query("SELECT 1 FROM runs WHERE model_id = ?", [model]) \
+        model_ids = [model] if run_queries.has_runs(store, model) \
             else [fingerprint(parse_model_name(model))]
-    rows = store.query(
-        "SELECT run_id, model_id, split FROM runs WHERE kind = 'eval' AND task_id = ? "
-        "AND split = 'dev' AND status = 'done' AND (? OR list_contains(?, model_id)) "
-        "ORDER BY finished_at DESC LIMIT 1", [task.name, not model_ids, model_ids])
-    if not rows:
+    run = run_queries.latest_eval_run(store, task.name, "dev", model_ids, finished=True)
+    if run is None:
         who = f" for model {model}" if model else ""
         raise NoFailuresError(f"No finished dev evaluation of task '{task.name}'{who}: run "
                               f"`evalloop eval --task {task.settings.path} --split dev` first.")
-    return rows[0]
+    return run
 
 
 def load_failures(store: Store, task: Task, run_id: str | None = None,
                   model: str | None = None) -> FailureSet:
     """Failure records and clusters of one dev run, joined to the dev items and model outputs.
     A run on another split is refused: the gate compares on test, so test must stay unseen."""
-    run = (store.query("SELECT run_id, model_id, split FROM runs WHERE run_id = ?", [run_id])
-           or [None])[0] if run_id else find_dev_run(store, task, model)
+    run = run_queries.get_run(store, run_id) if run_id else find_dev_run(store, task, model)
     if run is None:
         raise NoFailuresError(f"No run '{run_id}' in {store.path}.")
     if run["split"] != "dev":
@@ -116,17 +115,8 @@ def load_failures(store: Store, task: Task, run_id: str | None = None,
                             "is mined from dev failures only (test items must stay unseen).")
     if "failures" not in store.tables():
         raise NoFailuresError("No failure records yet: run `evalloop failures` on the dev run.")
-    # signatures arrive with a store migration; a store without them still works
-    has_sigs = bool(store.query("SELECT 1 FROM information_schema.columns WHERE table_name = "
-                                "'failures' AND column_name = 'signatures'"))
-    rows = store.query(
-        "SELECT f.example_id, f.categories, f.cluster_id, p.output"
-        + (", f.signatures" if has_sigs else "") + " FROM failures f "
-        "LEFT JOIN predictions p ON p.prediction_id = f.prediction_id "
-        "WHERE f.run_id = ? ORDER BY f.example_id", [run["run_id"]])
-    labels = {r["cluster_id"]: r["label"] for r in store.query(
-        "SELECT cluster_id, label FROM clusters WHERE run_id = ?", [run["run_id"]])} \
-        if "clusters" in store.tables() else {}
+    rows = failure_queries.failures_with_outputs(store, run["run_id"])
+    labels = failure_queries.cluster_labels(store, run["run_id"])
     dev = {e.id: e for e in task.splits.get("dev", ())}
     groups: dict[str, list[FailureCase]] = defaultdict(list)
     for r in rows:
@@ -139,21 +129,16 @@ def load_failures(store: Store, task: Task, run_id: str | None = None,
     clusters = sorted((ClusterTarget(k, labels.get(k, k), tuple(v)) for k, v in groups.items()),
                       key=lambda c: (-len(c.failures), c.cluster_id))
     failed = {r["example_id"] for r in rows}
-    scored = store.query("SELECT example_id FROM run_items WHERE run_id = ? ORDER BY example_id",
-                         [run["run_id"]])
-    passed = tuple(r["example_id"] for r in scored
-                   if r["example_id"] in dev and r["example_id"] not in failed)
+    passed = tuple(i for i in run_queries.run_example_ids(store, run["run_id"])
+                   if i in dev and i not in failed)
     return FailureSet(run["run_id"], run["model_id"], tuple(clusters), passed)
 
 
 def load_corrections(store: Store, task: Task) -> tuple[Correction, ...]:
     """Reviewer corrections of this task's items, the latest per item."""
-    if "corrections" not in store.tables():
-        return ()
     items = {e.id: e for split in task.splits.values() for e in split}
     latest: dict[str, Correction] = {}
-    for r in store.query("SELECT * FROM corrections WHERE task_id = ? ORDER BY created_at DESC, "
-                         "correction_id", [task.name]):
+    for r in targeted_queries.task_corrections(store, task.name):
         if r["example_id"] in items and r["example_id"] not in latest:
             latest[r["example_id"]] = Correction(r["correction_id"], items[r["example_id"]],
                                                  r["corrected_output"], r["prediction_id"],

@@ -29,6 +29,9 @@ from loop.core.cache import write_atomic
 from loop.core.errors import ConfigError
 from loop.core.prompts import user_message
 from loop.core.records import Example, content_hash
+from loop.store import arena as arena_queries
+from loop.store import failures as failure_queries
+from loop.store import targeted as targeted_queries
 from loop.store.db import Store
 
 SOURCES = ("human", "judge", "correction", "failure")
@@ -210,46 +213,6 @@ def decontaminate(pairs: Sequence[PreferencePair], task, embedder
     return kept, out
 
 
-# ---------------------------------------------------------------------------- store reads
-
-def load_matches(store: Store, task_id: str) -> list[dict]:
-    """Stored matches of the task with both models' outputs on the item (each model's latest
-    finished evaluation that answered it)."""
-    return store.query("""
-        WITH outs AS (
-            SELECT r.model_id, ri.example_id, p.output FROM runs r
-            JOIN run_items ri USING (run_id) JOIN predictions p USING (prediction_id)
-            WHERE r.kind = 'eval' AND r.status = 'done' AND r.task_id = ?
-            QUALIFY row_number() OVER (PARTITION BY r.model_id, ri.example_id
-                                       ORDER BY r.finished_at DESC NULLS LAST, r.run_id) = 1)
-        SELECT m.match_id, m.example_id, m.model_a, m.model_b, m.judge, m.verdict, m.voter,
-               a.output AS output_a, b.output AS output_b
-        FROM matches m
-        LEFT JOIN outs a ON a.model_id = m.model_a AND a.example_id = m.example_id
-        LEFT JOIN outs b ON b.model_id = m.model_b AND b.example_id = m.example_id
-        WHERE m.task_id = ? ORDER BY m.created_at, m.match_id""", [task_id, task_id])
-
-
-def load_corrections(store: Store, task_id: str) -> list[dict]:
-    """Corrections of the task, newest first, with the output they corrected."""
-    return store.query("""
-        SELECT c.correction_id, c.example_id, c.corrected_output, c.reviewer, c.prediction_id,
-               p.output, p.model_id
-        FROM corrections c LEFT JOIN predictions p USING (prediction_id)
-        WHERE c.task_id = ? ORDER BY c.created_at DESC, c.correction_id""", [task_id])
-
-
-def load_failure_rows(store: Store, task_id: str, run_id: str | None = None) -> list[dict]:
-    """Stored failures of the task (of one run when given), with reference and output."""
-    sql = ("SELECT run_id, example_id, model_id, reference, output FROM failures_v "
-           "WHERE task_id = ?")
-    params = [task_id]
-    if run_id:
-        sql += " AND run_id = ?"
-        params.append(run_id)
-    return store.query(sql + " ORDER BY run_id, example_id", params)
-
-
 def collect_pairs(store: Store, task, sources: Sequence[str] = SOURCES,
                   failure_run: str | None = None) -> PairSet:
     """Every pair of the chosen sources, deduplicated, before decontamination."""
@@ -260,15 +223,16 @@ def collect_pairs(store: Store, task, sources: Sequence[str] = SOURCES,
     items = {e.id: e for split in task.splits.values() for e in split}
     pairs: list[PreferencePair] = []
     excluded: list[Exclusion] = []
-    matches = load_matches(store, task.name) if {"human", "judge"} & set(sources) else []
+    matches = (arena_queries.matches_with_outputs(store, task.name)
+               if {"human", "judge"} & set(sources) else [])
     steps = (("human", lambda: pairs_from_matches(
                  task.name, [m for m in matches if m["judge"] == "human"], items)),
              ("judge", lambda: pairs_from_matches(
                  task.name, [m for m in matches if m["judge"] != "human"], items)),
              ("correction", lambda: pairs_from_corrections(
-                 task.name, load_corrections(store, task.name), items)),
+                 task.name, targeted_queries.corrections_with_outputs(store, task.name), items)),
              ("failure", lambda: pairs_from_failures(
-                 task.name, load_failure_rows(store, task.name, failure_run), items)))
+                 task.name, failure_queries.failure_rows(store, task.name, failure_run), items)))
     for source, build in steps:
         if source in sources:
             got, dropped = build()

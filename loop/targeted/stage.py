@@ -31,6 +31,7 @@ from loop.core.cache import write_atomic
 from loop.core.errors import TaskDataError
 from loop.core.records import content_hash
 from loop.core.settings import TargetedSettings
+from loop.store import targeted as targeted_queries
 from loop.store.db import Store, now
 from loop.targeted.strategies import (
     CORRECTIONS_GROUP,
@@ -121,8 +122,9 @@ class _Memo:
 def default_embedder(store: Store):
     """The scoring side's embedder (default all-MiniLM-L6-v2), cached in the store."""
     from evals.similarity import CachedEmbedder
+    from loop.store.embeddings import EmbeddingCache
 
-    return CachedEmbedder(store)
+    return CachedEmbedder(EmbeddingCache(store))
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -378,14 +380,10 @@ def _write(store: Store, task: Task, failures: FailureSet, batch_id: str, out_di
     write_atomic(manifest_path, json.dumps({**manifest, "manifest_hash": manifest_hash,
                                              "created_at": created.isoformat()},
                                             indent=2, ensure_ascii=False).encode("utf-8"))
-    with store.transaction():
-        store.execute("DELETE FROM generated_examples WHERE batch_id = ?", [batch_id])
-        store.insert("generated_examples", rows)
-        store.execute("DELETE FROM datasets WHERE batch_id = ?", [batch_id])
-        store.insert("datasets", [{"manifest_hash": manifest_hash, "batch_id": batch_id,
-                                   "task_id": task.name, "path": str(dataset_path),
-                                   "counts": {k: manifest[k] for k in COUNT_KEYS},
-                                   "created_at": created}])
+    targeted_queries.replace_batch(store, batch_id, rows, {
+        "manifest_hash": manifest_hash, "batch_id": batch_id, "task_id": task.name,
+        "path": str(dataset_path), "counts": {k: manifest[k] for k in COUNT_KEYS},
+        "created_at": created})
     return _result(manifest, manifest_hash, dataset_path, manifest_path, cached=False)
 
 
@@ -434,10 +432,10 @@ def _result(manifest: dict, manifest_hash: str, dataset_path: Path, manifest_pat
 
 def _stored_result(store: Store, batch_id: str, params_hash: str) -> TargetedResult | None:
     """The batch's result when it finished with the same parameters and its file is intact."""
-    rows = store.query("SELECT manifest_hash, path FROM datasets WHERE batch_id = ?", [batch_id])
-    if not rows:
+    row = targeted_queries.batch_dataset(store, batch_id)
+    if row is None:
         return None
-    dataset_path = Path(rows[0]["path"])
+    dataset_path = Path(row["path"])
     manifest_path = dataset_path.with_name(f"{batch_id}.manifest.json")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -447,7 +445,7 @@ def _stored_result(store: Store, batch_id: str, params_hash: str) -> TargetedRes
     if manifest.get("params_hash") != params_hash or \
             hashlib.sha256(data).hexdigest() != manifest.get("data_hash"):
         return None
-    return _result(manifest, rows[0]["manifest_hash"], dataset_path, manifest_path, cached=True)
+    return _result(manifest, row["manifest_hash"], dataset_path, manifest_path, cached=True)
 
 
 def format_result(result: TargetedResult) -> str:

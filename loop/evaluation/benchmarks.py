@@ -1,0 +1,136 @@
+"""The benchmarks stage: run lm-eval benchmarks on models named like the rest of evalloop, cached
+in the store, and the champion-vs-candidate deltas the gate reads.
+
+    with Store("ws") as store:
+        results = run_benchmarks(store, "smollm2-135m-instruct", ["arc_easy", "mmlu"], limit=50,
+                                 data_dir="../shared/benchmarks")
+        print(format_table(results))
+
+Results and per-sample outputs land in `benchmark_results` / `benchmark_samples` with their
+provenance; a (model fingerprint, benchmark, version, limit, shots) already in the store is
+returned from it without loading the model. Running a benchmark on a loaded model is scoring
+(evals/benchmarks.py).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from evals import benchmark_stderr as gs
+from evals.benchmark_tasks import DEFAULT_TASKS
+from evals.benchmarks import (BACKENDS, DEFAULT_SEED, BenchmarkModel, BenchmarkResult,
+                              headline, run_benchmark, run_key, task_manager)
+from loop.core.errors import ConfigError
+from loop.core.settings import BenchmarksSettings
+from loop.models.loading import base_path, fingerprint, load_model, parse_model_name, pick_device
+from loop.store import benchmarks as queries
+from loop.store.db import Store
+
+HF_BATCH_SIZE = 32
+
+
+def run_benchmarks(store: Store, model_name: str, tasks=DEFAULT_TASKS, limit: int | None = None,
+                   data_dir: str | Path | None = None, backend: str = "evalloop",
+                   progress: bool = True, seed: int = DEFAULT_SEED) -> list[BenchmarkResult]:
+    """Benchmark a model (`base` or `base+adapter`); cached benchmarks do not load the model."""
+    names = list(dict.fromkeys(tasks))
+    if backend not in BACKENDS:
+        raise ConfigError(f"Unknown benchmark backend '{backend}' (known: {', '.join(BACKENDS)}).")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be a positive integer, got {limit}.")
+    spec = parse_model_name(model_name)
+    model_id = fingerprint(spec)
+    data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
+    if not progress:
+        import datasets
+
+        datasets.disable_progress_bars()
+    results: dict[str, list[BenchmarkResult]] = {}
+    with tempfile.TemporaryDirectory(prefix="evalloop-tasks-") as work:
+        manager = task_manager(names, data_dir, Path(work))
+        keys = {n: run_key(manager, n) for n in names}
+        for name in names:
+            results[name] = cached_results(store, model_id, name, *keys[name], limit)
+        todo = [n for n in names if not results[n]]
+        if todo:
+            lm, label, dtype = make_lm(backend, model_name)
+            store.put_model(model_id, model_name, spec.base, base_path(spec.base),
+                            str(spec.adapter) if spec.adapter else None)
+            model = BenchmarkModel(lm, model_id, model_name, label, dtype)
+            for name in todo:
+                rows, samples = run_benchmark(model, manager, name, keys[name], limit, seed,
+                                              data_dir)
+                save(store, rows, samples)
+                results[name] = rows
+    return [r for n in names for r in results[n]]
+
+
+def make_lm(backend: str, model_name: str):
+    """(lm-eval LM, backend label, dtype name) for one model."""
+    if backend == "evalloop":
+        from evals.lm_backend import EvalloopLM
+
+        lm = EvalloopLM(load_model(model_name), dtype="auto")
+        return lm, "evalloop", lm.dtype_name
+    from lm_eval.models.huggingface import HFLM
+
+    spec = parse_model_name(model_name)
+    lm = HFLM(pretrained=base_path(spec.base), peft=str(spec.adapter) if spec.adapter else None,
+              device=pick_device().type, batch_size=HF_BATCH_SIZE, dtype="auto")
+    return lm, f"hf(batch {HF_BATCH_SIZE})", str(lm.model.dtype).removeprefix("torch.")
+
+
+# ---------------------------------------------------------------------------- the store
+
+def save(store: Store, rows: list[BenchmarkResult], samples: list[dict]) -> None:
+    """Write one benchmark's rows and samples together (a half-written run is never cached)."""
+    records = []
+    for r in rows:
+        record = asdict(r)
+        record.pop("cached")
+        record["limit_n"] = record.pop("limit") or 0
+        model_id = record["model_id"]
+        record["adapter_hash"] = model_id.split("+", 1)[1] if "+" in model_id else None
+        record["base"] = parse_model_name(r.model_name).base
+        records.append(record)
+    queries.put_run(store, records, samples)
+
+
+def cached_results(store: Store, model_id: str, benchmark: str, version: str, shots: int,
+                   limit: int | None) -> list[BenchmarkResult]:
+    key = (model_id, benchmark, version, limit or 0, shots)
+    fields = set(BenchmarkResult.__dataclass_fields__) - {"cached", "limit"}
+    results = [BenchmarkResult(**{k: r[k] for k in fields}, limit=r["limit_n"] or None,
+                               cached=True) for r in queries.run_results(store, *key)]
+    if not any(r.task == benchmark and r.stderr is None and r.value is not None for r in results):
+        return results
+    # stored before group stderrs were computed: every stored sample belongs to the headline row
+    samples = queries.run_sample_metrics(store, *key)
+    leaves = {benchmark: sorted({s["task"] for s in samples})}
+    return gs.fill_group_stderr(results, leaves, gs.stored_item_scores(samples))
+
+
+# ---------------------------------------------------------------------------- the cycle
+
+def paired_deltas(store: Store, champion: str, candidate: str, settings: BenchmarksSettings,
+                  limit: int, seed: int, progress: bool = True) -> dict:
+    """Both models on the same seeded items; per higher-is-better headline metric the delta
+    (candidate - champion) and its standard error, as the gate reads them."""
+    runs, errs = {}, {}
+    for role, model in (("champion", champion), ("candidate", candidate)):
+        results = [r for r in headline(run_benchmarks(
+            store, model, settings.tasks, limit, settings.data_dir, settings.backend,
+            progress=progress, seed=seed))
+            if r.task == r.benchmark and r.value is not None and r.higher_is_better is not False]
+        runs[role] = {(r.benchmark, r.metric): r.value for r in results}
+        errs[role] = {(r.benchmark, r.metric): r.stderr or 0.0 for r in results}
+    shared = [k for k in runs["champion"] if k in runs["candidate"]]
+    deltas = {f"{b}/{m}": runs["candidate"][(b, m)] - runs["champion"][(b, m)] for b, m in shared}
+    # unpaired standard error of the difference: conservative for the same items
+    delta_se = {f"{b}/{m}": (errs["candidate"][(b, m)] ** 2 + errs["champion"][(b, m)] ** 2) ** 0.5
+                for b, m in shared}
+    return {"limit": limit, "deltas": deltas, "delta_se": delta_se,
+            "champion": {f"{b}/{m}": v for (b, m), v in runs["champion"].items()},
+            "candidate": {f"{b}/{m}": v for (b, m), v in runs["candidate"].items()}}

@@ -1,0 +1,51 @@
+"""Queries of the benchmark tables: `benchmark_results` (one row per task and metric of a run)
+and `benchmark_samples` (per-item outputs). A run is keyed by (model fingerprint, benchmark,
+version, limit, shots); limit 0 stands for the full set."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from loop.store.db import Store
+
+RUN_KEY = "model_id = ? AND benchmark = ? AND benchmark_version = ? AND limit_n = ? AND shots = ?"
+
+
+def put_run(store: Store, results: Sequence[dict], samples: Sequence[dict]) -> None:
+    """Write one benchmark's rows and samples together (a half-written run is never cached)."""
+    with store.transaction():
+        store.insert("benchmark_results", results, on_conflict="replace")
+        store.insert("benchmark_samples", samples, on_conflict="replace")
+
+
+def run_results(store: Store, model_id: str, benchmark: str, version: str, limit_n: int,
+                shots: int) -> list[dict]:
+    """One stored run's rows: the benchmark's own rows first, then by task and metric."""
+    return store.query(f"SELECT * FROM benchmark_results WHERE {RUN_KEY} "
+                       "ORDER BY task = benchmark DESC, task, metric",
+                       [model_id, benchmark, version, limit_n, shots])
+
+
+def run_sample_metrics(store: Store, model_id: str, benchmark: str, version: str, limit_n: int,
+                       shots: int) -> list[dict]:
+    """One stored run's samples: task and metrics."""
+    return store.query(f"SELECT task, metrics FROM benchmark_samples WHERE {RUN_KEY}",
+                       [model_id, benchmark, version, limit_n, shots])
+
+
+def model_results(store: Store, model: str, model_id: str | None) -> list[dict]:
+    """Every stored result row of one model, oldest first: by fingerprint, else by name or id."""
+    if "benchmark_results" not in store.tables():
+        return []
+    rows = store.query("SELECT * FROM benchmark_results WHERE model_id = ? "
+                       "ORDER BY created_at, benchmark", [model_id]) if model_id else []
+    return rows or store.query("SELECT * FROM benchmark_results WHERE model_id = ? OR "
+                               "model_name = ? ORDER BY created_at, benchmark", [model, model])
+
+
+def benchmarked_models(store: Store) -> list[str]:
+    """Names of the models with stored results, sorted."""
+    if "benchmark_results" not in store.tables():
+        return []
+    return [r["model_name"] for r in store.query(
+        "SELECT DISTINCT model_name FROM benchmark_results ORDER BY 1")]

@@ -1,0 +1,256 @@
+"""The layer rules, checked on the source: scoring (evals/) never reaches into loop's stages or
+the store, the low layers stay low, SQL lives only in loop/store/, and no import cycles.
+
+A small AST pass (no import-linter dependency): every `import` counts, also the lazy ones inside
+functions, and importing `a.b.c` also runs the package `__init__` files `a` and `a.b`.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("loop", "evals")
+TOP_MODULES = ("app.py",)
+
+# importer prefix -> the only `loop` modules it may import (by prefix)
+LOOP_ALLOWED = {
+    "evals": ("loop.core", "loop.models"),
+    "loop.core": ("loop.core",),
+    "loop.models": ("loop.core", "loop.models"),
+    "loop.store": ("loop.core", "loop.store"),
+}
+BELOW_SCORING = ("loop.core", "loop.models", "loop.store")  # never import evals
+SQL = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE\s+\w+\s+SET|"
+                 r"DELETE\s+FROM|CREATE\s+(OR\s+REPLACE\s+)?(TABLE|INDEX|VIEW)|ALTER\s+TABLE)\b",
+                 re.DOTALL)
+SQL_HOME = "loop.store"
+
+
+@dataclass(frozen=True)
+class Edge:
+    importer: str
+    imported: str
+    line: int
+    implicit: bool = False  # a package __init__ that importing `imported`'s submodule runs
+
+
+@dataclass(frozen=True)
+class Source:
+    module: str
+    path: Path
+    tree: ast.Module
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def sources(root: Path) -> list[Source]:
+    paths = [p for pkg in PACKAGES for p in sorted((root / pkg).rglob("*.py"))]
+    paths += [root / m for m in TOP_MODULES if (root / m).is_file()]
+    return [Source(module_name(p, root), p, ast.parse(p.read_text(encoding="utf-8"), str(p)))
+            for p in paths]
+
+
+def _absolute(source: Source, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    package = source.module.split(".")
+    if source.path.name != "__init__.py":
+        package = package[:-1]
+    base = package[:len(package) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _known(name: str, modules: set[str]) -> str | None:
+    """The longest prefix of a dotted name that is one of our modules."""
+    parts = name.split(".")
+    for k in range(len(parts), 0, -1):
+        if ".".join(parts[:k]) in modules:
+            return ".".join(parts[:k])
+    return None
+
+
+def _with_parents(module: str, modules: set[str]) -> Iterator[str]:
+    """Importing `a.b.c` runs `a/__init__`, `a/b/__init__`, then `a/b/c`."""
+    parts = module.split(".")
+    for k in range(1, len(parts) + 1):
+        name = ".".join(parts[:k])
+        if name in modules:
+            yield name
+
+
+def import_edges(all_sources: list[Source]) -> list[Edge]:
+    modules = {s.module for s in all_sources}
+    edges: dict[Edge, None] = {}
+    for source in all_sources:
+        for node in ast.walk(source.tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = _absolute(source, node)
+                # `from pkg import mod` imports the module pkg.mod when there is one
+                names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                         for a in node.names]
+            for name in names:
+                target = _known(name, modules)
+                if target is None:
+                    continue
+                edges.update((Edge(source.module, m, node.lineno, m != target), None)
+                             for m in _with_parents(target, modules) if m != source.module)
+    return list(edges)
+
+
+def _inside(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def layer_violations(edges: list[Edge]) -> list[str]:
+    out = []
+    for e in (e for e in edges if not e.implicit):
+        for importer, allowed in LOOP_ALLOWED.items():
+            if (_inside(e.importer, importer) and _inside(e.imported, "loop")
+                    and e.imported != "loop"  # the package itself: its version string
+                    and not any(_inside(e.imported, a) for a in allowed)):
+                out.append(f"{e.importer}:{e.line} imports {e.imported} (a {importer} module may "
+                           f"import from loop only {', '.join(allowed)})")
+        below = next((b for b in BELOW_SCORING if _inside(e.importer, b)), None)
+        if below and _inside(e.imported, "evals"):
+            out.append(f"{e.importer}:{e.line} imports {e.imported} ({below} is below the "
+                       "scoring layer)")
+    return out
+
+
+def sql_violations(all_sources: list[Source], root: Path) -> list[str]:
+    out = []
+    for source in all_sources:
+        if _inside(source.module, SQL_HOME):
+            continue
+        for node in ast.walk(source.tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and SQL.search(node.value):
+                out.append(f"{source.path.relative_to(root)}:{node.lineno}: SQL outside "
+                           f"loop/store/: {node.value.strip()[:60]!r}")
+    return out
+
+
+def import_cycles(edges: list[Edge]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan, iterative)."""
+    graph: dict[str, set[str]] = {}
+    for e in edges:
+        graph.setdefault(e.importer, set()).add(e.imported)
+        graph.setdefault(e.imported, set())
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles = []
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    cycles.append(sorted(component))
+    return cycles
+
+
+def check(root: Path) -> list[str]:
+    all_sources = sources(root)
+    edges = import_edges(all_sources)
+    return (layer_violations(edges) + sql_violations(all_sources, root)
+            + [f"import cycle: {' <-> '.join(c)}" for c in import_cycles(edges)])
+
+
+# ---------------------------------------------------------------------------- the real tree
+
+def test_the_source_tree_keeps_its_layers():
+    problems = check(ROOT)
+    assert not problems, "\n".join(problems)
+
+
+# ---------------------------------------------------------------------------- the checker
+
+def _tree(root: Path, files: dict[str, str]) -> Path:
+    for name, text in {"loop/__init__.py": "", "loop/core/__init__.py": "",
+                       "loop/store/__init__.py": "", "evals/__init__.py": "", **files}.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return root
+
+
+CLEAN = {
+    "loop/core/records.py": "import json\n",
+    "loop/store/db.py": "from loop.core import records\nQ = 'SELECT * FROM runs WHERE x = ?'\n",
+    "loop/stage.py": "from loop.store.db import Q\nfrom evals import score\n",
+    "evals/score.py": "from loop.core.records import json\n",
+}
+
+
+def test_a_clean_synthetic_tree_passes(tmp_path):
+    assert check(_tree(tmp_path, CLEAN)) == []
+
+
+@pytest.mark.parametrize("planted, expected", [
+    ({"evals/score.py": "def f():\n    from loop.store.db import Q\n"},
+     "evals.score:2 imports loop.store.db"),
+    ({"evals/score.py": "from loop import stage\n"}, "evals.score:1 imports loop.stage"),
+    ({"loop/core/records.py": "from ..store import db\n"}, "loop.core.records:1 imports "
+                                                           "loop.store.db"),
+    ({"loop/core/records.py": "import evals.score\n"}, "loop.core is below the scoring layer"),
+    ({"loop/store/db.py": "from evals.score import x\n"}, "loop.store is below the scoring"),
+    ({"loop/store/db.py": "import loop.stage\n"}, "loop.store.db:1 imports loop.stage"),
+    ({"loop/stage.py": "SQL = ('UPDATE runs '\n       'SET status = ?')\n"},
+     "loop/stage.py:1: SQL outside loop/store/"),
+    ({"evals/score.py": "x = f'DELETE FROM {name} WHERE 1'\n"}, "evals/score.py:1: SQL outside"),
+    ({"loop/store/a.py": "from loop.store import b\n", "loop/store/b.py": "def f():\n"
+      "    from loop.store.a import x\n"}, "import cycle: loop.store.a <-> loop.store.b"),
+    ({"loop/store/__init__.py": "from loop.stage import x\n"},
+     "import cycle: loop.stage <-> loop.store"),
+])
+def test_the_checker_finds_a_planted_violation(tmp_path, planted, expected):
+    problems = check(_tree(tmp_path, {**CLEAN, **planted}))
+    assert any(expected in p for p in problems), problems
+
+
+def test_relative_imports_resolve_to_their_modules(tmp_path):
+    root = _tree(tmp_path, {**CLEAN, "loop/store/q.py": "from . import db\nfrom .db import Q\n"})
+    edges = {(e.importer, e.imported) for e in import_edges(sources(root))}
+    assert ("loop.store.q", "loop.store.db") in edges and ("loop.store.q", "loop.store") in edges
