@@ -101,11 +101,11 @@ def test_processes_setting_is_checked_and_launches_the_right_engine():
     # the process count is not part of what is trained, so not part of the run's id
     assert TrainConfig(processes=4).identity() == TrainConfig().identity()
     assert TrainConfig(strategy="fsdp").identity() != TrainConfig().identity()
-    ddp = accelerate_command(2, "loop.train.distributed", ["plan.json"])
-    fsdp = accelerate_command(4, "loop.train.distributed", ["plan.json"], strategy="fsdp")
+    ddp = accelerate_command(2, "loop.train.rank", ["plan.json"])
+    fsdp = accelerate_command(4, "loop.train.rank", ["plan.json"], strategy="fsdp")
     assert "--multi_gpu" in ddp and "--use_fsdp" not in ddp
     assert "--use_fsdp" in fsdp and fsdp[fsdp.index("--num_processes") + 1] == "4"
-    assert ddp[-3:] == ["-m", "loop.train.distributed", "plan.json"]
+    assert ddp[-3:] == ["-m", "loop.train.rank", "plan.json"]
 
 
 def test_store_owning_commands_refuse_to_run_as_ranks(tmp_path, monkeypatch, capsys):

@@ -95,7 +95,7 @@ def test_defaults_are_the_ones_the_stages_always_used(tmp_path):
         k: getattr(CurateConfig(), k) for k in CURATE_KEYS}
     assert TeacherSettings(model="m").model_dump() == {
         "model": "m", "base_url": None, "api_key_env": None, "per_prompt": 3,
-        "max_new_tokens": 512, "temperature": 0.7, "timeout_s": 120.0}
+        "max_new_tokens": 512, "temperature": 0.7, "timeout_s": 120.0, "concurrency": 4}
     assert DEFAULT_BENCHMARK_TASKS == DEFAULT_TASKS
     assert set(STRATEGY_NAMES) == set(STRATEGIES)
 

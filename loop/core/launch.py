@@ -1,7 +1,7 @@
 """Several processes through accelerate's launcher: the command, the run, and the two collective
 helpers the ranks share. Used by loop/train/distributed.py and loop/evaluation/sharded.py.
 
-    cmd = accelerate_command(2, "loop.train.distributed", [plan_path])
+    cmd = accelerate_command(2, "loop.train.rank", [plan_path])
     run_ranks(cmd, 2, log_path=work / "launch.log", what="training", progress=False)
 
 `accelerate launch --multi_gpu` starts the ranks with torchrun: one per GPU with NCCL on CUDA,

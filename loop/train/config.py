@@ -124,6 +124,31 @@ def library_versions() -> dict:
             "git": sha}
 
 
+@dataclass(frozen=True)
+class TrainPlan:
+    """One run, decided once: its identity, output dir and tokenized rows. A single process runs
+    it directly; with several processes it travels to every rank as a JSON file
+    (loop/train/distributed.py, loop/train/rank.py), so no rank touches the store or the task's data."""
+
+    base: str
+    parent_adapter: str | None
+    base_model_id: str
+    train_id: str
+    out_dir: str
+    config: TrainConfig
+    rows: list[dict]
+    dev_rows: list[dict]
+    skipped: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "config": self.config.as_dict(), "skipped": list(self.skipped)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainPlan:
+        return cls(**{**data, "config": TrainConfig.from_dict(data["config"]),
+                      "skipped": tuple(data["skipped"])})
+
+
 # ---------------------------------------------------------------------------- bf16 or fp32
 
 def use_bf16(setting: str | bool, device, base: str) -> bool:

@@ -6,10 +6,10 @@ The calling process (`evalloop train`, `python -m loop.train` or a cycle) holds 
 planned the run (loop/train/sft.py `plan_training`: inputs checked, rows tokenized, output
 directory claimed) and writes the plan to OUT/checkpoints/plan.json, then launches
 
-    accelerate launch --multi_gpu --num_processes N -m loop.train.distributed PLAN   (DDP)
-    accelerate launch --use_fsdp --fsdp_version 2 ... -m loop.train.distributed PLAN (FSDP)
+    accelerate launch --multi_gpu --num_processes N -m loop.train.rank PLAN   (DDP)
+    accelerate launch --use_fsdp --fsdp_version 2 ... -m loop.train.rank PLAN (FSDP)
 
-(loop/core/launch.py). Every rank reads the plan and runs the single-process code
+(loop/core/launch.py). Every rank (loop/train/rank.py) reads the plan and runs the single-process code
 (`run_plan`): the same Trainer, where accelerate's batch sampler hands each rank its contiguous
 1/N of every batch of `batch_size` rows (`split_batches`), gradients are averaged (DDP) or
 reduce-scattered (FSDP), and each rank's summed loss is divided by the target-token count of the
@@ -26,18 +26,13 @@ from the last checkpoint, as a single process does.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
 from loop.core.cache import write_atomic
-from loop.core.errors import EvalloopError
 from loop.core.launch import accelerate_command, has_cuda, run_ranks
-from loop.train.config import TrainConfig, TrainResult
+from loop.train.config import TrainConfig, TrainPlan, TrainResult
 from loop.train.outputs import RESULT_FILE, TrainingError
-from loop.train.sft import TrainPlan, run_plan
 
 PLAN_FILE = "plan.json"  # in OUT/checkpoints: the trainer's working area, not the adapter's files
 
@@ -57,7 +52,7 @@ def train_on_ranks(plan: TrainPlan, progress: bool = True) -> TrainResult:
     work.mkdir(parents=True, exist_ok=True)
     path = work / PLAN_FILE
     write_atomic(path, json.dumps(plan.to_json()))
-    cmd = accelerate_command(config.processes, "loop.train.distributed",
+    cmd = accelerate_command(config.processes, "loop.train.rank",
                              [str(path)] + ([] if progress else ["--quiet"]),
                              strategy=config.strategy)
     run_ranks(cmd, config.processes, work / "launch.log",
@@ -66,27 +61,3 @@ def train_on_ranks(plan: TrainPlan, progress: bool = True) -> TrainResult:
     if not done.is_file():
         raise TrainingError(f"The ranks exited without writing {done}: see {work / 'launch.log'}.")
     return TrainResult.from_json(json.loads(done.read_text()))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """One rank: `python -m loop.train.distributed PLAN` under accelerate's launcher."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    p = argparse.ArgumentParser(prog="python -m loop.train.distributed")
-    p.add_argument("plan", help="plan.json written by train_on_ranks")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    try:
-        plan = TrainPlan.from_json(json.loads(Path(args.plan).read_text()))
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world != plan.config.processes:
-            raise TrainingError(f"{args.plan} is planned for {plan.config.processes} processes "
-                                f"but {world} were launched.")
-        run_plan(plan, progress=not args.quiet)
-    except EvalloopError as exc:
-        print(f"error (rank {os.environ.get('RANK', '?')}): {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

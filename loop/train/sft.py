@@ -38,7 +38,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from loop.core.cache import write_atomic
@@ -61,7 +61,8 @@ from loop.train.packing import (
     tokenize_examples,
 )
 from loop.core.records import content_hash
-from loop.train.config import LogRow, TrainConfig, TrainResult, library_versions, use_bf16
+from loop.train.config import (LogRow, TrainConfig, TrainPlan, TrainResult, library_versions,
+                               use_bf16)
 from loop.core.launch import refuse_outside_launcher, sum_over_ranks
 from loop.train.outputs import (
     RESULT_FILE,
@@ -398,31 +399,6 @@ def _rows(tokenizer, examples, system_prompt, max_seq_len: int) -> tuple[list[di
 
 
 # ---------------------------------------------------------------------------- entry points
-
-@dataclass(frozen=True)
-class TrainPlan:
-    """One run, decided once: its identity, output dir and tokenized rows. A single process runs
-    it directly; with several processes it travels to every rank as a JSON file
-    (loop/train/distributed.py), so no rank touches the store or the task's data."""
-
-    base: str
-    parent_adapter: str | None
-    base_model_id: str
-    train_id: str
-    out_dir: str
-    config: TrainConfig
-    rows: list[dict]
-    dev_rows: list[dict]
-    skipped: tuple[str, ...]
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "config": self.config.as_dict(), "skipped": list(self.skipped)}
-
-    @classmethod
-    def from_json(cls, data: dict) -> TrainPlan:
-        return cls(**{**data, "config": TrainConfig.from_dict(data["config"]),
-                      "skipped": tuple(data["skipped"])})
-
 
 def plan_training(base_model_name: str, examples, out_dir, config: TrainConfig,
                   parent_adapter=None, dev_examples=None,
