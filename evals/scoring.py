@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from evals.rubric import judge_completer
 from evals.rules import CheckInput
 from evals.similarity import CachedEmbedder, cosine_pairs
-from evals.rubric import judge_completer
 from evals.suites import ItemScore, JudgeFactory, Suite, score_suite
 from loop.core.records import Example
 

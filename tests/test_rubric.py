@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import ChatHandler, classification_records, write_task
+
 from evals.rubric import UNPARSEABLE, Rubric, grade, parse_score, rubric_prompt
 from evals.rules import CheckInput
 from evals.suites import DEFAULT_SUITE, Suite, SuiteCheck, load_suite, score_suite

@@ -15,6 +15,7 @@ import os
 import streamlit as st
 
 from loop.app.serve import PASSWORD_ENV
+
 REVIEWER_ENV = "EVALLOOP_REVIEWER"
 _TYPED, _OK, _FAILED = "login_password", "login_ok", "login_failed"
 
