@@ -12,6 +12,9 @@ settings (loop.core.settings, against `CHECKS`):
     ]
     # or: file = "suite.toml"   (same keys at its top level)
 
+`rubric` (evals/rubric.py) asks a judge model to grade open answers against criteria; it is never
+in the default suite, so a task that does not name it loads no judge.
+
 A prediction passes when every required check that applies to it passes. `applies` restricts a
 check to items whose reference is JSON ("json") or is not ("text"); the default suite uses it to
 score extraction items with `json_equal` and the rest with `exact_match`.
@@ -21,10 +24,11 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from evals import rubric
 from evals.rules import REGISTRY, CheckInput, get_check, parse_json_reference
 from loop.core.errors import EvalloopError
 from loop.core.records import CheckResult
@@ -32,6 +36,8 @@ from loop.core.settings import CheckVocabulary, TaskSettings
 
 SIMILARITY = "similarity"  # pseudo-check: cosine similarity to the reference >= threshold
 SIMILARITY_VERSION = "1"
+RUBRIC = rubric.RUBRIC  # pseudo-check: a judge model's score against the criteria >= threshold
+JudgeFactory = Callable[[Mapping[str, Any]], rubric.Completer]  # rubric params -> completer
 
 
 @dataclass(frozen=True)
@@ -55,9 +61,22 @@ class Suite:
     def needs_similarity(self) -> bool:
         return any(c.name == SIMILARITY for c in self.checks)
 
+    @property
+    def needs_judge(self) -> bool:
+        return any(c.name == RUBRIC for c in self.checks)
+
+    def without_judge(self) -> Suite:
+        """The suite minus its rubric checks (scoring that must not call a judge model)."""
+        return Suite(self.version, tuple(c for c in self.checks if c.name != RUBRIC))
+
     def check_versions(self) -> dict[str, str]:
-        return {c.name: SIMILARITY_VERSION if c.name == SIMILARITY else REGISTRY[c.name].version
-                for c in self.checks}
+        return {c.name: _version(c.name) for c in self.checks}
+
+
+def _version(name: str) -> str:
+    if name == SIMILARITY:
+        return SIMILARITY_VERSION
+    return rubric.RUBRIC_VERSION if name == RUBRIC else REGISTRY[name].version
 
 
 DEFAULT_SUITE = Suite(version="default-1", checks=(
@@ -93,11 +112,12 @@ def load_suite(settings: TaskSettings) -> Suite:
 
 def unknown_check(name: str) -> str | None:
     """Why `name` is not a check a suite can list (None when it is)."""
-    if name == SIMILARITY or name in REGISTRY:
+    if name in (SIMILARITY, RUBRIC) or name in REGISTRY:
         return None
-    close = difflib.get_close_matches(name, list(REGISTRY), n=1)
+    close = difflib.get_close_matches(name, [*REGISTRY, SIMILARITY, RUBRIC], n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
-    return f"unknown check '{name}' ({hint}known: {', '.join(sorted(REGISTRY))}, {SIMILARITY})"
+    return (f"unknown check '{name}' ({hint}known: {', '.join(sorted(REGISTRY))}, {SIMILARITY}, "
+            f"{RUBRIC})")
 
 
 def param_problems(name: str, params: Mapping[str, Any]) -> list[str]:
@@ -105,6 +125,8 @@ def param_problems(name: str, params: Mapping[str, Any]) -> list[str]:
     if name == SIMILARITY:
         return [f"unknown param '{p}' for similarity (accepts: threshold)"
                 for p in params if p != "threshold"]
+    if name == RUBRIC:
+        return rubric.rubric_problems(params)
     accepted = set(inspect.signature(REGISTRY[name].fn).parameters) - {"items"}
     return [f"unknown param '{p}' for {name} (accepts: {', '.join(sorted(accepted))})"
             for p in params if p not in accepted]
@@ -122,8 +144,10 @@ def _applies(check: SuiteCheck, item: CheckInput) -> bool:
 
 
 def score_suite(suite: Suite, items: Sequence[CheckInput],
-                similarities: Sequence[float] | None = None) -> list[ItemScore]:
-    """Run every check on the items it applies to; combine into per-item verdicts."""
+                similarities: Sequence[float] | None = None,
+                judge: JudgeFactory | None = None) -> list[ItemScore]:
+    """Run every check on the items it applies to; combine into per-item verdicts.
+    `judge` builds the completer a rubric check grades with (from the check's params)."""
     per_item: list[list[CheckResult]] = [[] for _ in items]
     for check in suite.checks:
         idx = [k for k, item in enumerate(items) if _applies(check, item)]
@@ -135,6 +159,12 @@ def score_suite(suite: Suite, items: Sequence[CheckInput],
             threshold = float(check.params.get("threshold", 0.8))
             results = [CheckResult(SIMILARITY, SIMILARITY_VERSION, similarities[k] >= threshold,
                                    float(similarities[k]), {"threshold": threshold}) for k in idx]
+        elif check.name == RUBRIC:
+            if judge is None:
+                raise ValueError("suite has a rubric check: pass a judge")
+            complete = judge(check.params)
+            results = rubric.grade([items[k] for k in idx], rubric.Rubric.from_params(
+                check.params), complete, judge=getattr(complete, "label", ""))
         else:
             results = get_check(check.name).fn([items[k] for k in idx], **check.params)
         for k, result in zip(idx, results):
@@ -149,7 +179,8 @@ def _combine(suite: Suite, results: list[CheckResult]) -> ItemScore:
     for r in results:
         if r.passed:
             continue
-        category = "wrong_answer" if r.check == SIMILARITY else REGISTRY[r.check].category
+        category = "wrong_answer" if r.check in (SIMILARITY, RUBRIC) \
+            else REGISTRY[r.check].category
         if category not in categories:
             categories.append(category)
     return ItemScore(tuple(results), not failed_required, tuple(categories), failed_required)

@@ -585,7 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--allow-remote", action="store_true",
-                   help="allow a non-loopback --host (the app has no login)")
+                   help="allow a non-loopback --host; needs $EVALLOOP_APP_PASSWORD, which "
+                        "every session must enter")
     p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("cycle", help="run or resume one evaluate-target-train-gate cycle")

@@ -156,12 +156,15 @@ def seeded(workspace, monkeypatch) -> Path:
     return workspace
 
 
-def run_page(workspace: Path, page: str, arena_seed: int | None = None) -> AppTest:
+def run_page(workspace: Path, page: str, arena_seed: int | None = None,
+             reviewer: str | None = None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)
     sys.argv = ["app.py", "--workspace", str(workspace)]  # the app reads its workspace flag
     if arena_seed is not None:
         at.session_state["arena_seed"] = arena_seed
     at.run()
+    if reviewer is not None:
+        widget(at.sidebar, "text_input", "your name (reviews and votes)").set_value(reviewer)
     at.sidebar.radio[0].set_value(page).run()
     assert not at.exception, at.exception
     return at
@@ -405,6 +408,7 @@ def test_benchmark_table_puts_the_champion_first_with_differences():
 
 def test_app_refuses_a_non_loopback_bind_without_the_flag(workspace, monkeypatch):
     execs = []
+    monkeypatch.setenv("EVALLOOP_APP_PASSWORD", "s3cret")
 
     def fake_exec(path, args):
         execs.append(args)
@@ -421,6 +425,8 @@ def test_app_refuses_a_non_loopback_bind_without_the_flag(workspace, monkeypatch
             serve(workspace, host=host, port=8123, allow_remote=remote)
     assert [args[args.index("--server.address") + 1] for args in execs] == [
         "127.0.0.1", "localhost", "::1", "0.0.0.0"]
+    assert ["--login" in args for args in execs] == [False, False, False, True]
+    assert not any("s3cret" in a for args in execs for a in args)  # never on the command line
     args = " ".join(streamlit_command(workspace, "127.0.0.1", 8123))
     for flag in ("--server.address 127.0.0.1", "--server.port 8123", "--server.headless true",
                  "--browser.gatherUsageStats false", f"--workspace {workspace.resolve()}"):
@@ -451,3 +457,95 @@ def test_pages_serve_while_a_cycle_holds_the_database(seeded):
         assert store.count("reviews") == 1
         assert store.query("SELECT verdict FROM matches WHERE judge = 'human'") == [
             {"verdict": "both_bad"}]
+
+
+# ------------------------------------------------------------------ reviewers and login
+
+def test_a_remote_bind_without_the_password_is_refused(workspace):
+    env = {k: v for k, v in os.environ.items() if k != "EVALLOOP_APP_PASSWORD"}
+    done = subprocess.run([sys.executable, "-m", "loop.cli", "app", "--workspace",
+                           str(workspace), "--host", "0.0.0.0", "--allow-remote"],
+                          capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert done.returncode == 2
+    assert "EVALLOOP_APP_PASSWORD" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_login_asks_for_the_password_then_a_name_and_the_vote_records_it(seeded, monkeypatch):
+    monkeypatch.setenv("EVALLOOP_APP_PASSWORD", "s3cret")
+    at = AppTest.from_file(APP, default_timeout=60)
+    sys.argv = ["app.py", "--workspace", str(seeded), "--login"]
+    at.session_state["arena_seed"] = 3
+    at.run()
+    assert not at.sidebar.radio and not at.dataframe  # nothing shown before the login
+    widget(at, "text_input", "password").set_value("wrong").run()
+    assert "wrong password" in [e.value for e in at.error] and not at.sidebar.radio
+    widget(at, "text_input", "password").set_value("s3cret").run()
+    assert not [t for t in at.text_input if t.label == "password"]  # logged in
+    assert at.session_state["login_password"] == ""  # the typed text is not kept
+    assert "s3cret" not in [at.session_state[k] for k in ("login_password", "login_ok",
+                                                          "reviewer")]
+    name = widget(at.sidebar, "text_input", "your name (reviews and votes)")
+    assert name.value == "" and "Enter your name" in page_text(at)  # no OS-user default
+    name.set_value("alice")
+    at.sidebar.radio[0].set_value("Arena").run()
+    widget(at, "button", "tie").click().run()
+    assert not at.exception and "judged by alice" in page_text(at)
+    assert [v["voter"] for v in inbox.read(seeded, "votes")] == ["alice"]
+
+
+def test_reviews_and_votes_record_their_reviewer_and_the_overview_counts_them(seeded):
+    at = run_page(seeded, "Arena", arena_seed=7, reviewer="bob")
+    widget(at, "button", "A is better").click().run()
+    at = run_page(seeded, "Failures", reviewer="carol")
+    widget(at, "button", "answer is wrong").click().run()
+    at = run_page(seeded, "Overview")
+    reviewers = next(df.value for df in at.dataframe if "reviewer" in df.value.columns)
+    assert reviewers.to_dict("records") == [
+        {"reviewer": "bob", "reviews": 0, "corrections": 0, "votes": 1},
+        {"reviewer": "carol", "reviews": 1, "corrections": 0, "votes": 0}]
+    with Store(seeded) as store:
+        assert store.query("SELECT voter FROM matches WHERE judge = 'human'") == [
+            {"voter": "bob"}]
+        assert store.query("SELECT action, reviewer FROM reviews") == [
+            {"action": "answer_wrong", "reviewer": "carol"}]
+
+
+def _verdict(pid: str, who: str, ok: bool, minute: int = 0) -> dict:
+    return {"prediction_id": pid, "reviewer": who, "action": "answer_ok" if ok else
+            "answer_wrong", "created_at": f"2025-01-01T00:{minute:02d}:00"}
+
+
+@pytest.mark.parametrize("rubric, reviews, expected", [
+    ([], [_verdict("p1", "a", True)], (None, 0)),  # nothing graded
+    ([{"prediction_id": "p1", "passed": True}], [], (None, 0)),  # nothing reviewed
+    ([{"prediction_id": "p1", "passed": True}, {"prediction_id": "p2", "passed": False}],
+     [_verdict("p1", "a", True), _verdict("p2", "a", True)], (0.5, 2)),
+    # a reviewer's latest verdict counts
+    ([{"prediction_id": "p1", "passed": False}],
+     [_verdict("p1", "a", True, 1), _verdict("p1", "a", False, 2)], (1.0, 1)),
+    # majority of reviewers; an even split is left out
+    ([{"prediction_id": "p1", "passed": True}, {"prediction_id": "p2", "passed": True}],
+     [_verdict("p1", "a", True), _verdict("p1", "b", True), _verdict("p1", "c", False),
+      _verdict("p2", "a", True), _verdict("p2", "b", False)], (1.0, 1)),
+    # other review actions are no verdict
+    ([{"prediction_id": "p1", "passed": True}],
+     [{"prediction_id": "p1", "reviewer": "a", "action": "reviewed"}], (None, 0)),
+])
+def test_rubric_agreement_with_reviewers(rubric, reviews, expected):
+    assert views.rubric_agreement(rubric, reviews) == expected
+
+
+def test_reviewer_agreement_on_verdicts_and_votes_in_either_order():
+    reviews = [_verdict("p1", "a", True), _verdict("p1", "b", True), _verdict("p2", "a", True),
+               _verdict("p2", "b", False), _verdict("p3", "c", True)]
+    vote = {"task_id": "t", "example_id": "e1", "judge": "human"}
+    votes = [{**vote, "model_a": "m1", "model_b": "m2", "verdict": "A", "voter": "a"},
+             {**vote, "model_a": "m2", "model_b": "m1", "verdict": "B", "voter": "b"},
+             {**vote, "model_a": "m1", "model_b": "m2", "verdict": "A", "judge": "reference"}]
+    assert views.reviewer_agreement(reviews, votes) == [
+        {"reviewers": "a / b", "on": "answer verdicts", "agreement": 0.5, "items": 2},
+        {"reviewers": "a / b", "on": "votes", "agreement": 1.0, "items": 1}]
+    assert views.reviewer_counts(reviews, [{"reviewer": "c"}], votes) == [
+        {"reviewer": "a", "reviews": 2, "corrections": 0, "votes": 1},
+        {"reviewer": "b", "reviews": 2, "corrections": 0, "votes": 1},
+        {"reviewer": "c", "reviews": 1, "corrections": 1, "votes": 0}]

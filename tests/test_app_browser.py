@@ -1,6 +1,7 @@
 """A real browser against `evalloop app` on loopback while another process holds the database:
-every page opens and is screenshotted, a blind vote is cast from the keyboard, a correction is
-saved through the page, and both reach the store once a writer opens it."""
+every page opens and is screenshotted, a reviewer name is entered, a blind vote is cast from the
+keyboard, a correction is saved through the page, and both reach the store with that name once a
+writer opens it."""
 
 from __future__ import annotations
 
@@ -115,7 +116,12 @@ def test_browser_opens_every_page_votes_and_corrects(app_url, workspace, cycle_h
         settle(page)
         snap(page, shots / "1-overview.png")
 
+        name = page.get_by_label("your name (reviews and votes)")
+        name.fill("dana")  # the reviewer every later vote and correction records
+        name.press("Enter")
+        settle(page)
         open_page(page, "Arena")
+        page.get_by_text("judged by dana").first.wait_for(timeout=30_000)
         page.get_by_role("heading", name="Arena: blind A/B votes").click()  # focus off inputs
         page.keyboard.press("x")  # the "both bad" shortcut
         page.get_by_text("vote recorded (both bad)").wait_for(timeout=30_000)
@@ -144,6 +150,6 @@ def test_browser_opens_every_page_votes_and_corrects(app_url, workspace, cycle_h
     cycle_holding_the_db.wait()
     with Store(workspace) as store:  # the next writer ingests what the browser submitted
         assert store.query("SELECT verdict, voter, judge FROM matches WHERE judge = 'human'") == [
-            {"verdict": "both_bad", "voter": "tester", "judge": "human"}]
+            {"verdict": "both_bad", "voter": "dana", "judge": "human"}]
         assert store.query("SELECT corrected_output, reviewer FROM corrections") == [
-            {"corrected_output": "red, corrected in the browser", "reviewer": "tester"}]
+            {"corrected_output": "red, corrected in the browser", "reviewer": "dana"}]

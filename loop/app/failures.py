@@ -21,6 +21,7 @@ from loop.store.app_queries import (
     filter_failures,
     has,
     model_names,
+    rubric_results,
     snapshot,
     with_inbox,
 )
@@ -39,6 +40,7 @@ def render(ws: Path, reviewer: str) -> None:
         reviews = with_inbox(ws, store, "reviews")
         corrections = with_inbox(ws, store, "corrections")
         state = views.review_state(reviews, corrections)
+        _rubric_agreement(rubric_results(store), reviews)
         flt = _filters(failure_options(store), names, views.tagged_ids(reviews), state)
         page = filter_failures(store, flt, limit=PAGE_SIZE)
         st.caption(f"{page.total:,} failures match; {len(page.rows)} failures shown "
@@ -50,6 +52,17 @@ def render(ws: Path, reviewer: str) -> None:
     _detail(row, names, checks, views.item_history(reviews, corrections, row["task_id"],
                                                    row["example_id"]))
     _actions(ws, row, reviewer)
+
+
+def _rubric_agreement(rubric_rows: list[dict], reviews: list[dict]) -> None:
+    """How often the rubric judge's pass/fail matches reviewers' 'answer is right/wrong'."""
+    if not rubric_rows:
+        return
+    share, n = views.rubric_agreement(rubric_rows, reviews)
+    st.caption("rubric judge agrees with reviewers on "
+               + (f"{share:.0%} of {n} reviewed items" if n else
+                  "- (no item with a rubric score has a reviewer verdict yet: 'answer is "
+                  "right' / 'answer is wrong' below)"))
 
 
 def _any(value) -> str:
@@ -150,11 +163,16 @@ def _actions(ws: Path, row: dict, reviewer: str) -> None:
     base = {"task_id": row["task_id"], "example_id": row["example_id"],
             "prediction_id": row["prediction_id"], "reviewer": reviewer}
     st.markdown("**review**")
-    cols = st.columns(2)
+    cols = st.columns(4)
     cols[0].button("mark reviewed", key=f"reviewed-{key}", on_click=_append, args=(
         ws, "reviews", {**base, "action": "reviewed"}, "marked reviewed"))
     cols[1].button("mark the reference wrong", key=f"refwrong-{key}", on_click=_append, args=(
         ws, "reviews", {**base, "action": "reference_wrong"}, "reference flagged as wrong"))
+    # explicit pass/fail verdicts: what rubric judges and reviewers are compared on
+    cols[2].button("answer is right", key=f"ok-{key}", on_click=_append, args=(
+        ws, "reviews", {**base, "action": "answer_ok"}, "verdict saved: answer is right"))
+    cols[3].button("answer is wrong", key=f"wrong-{key}", on_click=_append, args=(
+        ws, "reviews", {**base, "action": "answer_wrong"}, "verdict saved: answer is wrong"))
     with st.form(f"correction-{key}"):
         st.text_area("corrected answer", value=row["reference"], key=f"fix-{key}")
         st.form_submit_button("save correction", on_click=_correct,

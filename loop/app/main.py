@@ -17,19 +17,21 @@ from pathlib import Path
 
 import streamlit as st
 
-from loop.app import arena, failures, leaderboard, overview, training
+from loop.app import arena, failures, leaderboard, login, overview, training
 from loop.store.app_queries import pending_inbox, snapshot
 from loop.store.db import SNAPSHOT_NAME
 
 PAGES = ("Overview", "Failures", "Arena", "Leaderboard", "Benchmarks & training")
 
 
-def workspace() -> Path:
+def arguments() -> tuple[Path, bool]:
+    """The workspace, and whether a login is required (`evalloop app --allow-remote`)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--workspace", default=os.environ.get("EVALLOOP_WORKSPACE",
                                                               "evalloop-workspace"))
+    parser.add_argument("--login", action="store_true")
     args, _ = parser.parse_known_args()
-    return Path(args.workspace)
+    return Path(args.workspace), args.login
 
 
 def status(ws: Path) -> None:
@@ -48,17 +50,18 @@ def status(ws: Path) -> None:
 
 def main() -> None:
     st.set_page_config(page_title="evalloop", layout="wide")
-    ws = workspace()
+    ws, needs_login = arguments()
+    if needs_login:
+        login.require_password()
     page = st.sidebar.radio("page", PAGES)
-    reviewer = st.sidebar.text_input("your name (reviews and votes)", key="reviewer",
-                                     value=os.environ.get("USER") or "reviewer").strip()
+    reviewer = login.reviewer_name(required=needs_login)
     status(ws)
     if page == "Overview":
         overview.render(ws)
     elif page == "Failures":
-        failures.render(ws, reviewer or "reviewer")
+        failures.render(ws, reviewer)
     elif page == "Arena":
-        arena.render(ws, reviewer or "reviewer")
+        arena.render(ws, reviewer)
     elif page == "Leaderboard":
         leaderboard.render(ws)
     else:

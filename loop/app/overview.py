@@ -12,12 +12,14 @@ import streamlit as st
 from loop.app import views
 from loop.store.app_queries import (
     benchmark_headlines,
+    all_matches,
     champion_history,
     cycles,
     model_names,
     pass_rate_trend,
     snapshot,
     stage_times,
+    with_inbox,
 )
 
 
@@ -31,6 +33,9 @@ def render(ws: Path) -> None:
         cycle_rows, champs = cycles(store), champion_history(store)
         stages = stage_times(store, cycle_rows[-1]["cycle_id"]) if cycle_rows else []
         trend, bench = pass_rate_trend(store), benchmark_headlines(store)
+        reviews, corrections = with_inbox(ws, store, "reviews"), with_inbox(ws, store,
+                                                                            "corrections")
+        votes = all_matches(ws, store)
     if not (cycle_rows or trend or bench):
         st.info("Nothing evaluated yet: run `evalloop eval --task T` or `make demo`.")
         return
@@ -40,6 +45,7 @@ def render(ws: Path) -> None:
     _champions(champs, cycle_rows)
     _pass_rates(trend, names)
     _benchmarks(bench, names)
+    _reviewers(reviews, corrections, votes)
 
 
 def _latest_gate(cycle_rows: list[dict]) -> None:
@@ -148,3 +154,18 @@ def _benchmarks(bench: list[dict], names: dict[str, str]) -> None:
         tooltip=["model", "benchmark", "measured", "value"]).properties(width=240, height=150)
     st.altair_chart(chart.facet(facet=alt.Facet("benchmark:N", title=None), columns=3)
                     .resolve_scale(y="independent"), width="content")
+
+
+def _reviewers(reviews: list[dict], corrections: list[dict], votes: list[dict]) -> None:
+    """Who reviewed what, and how often two reviewers agree on the items both judged."""
+    counts = views.reviewer_counts(reviews, corrections, votes)
+    if not counts:
+        return
+    st.subheader("Reviewers")
+    st.dataframe(pd.DataFrame(counts), hide_index=True)
+    agreement = views.reviewer_agreement(reviews, votes)
+    if agreement:
+        st.markdown("**Agreement between reviewers** (items both of them judged)")
+        st.dataframe(pd.DataFrame(agreement), hide_index=True)
+    else:
+        st.caption("No item judged by two reviewers yet, so no agreement between reviewers.")

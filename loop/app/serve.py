@@ -10,10 +10,14 @@ from typing import NoReturn
 
 from loop.core.errors import EvalloopError
 
+PASSWORD_ENV = "EVALLOOP_APP_PASSWORD"  # every session of a remote app must enter it
 
-def streamlit_command(workspace: str | Path, host: str, port: int) -> list[str]:
+
+def streamlit_command(workspace: str | Path, host: str, port: int, login: bool = False
+                      ) -> list[str]:
     """The `streamlit run` command line for a workspace; it serves the packaged app module (not
-    the checkout's app.py), so an installed wheel works too."""
+    the checkout's app.py), so an installed wheel works too. `login`: every session must enter
+    $EVALLOOP_APP_PASSWORD and a reviewer name first (loop/app/login.py)."""
     from loop.app import MAIN_SCRIPT
 
     return [sys.executable, "-m", "streamlit", "run", str(MAIN_SCRIPT), "--server.address", host,
@@ -21,7 +25,7 @@ def streamlit_command(workspace: str | Path, host: str, port: int) -> list[str]:
             "--browser.gatherUsageStats", "false",
             # a served app: no source watching, no deploy menu
             "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal",
-            "--", "--workspace", str(Path(workspace).resolve())]
+            "--", "--workspace", str(Path(workspace).resolve()), *(["--login"] * login)]
 
 
 def serve(workspace: str | Path, host: str = "127.0.0.1", port: int = 8501,
@@ -34,8 +38,13 @@ def serve(workspace: str | Path, host: str = "127.0.0.1", port: int = 8501,
     except ValueError:
         loopback = False
     if not loopback and not allow_remote:
-        raise EvalloopError(f"Refusing to serve the app on non-loopback address {host}: it has no "
-                            "login. Pass --allow-remote to expose it on purpose.")
-    print(f"evalloop app on http://{host}:{port} (workspace {workspace})", flush=True)
-    command = streamlit_command(workspace, host, port)
+        raise EvalloopError(f"Refusing to serve the app on non-loopback address {host}. Pass "
+                            f"--allow-remote (with {PASSWORD_ENV} set) to expose it on purpose.")
+    if not loopback and not os.environ.get(PASSWORD_ENV):
+        raise EvalloopError(f"Refusing to serve the app on non-loopback address {host} without "
+                            f"a login: set {PASSWORD_ENV} in the environment (every session "
+                            "must enter it), or keep the default loopback host.")
+    print(f"evalloop app on http://{host}:{port} (workspace {workspace}"
+          f"{'' if loopback else f', password from ${PASSWORD_ENV}'})", flush=True)
+    command = streamlit_command(workspace, host, port, login=not loopback)
     os.execv(command[0], command)

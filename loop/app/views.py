@@ -207,3 +207,78 @@ def gate_reasons(reasons: str | list | None) -> list[dict]:
     items = json.loads(reasons) if isinstance(reasons, str) else (reasons or [])
     return [{"": "pass" if r.get("passed") else "FAIL", "check": r.get("check"),
              "detail": r.get("detail")} for r in items]
+
+
+# ------------------------------------------------------------------ reviewers
+
+HUMAN_VERDICTS = {"answer_ok": True, "answer_wrong": False}  # review action -> answer passes
+
+
+def human_verdicts(reviews: Sequence[dict]) -> dict[str, dict[str, bool]]:
+    """prediction id -> reviewer -> that reviewer's latest pass/fail verdict on the answer."""
+    out: dict[str, dict[str, bool]] = defaultdict(dict)
+    for r in sorted(reviews, key=lambda r: str(r.get("created_at") or "").replace("T", " ")):
+        if r.get("action") in HUMAN_VERDICTS and r.get("prediction_id"):
+            out[r["prediction_id"]][r.get("reviewer") or ""] = HUMAN_VERDICTS[r["action"]]
+    return dict(out)
+
+
+def rubric_agreement(rubric_rows: Sequence[dict], reviews: Sequence[dict]
+                     ) -> tuple[float | None, int]:
+    """(share of items where the rubric's pass/fail matches the reviewers', n items). An item
+    counts when reviewers gave it a verdict; reviewers split evenly on it leave it out."""
+    graded = {r["prediction_id"]: bool(r["passed"]) for r in rubric_rows}
+    agree = n = 0
+    for pid, by_reviewer in human_verdicts(reviews).items():
+        yes = sum(by_reviewer.values())
+        if pid not in graded or 2 * yes == len(by_reviewer):
+            continue
+        n += 1
+        agree += graded[pid] == (2 * yes > len(by_reviewer))
+    return (agree / n if n else None), n
+
+
+def reviewer_counts(reviews: Sequence[dict], corrections: Sequence[dict],
+                    votes: Sequence[dict]) -> list[dict]:
+    """One row per person: how many reviews, corrections and votes they made."""
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: {"reviews": 0, "corrections": 0,
+                                                             "votes": 0})
+    for kind, rows, who in (("reviews", reviews, "reviewer"),
+                            ("corrections", corrections, "reviewer"),
+                            ("votes", [v for v in votes if v.get("judge") == "human"], "voter")):
+        for row in rows:
+            counts[row.get(who) or "(unknown)"][kind] += 1
+    return [{"reviewer": name, **c} for name, c in sorted(counts.items())]
+
+
+def _pairwise(labels: dict[str, dict], what: str) -> list[dict]:
+    """labels: reviewer -> item key -> label; one row per pair of reviewers sharing items."""
+    rows = []
+    names = sorted(labels)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = set(labels[a]) & set(labels[b])
+            if shared:
+                same = sum(labels[a][k] == labels[b][k] for k in shared)
+                rows.append({"reviewers": f"{a} / {b}", "on": what,
+                             "agreement": same / len(shared), "items": len(shared)})
+    return rows
+
+
+def reviewer_agreement(reviews: Sequence[dict], votes: Sequence[dict]) -> list[dict]:
+    """Agreement between each two reviewers on the items both judged: answer verdicts (right /
+    wrong) and blind votes (oriented so votes cast in either order meet)."""
+    verdicts: dict[str, dict] = defaultdict(dict)
+    for pid, by_reviewer in human_verdicts(reviews).items():
+        for reviewer, ok in by_reviewer.items():
+            verdicts[reviewer][pid] = ok
+    ballots: dict[str, dict] = defaultdict(dict)
+    for v in votes:
+        if v.get("judge") != "human" or not v.get("verdict"):
+            continue
+        key, verdict = (v.get("example_id"), v["model_a"], v["model_b"]), v["verdict"]
+        if v["model_a"] > v["model_b"]:
+            key = (v.get("example_id"), v["model_b"], v["model_a"])
+            verdict = {"A": "B", "B": "A"}.get(verdict, verdict)
+        ballots[v.get("voter") or ""][key] = verdict
+    return _pairwise(verdicts, "answer verdicts") + _pairwise(ballots, "votes")

@@ -148,7 +148,8 @@ class GenerationSettings(Section):
 class SuiteCheckSettings(Section):
     """One entry of [suite] checks."""
 
-    name: StrictStr = Field(description="a registered check (evals.rules) or \"similarity\"")
+    name: StrictStr = Field(description="a registered check (evals.rules), \"similarity\" or "
+                                        "\"rubric\" (evals.rubric)")
     required: bool = False
     params: dict[str, Any] = Field(default_factory=dict, description="the check's keyword args")
     applies: Literal["all", "json", "text"] = Field(

@@ -323,6 +323,14 @@ def check_results(store: Store, prediction_id: str, example_id: str) -> list[dic
                        "ORDER BY check_name", [prediction_id, example_id])
 
 
+def rubric_results(store: Store | None) -> list[dict]:
+    """Every stored rubric verdict: prediction id and whether the judge passed it."""
+    if not has(store, "scores"):
+        return []
+    return store.query("SELECT prediction_id, example_id, passed FROM scores "
+                       "WHERE check_name = ?", ["rubric"])
+
+
 # ------------------------------------------------------------------ arena
 
 def arena_choices(store: Store | None) -> list[dict]:

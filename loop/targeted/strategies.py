@@ -405,7 +405,7 @@ def _suite_scorer(task: Task):
         from evals.suites import load_suite, score_suite
     except ImportError:  # scoring not installed: the shape check alone
         return None
-    suite = load_suite(task.settings)
+    suite = load_suite(task.settings).without_judge()  # no judge model on candidates
 
     def score(examples: Sequence[Example]) -> list[str | None]:
         items = [CheckInput(e.instruction, e.input, e.output, e.output) for e in examples]
