@@ -10,8 +10,8 @@ import sys
 from dataclasses import dataclass
 
 import pytest
-
 from conftest import DEMO_TASK, classification_records, write_task
+
 from loop.core.errors import ConfigError, ModelError
 from loop.core.records import content_hash
 from loop.models import backends
@@ -61,7 +61,7 @@ def test_eval_with_vllm_here_is_a_clear_error_before_the_store(tmp_path, how):
     flag = ["--backend", "vllm"] if how == "flag" else []
     proc = subprocess.run([sys.executable, "-m", "loop.cli", "eval", "--task", str(toml),
                            "--model", "tiny-random", "--workspace", str(tmp_path / "ws"), *flag],
-                          capture_output=True, text=True, timeout=300)
+                          check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     message = proc.stderr.strip()
