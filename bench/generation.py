@@ -9,6 +9,11 @@ task's unless given). A third column adds stop-at-JSON when the task's reference
 `evalloop eval` decides). Throughputs are measured in one run, so machine noise mostly cancels;
 "identical" compares each output with the plain output (cut after its first JSON value for the
 stop-at-JSON column).
+
+`--backend vllm` adds a vLLM row (loop/models/vllm_backend.py: bf16, its own prefix caching, the
+JSON stop when the task's references are JSON) on the same prompts, compared with the same plain
+outputs: on a CUDA machine with `pip install 'evalloop[gpu]'`, one command measures vLLM against
+transformers. Without CUDA or vllm it says so after the transformers rows and exits 0.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--split", default="dev")
     parser.add_argument("--batch-sizes", default="", help="prefix-path batch sizes, e.g. 32,64")
+    parser.add_argument("--backend", default="hf", choices=["hf", "vllm"],
+                        help="vllm: add a vLLM row (CUDA + the gpu extra)")
     args = parser.parse_args()
 
     path = Path(args.task)
@@ -64,6 +71,7 @@ def main() -> None:
         cut = [o.text[:json_end(o.text)] for o in plain]  # None keeps the whole text
         out, t = timed(batch_size=sizes[0], stop_at_json=True)
         rows.append(("prefix+json stop", sizes[0], out, t, [c.strip() for c in cut]))
+    vllm_note = vllm_row(args, prompts, gen, use_json, rows) if args.backend == "vllm" else None
 
     n_tokens = sum(o.prompt_tokens for o in plain) / len(plain)
     print(f"task {task.name} ({args.split}), model {args.model}, {len(prompts)} prompts of "
@@ -76,6 +84,29 @@ def main() -> None:
         mean_out = sum(o.output_tokens for o in out) / len(out)
         print(f"{name:<18}{bs:>6}{len(out) / t:>9.2f}{t:>9.1f}{t_plain / t:>7.2f}x"
               f"{same:>6}/{len(out):<4}{mean_out:>12.1f}")
+    if vllm_note:
+        print(vllm_note)
+
+
+def vllm_row(args, prompts, gen, use_json, rows) -> str | None:
+    """Append vLLM's row (compared with the plain outputs, JSON-cut when the task is JSON), or
+    return why it cannot run here."""
+    from loop.models.backends import vllm_missing
+
+    if missing := vllm_missing():
+        return (f"vLLM is unavailable here: it needs {missing} "
+                "(`pip install 'evalloop[gpu]'` on a CUDA machine).")
+    from loop.models.vllm_backend import VllmGenerator
+
+    generator = VllmGenerator.load(args.model)
+    generator.generate(prompts[:2], 4, progress=False)  # warm-up: CUDA graphs, first kernels
+    t0 = time.perf_counter()
+    out = generator.generate(prompts, gen.max_new_tokens, progress=False,
+                             stop_at_json=use_json)
+    ref = rows[-1][4] if use_json else rows[0][4]
+    rows.append(("vllm" + (" json stop" if use_json else ""), "auto", out,
+                 time.perf_counter() - t0, ref))
+    return None
 
 
 if __name__ == "__main__":

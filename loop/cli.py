@@ -63,11 +63,13 @@ def _load_task(args: argparse.Namespace):
 def cmd_eval(args: argparse.Namespace) -> int:
     from loop.evaluation import ci_report
     from loop.evaluation.evaluate import evaluate, format_summary, select
+    from loop.models.backends import resolve_backend
     from loop.models.loading import parse_model_name
     from loop.store.db import Store
 
     task = _load_task(args)
     examples = select(task, args.split, args.limit)  # validate everything before the store
+    resolve_backend(args.backend or task.settings.generation.backend)
     thresholds = ci_report.parse_thresholds(args.min_pass_rate, args.min_category_pass_rate,
                                             {e.category for e in examples})
     if args.junit and Path(args.junit).is_dir():
@@ -75,7 +77,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     parse_model_name(args.model)
     with Store(args.workspace) as store:
         summary = evaluate(store, task, args.model, split=args.split, limit=args.limit,
-                           progress=not args.json, processes=args.processes)
+                           progress=not args.json, processes=args.processes,
+                           backend=args.backend)
         if args.junit:
             from loop.exports import run_item_rows
 
@@ -490,6 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int, default=None, metavar="N",
                    help="generate on N processes (GPUs, or CPU ranks), each a shard of the "
                         "items; default [generation] processes (docs/scale.md)")
+    p.add_argument("--backend", default=None, choices=["auto", "hf", "vllm"],
+                   help="generation engine: vllm needs CUDA and `pip install 'evalloop[gpu]'`; "
+                        "auto picks it when both are there, else hf (default [generation] "
+                        "backend)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("failures", help="failures of the latest evaluation, by category and "
@@ -551,7 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="fixed seeded subset per task")
     p.add_argument("--benchmark-data", default=None, metavar="DIR",
                    help="local JSONL copies in the Hugging Face schemas (offline)")
-    p.add_argument("--backend", default="evalloop", choices=["evalloop", "hf"])
+    p.add_argument("--backend", default="evalloop", choices=["evalloop", "hf", "vllm"],
+                   help="evalloop (our model class), hf (lm-eval's HFLM) or vllm (lm-eval's "
+                        "VLLM: CUDA and `pip install 'evalloop[gpu]'`)")
     p.add_argument("--compare", default=None, metavar="OTHER",
                    help="a second model: print its values and the deltas (model - other)")
     p.set_defaults(func=cmd_bench)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from loop.evaluation.evaluate import answers_are_json
-from loop.models.decode import _finish, generate, json_end, prefix_groups
+from loop.models.decode import finish, generate, json_end, prefix_groups
 from loop.core.prompts import build_prompt
 from loop.core.records import Example
 from tests.conftest import random_adapter
@@ -125,10 +125,10 @@ def test_stop_at_json_equals_plain_output_cut(base_lm):
 def test_finish_cuts_after_the_first_json_value(base_lm):
     tok = base_lm.tokenizer
     ids = tok('["a", "b]"] and more [1]', add_special_tokens=False)["input_ids"]
-    text, n = _finish(tok, ids, [tok.eos_token_id], [], stop_at_json=True)
+    text, n = finish(tok, ids, [tok.eos_token_id], [], stop_at_json=True)
     assert text == '["a", "b]"]'
     assert json_end(tok.decode(ids[:n])) is not None and json_end(tok.decode(ids[:n - 1])) is None
-    assert _finish(tok, ids, [tok.eos_token_id], [], stop_at_json=False) == \
+    assert finish(tok, ids, [tok.eos_token_id], [], stop_at_json=False) == \
         ('["a", "b]"] and more [1]', len(ids))
 
 

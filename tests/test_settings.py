@@ -73,7 +73,8 @@ def test_defaults_are_the_ones_the_stages_always_used(tmp_path):
     s = load_task(write_task(tmp_path, ROWS, name="plain")).settings
     assert (s.name, s.dev_fraction, s.system_prompt, s.suite, s.benchmarks) == (
         "plain", 0.1, None, None, None)
-    assert s.generation.model_dump() == {"max_new_tokens": 64, "batch_size": 16, "processes": 1}
+    assert s.generation.model_dump() == {"max_new_tokens": 64, "batch_size": 16, "processes": 1,
+                                         "backend": "auto"}
     assert s.training.model_dump() == {
         "rank": 16, "alpha": 32.0, "dropout": 0.0, "target_modules": "all-linear",
         "learning_rate": 1e-3, "epochs": 2.0, "max_steps": None, "batch_size": 16,

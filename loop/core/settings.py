@@ -38,7 +38,8 @@ DEFAULT_BENCHMARK_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "mmlu", "tr
                            "truthfulqa_mc2")
 StrategyName = Literal["corrections", "retrieval", "generator", "teacher"]
 STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
-BenchmarkBackend = Literal["evalloop", "hf"]
+BenchmarkBackend = Literal["evalloop", "hf", "vllm"]
+GenerationBackend = Literal["auto", "hf", "vllm"]
 TrainMethod = Literal["sft", "dpo", "sft+dpo"]
 
 
@@ -143,6 +144,9 @@ class GenerationSettings(Section):
     batch_size: int = Field(16, ge=1)
     processes: int = Field(1, ge=1, description="ranks generating shards of the items "
                                                 "(docs/scale.md)")
+    backend: GenerationBackend = Field(
+        "auto", description="auto: vLLM when CUDA and the vllm package are there, else hf "
+                            "(transformers with the shared-prefix cache)")
 
 
 class SuiteCheckSettings(Section):

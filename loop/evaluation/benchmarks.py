@@ -14,6 +14,7 @@ returned from it without loading the model. Running a benchmark on a loaded mode
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -24,7 +25,9 @@ from evals.benchmarks import (BACKENDS, DEFAULT_SEED, BenchmarkModel, BenchmarkR
                               headline, run_benchmark, run_key, task_manager)
 from loop.core.errors import ConfigError
 from loop.core.settings import BenchmarksSettings
+from loop.models.backends import require_vllm
 from loop.models.loading import base_path, fingerprint, load_model, parse_model_name, pick_device
+from loop.models.vllm_backend import GPU_MEMORY_SHARE, MIN_LORA_RANK, lora_rank
 from loop.store import benchmarks as queries
 from loop.store.db import Store
 
@@ -40,6 +43,8 @@ def run_benchmarks(store: Store, model_name: str, tasks=DEFAULT_TASKS, limit: in
         raise ConfigError(f"Unknown benchmark backend '{backend}' (known: {', '.join(BACKENDS)}).")
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be a positive integer, got {limit}.")
+    if backend == "vllm":
+        require_vllm("The vllm benchmark backend", "'evalloop' or 'hf'")
     spec = parse_model_name(model_name)
     model_id = fingerprint(spec)
     data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
@@ -74,9 +79,19 @@ def make_lm(backend: str, model_name: str):
 
         lm = EvalloopLM(load_model(model_name), dtype="auto")
         return lm, "evalloop", lm.dtype_name
+    spec = parse_model_name(model_name)
+    if backend == "vllm":  # lm-eval's module imports vllm at its top: only here
+        from lm_eval.models.vllm_causallms import VLLM
+
+        rank = lora_rank(json.loads((spec.adapter / "adapter_config.json").read_text())
+                         ) if spec.adapter else MIN_LORA_RANK
+        lm = VLLM(pretrained=base_path(spec.base), dtype="bfloat16",
+                  lora_local_path=str(spec.adapter) if spec.adapter else None,
+                  max_lora_rank=rank, gpu_memory_utilization=GPU_MEMORY_SHARE,
+                  batch_size="auto")
+        return lm, "vllm", "bfloat16"
     from lm_eval.models.huggingface import HFLM
 
-    spec = parse_model_name(model_name)
     lm = HFLM(pretrained=base_path(spec.base), peft=str(spec.adapter) if spec.adapter else None,
               device=pick_device().type, batch_size=HF_BATCH_SIZE, dtype="auto")
     return lm, f"hf(batch {HF_BATCH_SIZE})", str(lm.model.dtype).removeprefix("torch.")

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 
 from evals.suites import load_suite
 from loop.core.errors import TaskDataError
-from loop.models.decode import generate
-from loop.models.loading import LoadedModel, context_length, fingerprint, load_model, load_tokenizer, \
+from loop.models.backends import Backend, load_generator, resolve_backend
+from loop.models.loading import LoadedModel, context_length, fingerprint, load_tokenizer, \
     parse_model_name
 from loop.core.prompts import build_prompt
 from loop.core.records import Example, content_hash
@@ -63,9 +63,12 @@ def select(task: Task, split: str, limit: int | None) -> tuple[Example, ...]:
 
 def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
              limit: int | None = None, progress: bool = True,
-             lm: LoadedModel | None = None, processes: int | None = None) -> EvalSummary:
+             lm: LoadedModel | None = None, processes: int | None = None,
+             backend: str | None = None) -> EvalSummary:
     """`processes` (default: [generation] processes) > 1: the items to generate are sharded
-    over that many ranks (loop/evaluation/sharded.py); this process alone writes the store."""
+    over that many ranks (loop/evaluation/sharded.py); this process alone writes the store.
+    `backend` (default: [generation] backend): "auto" | "hf" | "vllm"; a loaded `lm` is HF.
+    vLLM generates in this process (it batches and fills the GPU itself), whatever `processes`."""
     examples = select(task, split, limit)
     if processes is not None and processes < 1:
         raise TaskDataError(f"--processes must be a positive number, got {processes}.")
@@ -73,23 +76,25 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
     model_id = lm.model_id if lm else fingerprint(spec)
     tokenizer = lm.tokenizer if lm else load_tokenizer(spec)
     gen = task.settings.generation
+    engine = "hf" if lm else resolve_backend(backend or gen.backend)  # before any write
     stop_at_json = answers_are_json([e for s in task.splits.values() for e in s])
-    # The flag joins the hash only when set, so predictions of other tasks stay reusable.
-    gen_hash = content_hash(GEN_VERSION, gen.max_new_tokens, *(["stop-at-json"] * stop_at_json))
+    gen_hash = generation_hash(gen.max_new_tokens, stop_at_json, engine)
     prompts = [build_prompt(tokenizer, e, task.settings.system_prompt) for e in examples]
     pred_ids = [content_hash(model_id, content_hash(p), gen_hash) for p in prompts]
     _check_context(tokenizer, spec, examples, prompts, gen.max_new_tokens)  # before any write
     stored = store.get_predictions(pred_ids)
     missing = [i for i, pid in enumerate(pred_ids) if pid not in stored]
     ranks = min(gen.processes if processes is None else processes, len(missing))
-    if missing and ranks <= 1:
-        lm = lm or load_model(model_name)  # a model that cannot load fails before any write
+    ranks = 1 if engine == "vllm" else ranks
+    if missing and ranks <= 1:  # a model that cannot load fails before any write
+        generator = load_generator(engine, model_name, lm)
     store.put_task(task.name, str(task.settings.path), task.data_hash,
                    [e for s in task.splits.values() for e in s])
     store.put_model(model_id, model_name, spec.base, adapter=str(spec.adapter or "") or None)
     run_id = content_hash("eval", task.name, split, model_id, gen_hash, [e.id for e in examples])
     store.start_run(run_id, "eval", task.name, model_id, split,
-                    {"limit": limit, "max_new_tokens": gen.max_new_tokens, "model": model_name})
+                    {"limit": limit, "max_new_tokens": gen.max_new_tokens, "model": model_name,
+                     "backend": engine})
     if missing and ranks > 1:  # each rank loads the model itself, on its own device
         from loop.evaluation.sharded import generate_sharded
 
@@ -99,9 +104,9 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
                                    gen.max_new_tokens, gen.batch_size, stop_at_json,
                                    progress=progress, desc=f"{split} {task.name}")
     elif missing:
-        outputs = generate(lm, [prompts[i] for i in missing], gen.max_new_tokens,
-                           gen.batch_size, progress=progress, desc=f"{split} {task.name}",
-                           stop_at_json=stop_at_json)
+        outputs = generator.generate([prompts[i] for i in missing], gen.max_new_tokens,
+                                     gen.batch_size, progress=progress,
+                                     desc=f"{split} {task.name}", stop_at_json=stop_at_json)
     if missing:
         rows = [{"prediction_id": pred_ids[i], "model_id": model_id,
                  "prompt_hash": content_hash(prompts[i]), "gen_hash": gen_hash,
@@ -119,6 +124,14 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
                           reused=len(examples) - len(missing), **summary)
     store.finish_run(run_id, summary.to_json())
     return summary
+
+
+def generation_hash(max_new_tokens: int, stop_at_json: bool, backend: Backend = "hf") -> str:
+    """Identity of the decoding behind a prediction. The JSON stop and a non-HF backend join it
+    only when used, so HF predictions stored before either existed stay reusable; vLLM (bf16,
+    its own kernels) can flip near-ties, so its predictions are never mixed with HF's."""
+    return content_hash(GEN_VERSION, max_new_tokens, *(["stop-at-json"] * stop_at_json),
+                        *([f"backend-{backend}"] * (backend != "hf")))
 
 
 def answers_are_json(examples: Sequence[Example], share: float = JSON_SHARE) -> bool:

@@ -107,9 +107,10 @@ def _stopped(tok, ids: Sequence[int], eos_ids: Sequence[int], stop_at_json: bool
     return stop_at_json and json_end(tok.decode(ids, skip_special_tokens=True)) is not None
 
 
-def _finish(tok, ids: Sequence[int], eos_ids: Sequence[int], stops: Sequence[str],
-            stop_at_json: bool) -> tuple[str, int]:
-    """Text and token count of one row's new tokens, cut at its first stop."""
+def finish(tok, ids: Sequence[int], eos_ids: Sequence[int], stops: Sequence[str],
+           stop_at_json: bool) -> tuple[str, int]:
+    """Text and token count of one row's new tokens, cut at its first stop (the vLLM backend
+    passes its outputs through this too, so both backends cut the same way)."""
     n_out = next((k + 1 for k in range(len(ids))
                   if _stopped(tok, ids[:k + 1], eos_ids, stop_at_json)), len(ids))
     text = _truncate_at_stop(tok.decode(ids[:n_out], skip_special_tokens=True), stops)
@@ -184,7 +185,7 @@ def _generate_plain(lm, encoded, max_new_tokens, batch_size, stop_at_json, resul
         elapsed = time.perf_counter() - t0
         new_tokens = out[:, batch["input_ids"].shape[1]:]
         for row, i in enumerate(idx):
-            text, n_out = _finish(tok, new_tokens[row].tolist(), eos_ids, stops, stop_at_json)
+            text, n_out = finish(tok, new_tokens[row].tolist(), eos_ids, stops, stop_at_json)
             results[i] = GenOutput(text=text, latency_s=elapsed / len(idx),
                                    prompt_tokens=len(encoded[i]), output_tokens=n_out)
         bar.update(len(idx))
@@ -211,7 +212,7 @@ def _generate_with_prefix(lm, encoded, max_new_tokens, batch_size, stop_at_json,
                       max_new_tokens, eos_ids, stop_at_json)
         elapsed = time.perf_counter() - t0
         for row, i in enumerate(idx):
-            text, n_out = _finish(tok, new[row], eos_ids, stops, stop_at_json)
+            text, n_out = finish(tok, new[row], eos_ids, stops, stop_at_json)
             results[i] = GenOutput(text=text, latency_s=elapsed / len(idx) + prefix_share,
                                    prompt_tokens=len(encoded[i]), output_tokens=n_out)
         bar.update(len(idx))
