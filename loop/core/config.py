@@ -11,6 +11,10 @@ A task TOML names its JSONL splits (paths relative to the TOML) and optional sec
     max_new_tokens = 64
     batch_size = 16
 
+    [tracking]                    # optional: MLflow runs for training, evaluation, cycles
+    enabled = true                # false: log nothing
+    uri = "http://mlflow:5000"    # $MLFLOW_TRACKING_URI wins; neither set: WS/mlflow.db (sqlite)
+
 Later stages add their own sections ([suite], [training], [targeted], [gate], [benchmarks]); unknown
 top-level keys are reported together with every other error.
 """
@@ -26,7 +30,7 @@ from loop.core.errors import ConfigError
 
 KNOWN_SECTIONS = {
     "generation", "suite", "similarity", "failures", "training", "targeted", "gate", "benchmarks",
-    "cycle", "arena",
+    "cycle", "arena", "tracking",
 }
 KNOWN_KEYS = {"name", "description", "train", "dev", "test", "dev_fraction", "system_prompt"}
 
@@ -41,6 +45,14 @@ class GenerationConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """[tracking]: MLflow logging of training, evaluation and cycles (loop/tracking.py)."""
+
+    enabled: bool = True
+    uri: str | None = None  # $MLFLOW_TRACKING_URI wins; neither: sqlite under the workspace
+
+
+@dataclass(frozen=True)
 class TaskConfig:
     name: str
     path: Path
@@ -50,6 +62,7 @@ class TaskConfig:
     dev_fraction: float = 0.1
     system_prompt: str | None = None
     generation: GenerationConfig = GenerationConfig()
+    tracking: TrackingConfig = TrackingConfig()
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def section(self, name: str) -> dict[str, Any]:
@@ -118,10 +131,17 @@ def load_task_config(path: str | Path) -> TaskConfig:
         errors.append(f"unknown key generation.{key}")
     if gen.max_new_tokens < 1 or gen.batch_size < 1:
         errors.append("generation.max_new_tokens and generation.batch_size must be positive")
+    track_raw = raw.get("tracking", {})
+    tracking = TrackingConfig(
+        enabled=_typed(errors, "tracking.", track_raw, "enabled", bool, True),
+        uri=_typed(errors, "tracking.", track_raw, "uri", str, None) or None)
+    for key in set(track_raw) - {"enabled", "uri"}:
+        errors.append(f"unknown key tracking.{key} (known: enabled, uri)")
     if errors:
         raise ConfigError(f"Task file {path} has {len(errors)} problem(s): " + "; ".join(errors) + ".")
     sections = {k: v for k, v in raw.items() if isinstance(v, dict)}
     return TaskConfig(
         name=name, path=path.resolve(), test=test, train=train, dev=dev,
-        dev_fraction=dev_fraction, system_prompt=system_prompt, generation=gen, sections=sections,
+        dev_fraction=dev_fraction, system_prompt=system_prompt, generation=gen, tracking=tracking,
+        sections=sections,
     )

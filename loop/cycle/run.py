@@ -20,6 +20,7 @@ from loop.core.errors import ConfigError
 from loop.evaluation.evaluate import evaluate
 from loop.cycle.gate import GateConfig, GateInputs, decide
 from loop.models.loading import DEFAULT_MODEL, fingerprint, parse_model_name
+from loop import tracking
 from loop.core import faults
 from loop.cycle import runstate
 from loop.store.db import Store, now
@@ -281,7 +282,8 @@ def run_cycle(task_path: str | Path, workspace: str | Path, force: bool = False,
             runstate.mark_stage(store, cycle_id, stage.__name__, "running")
             faults.arm(stage.__name__)  # no-op unless the reliability suite asks for a kill
             try:
-                ctx.results[stage.__name__] = stage(ctx)
+                with tracking.cycle_stage(workspace, task, cycle_id, stage.__name__):
+                    ctx.results[stage.__name__] = stage(ctx)
             except BaseException as exc:
                 runstate.mark_stage(store, cycle_id, stage.__name__, "failed", error=str(exc))
                 raise
@@ -293,6 +295,7 @@ def run_cycle(task_path: str | Path, workspace: str | Path, force: bool = False,
         summary = summarize(ctx, already_finished=finished)
         if not finished:
             runstate.finish_cycle(store, cycle_id, summary)
+        tracking.finish_cycle(workspace, task, summary)
         return summary
 
 

@@ -10,6 +10,7 @@ full), `LogRow`, `TrainResult`, and the bf16-or-fp32 choice (measured on CPUs, c
     bf16 = "auto"          # "auto": CUDA support / this CPU's measured matmul speed; true/false
     method = "sft"         # or "dpo" / "sft+dpo": preference pairs (loop/targeted/pairs.py, loop/train/dpo.py)
     dpo_beta = 0.1         # DPO's KL strength; dpo_learning_rate defaults to learning_rate
+    report_to = ["tensorboard"]  # transformers' logging integrations (installed ones), default none
 
 Why these defaults (the same for every task; measured on a real slot-extraction task, not the
 demo): the embedded model, 250 random pool rows of ../shared/real-tasks/rentalcars (seed 0),
@@ -66,18 +67,28 @@ class TrainConfig:
     method: str = "sft"
     dpo_beta: float = 0.1  # DPO's KL strength (trl's default)
     dpo_learning_rate: float | None = None  # None: learning_rate
+    # transformers' TrainingArguments.report_to: where the Trainer also logs (not in the train id)
+    report_to: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         data = asdict(self)
         if isinstance(self.target_modules, tuple):
             data["target_modules"] = list(self.target_modules)
+        data["report_to"] = list(self.report_to)
+        return data
+
+    def identity(self) -> dict:
+        """What makes two runs the same run: every setting but where the Trainer logs to."""
+        data = self.as_dict()
+        data.pop("report_to")
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         data = dict(data)
-        if isinstance(data.get("target_modules"), list):
-            data["target_modules"] = tuple(data["target_modules"])
+        for key in ("target_modules", "report_to"):
+            if isinstance(data.get(key), list):
+                data[key] = tuple(data[key])
         return cls(**data)
 
     @classmethod
@@ -101,6 +112,8 @@ class TrainConfig:
             errors.append("give epochs or max_steps, not both")
         if "max_steps" in values:
             values["epochs"] = None
+        if "report_to" in values:
+            errors += report_to_problems(values["report_to"])
         if "rank" in values and "alpha" not in section:
             values["alpha"] = 2.0 * values["rank"]
         if errors:
@@ -121,6 +134,14 @@ def _coerce(value, kind):
             return tuple(value)
         return _BAD
     if isinstance(value, bool) != (kind is bool):
+        return _BAD
+    if kind == "names":
+        if value == "none" or value == []:
+            return ()
+        if isinstance(value, str) and value:
+            return (value,)
+        if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
+            return tuple(value)
         return _BAD
     if kind is float and isinstance(value, int):
         return float(value)
@@ -152,7 +173,43 @@ _RULES = {  # key: (type, check, what the message asks for)
                                                                           "sft+dpo"))),
     "dpo_beta": (float, lambda v: v > 0, "a positive number"),
     "dpo_learning_rate": (float, lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "report_to": ("names", lambda v: True, "a list of integration names, e.g. [\"tensorboard\"]"),
 }
+
+# transformers' reporting integrations (TrainingArguments.report_to) and the modules that make
+# each one available, as transformers checks them; tests compare the names with transformers'
+# own list. (Importing transformers' list costs seconds and torch; config checks run first.)
+REPORT_TO_MODULES = {
+    "azure_ml": ("azureml.core.run",), "clearml": ("clearml",), "codecarbon": ("codecarbon",),
+    "comet_ml": ("comet_ml",), "dagshub": ("dagshub",), "dvclive": ("dvclive",),
+    "flyte": ("flytekit",), "kubeflow": (), "mlflow": ("mlflow",), "neptune": ("neptune",),
+    "swanlab": ("swanlab",), "tensorboard": ("tensorboard", "tensorboardX"),
+    "trackio": ("trackio",), "wandb": ("wandb",),
+}
+
+
+def report_to_problems(names: tuple[str, ...]) -> list[str]:
+    """Unknown or not-installed reporting integrations, one message each."""
+    import importlib.util
+
+    def installed(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # a dotted name whose parent package is missing
+            return False
+
+    problems = []
+    for name in names:
+        if name not in REPORT_TO_MODULES:
+            close = difflib.get_close_matches(name, list(REPORT_TO_MODULES), n=1)
+            problems.append(f"report_to: unknown integration '{name}'" + (
+                f" (did you mean '{close[0]}'?)" if close
+                else f" (known: {', '.join(REPORT_TO_MODULES)})"))
+        elif REPORT_TO_MODULES[name] and not any(installed(m) for m in REPORT_TO_MODULES[name]):
+            package = REPORT_TO_MODULES[name][0].split(".")[0].replace("azureml", "azureml-core")
+            problems.append(f"report_to: '{name}' is not installed (pip install {package}, or "
+                            "remove it from report_to)")
+    return problems
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
+from loop import tracking
 from loop.core.errors import EvalloopError
 from loop.models.loading import (
     DEFAULT_MODEL,
@@ -84,7 +85,7 @@ def train_id_for(base_model_id: str, parent_id: str | None, examples, dev_exampl
                  config: TrainConfig, system_prompt: str | None) -> str:
     """Same inputs -> same id -> same output dir, which is what makes reruns resume."""
     return content_hash(TRAIN_VERSION, base_model_id, parent_id, examples_digest(examples),
-                        examples_digest(dev_examples or ()), config.as_dict(), system_prompt)
+                        examples_digest(dev_examples or ()), config.identity(), system_prompt)
 
 
 def _claim_out_dir(out: Path, train_id: str, inputs: dict) -> TrainResult | None:
@@ -253,7 +254,8 @@ def _sft_args(config: TrainConfig, ckpt_dir: Path, evaluate: bool, bf16: bool, d
         gradient_checkpointing=config.gradient_checkpointing, max_length=None,
         # packed rows need no length grouping; padded rows do (and only those get it)
         train_sampling_strategy="random" if padding_free else "group_by_length",
-        report_to="none", disable_tqdm=not progress, dataloader_num_workers=0,
+        report_to=list(config.report_to) or "none", disable_tqdm=not progress,
+        dataloader_num_workers=0,
         # dev loss only: gathering each eval batch's logits would cost vocab x targets floats
         prediction_loss_only=True,
     )
@@ -485,7 +487,9 @@ def train_for_task(store, task, workspace, model: str = DEFAULT_MODEL, data_path
                            dev_examples=dev, progress=progress,
                            system_prompt=task.config.system_prompt)
     if int(os.environ.get("RANK", "0")) == 0:
-        record_training(store, result, task.name, dataset_hash or examples_digest(examples))
+        digest = dataset_hash or examples_digest(examples)
+        model_id = record_training(store, result, task.name, digest)
+        tracking.log_training(workspace, task, result, digest, model_id, stage="sft")
     return result
 
 
