@@ -101,8 +101,8 @@ def model_card(model: dict, records: dict, hub_base: str) -> str:
     lines = [f"# {_title(model, records)}", "",
              f"A LoRA adapter on `{hub_base}`, trained and evaluated by evalloop.", ""]
     if model["base"] in HUB_BASES:
-        lines += [f"It was trained on evalloop's embedded copy of `{hub_base}` (the Q4_1 GGUF, "
-                  "dequantised); on the original weights its scores may differ slightly.", ""]
+        lines += [(f"It was trained on evalloop's embedded copy of `{hub_base}` (the Q4_1 GGUF, "
+                   "dequantised); on the original weights its scores may differ slightly."), ""]
     lines += ["```python", "from peft import PeftModel",
               "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
               f"base = AutoModelForCausalLM.from_pretrained(\"{hub_base}\")",
@@ -150,12 +150,12 @@ def _provenance(model: dict, records: dict) -> list[str]:
 def _scores(records: dict) -> list[str]:
     test = records["test"]
     if not test:
-        return ["## Scores", "", "Not evaluated on the test split yet (`evalloop eval --model "
-                "BASE+ADAPTER`).", ""]
+        return ["## Scores", "", ("Not evaluated on the test split yet (`evalloop eval --model "
+                                  "BASE+ADAPTER`)."), ""]
     s = test["summary"]
     out = ["## Test scores", "",
-           f"evalloop eval run `{test['run_id']}` on the `{test['task_id']}` test split "
-           f"({s['n']} items, suite version {s['suite_version']}).", "",
+           (f"evalloop eval run `{test['run_id']}` on the `{test['task_id']}` test split "
+            f"({s['n']} items, suite version {s['suite_version']})."), "",
            "| category | items | pass rate |", "|---|---:|---:|"]
     out += [f"| {cat} | {row['n']} | {_pct(row['pass_rate'])} |"
             for cat, row in s["per_category"].items()]
@@ -186,9 +186,9 @@ def _gate(records: dict) -> list[str]:
         return []
     p = "n/a" if gate["p_value"] is None else f"{gate['p_value']:.3g}"
     out = ["## Gate decision", "",
-           f"**{'Promoted' if gate['promote'] else 'Not promoted (the champion was kept)'}**: "
-           f"test pass rate {_pct(gate['champion_pass_rate'])} (champion) -> "
-           f"{_pct(gate['candidate_pass_rate'])} (this adapter), McNemar p = {p}.", ""]
+           (f"**{'Promoted' if gate['promote'] else 'Not promoted (the champion was kept)'}**: "
+            f"test pass rate {_pct(gate['champion_pass_rate'])} (champion) -> "
+            f"{_pct(gate['candidate_pass_rate'])} (this adapter), McNemar p = {p}."), ""]
     out += [f"- [{'ok' if r['passed'] else 'NO'}] {r['check']}: {r['detail']}"
             for r in gate["reasons"] or []]
     return out + [""]

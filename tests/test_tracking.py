@@ -16,7 +16,7 @@ from loop.store.db import Store
 
 pytest.importorskip("mlflow", reason="the `tracking` extra is not installed")
 
-from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.tracking import MlflowClient
 
 TRAINING = "[training]\nmax_steps = 4\nsave_steps = 2\nlog_steps = 1\nbatch_size = 4\nrank = 4\n" \
            "bf16 = false\n"
@@ -142,6 +142,11 @@ def test_evaluation_run_holds_the_stored_pass_rates(tmp_path):
     assert (tags["evalloop.run_id"], run.data.params["model_id"]) == (summary.run_id,
                                                                       summary.model_id)
     assert "mlflow.parentRunId" not in tags and "evalloop.cycle_id" not in tags
+
+    with Store(tmp_path / "ws") as store:  # a second evaluation joins the same store
+        again = evaluate(store, task, "tiny-random", "test", progress=False)
+    assert again.reused == again.n and len(runs(f"sqlite:///{tmp_path / 'ws' / 'mlflow.db'}",
+                                                "tiny")) == 2
 
 
 # ---------------------------------------------------------------------------- cycle
