@@ -212,7 +212,9 @@ def _client(config: TrackingConfig, workspace, experiment: str):
     from mlflow.tracking import MlflowClient
 
     if logging.getLogger().getEffectiveLevel() > logging.INFO:  # not --verbose
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # (mlflow sets INFO on import)
+        # mlflow sets INFO on import, and logs a traceback for a store error that the one
+        # warning of `_never_fails` already reports
+        logging.getLogger("mlflow").setLevel(logging.CRITICAL)
     _new_sqlite_store(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     found = client.get_experiment_by_name(experiment)
