@@ -477,3 +477,19 @@ def test_card_names_the_hub_base_of_the_embedded_model():
     meta = yaml.safe_load(text.split("---\n", 2)[1])
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert "model-index" not in meta and "Not evaluated on the test split yet" in text
+
+
+def test_card_lists_benchmarks_and_deltas_when_recorded():
+    from loop.adapter_export import model_card
+
+    model = {"model_id": "base-1+abc", "base": "org/base", "name": "org/base+/a"}
+    bench = [{"benchmark": "arc_easy", "metric": "acc", "value": v, "stderr": 0.01, "n": 50,
+              "limit_n": 50, "created_at": None} for v in (0.41, 0.44)]  # the newest counts
+    records = {"training": None, "dataset": None, "gate": None, "test": None,
+               "cycle": {"cycle_id": "c-1", "task_id": "t", "attempt": 1, "status": "done",
+                         "champion_name": "org/base",
+                         "summary": {"benchmark_deltas": {"arc_easy/acc": -0.012}}},
+               "benchmarks": bench}
+    text = model_card(model, records, "org/base")
+    assert "| arc_easy | acc | 0.4400 | 50 |" in text and "0.4100" not in text
+    assert "- arc_easy/acc: -0.0120" in text and "cycle: `c-1`" in text
