@@ -163,6 +163,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from loop import exports
 
     mode = _export_mode(args)
+    if mode == "adapter":
+        return _export_adapter(args)
     if mode == "merge":
         from loop.train.sft import export_merged
 
@@ -190,6 +192,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_adapter(args: argparse.Namespace) -> int:
+    """A PEFT folder + model card from the store; optionally pushed to the Hugging Face Hub."""
+    from loop.adapter_export import export_adapter, push_to_hub
+    from loop.store.db import Store
+
+    with Store(args.workspace, read_only=True) as store:
+        out, model = export_adapter(store, args.adapter, Path(args.adapter_out), args.base)
+    url = push_to_hub(out, args.push_to_hub) if args.push_to_hub else None
+    if args.json:
+        _print_json({"written": str(out), "mode": "adapter", "model_id": model["model_id"],
+                     "pushed": url})
+    else:
+        print(f"PEFT adapter folder with a model card (README.md) written to {out}")
+        if url:
+            print(f"uploaded to {args.push_to_hub} (a new repo is private): {url}")
+    return 0
+
+
 def _export_mode(args: argparse.Namespace) -> str:
     """Which export the flags ask for; every conflict or gap in one message. --format defaults
     to the OUT file's suffix."""
@@ -198,12 +218,20 @@ def _export_mode(args: argparse.Namespace) -> str:
     modes = [m for m, flag in (("merge", args.adapter), ("benchmarks", args.benchmarks),
                                ("failures", args.failures), ("data", args.data)) if flag]
     if len(modes) != 1:
-        raise EvalloopError("evalloop export needs exactly one of --adapter (with --merge), "
+        raise EvalloopError("evalloop export needs exactly one of --adapter (with --out or "
+                            "--merge), "
                             "--benchmarks MODEL, --failures RUN|latest, --data JSONL"
                             + (f"; got {', '.join('--' + m for m in modes)}." if modes else "."))
     mode, errors = modes[0], []
-    if mode == "merge" and not args.merge:
-        errors.append("--adapter needs --merge OUT_DIR")
+    if mode == "merge" and bool(args.merge) == bool(args.adapter_out):
+        errors.append("--adapter needs --out DIR (PEFT folder + model card) or --merge OUT_DIR "
+                      "(merged checkpoint), one of them")
+    elif mode == "merge" and args.adapter_out:
+        mode = "adapter"
+    if args.push_to_hub and mode != "adapter":
+        errors.append("--push-to-hub REPO_ID goes with --adapter MODEL --out DIR")
+    if args.adapter_out and mode not in ("merge", "adapter"):
+        errors.append(f"--out DIR belongs to --adapter, not --{mode}")
     if mode == "data" and not args.hf_card:
         errors.append("--data needs --hf-card OUT_DIR")
     if mode in ("benchmarks", "failures"):
@@ -531,12 +559,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="directory (default WS/data/TASK/pairs)")
     p.set_defaults(func=cmd_pairs)
 
-    p = sub.add_parser("export", help="merge an adapter; benchmark results as lm-eval JSON; an "
-                       "eval run as CSV/Parquet; training data as a Hugging Face dataset")
+    p = sub.add_parser("export", help="an adapter with a model card (or merged); benchmark "
+                       "results as lm-eval JSON; an eval run as CSV/Parquet; training data as a "
+                       "Hugging Face dataset")
     common(p, task=False)
-    p.add_argument("--adapter", default=None, help="ADAPTER_DIR or BASE+ADAPTER_DIR to merge")
+    p.add_argument("--adapter", default=None, help="ADAPTER_DIR or BASE+ADAPTER_DIR (or, with "
+                   "--out, a stored model name or id prefix) to export or merge")
     p.add_argument("--base", default=DEFAULT_MODEL)
     p.add_argument("--merge", default=None, metavar="OUT_DIR", help="merged checkpoint directory")
+    p.add_argument("--out", dest="adapter_out", default=None, metavar="DIR",
+                   help="with --adapter (a BASE+ADAPTER_DIR, adapter dir, stored model name or id "
+                        "prefix): a PEFT adapter folder with a model card built from the store")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO_ID",
+                   help="with --adapter --out: upload the folder to this Hugging Face model repo "
+                        "(token from HF_TOKEN; a new repo is created private)")
     p.add_argument("--benchmarks", default=None, metavar="MODEL",
                    help="a model's stored benchmark results (write OUT with --format lm-eval)")
     p.add_argument("--failures", default=None, metavar="RUN",

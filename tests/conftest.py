@@ -14,6 +14,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning idle threads starve the 2 cores
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests track into their temp workspaces only
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TASK = REPO / "datasets" / "demo" / "task.toml"

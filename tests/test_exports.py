@@ -338,3 +338,159 @@ def test_bad_export_input_is_one_clear_error(evaluated, tmp_path, capsys, proble
     err = capsys.readouterr().err
     assert code in (2, 3) and expected in err and "Traceback" not in err
     assert not any(tmp_path.glob("x.*")) and not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------- adapter + card
+
+@pytest.fixture(scope="module")
+def cycled(tmp_path_factory) -> dict:
+    """One small cycle on the tiny model: a candidate adapter with training data, a test
+    evaluation and a gate decision in the store."""
+    from loop.cycle.run import run_cycle
+
+    root = tmp_path_factory.mktemp("cycled")
+    task = write_task(root / "task", {"train": classification_records(16, 100),
+                                      "dev": classification_records(4, 200),
+                                      "test": classification_records(8)},
+                      "[generation]\nmax_new_tokens = 4\nbatch_size = 8\n"
+                      "[cycle]\nbase_model = \"tiny-random\"\nbenchmarks = false\narena = false\n"
+                      "[targeted]\nn = 8\n[training]\nmax_steps = 4\nsave_steps = 2\n"
+                      "batch_size = 4\nrank = 4\nbf16 = false\n[tracking]\nenabled = false\n")
+    summary = run_cycle(task, root / "ws", progress=False)
+    return {"workspace": root / "ws", "summary": summary, "root": root}
+
+
+def front_matter(readme: Path) -> dict:
+    import yaml
+
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n", 2)[1])
+
+
+def test_adapter_export_loads_with_peft_and_its_card_matches_the_store(cycled, tmp_path,
+                                                                         capsys):
+    import torch
+    from huggingface_hub import ModelCard
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from loop.models.loading import load_model, tiny_random_checkpoint
+
+    candidate = cycled["summary"]["candidate"]
+    out = tmp_path / "shared"
+    assert main(["export", "--workspace", str(cycled["workspace"]), "--adapter",
+                 candidate["name"], "--out", str(out)]) == 0
+    assert "model card" in capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} == {"adapter_config.json",
+                                               "adapter_model.safetensors", "README.md"}
+    adapter_dir = Path(candidate["name"].split("+", 1)[1])
+    assert (out / "adapter_model.safetensors").read_bytes() == \
+        (adapter_dir / "adapter_model.safetensors").read_bytes()
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_random_checkpoint(), dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(base, str(out)).eval()
+    ours = load_model(candidate["name"], device="cpu")
+    ids = ours.tokenizer("Item 3 was painted red.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(peft_model(ids).logits, ours.model(ids).logits, atol=1e-5)
+
+    meta = front_matter(out / "README.md")
+    assert (meta["base_model"], meta["library_name"]) == ("tiny-random", "peft")
+    assert "evalloop" in meta["tags"]
+    card = ModelCard.load(out / "README.md")  # huggingface_hub's own parser
+    with Store(cycled["workspace"], read_only=True) as store:
+        run = store.query("SELECT run_id, summary FROM runs WHERE kind = 'eval' AND "
+                          "model_id = ? AND split = 'test'", [candidate["model_id"]])[0]
+        gate = store.query("SELECT promote FROM gate_decisions WHERE cycle_id = ?",
+                           [cycled["summary"]["cycle_id"]])[0]
+        manifest = store.query("SELECT dataset_hash FROM training_runs WHERE model_id = ?",
+                               [candidate["model_id"]])[0]["dataset_hash"]
+    stored = json.loads(run["summary"])
+    scores = {r.metric_config or "overall": r.metric_value for r in card.data.eval_results}
+    assert scores == {"overall": stored["pass_rate"],
+                      **{c: row["pass_rate"] for c, row in stored["per_category"].items()}}
+    body = card.text
+    assert cycled["summary"]["cycle_id"] in body and run["run_id"] in body and manifest in body
+    assert ("**Promoted**" in body) == gate["promote"]
+    assert f"**{stored['pass_rate']:.1%}**" in body
+
+
+def test_adapter_export_by_id_prefix_and_push_to_hub_through_the_api(cycled, tmp_path,
+                                                                     monkeypatch, capsys):
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:  # the boundary: no network here
+        def __init__(self, token=None):
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id, **kw):
+            calls.append(("create_repo", repo_id, kw.get("private")))
+
+        def upload_folder(self, folder_path, repo_id, **kw):
+            calls.append(("upload_folder", folder_path, repo_id,
+                          sorted(p.name for p in Path(folder_path).iterdir())))
+            return type("Info", (), {"commit_url": f"https://hub/{repo_id}/commit/1"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    ws, model_id = str(cycled["workspace"]), cycled["summary"]["candidate"]["model_id"]
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    assert main(["export", "--workspace", ws, "--adapter", model_id[:10], "--out",
+                 str(tmp_path / "a"), "--push-to-hub", "me/colors"]) == 2
+    assert "HF_TOKEN" in capsys.readouterr().err and not calls
+    assert (tmp_path / "a" / "README.md").is_file()  # written before the upload was refused
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    assert main(["export", "--workspace", ws, "--adapter", model_id[:10], "--out",
+                 str(tmp_path / "b"), "--push-to-hub", "me/colors", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pushed"] == "https://hub/me/colors/commit/1"
+    assert calls == [("token", "hf_test_token"), ("create_repo", "me/colors", True),
+                     ("upload_folder", str(tmp_path / "b"), "me/colors",
+                      ["README.md", "adapter_config.json", "adapter_model.safetensors"])]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--adapter", "x"], "--adapter needs --out DIR"),
+    (["--adapter", "x", "--out", "o", "--merge", "m"], "one of them"),
+    (["--failures", "latest", "x.csv", "--push-to-hub", "me/r"], "--push-to-hub REPO_ID goes"),
+    (["--adapter", "nosuchmodel", "--out", "o"], "No adapter 'nosuchmodel' is recorded"),
+])
+def test_bad_adapter_export_is_one_clear_error(cycled, tmp_path, monkeypatch, capsys, args,
+                                               expected):
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "--workspace", str(cycled["workspace"]), *args]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_card_names_the_hub_base_of_the_embedded_model():
+    from loop.adapter_export import model_card
+
+    model = {"model_id": "abc123", "base": "smollm2-135m-instruct", "name": "x"}
+    records = {"training": None, "dataset": None, "cycle": None, "gate": None, "test": None,
+               "benchmarks": []}
+    text = model_card(model, records, "HuggingFaceTB/SmolLM2-135M-Instruct")
+    import yaml
+
+    meta = yaml.safe_load(text.split("---\n", 2)[1])
+    assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "model-index" not in meta and "Not evaluated on the test split yet" in text
+
+
+def test_card_lists_benchmarks_and_deltas_when_recorded():
+    from loop.adapter_export import model_card
+
+    model = {"model_id": "base-1+abc", "base": "org/base", "name": "org/base+/a"}
+    bench = [{"benchmark": "arc_easy", "metric": "acc", "value": v, "stderr": 0.01, "n": 50,
+              "limit_n": 50, "created_at": None} for v in (0.41, 0.44)]  # the newest counts
+    records = {"training": None, "dataset": None, "gate": None, "test": None,
+               "cycle": {"cycle_id": "c-1", "task_id": "t", "attempt": 1, "status": "done",
+                         "champion_name": "org/base",
+                         "summary": {"benchmark_deltas": {"arc_easy/acc": -0.012}}},
+               "benchmarks": bench}
+    text = model_card(model, records, "org/base")
+    assert "| arc_easy | acc | 0.4400 | 50 |" in text and "0.4100" not in text
+    assert "- arc_easy/acc: -0.0120" in text and "cycle: `c-1`" in text

@@ -211,6 +211,57 @@ def _read_suite_file(value: Any, context: Mapping) -> tuple[Path | None, dict, s
         return path, {}, f"suite file {path} cannot be read: {exc}"
 
 
+# transformers' reporting integrations (TrainingArguments.report_to) and the modules that make
+# each one available, as transformers checks them; tests compare the names with transformers'
+# own list. (Importing transformers' list costs seconds and torch; settings are checked first.)
+REPORT_TO_MODULES = {
+    "azure_ml": ("azureml.core.run",), "clearml": ("clearml",), "codecarbon": ("codecarbon",),
+    "comet_ml": ("comet_ml",), "dagshub": ("dagshub",), "dvclive": ("dvclive",),
+    "flyte": ("flytekit",), "kubeflow": (), "mlflow": ("mlflow",), "neptune": ("neptune",),
+    "swanlab": ("swanlab",), "tensorboard": ("tensorboard", "tensorboardX"),
+    "trackio": ("trackio",), "wandb": ("wandb",),
+}
+
+
+def report_to_problems(names: tuple[str, ...]) -> list[str]:
+    """Unknown or not-installed reporting integrations, one message each."""
+    import difflib
+    import importlib.util
+
+    def installed(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # a dotted name whose parent package is missing
+            return False
+
+    problems = []
+    for name in names:
+        if name not in REPORT_TO_MODULES:
+            close = difflib.get_close_matches(name, list(REPORT_TO_MODULES), n=1)
+            problems.append(f"unknown integration '{name}'" + (
+                f" (did you mean '{close[0]}'?)" if close
+                else f" (known: {', '.join(REPORT_TO_MODULES)})"))
+        elif REPORT_TO_MODULES[name] and not any(installed(m) for m in REPORT_TO_MODULES[name]):
+            package = REPORT_TO_MODULES[name][0].split(".")[0].replace("azureml", "azureml-core")
+            problems.append(f"'{name}' is not installed (pip install {package}, or remove it "
+                            "from report_to)")
+    return problems
+
+
+def _report_to(value: Any) -> Any:
+    """"none", one name or a list of names -> a tuple of names."""
+    if value == "none" or value == []:
+        return ()
+    if isinstance(value, str) and value:
+        return (value,)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+ReportTo = Annotated[tuple[StrictStr, ...], BeforeValidator(_report_to)]
+
+
 class TrainingSettings(Section):
     """[training]: LoRA fine-tuning; loop/train/config.py says why these defaults."""
 
@@ -244,6 +295,8 @@ class TrainingSettings(Section):
     processes: int = Field(1, ge=1, description="ranks launched through accelerate; SFT only")
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp", description='"ddp": a model copy per rank; "fsdp": parameters sharded across ranks')
+    # transformers' TrainingArguments.report_to: where the Trainer also logs (not in the run id)
+    report_to: ReportTo = Field((), description='transformers integrations, e.g. ["tensorboard"]')
 
     @classmethod
     def _rules(cls, data, context):
@@ -263,6 +316,9 @@ class TrainingSettings(Section):
                                              "batch)"))
         if data.get("qlora") is True and data.get("strategy") == "fsdp":
             problems.append((("strategy",), 'qlora = true runs with strategy = "ddp" only'))
+        names = data.get("report_to")
+        if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
+            problems += [(("report_to",), p) for p in report_to_problems(tuple(names))]
         return data, problems
 
     def as_dict(self) -> dict:
@@ -270,6 +326,7 @@ class TrainingSettings(Section):
         data = self.model_dump()
         if isinstance(self.target_modules, tuple):
             data["target_modules"] = list(self.target_modules)
+        data["report_to"] = list(self.report_to)
         return data
 
     def identity(self) -> dict:
@@ -278,6 +335,7 @@ class TrainingSettings(Section):
         checkpoints are sharded, so "fsdp" stays in."""
         data = self.as_dict()
         data.pop("processes")
+        data.pop("report_to")  # where the Trainer logs changes no weight
         if self.strategy == "ddp":
             data.pop("strategy")
         return data
@@ -384,6 +442,14 @@ class CycleSettings(Section):
     arena: bool = Field(True, description="false skips pairwise ratings (and the gate's need)")
 
 
+class TrackingSettings(Section):
+    """[tracking]: MLflow runs for training, evaluation and cycles (loop/tracking.py)."""
+
+    enabled: bool = Field(True, description="false: log nothing")
+    uri: StrictStr | None = Field(None, description="$MLFLOW_TRACKING_URI wins; neither set: "
+                                                    "sqlite under the workspace")
+
+
 class TaskSettings(Section):
     """A task TOML: its JSONL splits (relative to the TOML) and the stages' tables."""
 
@@ -401,6 +467,7 @@ class TaskSettings(Section):
     gate: GateSettings = GateSettings()
     benchmarks: BenchmarksSettings | None = Field(None, description="absent: no benchmarks")
     cycle: CycleSettings = CycleSettings()
+    tracking: TrackingSettings = TrackingSettings()
 
     _path: Path | None = PrivateAttr(None)
     _tables: dict = PrivateAttr(default_factory=dict)

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loop import tracking
 from loop.core import faults
 from loop.core.settings import TaskSettings
 from loop.cycle import runstate
@@ -225,7 +226,8 @@ def run_cycle(task_path: str | Path, workspace: str | Path, force: bool = False,
             runstate.mark_stage(store, cycle_id, name, "running")
             faults.arm(name)  # no-op unless the reliability suite asks for a kill
             try:
-                result = stage(ctx)
+                with tracking.cycle_stage(workspace, task, cycle_id, stage.__name__):
+                    result = stage(ctx)
             except BaseException as exc:
                 runstate.mark_stage(store, cycle_id, name, "failed", error=str(exc))
                 raise
@@ -236,6 +238,7 @@ def run_cycle(task_path: str | Path, workspace: str | Path, force: bool = False,
         summary = summarize(ctx, already_finished=finished)
         if not finished:
             cycles.finish_cycle(store, cycle_id, summary)
+        tracking.finish_cycle(workspace, task, summary)
         return summary
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from evals.suites import load_suite
+from loop import tracking
 from loop.core.errors import TaskDataError
 from loop.models.backends import Backend, load_generator, resolve_backend
 from loop.models.loading import LoadedModel, context_length, fingerprint, load_tokenizer, \
@@ -123,6 +124,7 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
                           split=split, n=len(examples), generated=len(missing),
                           reused=len(examples) - len(missing), **summary)
     store.finish_run(run_id, summary.to_json())
+    tracking.log_evaluation(store.workspace, task, summary)
     return summary
 
 

@@ -27,6 +27,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from loop import tracking
 from loop.core.cache import write_atomic
 from loop.core.errors import EvalloopError
 from loop.models.loading import DEFAULT_MODEL, fingerprint, load_tokenizer, parse_model_name, pick_device
@@ -106,7 +107,8 @@ def _dpo_args(config: TrainConfig, ckpt_dir: Path, micro: int, bf16: bool, devic
         save_steps=config.save_steps, save_total_limit=2, beta=config.dpo_beta,
         max_length=None, seed=config.seed, data_seed=config.seed, bf16=bf16,
         use_cpu=device.type == "cpu", gradient_checkpointing=config.gradient_checkpointing,
-        report_to="none", disable_tqdm=not progress, dataloader_num_workers=0,
+        report_to=list(config.report_to) or "none", disable_tqdm=not progress,
+        dataloader_num_workers=0,
         dataset_num_proc=None)
 
 
@@ -220,7 +222,9 @@ def train_dpo_for_task(store, task, workspace, pairs_path, model: str = DEFAULT_
     result = train_dpo(model, pairs, out, config, parent_adapter=parent_adapter,
                        progress=progress, system_prompt=task.settings.system_prompt)
     if int(os.environ.get("RANK", "0")) == 0:
-        record_training(store, result, task.name, dataset_hash or pairs_digest(pairs))
+        digest = dataset_hash or pairs_digest(pairs)
+        model_id = record_training(store, result, task.name, digest)
+        tracking.log_training(workspace, task, result, digest, model_id, stage="dpo")
     return result
 
 

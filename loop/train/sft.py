@@ -41,6 +41,7 @@ from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
+from loop import tracking
 from loop.core.cache import write_atomic
 from loop.core.errors import EvalloopError
 from loop.core.settings import with_overrides
@@ -254,7 +255,8 @@ def _sft_args(config: TrainConfig, ckpt_dir: Path, evaluate: bool, bf16: bool, d
         gradient_checkpointing=config.gradient_checkpointing, max_length=None,
         # packed rows need no length grouping; padded rows do (and only those get it)
         train_sampling_strategy="random" if padding_free else "group_by_length",
-        report_to="none", disable_tqdm=not progress, dataloader_num_workers=0,
+        report_to=list(config.report_to) or "none", disable_tqdm=not progress,
+        dataloader_num_workers=0,
         # dev loss only: gathering each eval batch's logits would cost vocab x targets floats
         prediction_loss_only=True,
         # several ranks: each batch of batch_size rows is split between them (accelerate's
@@ -536,7 +538,9 @@ def train_for_task(store, task, workspace, model: str = DEFAULT_MODEL, data_path
     result = train_adapter(model, examples, out, config, parent_adapter=parent_adapter,
                            dev_examples=dev, progress=progress,
                            system_prompt=task.settings.system_prompt)
-    record_training(store, result, task.name, dataset_hash or examples_digest(examples))
+    digest = dataset_hash or examples_digest(examples)
+    model_id = record_training(store, result, task.name, digest)
+    tracking.log_training(workspace, task, result, digest, model_id, stage="sft")
     return result
 
 
