@@ -227,12 +227,15 @@ def dataset_card(name: str, n: int, columns: Sequence[str], data_hash: str,
                  manifest: dict | None) -> str:
     """README.md for a `datasets` folder: YAML header (license, task, size, data files) and
     the provenance from the generation manifest when there is one."""
+    pairs = {"prompt", "chosen", "rejected"} <= set(columns)  # trl's preference format
     header = ["---", "license: unknown", "task_categories:", "- text-generation",
-              "size_categories:", f"- {size_category(n)}", "tags:", "- evalloop", "- sft",
+              "size_categories:", f"- {size_category(n)}", "tags:", "- evalloop",
+              "- dpo" if pairs else "- sft",
               f"pretty_name: {json.dumps(name)}", "configs:", "- config_name: default",
               "  data_files:", "  - split: train", f"    path: {DATA_FILE}", "---", ""]
     body = [f"# {name}", "",
-            (f"Supervised fine-tuning data exported by evalloop: {n} rows, columns "
+            (("Preference pairs (for DPO) " if pairs else "Supervised fine-tuning data ")
+             + f"exported by evalloop: {n} rows, columns "
              f"{', '.join(f'`{c}`' for c in columns)}."), "",
             "```python", "from datasets import load_dataset",
             "ds = load_dataset(\"path/to/this/folder\", split=\"train\")", "```", "",

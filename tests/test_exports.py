@@ -494,3 +494,21 @@ def test_card_lists_benchmarks_and_deltas_when_recorded():
     text = model_card(model, records, "org/base")
     assert "| arc_easy | acc | 0.4400 | 50 |" in text and "0.4100" not in text
     assert "- arc_easy/acc: -0.0120" in text and "cycle: `c-1`" in text
+
+
+def test_preference_pairs_export_as_a_dataset_card_that_says_so(tmp_path):
+    """`evalloop pairs` JSONL (prompt, chosen, rejected) through --hf-card: loadable, tagged dpo."""
+    import datasets
+    from huggingface_hub import DatasetCard
+
+    rows = [{"prompt": f"Colour of item {i}?", "chosen": "red", "rejected": "blue"}
+            for i in range(3)]
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "hf"
+    assert main(["export", "--data", str(source), "--hf-card", str(out)]) == 0
+    loaded = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "cache"))
+    assert loaded.to_list() == rows
+    card = DatasetCard((out / "README.md").read_text())
+    assert "dpo" in card.data.tags and "sft" not in card.data.tags
+    assert "Preference pairs (for DPO)" in card.text
