@@ -25,7 +25,8 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
        "TOKENIZERS_PARALLELISM": "false"}
 COLORS = ["blue", "green", "red"]
 FAST = TrainConfig(max_steps=16, epochs=None, batch_size=4, learning_rate=1e-2, save_steps=8,
-                   log_steps=2, bf16=False, method="dpo", dpo_beta=0.5)
+                   log_steps=2, bf16=False, method="dpo", dpo_beta=0.5,
+                   dpo_learning_rate=None)  # DPO at learning_rate: a visible drop in 16 steps
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +127,8 @@ def test_sft_then_dpo_starts_from_and_is_referenced_to_the_sft_adapter(tmp_path)
     examples = [p.example() for p in pairs()]
     sft = train_adapter("tiny-random", examples, tmp_path / "sft", sft_cfg, progress=False)
     cfg = TrainConfig(max_steps=8, epochs=None, batch_size=4, learning_rate=1e-2, save_steps=8,
-                      log_steps=2, bf16=False, method="sft+dpo", dpo_beta=0.5)
+                      log_steps=2, bf16=False, method="sft+dpo", dpo_beta=0.5,
+                      dpo_learning_rate=None)
     dpo = train_dpo("tiny-random", pairs(), tmp_path / "dpo", cfg,
                     parent_adapter=sft.adapter_dir, progress=False)
     assert dpo.parent_adapter == sft.adapter_dir

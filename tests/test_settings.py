@@ -81,7 +81,7 @@ def test_defaults_are_the_ones_the_stages_always_used(tmp_path):
         "grad_accum": 1, "micro_batch_tokens": 1024, "max_seq_len": 1024, "seed": 0,
         "save_steps": 50, "log_steps": 5, "patience": 3, "gradient_checkpointing": False,
         "share_prefix": True, "qlora": False, "bf16": "auto", "method": "sft", "dpo_beta": 0.1,
-        "dpo_learning_rate": None, "processes": 1, "strategy": "ddp",
+        "dpo_learning_rate": 5e-5, "processes": 1, "strategy": "ddp",
         "report_to": ()}
     # a run's id hashes what changes the weights: one process and DDP hash as before they existed
     assert set(s.training.as_dict()) - set(s.training.identity()) == {"processes", "strategy",
