@@ -113,3 +113,14 @@ def chat_server():
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (training tests on a shared 2-core machine), then back."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -29,14 +29,7 @@ FAST = TrainConfig(max_steps=16, epochs=None, batch_size=4, learning_rate=1e-2, 
                    dpo_learning_rate=None)  # DPO at learning_rate: a visible drop in 16 steps
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def pairs(n: int = 12) -> list[PreferencePair]:

@@ -22,14 +22,7 @@ TRAINING = "[training]\nmax_steps = 4\nsave_steps = 2\nlog_steps = 1\nbatch_size
            "bf16 = false\n"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_task(root: Path, extra: str = "", name: str = "tiny") -> Path:
