@@ -157,3 +157,58 @@ def test_answers_are_json():
     assert answers_are_json([ex('{"a": 1}')] * 9 + [ex("oops")])
     assert not answers_are_json([ex('["a"]')] * 8 + [ex("oops"), ex("7")])  # a number is no object
     assert not answers_are_json([])
+
+
+@pytest.mark.parametrize("heads,kv_heads,q_len", [(4, 4, 1), (6, 2, 1), (6, 2, 5)])
+def test_prefix_attention_equals_attention_over_the_concatenated_keys(heads, kv_heads, q_len):
+    """One shared prefix + per-row suffixes (left padding masked, causal within the new
+    queries) gives what SDPA gives over each row's full keys; grouped-query heads included."""
+    import types
+
+    import torch
+
+    from loop.models.prefix_attention import _Prefix, _active, attention
+
+    torch.manual_seed(0)
+    n, dim, p_len, s_len = 3, 8, 7, 6
+    query = torch.randn(n, heads, q_len, dim)
+    prefix_k, prefix_v = torch.randn(1, kv_heads, p_len, dim), torch.randn(1, kv_heads, p_len, dim)
+    key, value = torch.randn(n, kv_heads, s_len, dim), torch.randn(n, kv_heads, s_len, dim)
+    padding = torch.tensor([[True] * s_len, [False] * 2 + [True] * (s_len - 2),
+                            [False] * 4 + [True] * (s_len - 4)])
+    causal = torch.ones(q_len, s_len, dtype=torch.bool).tril(s_len - q_len)
+    mask = padding[:, None, None, :] & causal
+
+    token = _active.set(_Prefix([(prefix_k, prefix_v)]))
+    try:
+        out, _ = attention(types.SimpleNamespace(layer_idx=0), query, key, value, mask,
+                           scaling=dim ** -0.5)
+    finally:
+        _active.reset(token)
+
+    full_k = torch.cat([prefix_k.expand(n, -1, -1, -1), key], 2).repeat_interleave(
+        heads // kv_heads, 1)
+    full_v = torch.cat([prefix_v.expand(n, -1, -1, -1), value], 2).repeat_interleave(
+        heads // kv_heads, 1)
+    full_mask = torch.cat([torch.ones(n, 1, q_len, p_len, dtype=torch.bool),
+                           mask.expand(n, 1, q_len, s_len)], -1)
+    expected = torch.nn.functional.scaled_dot_product_attention(query, full_k, full_v,
+                                                                attn_mask=full_mask)
+    assert out.shape == (n, q_len, heads, dim)
+    torch.testing.assert_close(out, expected.transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_whose_attention_bypasses_the_interface_takes_the_plain_path(base_lm,
+                                                                             monkeypatch):
+    """If no layer ran through the shared-prefix attention (a model with hand-wired attention),
+    the group falls back to plain generation instead of decoding without its prefix."""
+    import contextlib
+
+    import loop.models.prefix_attention as prefix_attention
+
+    @contextlib.contextmanager
+    def not_dispatched(model, prefix_cache):
+        yield [0]  # the model never calls the registered function
+
+    monkeypatch.setattr(prefix_attention, "shared_prefix_attention", not_dispatched)
+    _same(base_lm, prompts_for(base_lm.tokenizer), 4)

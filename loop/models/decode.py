@@ -3,11 +3,12 @@
     outputs = generate(loaded_model, prompts, max_new_tokens=64, batch_size=16)
 
 Prompts of one task share a long prefix (chat template + fixed instruction). Prompts are grouped
-by shared token prefix; each group's prefix is run through the model once, its KV cache is
-expanded to each batch, and only the varying suffixes are decoded (left padding sits between
-prefix and suffix, hidden by the attention mask; position ids continue from the prefix). Rows
-leave the batch as soon as they stop. Prompts that share little fall back to plain batched
-`model.generate` (`prefix_cache=False` forces that path for every prompt). Greedy outputs are the
+by shared token prefix; each group's prefix is run through the model once and only the varying
+suffixes are decoded, attending to the one prefix cache in place (loop/models/prefix_attention.py;
+left padding sits between prefix and suffix, hidden by the attention mask; position ids continue
+from the prefix). Rows leave the batch as soon as they stop. Prompts that share little, and
+models whose attention does not dispatch through transformers' AttentionInterface, fall back to
+plain batched `model.generate` (`prefix_cache=False` forces that path for every prompt). Greedy outputs are the
 same on both paths up to fp32 rounding (rare near-ties can flip; see bench/generation.py).
 
 `stop_at_json=True` also stops a row once its text holds one complete JSON object or list, and
@@ -16,7 +17,6 @@ cuts the text there: the output equals the plain output cut after its first comp
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from loop.models.loading import LoadedModel
+from loop.models.prefix_attention import (PrefixAttentionUnsupported, forward_after_prefix,
+                                          suffix_cache)
 from loop.core.prompts import stop_strings
 
 MIN_PREFIX = 32  # tokens; below this a prefix is not worth its own encode and smaller batches
@@ -146,8 +148,12 @@ def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 64,
     bar = tqdm(total=len(prompts), desc=desc, unit="ex", disable=not progress)
     args = (lm, encoded, max_new_tokens, batch_size, stop_at_json, results, bar)
     for n_prefix, rows in groups:
-        if n_prefix:
+        if not n_prefix:
+            continue
+        try:
             _generate_with_prefix(*args, rows, n_prefix)
+        except PrefixAttentionUnsupported:  # raised on the group's first forward, nothing written
+            plain.extend(rows)
     if plain:
         _generate_plain(*args, plain)
     bar.close()
@@ -194,7 +200,7 @@ def _generate_plain(lm, encoded, max_new_tokens, batch_size, stop_at_json, resul
 def _generate_with_prefix(lm, encoded, max_new_tokens, batch_size, stop_at_json, results, bar,
                           rows: Sequence[int], n_prefix: int) -> None:
     """Encode the group's prefix once (with the adapter active, as `lm.model` runs it), then
-    decode every batch's suffixes on a copy of its cache."""
+    decode every batch's suffixes against it."""
     import torch
 
     tok = lm.tokenizer
@@ -220,23 +226,22 @@ def _generate_with_prefix(lm, encoded, max_new_tokens, batch_size, stop_at_json,
 
 def _decode(lm, prefix_kv, suffixes: Sequence[Sequence[int]], n_prefix: int,
             max_new_tokens: int, eos_ids: Sequence[int], stop_at_json: bool) -> list[list[int]]:
-    """Greedy new tokens for each suffix after the shared prefix; finished rows drop out of the
-    batch (their cache rows with them) so later steps only pay for live rows."""
+    """Greedy new tokens for each suffix after the shared prefix. The cache holds only the rows'
+    suffixes and new tokens; attention reads the one prefix cache in place. Finished rows drop
+    out of the batch (their cache rows with them) so later steps only pay for live rows."""
     import torch
 
     n, width, dev = len(suffixes), max(len(s) for s in suffixes), lm.device
     pad = lm.tokenizer.pad_token_id or 0
     ids = torch.tensor([[pad] * (width - len(s)) + list(s) for s in suffixes], device=dev)
-    mask = torch.cat([torch.ones(n, n_prefix, dtype=torch.long, device=dev),
-                      torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes],
-                                   device=dev)], dim=1)
-    positions = (mask.cumsum(1) - 1)[:, n_prefix:]  # the prefix's positions, then the suffix's
-    cache = _expanded_cache(prefix_kv, n, n_prefix + width + max_new_tokens)
+    mask = torch.tensor([[False] * (width - len(s)) + [True] * len(s) for s in suffixes],
+                        device=dev)
+    positions = n_prefix + mask.long().cumsum(1) - 1  # the suffix continues the prefix
+    cache = suffix_cache(prefix_kv, n, width + max_new_tokens)
     live, new = list(range(n)), [[] for _ in range(n)]
     with torch.inference_mode():
         for _ in range(max_new_tokens):
-            logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                              cache=cache, use_cache=True, logits_to_keep=1).logits
+            logits = forward_after_prefix(lm.model, prefix_kv, ids, mask, positions, cache)
             picked = logits[:, -1].argmax(-1).tolist()
             keep = []
             for j, (row, token) in enumerate(zip(live, picked)):
@@ -254,50 +259,3 @@ def _decode(lm, prefix_kv, suffixes: Sequence[Sequence[int]], n_prefix: int,
             mask = torch.cat([mask, mask.new_ones(len(keep), 1)], dim=1)
             positions = positions[:, -1:] + 1
     return new
-
-
-def _expanded_cache(prefix_kv, n: int, capacity: int):
-    """The prefix's cache broadcast to `n` rows, in buffers sized for the whole decode."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    layer_class = _preallocated_layer_class()
-    cache.layers = [layer_class(layer.keys, layer.values, n, capacity)
-                    for layer in prefix_kv.layers]
-    return cache
-
-
-@functools.cache  # built on first use: transformers is imported only when generating
-def _preallocated_layer_class():
-    from transformers.cache_utils import DynamicLayer
-
-    class PreallocatedLayer(DynamicLayer):
-        """A DynamicLayer that writes new keys/values into a preallocated buffer: the stock one
-        concatenates the whole cache at every step (a third of decode time on CPU)."""
-
-        def __init__(self, keys, values, n: int, capacity: int):
-            super().__init__()
-            shape = (n, keys.shape[1], capacity, keys.shape[3])
-            self._k, self._v = keys.new_empty(shape), values.new_empty(shape)
-            self._k[:, :, :keys.shape[2]] = keys  # broadcast the one prefix row to all n
-            self._v[:, :, :keys.shape[2]] = values
-            self.length, self.device, self.is_initialized = keys.shape[2], keys.device, True
-            self._views()
-
-        def _views(self) -> None:
-            self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            end = self.length + key_states.shape[2]
-            self._k[:, :, self.length:end] = key_states
-            self._v[:, :, self.length:end] = value_states
-            self.length = end
-            self._views()
-            return self.keys, self.values
-
-        def batch_select_indices(self, indices) -> None:
-            self._k, self._v = self._k[indices], self._v[indices]
-            self._views()
-
-    return PreallocatedLayer
-

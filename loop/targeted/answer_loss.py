@@ -3,8 +3,8 @@ prompt, the signal loss-based data selection ranks the pool by.
 
     losses = answer_losses(loaded_model, examples)   # one float per example, higher = unknown
 
-The task's shared prompt prefix is encoded once and its KV cache reused for every batch (as in
-`loop.models.decode`); rows are left-padded so every answer ends at the last position and only the
+The task's shared prompt prefix is encoded once and read in place by every batch (as in
+`loop.models.decode`, through `loop.models.prefix_attention`); rows are left-padded so every answer ends at the last position and only the
 answer's positions go through the vocabulary projection. Tokenisation is the training one
 (`loop.train.packing`): prompt and answer (+ end-of-turn token) tokenized separately.
 """
@@ -16,8 +16,10 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from loop.models.decode import _expanded_cache, _supports_prefix_cache, prefix_groups
+from loop.models.decode import _supports_prefix_cache, prefix_groups
 from loop.models.loading import LoadedModel
+from loop.models.prefix_attention import (PrefixAttentionUnsupported, forward_after_prefix,
+                                          suffix_cache)
 from loop.train.packing import IGNORE, tokenize_examples
 from loop.core.records import Example
 
@@ -58,7 +60,12 @@ def _group_losses(lm, prompt_ids, answer_ids, rows: Sequence[int], n_prefix: int
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         seqs = [prompt_ids[i][n_prefix:] + answer_ids[i] for i in idx]
-        losses = _batch_losses(lm, prefix_kv, n_prefix, seqs, [len(answer_ids[i]) for i in idx])
+        lengths = [len(answer_ids[i]) for i in idx]
+        try:
+            losses = _batch_losses(lm, prefix_kv, n_prefix, seqs, lengths)
+        except PrefixAttentionUnsupported:  # on the first batch: score the group unshared
+            _group_losses(lm, prompt_ids, answer_ids, rows, 0, batch_size, out, bar)
+            return
         out[idx] = losses
         bar.update(len(idx))
 
@@ -71,14 +78,16 @@ def _batch_losses(lm, prefix_kv, n_prefix: int, seqs: Sequence[Sequence[int]],
     n, width, dev = len(seqs), max(len(s) for s in seqs), lm.device
     pad = lm.tokenizer.pad_token_id or 0
     ids = torch.tensor([[pad] * (width - len(s)) + list(s) for s in seqs], device=dev)
-    row_mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=dev)
-    mask = torch.cat([torch.ones(n, n_prefix, dtype=torch.long, device=dev), row_mask], dim=1)
-    positions = (mask.cumsum(1) - 1)[:, n_prefix:].clamp(min=0)
+    mask = torch.tensor([[False] * (width - len(s)) + [True] * len(s) for s in seqs], device=dev)
+    positions = (n_prefix + mask.long().cumsum(1) - 1).clamp(min=0)
     keep = max(answer_lens) + 1  # the logit before each answer token, all at the row's end
-    kwargs = {"cache": _expanded_cache(prefix_kv, n, n_prefix + width)} if prefix_kv else {}
     with torch.inference_mode():
-        logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                          use_cache=bool(prefix_kv), logits_to_keep=keep, **kwargs).logits
+        if prefix_kv is None:
+            logits = lm.model(input_ids=ids, attention_mask=mask.long(), position_ids=positions,
+                              use_cache=False, logits_to_keep=keep).logits
+        else:
+            logits = forward_after_prefix(lm.model, prefix_kv, ids, mask, positions,
+                                          suffix_cache(prefix_kv, n, width), keep)
     logprobs = F.log_softmax(logits[:, :-1].float(), dim=-1)  # predicts the last keep-1 tokens
     targets = ids[:, -(keep - 1):]
     token_nll = -logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
