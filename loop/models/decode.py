@@ -8,8 +8,9 @@ suffixes are decoded, attending to the one prefix cache in place (loop/models/pr
 left padding sits between prefix and suffix, hidden by the attention mask; position ids continue
 from the prefix). Rows leave the batch as soon as they stop. Prompts that share little, and
 models whose attention does not dispatch through transformers' AttentionInterface, fall back to
-plain batched `model.generate` (`prefix_cache=False` forces that path for every prompt). Greedy outputs are the
-same on both paths up to fp32 rounding (rare near-ties can flip; see bench/generation.py).
+plain batched `model.generate` (`prefix_cache=False` forces that path for every prompt).
+Greedy outputs are the same on both paths up to fp32 rounding (rare near-ties can flip; see
+bench/generation.py).
 
 `stop_at_json=True` also stops a row once its text holds one complete JSON object or list, and
 cuts the text there: the output equals the plain output cut after its first complete JSON value.

@@ -4,8 +4,9 @@ prompt, the signal loss-based data selection ranks the pool by.
     losses = answer_losses(loaded_model, examples)   # one float per example, higher = unknown
 
 The task's shared prompt prefix is encoded once and read in place by every batch (as in
-`loop.models.decode`, through `loop.models.prefix_attention`); rows are left-padded so every answer ends at the last position and only the
-answer's positions go through the vocabulary projection. Tokenisation is the training one
+`loop.models.decode`, through `loop.models.prefix_attention`); rows are left-padded so every
+answer ends at the last position and only the answer's positions go through the vocabulary
+projection. Tokenisation is the training one
 (`loop.train.packing`): prompt and answer (+ end-of-turn token) tokenized separately.
 """
 
