@@ -622,6 +622,27 @@ def test_answer_distribution_flags_a_vanished_class():
     assert {r["class"]: r["data"] for r in lists["classes"]} == {"a": 1.0, "b": 0.0, "[]": 0.0}
 
 
+def test_balanced_order_draws_classes_in_proportion_to_freq_to_the_power():
+    from collections import Counter
+
+    from loop.targeted.answer_classes import balanced_order
+
+    outs = ["a"] * 800 + ["b"] * 160 + ["c"] * 40  # shares .8 / .16 / .04
+    def shares(power):
+        got = Counter()
+        for seed in range(20):
+            got.update(outs[i] for i in balanced_order(outs, "label", seed, power)[:100])
+        return {k: v / 2000 for k, v in got.items()}
+    assert abs(shares(1.0)["a"] - 0.8) < 0.03  # the pool's own mix
+    sqrt = shares(0.5)  # sqrt(.8) : sqrt(.16) : sqrt(.04) = .60 : .27 : .13
+    assert abs(sqrt["a"] - 0.60) < 0.04 and abs(sqrt["c"] - 0.13) < 0.03
+    order = balanced_order(outs, "label", 3, 0.5)
+    assert sorted(order) == list(range(1000))  # a permutation: every row once
+    assert (order == balanced_order(outs, "label", 3, 0.5)).all()  # seeded
+    lists = ['["x", "rare"]', '["x"]', '["x"]', '["x"]']  # a row weighs its rarest class
+    assert Counter(int(balanced_order(lists, "list", s, 0.0)[0]) for s in range(200))[0] > 80
+
+
 def test_report_shows_signatures_and_marks_a_vanished_class():
     from loop.targeted.answer_classes import answer_distribution
     from loop.cycle.report import _distribution_lines, _signature_lines

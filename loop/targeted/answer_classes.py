@@ -4,6 +4,7 @@ that the model missed, and how the training data's answers compare with the pool
     kind = answer_kind(pool_outputs)                       # "object" | "list" | "label" | "text"
     answer_classes('{"pickup_time": "10"}', kind)          # -> ("{pickup_time}",)
     rows = answer_distribution(kind, pool, failure_refs, data)   # per class shares, vanished flag
+    order = balanced_order(pool_outputs, kind, seed=0, power=0.5)  # rare classes drawn earlier
 
 Targeting reads failure signatures (`missing_key:k`, `label:g->p`, ... `evals.signatures`) as
 `Need`s on a pool row's reference. Pure: no model, no I/O.
@@ -149,6 +150,24 @@ def _contains(members: frozenset[str], value: str) -> bool:
     if value in members:
         return True
     return value.endswith("...") and any(m.startswith(value[:-3]) for m in members)
+
+
+# ---------------------------------------------------------------------------- sampling
+
+def balanced_order(outputs: Sequence[str], kind: str, seed: int, power: float) -> np.ndarray:
+    """A seeded random order of the rows in which the first n hold each answer class about in
+    proportion to freq ** power (1: the pool's own mix, as a uniform sample; 0.5: square-root
+    sampling, rare classes raised, common ones lowered; 0: classes equal). A row weighs
+    freq ** (power - 1) of its rarest class; the order is a weighted draw without replacement
+    (Efraimidis-Spirakis keys). Rows without a class (free text) weigh alike."""
+    rng = np.random.default_rng(seed)
+    classes = [answer_classes(o, kind) for o in outputs]
+    counts = Counter(c for cs in classes for c in set(cs))
+    total = max(1, len(outputs))
+    weights = np.array([max(((counts[c] / total) ** (power - 1) for c in cs), default=1.0)
+                        for cs in classes])
+    keys = rng.random(len(outputs)) ** (1.0 / weights)
+    return np.argsort(-keys, kind="stable")
 
 
 # ---------------------------------------------------------------------------- distribution

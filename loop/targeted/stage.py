@@ -26,7 +26,7 @@ import numpy as np
 
 from loop.targeted import curate as cur
 from loop.targeted.answer_classes import PoolAnswers, answer_distribution, answer_kind, \
-    format_distribution
+    balanced_order, format_distribution
 from loop.core.cache import write_atomic
 from loop.core.errors import TaskDataError
 from loop.core.records import content_hash
@@ -185,13 +185,17 @@ def _loss_bonus(store: Store, task: Task, pool: Sequence, model: str, weight: fl
 
 
 def random_pool_rows(store: Store, task: Task, n: int, seed: int = 0,
-                     exclude: set[str] | frozenset = frozenset(), embedder=None) -> list:
+                     exclude: set[str] | frozenset = frozenset(), embedder=None,
+                     power: float = 1.0) -> list:
     """`n` pool rows drawn at random (seeded), skipping `exclude` ids, through the same
     decontamination and duplicate rules as targeted data: the baseline targeting must beat
-    (bench/targeted_vs_random.py)."""
+    (bench/targeted_vs_random.py). `power` < 1 draws answer classes in proportion to
+    freq ** power instead of freq (answer_classes.balanced_order)."""
     cfg = targeted_config(task.settings, seed=seed)
     pool = [e for e in task.splits.get("train", ()) if e.id not in exclude]
-    order = np.random.default_rng(seed).permutation(len(pool))
+    order = np.random.default_rng(seed).permutation(len(pool)) if power == 1 else \
+        balanced_order([e.output for e in pool], answer_kind([e.output for e in pool]), seed,
+                       power)
     vary = _varying_part(task)
     ctx = StrategyContext(seed=seed, pool=tuple(pool), embed=_Memo(embedder or
                                                                     default_embedder(store)),
