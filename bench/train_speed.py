@@ -2,7 +2,7 @@
 run, on the same model, the same rows of a task's train split (one epoch each).
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/train_speed.py [--task T.toml] [--n 128]
-        [--model smollm2-135m-instruct] [--threads N] [--json]
+        [--model smollm2-135m-instruct] [--threads N] [--qlora] [--json]
 
 `--task` defaults to the demo task; real tasks (a long fixed instruction, short answers) are where
 memory matters, e.g. `--task ../shared/real-tasks/rentalcars/task.toml`. Each trainer runs in its
@@ -13,6 +13,10 @@ tokens/s counts example tokens (each row's own non-padding tokens, as if nothing
 over the wall time of `trainer.train()`; evalloop runs twice, with its default shared-prefix
 packing and with `share_prefix = false`, and also reports forward tokens (what the model actually
 ran: a micro-batch's shared prefix once, top-up padding excluded).
+
+On CUDA every run also reports its peak GPU memory (torch.cuda.max_memory_allocated), evalloop
+trains in bf16 (`[training] bf16 = "auto"`), and `--qlora` adds evalloop on a 4-bit base
+(bitsandbytes, `qlora = true`); without CUDA `--qlora` says so and is skipped.
 
 Peak fraction: LoRA training costs about 4 x N FLOPs per trained token, N = model parameters
 (2N for the forward matmuls, 2N for the activation gradients; frozen weights get no weight
@@ -50,7 +54,8 @@ def load_examples(task_path: str, n: int, seed: int = 0):
     return random.Random(seed).sample(pool, min(n, len(pool))), task.settings.system_prompt
 
 
-def run_ours(model: str, task_path: str, n: int, share_prefix: bool = True) -> dict:
+def run_ours(model: str, task_path: str, n: int, share_prefix: bool = True,
+             qlora: bool = False) -> dict:
     from loop.train import packing
     from loop.train.sft import train_adapter
     from loop.train.config import TrainConfig
@@ -58,7 +63,7 @@ def run_ours(model: str, task_path: str, n: int, share_prefix: bool = True) -> d
     rows, system = load_examples(task_path, n)
     # evalloop's defaults, one epoch and no checkpoint or dev evaluation (as on the trl side)
     config = TrainConfig(epochs=1.0, save_steps=10**6, patience=0, seed=0,
-                         share_prefix=share_prefix)
+                         share_prefix=share_prefix, qlora=qlora)
     forward = [0]
     collate = packing.Collator.__call__
 
@@ -74,7 +79,7 @@ def run_ours(model: str, task_path: str, n: int, share_prefix: bool = True) -> d
     return {"tokens": result.tokens, "forward_tokens": forward[0], "seconds": result.elapsed_s,
             "steps": result.steps_done, "precision": result.precision,
             "params": _param_count(model), "micro_batch_tokens": config.micro_batch_tokens,
-            "batch_size": config.batch_size, "share_prefix": share_prefix}
+            "batch_size": config.batch_size, "share_prefix": share_prefix, "qlora": qlora}
 
 
 def run_trl_defaults(model: str, task_path: str, n: int) -> dict:
@@ -155,8 +160,11 @@ def child(variant: str, model: str, task_path: str, n: int, threads: int | None)
                for d in ("fp32", "bf16")}
     else:
         row = (run_trl_defaults(model, task_path, n) if variant == "trl"
-               else run_ours(model, task_path, n, share_prefix=variant == "ours"))
+               else run_ours(model, task_path, n, share_prefix=variant != "unshared",
+                             qlora=variant == "qlora"))
         row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if torch.cuda.is_available():
+            row["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(row))
 
 
@@ -182,8 +190,10 @@ def main() -> None:
     p.add_argument("--n", "--examples", dest="n", type=int, default=128,
                    help="train rows (drawn at random, seed 0)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--qlora", action="store_true", help="add evalloop on a 4-bit base (CUDA)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--child", choices=["ours", "unshared", "trl", "peak"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["ours", "unshared", "trl", "qlora", "peak"],
+                   help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args.child, args.model, args.task, args.n, args.threads)
@@ -192,7 +202,12 @@ def main() -> None:
 
     peak = spawn("peak", args)  # best of three, in a child like the trainers (same threads)
     rows = {}
-    for variant in ("trl", "unshared", "ours"):
+    variants = ["trl", "unshared", "ours"]
+    if args.qlora and torch.cuda.is_available():
+        variants.append("qlora")
+    elif args.qlora:
+        print("--qlora needs CUDA (bitsandbytes 4-bit): skipped", file=sys.stderr)
+    for variant in variants:
         rows[variant] = spawn(variant, args)
         print(f"{variant}: {json.dumps(rows[variant])}", file=sys.stderr, flush=True)
     for row in rows.values():
@@ -217,14 +232,18 @@ def main() -> None:
           f"(FLOPs per trained token = 4 x N)")
     print("tokens/s: example tokens (shared prefixes counted per row); fwd tok/s: tokens the "
           "model ran; GFLOP/s from forward tokens")
+    gpu = "peak_gpu_mb" in rows["ours"]
     print(f"{'trainer':<18}{'precision':<16}{'steps':>6}{'tokens/s':>10}{'fwd tok/s':>10}"
-          f"{'GFLOP/s':>9}{'%fp32 pk':>9}{'%bf16 pk':>9}{'peak RSS':>10}")
-    for name, row in (("trl defaults", rows["trl"]), ("evalloop unshared", rows["unshared"]),
-                      ("evalloop", rows["ours"])):
-        print(f"{name:<18}{row['precision']:<16}{row['steps']:>6}{row['tokens_per_s']:>10.0f}"
-              f"{row['forward_tokens_per_s']:>10.0f}{row['gflops']:>9.1f}"
-              f"{row['peak_fraction']['fp32']:>9.1%}{row['peak_fraction']['bf16']:>9.1%}"
-              f"{row['peak_rss_mb']:>8.0f}MB")
+          f"{'GFLOP/s':>9}{'%fp32 pk':>9}{'%bf16 pk':>9}{'peak RSS':>10}"
+          + (f"{'peak GPU':>10}" if gpu else ""))
+    names = {"trl": "trl defaults", "unshared": "evalloop unshared", "ours": "evalloop",
+             "qlora": "evalloop QLoRA"}
+    for variant, row in rows.items():
+        print(f"{names[variant]:<18}{row['precision']:<16}{row['steps']:>6}"
+              f"{row['tokens_per_s']:>10.0f}{row['forward_tokens_per_s']:>10.0f}"
+              f"{row['gflops']:>9.1f}{row['peak_fraction']['fp32']:>9.1%}"
+              f"{row['peak_fraction']['bf16']:>9.1%}{row['peak_rss_mb']:>8.0f}MB"
+              + (f"{row['peak_gpu_mb']:>8.0f}MB" if gpu else ""))
     print(f"speedup (tokens/s vs trl defaults): evalloop {report['speedup']:.2f}x, unshared "
           f"{report['speedup_unshared']:.2f}x; peak RSS evalloop / trl defaults: "
           f"{report['peak_rss_ratio']:.2f}")
