@@ -578,6 +578,42 @@ def test_retrieval_prefers_pool_rows_with_the_missing_key():
     assert set(ranked[0].tolist()) <= set(range(len(near)))
 
 
+def test_format_only_clusters_get_a_seeded_random_draw_of_the_pool():
+    """A cluster whose failures are all `invalid_json` gets coverage rows: a seeded random order
+    of the pool per cluster, continued by the request's offset; a cluster with one content
+    failure keeps retrieval by need."""
+    pool = [_ex(i, f"pick up the car on day {i}", {"day": str(i)} if i % 3 else {})
+            for i in range(40)]
+    ctx = _slot_ctx(pool)
+    bad = [FailureCase(_ex(100 + i, f"car on day {i}", {"day": str(i)}, "dev"), "Sure! Day 3.",
+                       ("format",), ("invalid_json",)) for i in range(3)]
+    prose = ClusterTarget("prose", "prose", tuple(bad))
+    first = STRATEGIES["retrieval"](ctx, [Request(prose, 6, 0, 0)])
+    assert {c.strategy for c in first} == {"coverage"} and len(first) == 6
+    again = STRATEGIES["retrieval"](ctx, [Request(prose, 6, 0, 0)])
+    assert [c.source["pool_id"] for c in again] == [c.source["pool_id"] for c in first]
+    more = STRATEGIES["retrieval"](ctx, [Request(prose, 6, 6, 1)])
+    assert not {c.source["pool_id"] for c in more} & {c.source["pool_id"] for c in first}
+    other = STRATEGIES["retrieval"](ctx, [Request(ClusterTarget("other", "o", tuple(bad)), 6, 0,
+                                                  0)])
+    assert [c.source["pool_id"] for c in other] != [c.source["pool_id"] for c in first]
+    content = FailureCase(_ex(200, "car on day 7 in Oslo", {"day": "7"}, "dev"), '{}',
+                          ("wrong_answer",), ("missing_key:day",))
+    mixed = ClusterTarget("mixed", "mixed", (*bad, content))
+    assert {c.strategy for c in STRATEGIES["retrieval"](ctx, [Request(mixed, 4, 0, 0)])} == \
+        {"retrieval"}
+
+
+def test_replay_near_one_passed_item_is_capped_and_the_rest_is_random():
+    from loop.targeted.strategies import REPLAY_PER_PASSED, replay_like
+
+    pool = [_ex(i, f"pick up the car on day {i}", {"day": str(i)}) for i in range(40)]
+    passed = [_ex(100, "pick up the car on day 7", {"day": "7"}, "dev")]
+    got = replay_like(_slot_ctx(pool), passed, 12)
+    assert len(got) == 12 and len({c.source["pool_id"] for c in got}) == 12
+    assert sum("like" in c.source for c in got) == REPLAY_PER_PASSED
+
+
 def test_label_confusion_retrieves_the_gold_label_and_a_few_of_the_confused_one():
     labels = ["billing", "refund", "greeting"]
     pool = [Example(f"p{i}", "Classify the customer message. Reply with one label.",

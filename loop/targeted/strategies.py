@@ -8,7 +8,11 @@ gets new ones). Strategies propose; `loop.targeted.curate` decides. Registered s
 
   retrieval    pool rows near the cluster's failing inputs (template text removed) that have
                what the failures lack (read from their signatures: the missing key, the label
-               the model confused, the reference's shape), plus a few of the confused label
+               the model confused, the reference's shape), plus a few of the confused label.
+               A cluster whose failures are all format-only (no JSON, a label outside the set)
+               says nothing about content: it gets a seeded random draw of the pool instead
+               ("coverage" rows; docs/targeting.md measured retrieval no better than random
+               draws there, and worse on one task)
   generator    a task generator function (`[targeted] generator = "demo"` or "module:function")
   teacher      a stronger model writes new pairs from the failing items (loop.targeted.teacher)
   corrections  reviewer-corrected outputs, with priority
@@ -185,14 +189,36 @@ def fixability(ctx: StrategyContext, cluster: ClusterTarget) -> float:
                           for f in cluster.failures]))
 
 
+def format_only(ctx: StrategyContext, cluster: ClusterTarget) -> bool:
+    """Whether every failure of the cluster is a format failure only (`invalid_json`, or a label
+    outside the task's set): the model did not answer in the task's form at all, so the failure
+    shows what the reference is, not what the model got wrong."""
+    from evals.signatures import signatures
+
+    labels = _pool_answers(ctx).labels
+    for case in cluster.failures:
+        sigs = case.signatures or signatures(case.example.output, case.output, case.categories,
+                                             labels)
+        if not sigs or not all(s == "invalid_json" or (s.startswith("label:")
+                                                       and s.endswith("->unknown"))
+                               for s in sigs):
+            return False
+    return bool(cluster.failures)
+
+
 def retrieval(ctx: StrategyContext, requests: Sequence[Request]) -> list[Candidate]:
     """Pool rows near the failing inputs (varying parts), those meeting the failure's needs
-    first, interleaved over the cluster's failures so that every failure gets rows."""
+    first, interleaved over the cluster's failures so that every failure gets rows; coverage
+    rows for format-only clusters."""
     if not ctx.pool or not requests:
         return []
+    coverage = [r for r in requests if format_only(ctx, r.cluster)]
+    out = _coverage(ctx, coverage) if coverage else []
+    requests = [r for r in requests if r not in coverage]
+    if not requests:
+        return out
     pool_vecs = ctx.embed([varying(ctx, e) for e in ctx.pool])
     answers, cache = _pool_answers(ctx), {}
-    out: list[Candidate] = []
     for req in requests:
         fails = req.cluster.failures
         queries = _queries(req.cluster, answers.labels)
@@ -211,6 +237,22 @@ def retrieval(ctx: StrategyContext, requests: Sequence[Request]) -> list[Candida
                 {"pool_id": ctx.pool[j].id, "similarity": round(float(sims[qi, j]), 4),
                  "role": q.role, "meets": round(float(meets[qi][j]), 3),
                  "needs": [f"{n.op}:{n.value}"[:80] for n in q.needs]}))
+    return out
+
+
+def _coverage(ctx: StrategyContext, requests: Sequence[Request]) -> list[Candidate]:
+    """Per format-only cluster, a seeded random order of the pool (seeded by the cluster), read
+    from the request's offset: rounds continue the stream; a row two clusters draw is one
+    duplicate for curation, as with retrieval."""
+    out = []
+    for req in requests:
+        cid = req.cluster.cluster_id
+        order = np.random.default_rng(derive_seed("coverage", ctx.seed, cid)).permutation(
+            len(ctx.pool))
+        for j in order[req.offset:req.offset + req.want]:
+            out.append(Candidate(_as_train(ctx.pool[int(j)]), "coverage", cid,
+                                 tuple(f.example.id for f in req.cluster.failures[:3]),
+                                 {"pool_id": ctx.pool[int(j)].id, "role": "coverage"}))
     return out
 
 
@@ -347,14 +389,18 @@ def replay(pool: Sequence[Example], k: int, seed: int) -> list[Candidate]:
             for i in picks]
 
 
+REPLAY_PER_PASSED = 3  # pool rows replayed near one passed dev item, at most
+
+
 def replay_like(ctx: StrategyContext, passed: Sequence[Example], k: int) -> list[Candidate]:
     """Replay that keeps passing skills: pool rows nearest to the dev items the model passed,
-    interleaved over them (a seeded random sample when none passed)."""
+    interleaved over them, at most REPLAY_PER_PASSED per item (one passed item must not fill the
+    replay with its near copies); the rest a seeded random sample."""
     if not passed or not ctx.pool:
         return replay(ctx.pool, k, ctx.seed)
     order = np.random.default_rng(derive_seed("replay", ctx.seed)).permutation(len(passed))
     like = [passed[i] for i in order]
-    depth = min(len(ctx.pool), max(1, math.ceil(k / len(like))) + 2)
+    depth = min(len(ctx.pool), REPLAY_PER_PASSED, max(1, math.ceil(k / len(like))) + 2)
     ranked, _ = nearest(ctx.embed([varying(ctx, e) for e in like]),
                         ctx.embed([varying(ctx, e) for e in ctx.pool]), depth)
     picks: dict[int, str] = {}
@@ -362,7 +408,7 @@ def replay_like(ctx: StrategyContext, passed: Sequence[Example], k: int) -> list
         for li in range(len(like)):
             picks.setdefault(int(ranked[li, d]), like[li].id)
     chosen = list(picks.items())[:k]
-    if len(chosen) < k:  # a small pool: top up at random
+    if len(chosen) < k:  # few passed items or a small pool: top up at random
         chosen += [(int(i), "") for i in np.random.default_rng(ctx.seed).permutation(
             len(ctx.pool)) if int(i) not in picks][:k - len(chosen)]
     return [Candidate(_as_train(ctx.pool[i]), "replay", "replay", (),
