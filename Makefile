@@ -30,7 +30,7 @@ test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/python -m ruff check loop evals tests app.py
+	$(BIN)/python -m ruff check loop evals tests bench app.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -101,7 +101,9 @@ def test_only_the_first_n_shared_items_and_the_runs_suite_version_count(arena):
 
 def test_llm_errors_are_stored_as_errors_then_judged_again(arena):
     store, task, good, bad, _ = arena
-    rambling = lambda prompts: ["Both have merit."] * len(prompts)
+    def rambling(prompts):
+        return ["Both have merit."] * len(prompts)
+
     matches = judge_entrants(store, task, [good, bad], "llm", completer=rambling,
                              embedder=LetterEmbedder())
     assert {m.verdict for m in matches} == {None} and all("unparseable" in m.error

@@ -41,7 +41,9 @@ def test_reference_judge_uses_suite_then_similarity_with_a_tie_margin():
 
 
 def test_a_judge_that_always_prefers_the_first_answer_yields_ties():
-    always_first = lambda prompts: ["[[1]]"] * len(prompts)
+    def always_first(prompts):
+        return ["[[1]]"] * len(prompts)
+
     verdicts = llm_judge([pair(), pair(output_a="Lyon", output_b="Paris")], always_first)
     assert [v.verdict for v in verdicts] == ["tie", "tie"]
     assert all(v.error is None for v in verdicts)
@@ -71,8 +73,9 @@ def test_unparseable_reply_is_an_error_not_a_win():
     verdict = combine_orders("1", None)
     assert verdict.verdict is None and "unparseable" in verdict.error and "BA" in verdict.error
     # a judge that picks answer 1 in one order and rambles in the other: no win for anyone
-    half = lambda prompts: ["[[1]]" if k % 2 == 0 else "Answer 1, clearly."
-                            for k in range(len(prompts))]
+    def half(prompts):
+        return ["[[1]]" if k % 2 == 0 else "Answer 1, clearly." for k in range(len(prompts))]
+
     (verdict,) = llm_judge([pair()], half)
     assert verdict.verdict is None and verdict.error
     assert verdict.detail["replies"] == ["[[1]]", "Answer 1, clearly."]

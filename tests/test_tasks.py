@@ -53,7 +53,7 @@ def test_bad_records_name_file_line_and_field(tmp_path, line, fragment):
     (tmp_path / "t.toml").write_text('test = "test.jsonl"\n')
     with pytest.raises(TaskDataError) as err:
         load_task(tmp_path / "t.toml")
-    assert f"test.jsonl:2" in str(err.value) and fragment in str(err.value)
+    assert "test.jsonl:2" in str(err.value) and fragment in str(err.value)
 
 
 def test_invalid_utf8_and_duplicate_ids(tmp_path):
