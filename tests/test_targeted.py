@@ -597,6 +597,10 @@ def test_format_only_clusters_get_a_seeded_random_draw_of_the_pool():
     other = STRATEGIES["retrieval"](ctx, [Request(ClusterTarget("other", "o", tuple(bad)), 6, 0,
                                                   0)])
     assert [c.source["pool_id"] for c in other] != [c.source["pool_id"] for c in first]
+    mixed_pool = pool + [_ex(50 + i, f"say hi {i}", "hello") for i in range(40)]
+    mixed_ctx = _slot_ctx(mixed_pool)  # a second skill with plain-text answers
+    drawn = STRATEGIES["retrieval"](mixed_ctx, [Request(prose, 30, 0, 0)])
+    assert all(c.example.output.startswith("{") for c in drawn)  # JSON failures draw JSON rows
     content = FailureCase(_ex(200, "car on day 7 in Oslo", {"day": "7"}, "dev"), '{}',
                           ("wrong_answer",), ("missing_key:day",))
     mixed = ClusterTarget("mixed", "mixed", (*bad, content))
