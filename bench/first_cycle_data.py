@@ -38,15 +38,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from targeted_vs_random import Arm, _rate, _test_outcomes, _train, paired_difference  # noqa: E402
-
-
-def _write_rows(path: Path, rows) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"instruction": e.instruction, "input": e.input,
-                                        "output": e.output, "category": e.category},
-                                       ensure_ascii=False) + "\n" for e in rows))
-    return path
+from targeted_vs_random import (  # noqa: E402
+    Arm, _rate, _test_outcomes, _train, paired_difference, write_rows)
 
 
 def run_task(task_path: Path, workspace: Path, n: int, seeds: list[int], power: float,
@@ -61,10 +54,10 @@ def run_task(task_path: Path, workspace: Path, n: int, seeds: list[int], power: 
     arms: dict[str, Path] = {}
     with Store(ws) as store:
         for seed in seeds:
-            arms[f"random:{seed}"] = _write_rows(ws / "data" / f"random-{seed}-{n}.jsonl",
+            arms[f"random:{seed}"] = write_rows(ws / "data" / f"random-{seed}-{n}.jsonl",
                                                  random_pool_rows(store, task, n, seed=seed))
             if power < 1:
-                arms[f"balanced:{seed}"] = _write_rows(
+                arms[f"balanced:{seed}"] = write_rows(
                     ws / "data" / f"balanced-{power}-{seed}-{n}.jsonl",
                     random_pool_rows(store, task, n, seed=seed, power=power))
         arms.update(given)

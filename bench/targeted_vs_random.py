@@ -116,16 +116,21 @@ def _targeted_cycle(task_path: Path, workspace: Path, arm: Arm, cycle: int) -> d
             "cycle_id": summary["cycle_id"]}
 
 
+def write_rows(path: Path, rows) -> Path:
+    """Examples as the training JSONL `evalloop train --data` reads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"instruction": e.instruction, "input": e.input,
+                                        "output": e.output, "category": e.category},
+                                       ensure_ascii=False) + "\n" for e in rows))
+    return path
+
+
 def _random_step(store, task, workspace: Path, arm: Arm, cycle: int, n: int, seed: int) -> dict:
     from loop.targeted.stage import random_pool_rows
 
     rows = random_pool_rows(store, task, n, seed=seed + 1000 * cycle, exclude=arm.used)
     arm.used.update(e.id for e in rows)
-    path = workspace / "data" / f"tvr-random-{cycle}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"instruction": e.instruction, "input": e.input,
-                                        "output": e.output, "category": e.category},
-                                       ensure_ascii=False) + "\n" for e in rows))
+    path = write_rows(workspace / "data" / f"tvr-random-{cycle}.jsonl", rows)
     arm.model = _train(store, task, workspace, arm, path, f"random-{cycle}-{seed}")
     return {"n_data": len(rows)}
 

@@ -66,13 +66,18 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     return out, None
 
 
+@functools.cache  # once per process: registering is global in transformers
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(NAME, attention)
+
+
 @contextlib.contextmanager
 def shared_prefix_attention(model, prefix_cache) -> Iterator[list[int]]:
     """Run `model`'s attention through `attention` over `prefix_cache` (a transformers cache of
     one row) inside the block; yields the one-element call counter."""
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(NAME, attention)
+    _register()
     prefix = _Prefix([(layer.keys, layer.values) for layer in prefix_cache.layers])
     config = model.config
     before = config._attn_implementation

@@ -35,6 +35,12 @@ def parse(text: str):
         return None
 
 
+def json_shape(text: str) -> str:
+    """One answer's shape: "object", "list" (JSON) or "other"."""
+    value = parse(text)
+    return "object" if isinstance(value, dict) else "list" if isinstance(value, list) else "other"
+
+
 def _label(text: str) -> str:
     """A label as evals.signatures names it (case, quotes and a final period dropped)."""
     return (text or "").strip().strip("\"'`.").strip().lower()

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from loop.targeted import curate as cur
-from loop.targeted.answer_classes import Need, PoolAnswers, needs, parse
+from loop.targeted.answer_classes import Need, PoolAnswers, json_shape, needs
 from loop.core.errors import ConfigError
 from loop.core.prompts import user_message
 from loop.core.records import Example, content_hash
@@ -240,22 +240,17 @@ def retrieval(ctx: StrategyContext, requests: Sequence[Request]) -> list[Candida
     return out
 
 
-def _shape(text: str) -> str:
-    value = parse(text)
-    return "object" if isinstance(value, dict) else "list" if isinstance(value, list) else "other"
-
-
 def _coverage(ctx: StrategyContext, requests: Sequence[Request]) -> list[Candidate]:
     """Per format-only cluster, a seeded random order of the pool rows whose reference has the
     shape of the cluster's references (a JSON object, a list, other: in a task that mixes
     skills, a failed JSON skill draws JSON rows), seeded by the cluster and read from the
     request's offset: rounds continue the stream; a row two clusters draw is one duplicate for
     curation, as with retrieval."""
-    shapes = [_shape(e.output) for e in ctx.pool]
+    shapes = [json_shape(e.output) for e in ctx.pool]
     out = []
     for req in requests:
         cid = req.cluster.cluster_id
-        wanted = {_shape(f.example.output) for f in req.cluster.failures}
+        wanted = {json_shape(f.example.output) for f in req.cluster.failures}
         order = [int(j) for j in np.random.default_rng(derive_seed("coverage", ctx.seed, cid))
                  .permutation(len(ctx.pool)) if shapes[int(j)] in wanted]
         for j in order[req.offset:req.offset + req.want]:
