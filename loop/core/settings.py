@@ -386,6 +386,10 @@ class TargetedSettings(Section):
     loss_weight: float = Field(
         0.0, ge=0.0, le=10.0, description="also rank pool rows by the model's answer loss "
                                           "(a percentile times this weight); 0 = off")
+    pool: Literal["auto", "off"] = Field(
+        "auto", description='"auto": a cycle also trains on pool rows its plan picks (the whole '
+                            'pool first, then the rows the champion does not know); "off": the '
+                            'targeted rows only')
     benchmark_data: TomlDir | None = Field(
         None, description="decontaminate against these benchmarks' questions")
     # curation thresholds (loop.targeted.curate.CurateConfig, same names)
@@ -442,6 +446,11 @@ class CycleSettings(Section):
     seed: int = 0
     benchmarks: bool = Field(True, description="false skips the forgetting check")
     arena: bool = Field(True, description="false skips pairwise ratings (and the gate's need)")
+    # measured (bench/loop_vs_baselines.py): 15 minutes keeps every shared task's cycle there on
+    # a 2-core CPU; half of it is training's (loop/targeted/plan.py TRAIN_SHARE)
+    max_minutes: float | None = Field(
+        15.0, gt=0, description="time budget of one cycle: bounds its training data and epochs "
+                                "(loop/targeted/plan.py); none = no bound")
 
 
 class TrackingSettings(Section):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from loop import tracking
 from loop.core import faults
-from loop.core.settings import TaskSettings
+from loop.core.settings import TaskSettings, with_overrides
 from loop.cycle import runstate
 from loop.cycle.gate import GateInputs, PromotionDecision, decide
 from loop.cycle.results import (RESULT_TYPES, ArenaResult, BenchmarksResult, CandidateEvalResult,
@@ -79,11 +79,17 @@ def failures(ctx: CycleContext) -> FailuresResult:
 
 
 def targeted(ctx: CycleContext) -> TargetedResult:
-    from loop.targeted.stage import generate_targeted
+    """Targeted rows for the dev failures plus the pool rows the cycle's plan picks within its
+    time budget (loop/targeted/plan.py: the whole pool first, then what the champion does not
+    know)."""
+    from loop.targeted.cycle_data import build_cycle_data
 
-    return generate_targeted(ctx.store, ctx.task, ctx.results.eval_champion_dev.run_id,
-                             batch_id=ctx.cycle_id, out_dir=ctx.dir / "data",
-                             seed=ctx.settings.cycle.seed, progress=ctx.progress)
+    budget = ctx.settings.cycle.max_minutes
+    return build_cycle_data(
+        ctx.store, ctx.task, ctx.champion.model_name, ctx.results.eval_champion_dev.run_id,
+        champion_trained=parse_model_name(ctx.champion.model_name).adapter is not None,
+        batch_id=ctx.cycle_id, out_dir=ctx.dir / "data", seed=ctx.settings.cycle.seed,
+        budget_s=budget * 60 if budget else None, progress=ctx.progress)
 
 
 def train(ctx: CycleContext) -> TrainStageResult:
@@ -92,6 +98,9 @@ def train(ctx: CycleContext) -> TrainStageResult:
     from loop.train.sft import train_for_task
 
     config = ctx.settings.training
+    plan = ctx.results.targeted.plan
+    if plan and config.max_steps is None and plan["epochs"] != config.epochs:
+        config = with_overrides(ctx.settings, "training", epochs=plan["epochs"])
     spec = parse_model_name(ctx.champion.model_name)
     model, extra = ctx.champion.model_name, {}
     if config.method in ("sft", "sft+dpo"):

@@ -13,6 +13,7 @@ projection. Tokenisation is the training one
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -26,8 +27,10 @@ from loop.core.records import Example
 
 
 def answer_losses(lm: LoadedModel, examples: Sequence[Example], system_prompt: str | None = None,
-                  batch_size: int = 16, progress: bool = False) -> np.ndarray:
-    """Mean negative log-likelihood per answer token of each example's output, in input order."""
+                  batch_size: int = 16, progress: bool = False,
+                  reduce: Literal["mean", "max"] = "mean") -> np.ndarray:
+    """Negative log-likelihood of each example's answer tokens, in input order: their mean, or
+    the largest (the answer's least likely token: where greedy decoding would leave it)."""
     rows, _ = tokenize_examples(lm.tokenizer, examples, system_prompt, max_seq_len=1 << 30)
     if len(rows) != len(examples):
         raise ValueError("every example needs a non-empty answer")
@@ -43,13 +46,13 @@ def answer_losses(lm: LoadedModel, examples: Sequence[Example], system_prompt: s
     work = [(n, rows) for n, rows in groups if n > 0] + ([(0, singles)] if singles else [])
     bar = tqdm(total=len(examples), desc="answer losses", unit="row", disable=not progress)
     for n_prefix, rows in work:
-        _group_losses(lm, prompt_ids, answer_ids, rows, n_prefix, batch_size, out, bar)
+        _group_losses(lm, prompt_ids, answer_ids, rows, n_prefix, batch_size, out, bar, reduce)
     bar.close()
     return out
 
 
 def _group_losses(lm, prompt_ids, answer_ids, rows: Sequence[int], n_prefix: int,
-                  batch_size: int, out: np.ndarray, bar) -> None:
+                  batch_size: int, out: np.ndarray, bar, reduce: str = "mean") -> None:
     import torch
 
     prefix_kv = None
@@ -63,16 +66,16 @@ def _group_losses(lm, prompt_ids, answer_ids, rows: Sequence[int], n_prefix: int
         seqs = [prompt_ids[i][n_prefix:] + answer_ids[i] for i in idx]
         lengths = [len(answer_ids[i]) for i in idx]
         try:
-            losses = _batch_losses(lm, prefix_kv, n_prefix, seqs, lengths)
+            losses = _batch_losses(lm, prefix_kv, n_prefix, seqs, lengths, reduce)
         except PrefixAttentionUnsupported:  # on the first batch: score the group unshared
-            _group_losses(lm, prompt_ids, answer_ids, rows, 0, batch_size, out, bar)
+            _group_losses(lm, prompt_ids, answer_ids, rows, 0, batch_size, out, bar, reduce)
             return
         out[idx] = losses
         bar.update(len(idx))
 
 
 def _batch_losses(lm, prefix_kv, n_prefix: int, seqs: Sequence[Sequence[int]],
-                  answer_lens: Sequence[int]) -> np.ndarray:
+                  answer_lens: Sequence[int], reduce: str = "mean") -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
@@ -95,4 +98,6 @@ def _batch_losses(lm, prefix_kv, n_prefix: int, seqs: Sequence[Sequence[int]],
     answer = torch.zeros_like(token_nll, dtype=torch.bool)
     for row, length in enumerate(answer_lens):
         answer[row, -length:] = True
+    if reduce == "max":
+        return (token_nll * answer).amax(1).cpu().numpy()
     return ((token_nll * answer).sum(1) / torch.tensor(answer_lens, device=dev)).cpu().numpy()

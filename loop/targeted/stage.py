@@ -88,6 +88,8 @@ class TargetedResult:
     cached: bool = False
     rejected_share: dict[str, float] | None = None  # reason -> share of all candidates
     answer_distribution: dict | None = None  # answer classes: pool vs failures vs data
+    pool_rows: int = 0  # pool rows a cycle's plan added (loop.targeted.cycle_data)
+    plan: dict | None = None  # that plan (loop.targeted.plan.PoolPlan + counts)
 
     def to_json(self) -> dict:
         return asdict(self)

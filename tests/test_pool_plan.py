@@ -1,0 +1,83 @@
+"""The cycle's pool plan (loop/targeted/plan.py) and the cycle data it builds."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from loop.targeted.cycle_data import is_format_failure
+from loop.targeted.plan import (MIN_FOCUSED_ROWS, TRAIN_SHARE, PoolFacts, focused_sizes,
+                                hard_rows, plan_pool)
+
+
+def facts(rows=1000, trained=False, failures=50, fmt=0, per_row=0.1):
+    return PoolFacts(rows, trained, failures, fmt, per_row, "test")
+
+
+def test_untrained_champion_trains_on_the_whole_pool():
+    plan = plan_pool(facts(), budget_s=None, epochs=2.0)
+    assert (plan.mode, plan.rows, plan.epochs) == ("whole_pool", 1000, 2.0)
+
+
+def test_format_failures_majority_is_whole_pool_content_failures_focused():
+    assert plan_pool(facts(trained=True, fmt=30), None, 2.0).mode == "whole_pool"
+    focused = plan_pool(facts(trained=True, fmt=10), None, 2.0)
+    assert focused.mode == "focused" and "20%" in focused.reason
+
+
+def test_budget_cuts_epochs_then_rows():
+    # 1000 rows x 0.1 s = 100 s an epoch; a 300 s budget gives training 150 s: 1.5 epochs
+    plan = plan_pool(facts(), budget_s=300, epochs=2.0)
+    assert plan.rows == 1000 and plan.epochs == 1.5
+    assert plan.estimated_train_s <= 300 * TRAIN_SHARE
+    # 100 s of training cannot see every row once: 500 rows, one epoch
+    small = plan_pool(facts(), budget_s=100, epochs=2.0)
+    assert (small.rows, small.epochs) == (500, 1.0)
+    assert "500 of 1000 rows" in small.reason
+
+
+def test_hard_rows_are_the_unsure_ones_least_known_first():
+    worst = np.array([0.1, 2.0, 0.5, math.log(2) + 1e-3, 5.0])
+    assert hard_rows(worst, 10).tolist() == [4, 1, 3]
+    assert hard_rows(worst, 2).tolist() == [4, 1]
+
+
+def test_focused_sizes_replay_matches_hard_rows_within_the_cap():
+    assert focused_sizes(100, 0, 1000) == (100, 100)
+    hard, replay = focused_sizes(900, 100, 1000)
+    assert hard + replay + 100 <= 1000 and hard == replay == 450
+    # nothing hard: replay pads to a minimum so the cycle still trains on something
+    assert focused_sizes(0, 0, 1000) == (0, MIN_FOCUSED_ROWS)
+
+
+@pytest.mark.parametrize("sigs, expected", [
+    (("invalid_json",), True), (("label:a->unknown",), True),
+    (("invalid_json", "label:a->unknown"), True), (("label:a->b",), False),
+    (("missing_key:x",), False), ((), False), (("invalid_json", "wrong_answer"), False)])
+def test_format_failure(sigs, expected):
+    assert is_format_failure(sigs) is expected
+
+
+def test_cycle_trains_on_the_whole_pool_then_focuses(tiny_task, workspace):
+    """A first cycle's data is every curated pool row (plus targeted rows); the plan is in the
+    stage result and the written JSONL holds what it says."""
+    from loop.cycle.run import run_cycle
+    from loop.store import cycles
+    from loop.store.db import Store
+
+    summary = run_cycle(tiny_task, workspace, progress=False)
+    with Store(workspace) as store:
+        data = cycles.stage_result(store, summary["cycle_id"], "targeted")
+    plan = data["plan"]
+    assert plan["mode"] == "whole_pool"
+    rows = [json.loads(line) for line in open(data["dataset_path"], encoding="utf-8")]
+    assert len(rows) == plan["targeted_rows"] + plan["pool_rows"]
+    # the tiny task's pool holds 40 rows (some near-duplicates curation drops); targeted rows are
+    # pool rows too, written once
+    distinct = {(r["instruction"], r["input"], r["output"]) for r in rows}
+    assert len(distinct) == len(rows) and 20 <= len(rows) <= 40
+    assert not {r["input"] for r in rows} & {json.loads(line)["input"] for line in
+                                             open(tiny_task.parent / "test.jsonl")}
