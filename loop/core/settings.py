@@ -287,6 +287,9 @@ class TrainingSettings(Section):
     qlora: bool = Field(False, description="4-bit base (bitsandbytes), CUDA only")
     bf16: Bf16 = Field("auto", description='"auto": CUDA support or the CPU\'s measured speed')
     method: TrainMethod = Field("sft", description="sft, dpo (preference pairs) or sft+dpo")
+    search: bool = Field(True, description="a cycle tries learning rates x1, x2, x0.5 as its "
+                                           "time budget allows and keeps the best on dev "
+                                           "(loop/train/search.py)")
     dpo_beta: float = Field(0.1, gt=0, description="DPO's KL strength")
     # measured (bench/preference.py): DPO at the SFT rate (1e-3) collapses a LoRA on a few dozen
     # pairs (demo 66 -> 33%, rentalcars 83 -> 1%); 5e-5 keeps it (demo 66 -> 66%)
@@ -338,6 +341,7 @@ class TrainingSettings(Section):
         data = self.as_dict()
         data.pop("processes")
         data.pop("report_to")  # where the Trainer logs changes no weight
+        data.pop("search")  # which runs a cycle tries; each run is its own settings
         if self.strategy == "ddp":
             data.pop("strategy")
         return data

@@ -184,8 +184,9 @@ def _markdown(task, cycle_id, results: CycleResults, gate: PromotionDecision, ca
         lines += ["## Benchmarks (candidate − champion)", "", "| benchmark | delta |", "|---|---:|"]
         lines += [f"| {k} | {v:+.3f} |" for k, v in deltas.items()]
         lines += ["", "![benchmarks](benchmarks.png)", ""]
+    lines += _data_lines(results)
     if "loss" in plots:
-        lines += ["## Training", "", "![loss](loss.png)", ""]
+        lines += ["![loss](loss.png)", ""]
     board = results.arena.leaderboard if results.arena else ()
     if board:
         lines += ["## Leaderboard (Bradley-Terry, 95% bootstrap interval)", "",
@@ -196,6 +197,34 @@ def _markdown(task, cycle_id, results: CycleResults, gate: PromotionDecision, ca
         if results.arena.plot:
             lines += ["", f"![win rates]({Path(results.arena.plot).name})"]
     return "\n".join(lines) + "\n"
+
+
+def _data_lines(results: CycleResults) -> list[str]:
+    """What the cycle trained on (its pool plan) and the recipe trials it chose from."""
+    plan = results.targeted.plan if results.targeted else None
+    trained = results.train
+    if not plan and not (trained and trained.search):
+        return []
+    lines = ["## Training data and recipe", ""]
+    if plan:
+        start = "the champion's adapter" if trained and trained.sft_adapter_dir else "the model"
+        lines += [f"- plan: **{plan['mode']}** ({plan['reason']})",
+                  f"- rows: {plan['targeted_rows']} targeted for dev failures + "
+                  f"{plan['pool_rows']} pool rows"
+                  + (f" ({plan['hard_rows']} the champion is unsure of, {plan['replay_rows']} "
+                     "replayed)" if plan["mode"] == "focused" else "")
+                  + f", {plan['epochs']:g} epochs, continuing from {start}",
+                  f"- time: {plan['estimated_train_s']:.0f} s of training estimated "
+                  f"({plan['rate_source']}), budget {plan['budget_s']:.0f} s", ""]
+    if trained and len(trained.search) > 1:
+        lines += ["| learning rate | dev pass rate | best dev loss | seconds | kept |",
+                  "|---:|---:|---:|---:|---|"]
+        for i, t in enumerate(trained.search):
+            loss = "" if t["best_eval_loss"] is None else f"{t['best_eval_loss']:.4f}"
+            lines.append(f"| {t['learning_rate']:g} | {t['dev_pass_rate']:.1%} | {loss} | "
+                         f"{t['elapsed_s']:.0f} | {'yes' if i == 0 else ''} |")
+        lines.append("")
+    return lines
 
 
 def _html(md: str, task: str, cycle_id: str) -> str:

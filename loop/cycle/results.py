@@ -75,6 +75,7 @@ class TrainStageResult:
     sft_adapter_dir: str | None = None  # "sft" and "sft+dpo"
     pairs: PairsResult | None = None  # "dpo" and "sft+dpo"
     dpo_skipped: str | None = None  # "sft+dpo" without preference pairs: why
+    search: tuple[dict, ...] = ()  # the recipe trials (loop/train/search.py), the kept one first
 
     def to_json(self) -> dict:
         head = {"method": self.method}
@@ -85,13 +86,16 @@ class TrainStageResult:
         if self.dpo_skipped is not None:
             head["dpo_skipped"] = self.dpo_skipped
         tail = {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("method", "sft_adapter_dir", "pairs", "dpo_skipped")}
+                if f.name not in ("method", "sft_adapter_dir", "pairs", "dpo_skipped", "search")}
+        if self.search:
+            tail["search"] = list(self.search)
         return {**head, **tail}
 
     @classmethod
     def from_json(cls, data: dict) -> TrainStageResult:
         pairs = data.get("pairs")
-        return cls(**{**data, "pairs": PairsResult.from_json(pairs) if pairs else None})
+        return cls(**{**data, "pairs": PairsResult.from_json(pairs) if pairs else None,
+                      "search": tuple(data.get("search", ()))})
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,6 @@ def targeted(ctx: CycleContext) -> TargetedResult:
 def train(ctx: CycleContext) -> TrainStageResult:
     """[training] method: "sft" on the targeted data, "dpo" on preference pairs from the store,
     or "sft+dpo" (DPO starts from, and is referenced to, the SFT adapter)."""
-    from loop.train.sft import train_for_task
 
     config = ctx.settings.training
     plan = ctx.results.targeted.plan
@@ -104,11 +103,9 @@ def train(ctx: CycleContext) -> TrainStageResult:
     spec = parse_model_name(ctx.champion.model_name)
     model, extra = ctx.champion.model_name, {}
     if config.method in ("sft", "sft+dpo"):
-        data = ctx.results.targeted
-        result = train_for_task(ctx.store, ctx.task, ctx.workspace, model=model,
-                                data_path=data.dataset_path, dataset_hash=data.manifest_hash,
-                                config=config, progress=ctx.progress)
+        result, trials = _sft_search(ctx, config, model)
         model, extra["sft_adapter_dir"] = f"{spec.base}+{result.adapter_dir}", result.adapter_dir
+        extra["search"] = tuple(t.to_json() for t in trials)
     if config.method in ("dpo", "sft+dpo"):
         from loop.targeted.pairs import build_pairs
         from loop.train.dpo import train_dpo_for_task
@@ -130,6 +127,39 @@ def train(ctx: CycleContext) -> TrainStageResult:
         steps=result.steps_done, train_loss=result.train_loss,
         best_eval_loss=result.best_eval_loss, tokens_per_s=result.tokens_per_s,
         elapsed_s=result.elapsed_s, **extra)
+
+
+def _sft_search(ctx: CycleContext, config, model: str):
+    """SFT on the cycle's data at each learning rate the budget holds (loop/train/search.py);
+    the run with the best dev pass rate is the candidate. -> (its TrainResult, trials, kept
+    one first)."""
+    from loop.train.search import Trial, pick, trial_rates
+    from loop.train.sft import train_for_task
+
+    data, plan = ctx.results.targeted, ctx.results.targeted.plan or {}
+    rates = trial_rates(config.learning_rate, plan.get("estimated_train_s", 0.0),
+                        plan.get("budget_s") or None, enabled=config.search and bool(plan))
+    base = parse_model_name(model).base
+    runs, trials = {}, []
+    for rate in rates:
+        cfg = config if rate == config.learning_rate else \
+            with_overrides(ctx.settings, "training", **{**_changed(config), "learning_rate": rate})
+        result = train_for_task(ctx.store, ctx.task, ctx.workspace, model=model,
+                                data_path=data.dataset_path, dataset_hash=data.manifest_hash,
+                                config=cfg, progress=ctx.progress)
+        name = f"{base}+{result.adapter_dir}"
+        dev = evaluate(ctx.store, ctx.task, name, "dev", progress=ctx.progress) \
+            if len(rates) > 1 else None
+        runs[result.train_id] = result
+        trials.append(Trial(rate, result.train_id, name, dev.pass_rate if dev else float("nan"),
+                            result.best_eval_loss, result.elapsed_s))
+    best = pick(trials) if len(trials) > 1 else trials[0]
+    return runs[best.train_id], [best] + [t for t in trials if t is not best]
+
+
+def _changed(config) -> dict:
+    """The [training] keys a stage changed from the TOML (the plan's epochs)."""
+    return {"epochs": config.epochs} if config.max_steps is None else {}
 
 
 def eval_candidate(ctx: CycleContext) -> CandidateEvalResult:
