@@ -85,7 +85,8 @@ def loop_arm(task_path: Path, workspace: Path, cycles: int) -> dict:
             "model": summary["candidate"]["name"] if promoted else summary["champion"]["name"],
             "test": champion["outcomes"], "candidate_test": ev["candidate_test"]["outcomes"],
             "base_test": ev["champion_test"]["outcomes"] if cycle == 1 else None,
-            "n_data": data["accepted"] + data["replay"], "plan": data.get("plan"),
+            "n_data": data["accepted"] + data["replay"] + data.get("pool_rows", 0),
+            "plan": data.get("plan"),
             "train": summary.get("train"), "stage_times": summary["stage_times"],
             "gate_reasons": [r.get("message", r) for r in summary["gate"].get("reasons", [])],
             "seconds": seconds})
@@ -104,7 +105,8 @@ def Store_(workspace: Path):  # noqa: N802 - imported late so --help stays fast
 def base_arm(loop: dict, workspace: Path, task) -> dict:
     first = loop["cycles"][0]
     seconds = first["stage_times"].get("eval_candidate", {}).get("seconds", 0.0) / 3
-    return {"test": first["base_test"], "seconds": seconds,
+    return {"model": task.settings.cycle.base_model, "test": first["base_test"],
+            "seconds": seconds,
             "note": "the base model's test run from loop cycle 1 (a third of that stage's time)"}
 
 
@@ -162,7 +164,7 @@ def run_task(task_path: Path, root: Path, arms: set[str], redo: set[str], cycles
             shutil.rmtree(workspace, ignore_errors=True)
             stored.unlink(missing_ok=True)
         if stored.is_file():
-            out[arm] = json.loads(stored.read_text())
+            out[arm] = rescore(json.loads(stored.read_text()), workspace, task)
             continue
         print(f"{task.name}: arm {arm}", flush=True)
         if arm == "loop":
@@ -176,6 +178,15 @@ def run_task(task_path: Path, root: Path, arms: set[str], redo: set[str], cycles
         stored.parent.mkdir(parents=True, exist_ok=True)
         stored.write_text(json.dumps(out[arm]))
     return out
+
+
+def rescore(arm: dict, workspace: Path, task) -> dict:
+    """A stored arm's models scored again by today's suite (their predictions are reused), so
+    a change to scoring never mixes old and new verdicts in one table."""
+    for entry in [arm, *arm.get("draws", []), *arm.get("cycles", [])]:
+        if entry.get("model") and "test" in entry:
+            entry["test"] = _outcomes(workspace, task, entry["model"])
+    return arm
 
 
 # ---------------------------------------------------------------------------- report

@@ -81,3 +81,45 @@ def test_cycle_trains_on_the_whole_pool_then_focuses(tiny_task, workspace):
     assert len(distinct) == len(rows) and 20 <= len(rows) <= 40
     assert not {r["input"] for r in rows} & {json.loads(line)["input"] for line in
                                              open(tiny_task.parent / "test.jsonl")}
+
+
+# ---------------------------------------------------------------------------- recipe search
+
+def test_trial_rates_fit_the_budget_configured_rate_first():
+    from loop.train.search import trial_rates
+
+    assert trial_rates(1e-3, 100, None) == [1e-3, 2e-3, 5e-4]
+    assert trial_rates(1e-3, 100, 250) == [1e-3, 2e-3]
+    assert trial_rates(1e-3, 100, 50) == [1e-3]  # even one does not fit: the configured rate
+    assert trial_rates(1e-3, 100, None, enabled=False) == [1e-3]
+
+
+def test_pick_best_dev_pass_rate_then_loss_then_order():
+    from loop.train.search import Trial, pick
+
+    def t(rate, passed, loss):
+        return Trial(rate, f"id{rate}", f"m{rate}", passed, loss, 1.0)
+
+    assert pick([t(1, 0.8, 0.2), t(2, 0.9, 0.3)]).learning_rate == 2
+    assert pick([t(1, 0.9, 0.2), t(2, 0.9, 0.1)]).learning_rate == 2
+    assert pick([t(1, 0.9, None), t(2, 0.9, None)]).learning_rate == 1
+
+
+def test_pool_rows_drop_held_out_questions_keep_near_duplicates(tmp_path):
+    from conftest import write_task
+
+    from loop.data.tasks import load_task
+    from loop.targeted.cycle_data import pool_rows
+
+    row = {"instruction": "Label it.", "output": "a"}
+    path = write_task(tmp_path, {
+        "train": [{**row, "input": "same as test"}, {**row, "input": "Same  as TEST "},
+                  {**row, "input": "hello there"}, {**row, "input": "hello there!"},
+                  {**row, "input": "hello there", "output": "b"}],
+        "dev": [{**row, "input": "a dev item"}],
+        "test": [{**row, "input": "same as test", "output": "z"}]})
+    task = load_task(path)
+    rows = pool_rows(task, seed=0)
+    assert sorted((e.input, e.output) for e in rows) == [
+        ("hello there", "a"), ("hello there", "b"), ("hello there!", "a")]
+    assert [e.id for e in rows] == [e.id for e in pool_rows(task, seed=0)]

@@ -207,7 +207,8 @@ def _data_lines(results: CycleResults) -> list[str]:
         return []
     lines = ["## Training data and recipe", ""]
     if plan:
-        start = "the champion's adapter" if trained and trained.sft_adapter_dir else "the model"
+        start = "the champion's adapter" if plan.get("starts_from") == "champion adapter" \
+            else "the base model"
         lines += [f"- plan: **{plan['mode']}** ({plan['reason']})",
                   f"- rows: {plan['targeted_rows']} targeted for dev failures + "
                   f"{plan['pool_rows']} pool rows"

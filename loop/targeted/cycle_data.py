@@ -3,8 +3,8 @@ the plan (loop.targeted.plan) says this cycle should train on.
 
     data = build_cycle_data(store, task, champion_name, dev_run_id, batch_id=..., out_dir=...)
 
-The pool rows go through the same curation as targeted data (decontaminated against dev, test
-and benchmark items, duplicates dropped: `random_pool_rows`). In a `whole_pool` cycle they are
+The pool rows are the team's train split without the rows that repeat a dev or test question
+(`pool_rows`); the targeted rows went through the targeted stage's curation. In a `whole_pool` cycle they are
 all of them (as many as the time budget fits); in a `focused` cycle the champion scores every
 curated pool row by answer loss through the shared-prefix path, and the rows it is unsure of
 are trained on with as many replayed rows it knows. The written JSONL is the targeted batch's
@@ -28,7 +28,7 @@ from loop.store import cycles as cycle_queries
 from loop.store.db import Store
 from loop.targeted import plan as pool_plan
 from loop.targeted.inputs import FailureSet, NoFailuresError, load_failures
-from loop.targeted.stage import TargetedResult, generate_targeted, random_pool_rows
+from loop.targeted.stage import TargetedResult, generate_targeted
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def build_cycle_data(store: Store, task: Task, champion_name: str, dev_run_id: s
             raise NoFailuresError(f"The champion passed every dev item of '{task.name}' and "
                                   "[targeted] pool = \"off\": nothing to train on.")
         return targeted
-    pool = random_pool_rows(store, task, len(task.split("train")), seed=seed, embedder=embedder)
+    pool = pool_rows(task, seed)
     n_failures = sum(len(c.failures) for c in failures.clusters)
     n_format = sum(is_format_failure(f.signatures) for c in failures.clusters
                    for f in c.failures)
@@ -81,7 +81,23 @@ def build_cycle_data(store: Store, task: Task, champion_name: str, dev_run_id: s
     log.info("cycle data: %s (%s): %d pool rows + %d targeted", plan.mode, plan.reason,
              len(chosen), len(targeted_rows))
     return _write(task, targeted, targeted_rows, chosen, hard_n, plan, batch_id, out_dir,
-                  failures)
+                  failures, champion_trained)
+
+
+def pool_rows(task: Task, seed: int) -> list[Example]:
+    """The team's pool in a seeded order, without rows that repeat a dev or test item's question
+    (those would be trained on the items the gate scores). Near-duplicates stay: they are the
+    team's data, and how often a kind of message occurs is part of what it teaches (the
+    near-duplicate rule is for candidates our strategies draw, where the same row comes twice)."""
+    held_out = {_question_key(e) for split in ("dev", "test") for e in task.splits.get(split, ())}
+    kept = [e for e in task.splits.get("train", ()) if _question_key(e) not in held_out]
+    order = np.random.default_rng(seed).permutation(len(kept))
+    return [kept[i] for i in order]
+
+
+def _question_key(example: Example) -> tuple[str, str]:
+    return (" ".join(example.instruction.lower().split()),
+            " ".join((example.input or "").lower().split()))
 
 
 def _focused_rows(task: Task, champion_name: str, pool: list[Example], plan, n_targeted: int,
@@ -131,7 +147,7 @@ def seconds_per_row_epoch(store: Store, task: Task, pool: list[Example]) -> tupl
 
 def _write(task: Task, targeted: TargetedResult | None, targeted_rows: list[Example],
            chosen: list[Example], n_hard: int, plan, batch_id: str, out_dir: Path,
-           failures: FailureSet) -> TargetedResult:
+           failures: FailureSet, champion_trained: bool) -> TargetedResult:
     seen = {(e.instruction, e.input, e.output) for e in targeted_rows}
     extra = [e for e in chosen if (e.instruction, e.input, e.output) not in seen]
     rows = [{"id": e.id, "instruction": e.instruction, "input": e.input, "output": e.output,
@@ -141,7 +157,9 @@ def _write(task: Task, targeted: TargetedResult | None, targeted_rows: list[Exam
     data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
     plan_json = {**plan.to_json(), "pool_rows": len(extra), "hard_rows": n_hard,
                  "replay_rows": len(extra) - n_hard if plan.mode == "focused" else 0,
-                 "targeted_rows": len(targeted_rows)}
+                 "targeted_rows": len(targeted_rows),
+                 # training continues from the champion (its adapter, when it has one)
+                 "starts_from": "champion adapter" if champion_trained else "base model"}
     manifest = {"batch_id": batch_id, "task": task.name, "run_id": failures.run_id,
                 "targeted_manifest": targeted.manifest_hash if targeted else None,
                 "plan": plan_json, "rows": len(rows),
