@@ -68,14 +68,23 @@ def _outcomes(workspace: Path, task, model: str) -> dict[str, bool]:
 def loop_arm(task_path: Path, workspace: Path, cycles: int) -> dict:
     from loop.cycle.run import run_cycle
 
-    steps, seconds = [], 0.0
-    for cycle in range(1, cycles + 1):
-        t0 = time.perf_counter()
-        summary = run_cycle(task_path, workspace, progress=False)
-        seconds += time.perf_counter() - t0
-        with Store_(workspace) as store:
-            from loop.store import cycles as cycle_rows
+    from loop.data.tasks import load_task
+    from loop.store import cycles as cycle_rows
 
+    steps, seconds = [], 0.0
+    name = load_task(task_path).name
+    for cycle in range(1, cycles + 1):
+        with Store_(workspace) as store:  # an interrupted bench reuses the cycles it finished
+            done = cycle_rows.finished_cycles(store, name) if (workspace / "evalloop.duckdb"
+                                                               ).exists() else []
+        t0 = time.perf_counter()
+        if len(done) >= cycle:
+            summary = done[cycle - 1]["summary"]
+            seconds += sum(v["seconds"] for v in summary["stage_times"].values())
+        else:
+            summary = run_cycle(task_path, workspace, progress=False)
+            seconds += time.perf_counter() - t0
+        with Store_(workspace) as store:
             ev = cycle_rows.stage_result(store, summary["cycle_id"], "eval_candidate")
             data = cycle_rows.stage_result(store, summary["cycle_id"], "targeted")
         promoted = summary["gate"]["promote"]

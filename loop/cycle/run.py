@@ -137,8 +137,11 @@ def _sft_search(ctx: CycleContext, config, model: str):
     from loop.train.sft import train_for_task
 
     data, plan = ctx.results.targeted, ctx.results.targeted.plan or {}
-    rates = trial_rates(config.learning_rate, plan.get("estimated_train_s", 0.0),
-                        plan.get("budget_s") or None, enabled=config.search and bool(plan))
+    # one run's time: the rows written (targeted + pool) at the plan's measured or estimated rate
+    rows = plan.get("targeted_rows", 0) + plan.get("pool_rows", 0)
+    one_run = rows * plan.get("epochs", 1.0) * plan.get("seconds_per_row_epoch", 0.0)
+    rates = trial_rates(config.learning_rate, one_run, plan.get("budget_s") or None,
+                        enabled=config.search and bool(plan))
     base = parse_model_name(model).base
     runs, trials = {}, []
     for rate in rates:

@@ -149,13 +149,17 @@ def _write(task: Task, targeted: TargetedResult | None, targeted_rows: list[Exam
            chosen: list[Example], n_hard: int, plan, batch_id: str, out_dir: Path,
            failures: FailureSet, champion_trained: bool) -> TargetedResult:
     seen = {(e.instruction, e.input, e.output) for e in targeted_rows}
-    extra = [e for e in chosen if (e.instruction, e.input, e.output) not in seen]
+    fresh = [(e.instruction, e.input, e.output) not in seen for e in chosen]
+    extra = [e for e, new in zip(chosen, fresh) if new]
+    n_hard = sum(fresh[:n_hard])  # the hard rows come first in `chosen`
     rows = [{"id": e.id, "instruction": e.instruction, "input": e.input, "output": e.output,
              "category": e.category} for e in targeted_rows]
     rows += [{"id": e.id, "instruction": e.instruction, "input": e.input, "output": e.output,
               "category": e.category} for e in extra]
     data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
-    plan_json = {**plan.to_json(), "pool_rows": len(extra), "hard_rows": n_hard,
+    rows_s = (len(targeted_rows) + len(extra)) * plan.epochs * plan.seconds_per_row_epoch
+    plan_json = {**plan.to_json(), "estimated_train_s": rows_s,
+                 "pool_rows": len(extra), "hard_rows": n_hard,
                  "replay_rows": len(extra) - n_hard if plan.mode == "focused" else 0,
                  "targeted_rows": len(targeted_rows),
                  # training continues from the champion (its adapter, when it has one)
