@@ -77,13 +77,16 @@ def loop_arm(task_path: Path, workspace: Path, cycles: int) -> dict:
         with Store_(workspace) as store:  # an interrupted bench reuses the cycles it finished
             done = cycle_rows.finished_cycles(store, name) if (workspace / "evalloop.duckdb"
                                                                ).exists() else []
-        t0 = time.perf_counter()
         if len(done) >= cycle:
             summary = done[cycle - 1]["summary"]
-            seconds += sum(v["seconds"] for v in summary["stage_times"].values())
         else:
             summary = run_cycle(task_path, workspace, progress=False)
-            seconds += time.perf_counter() - t0
+        # the cycle's own stage times (a resumed stage counts from its last start)
+        seconds += sum(v["seconds"] for v in summary["stage_times"].values())
+        if steps and summary["cycle_id"] == steps[-1]["cycle_id"]:
+            print(f"  loop cycle {cycle}: the same inputs as cycle {cycle - 1} (its candidate was "
+                  "kept, nothing changed): no new cycle to run", flush=True)
+            break
         with Store_(workspace) as store:
             ev = cycle_rows.stage_result(store, summary["cycle_id"], "eval_candidate")
             data = cycle_rows.stage_result(store, summary["cycle_id"], "targeted")
