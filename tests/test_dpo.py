@@ -195,10 +195,16 @@ def test_the_cycle_trains_the_method_its_task_names(tmp_path):
     with Store(ws, read_only=True) as store:
         runs = store.query("SELECT train_id, parent_adapter, adapter_path, config "
                            "FROM training_runs WHERE status = 'done' ORDER BY created_at")
-    assert len(runs) == 2
-    sft, dpo = runs
+    # SFT runs first (one per recipe trial, loop/train/search.py), then DPO from the kept one
+    *sfts, dpo = runs
+    assert len(sfts) >= 1 and all(r["parent_adapter"] is None for r in sfts)
     assert json.loads(dpo["config"])["method"] == "sft+dpo"
-    assert Path(dpo["parent_adapter"]).resolve() == Path(sft["adapter_path"]).resolve()
+    with Store(ws, read_only=True) as store:
+        from loop.store import cycles
+
+        kept = cycles.stage_result(store, summary["cycle_id"], "train")["sft_adapter_dir"]
+    assert Path(dpo["parent_adapter"]).resolve() == Path(kept).resolve()
+    assert Path(kept).resolve() in {Path(r["adapter_path"]).resolve() for r in sfts}
     candidate_adapter = summary["candidate"]["name"].split("+", 1)[1]
     assert Path(candidate_adapter).resolve() == Path(dpo["adapter_path"]).resolve()
     pairs_dir = next(ws.rglob("pairs"))

@@ -80,16 +80,17 @@ def test_defaults_are_the_ones_the_stages_always_used(tmp_path):
         "learning_rate": 1e-3, "epochs": 2.0, "max_steps": None, "batch_size": 16,
         "grad_accum": 1, "micro_batch_tokens": 1024, "max_seq_len": 1024, "seed": 0,
         "save_steps": 50, "log_steps": 5, "patience": 3, "gradient_checkpointing": False,
-        "share_prefix": True, "qlora": False, "bf16": "auto", "method": "sft", "dpo_beta": 0.1,
-        "dpo_learning_rate": 5e-5, "processes": 1, "strategy": "ddp",
+        "share_prefix": True, "qlora": False, "bf16": "auto", "method": "sft", "search": True,
+        "dpo_beta": 0.1, "dpo_learning_rate": 5e-5, "processes": 1, "strategy": "ddp",
         "report_to": ()}
     # a run's id hashes what changes the weights: one process and DDP hash as before they existed
     assert set(s.training.as_dict()) - set(s.training.identity()) == {"processes", "strategy",
-                                                                      "report_to"}
+                                                                      "report_to", "search"}
     assert s.gate.model_dump() == {"min_gain": 0.02, "alpha": 0.05, "category_tolerance": 0.05,
                                    "benchmark_tolerance": 0.02, "require_rating": True}
     assert s.cycle.model_dump() == {"base_model": DEFAULT_MODEL, "seed": 0, "benchmarks": True,
-                                    "arena": True}
+                                    "arena": True, "max_minutes": 15.0}
+    assert s.targeted.pool == "auto"
     t = s.targeted
     assert (t.strategies, t.n, t.seed, t.generator, t.replay_share, t.loss_weight,
             t.benchmark_data, t.teacher) == (("corrections", "retrieval"), 200, 0, None, 0.2,
@@ -206,7 +207,8 @@ STORED = {
                  "rejected": {"duplicate": 1}, "dataset_path": "/d.jsonl",
                  "manifest_path": "/m.json", "manifest_hash": "h", "data_hash": "dh",
                  "cached": False, "rejected_share": {"duplicate": 0.1},
-                 "answer_distribution": None},
+                 "answer_distribution": None, "pool_rows": 5,
+                 "plan": {"mode": "whole_pool", "rows": 5, "epochs": 2.0, "pool_rows": 5}},
     "train": {"method": "sft+dpo", "sft_adapter_dir": "/a/sft",
               "pairs": {"dataset_path": "/p.jsonl", "manifest_path": "/p.json",
                         "manifest_hash": "ph", "n_pairs": 0, "counts": {}},
