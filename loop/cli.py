@@ -63,6 +63,7 @@ def _load_task(args: argparse.Namespace):
 def cmd_eval(args: argparse.Namespace) -> int:
     from loop.evaluation import ci_report
     from loop.evaluation.evaluate import evaluate, format_summary, select
+    from loop.evaluation.prompting import resolve_prompt
     from loop.models.backends import resolve_backend
     from loop.models.loading import parse_model_name
     from loop.store.db import Store
@@ -70,6 +71,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     task = _load_task(args)
     examples = select(task, args.split, args.limit)  # validate everything before the store
     resolve_backend(args.backend or task.settings.generation.backend)
+    prompt = resolve_prompt(task, args.prompt, args.shots, args.shot_selection)
     thresholds = ci_report.parse_thresholds(args.min_pass_rate, args.min_category_pass_rate,
                                             {e.category for e in examples})
     if args.junit and Path(args.junit).is_dir():
@@ -78,7 +80,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with Store(args.workspace) as store:
         summary = evaluate(store, task, args.model, split=args.split, limit=args.limit,
                            progress=not args.json, processes=args.processes,
-                           backend=args.backend)
+                           backend=args.backend, prompt=prompt)
         if args.junit:
             from loop.exports import run_item_rows
 
@@ -525,6 +527,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generation engine: vllm needs CUDA and `pip install 'evalloop[gpu]'`; "
                         "auto picks it when both are there, else hf (default [generation] "
                         "backend)")
+    p.add_argument("--shots", type=int, default=None, metavar="K",
+                   help="show K train-pool rows as earlier turns (few-shot; default "
+                        "[generation] shots)")
+    p.add_argument("--shot-selection", default=None, choices=["random", "nearest"],
+                   help="random: the same seeded rows for every item; nearest: each item's "
+                        "nearest pool rows (default [generation] shot_selection)")
+    p.add_argument("--prompt", default=None, metavar="NAME",
+                   help="a [[prompts]] variant of the task (system prompt, wording, shots)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("failures", help="failures of the latest evaluation, by category and "

@@ -37,7 +37,7 @@ def test_every_problem_in_every_section_is_named_with_file_and_key(tmp_path):
     message = str(err.value)
     expected = [
         "colour: unknown key (known: name, description, train, dev, test, dev_fraction, "
-        "system_prompt)",
+        "system_prompt, prompts)",
         "[generation] batch_size: must be >= 1, got 0",
         "[training] rank: must be an integer, got 'eight'",
         "[training] lerning_rate: unknown key (did you mean 'learning_rate'?)",
@@ -74,7 +74,8 @@ def test_defaults_are_the_ones_the_stages_always_used(tmp_path):
     assert (s.name, s.dev_fraction, s.system_prompt, s.suite, s.benchmarks) == (
         "plain", 0.1, None, None, None)
     assert s.generation.model_dump() == {"max_new_tokens": 64, "batch_size": 16, "processes": 1,
-                                         "backend": "auto"}
+                                         "backend": "auto", "shots": 0,
+                                         "shot_selection": "random", "shot_seed": 0}
     assert s.training.model_dump() == {
         "rank": 16, "alpha": 32.0, "dropout": 0.0, "target_modules": "all-linear",
         "learning_rate": 1e-3, "epochs": 2.0, "max_steps": None, "batch_size": 16,
@@ -89,7 +90,7 @@ def test_defaults_are_the_ones_the_stages_always_used(tmp_path):
     assert s.gate.model_dump() == {"min_gain": 0.02, "alpha": 0.05, "category_tolerance": 0.05,
                                    "benchmark_tolerance": 0.02, "require_rating": True}
     assert s.cycle.model_dump() == {"base_model": DEFAULT_MODEL, "seed": 0, "benchmarks": True,
-                                    "arena": True}
+                                    "arena": True, "prompt_shots": 4}
     t = s.targeted
     assert (t.strategies, t.n, t.seed, t.generator, t.replay_share, t.loss_weight,
             t.benchmark_data, t.teacher) == (("corrections", "retrieval"), 200, 0, None, 0.2,
