@@ -279,7 +279,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_arena(args: argparse.Namespace) -> int:
     from evals.arena import format_leaderboard
     from evals.judges import check_judge, endpoint_completer, local_completer
-    from loop.evaluation.arena import run_arena
+    from loop.evaluation.arena import prompt_settings, run_arena
     from loop.models.loading import parse_model_name
     from loop.store.db import Store
     from loop.data.tasks import load_task
@@ -288,6 +288,7 @@ def cmd_arena(args: argparse.Namespace) -> int:
     check_judge(args.judge)
     for model in args.models:
         parse_model_name(model)
+    prompt_settings(task, args.prompts)  # every --prompts name known, before the store
     completer = None
     if args.judge == "llm":
         if not args.judge_model:
@@ -300,7 +301,7 @@ def cmd_arena(args: argparse.Namespace) -> int:
     with Store(args.workspace) as store:
         result = run_arena(store, task, args.models, args.judge, args.n,
                            plot_dir=Path(args.workspace), completer=completer,
-                           progress=not args.json)
+                           progress=not args.json, prompts=args.prompts)
     if args.json:
         _print_json(result)
     else:
@@ -361,6 +362,9 @@ def _print_cycle(summary: dict) -> None:
           f"(McNemar p = {gate['p_value']:.3g})")
     for reason in gate["reasons"]:
         print(f"  [{'ok' if reason['passed'] else 'NO'}] {reason['check']}: {reason['detail']}")
+    arm = summary.get("prompt_arm")
+    if arm:
+        print(f"  prompt arm: {arm.get('note') or 'skipped (' + str(arm.get('reason')) + ')'}")
     times = summary.get("stage_times", {})
     if times:
         print(f"\n{'stage':<20}{'seconds':>9}  throughput")
@@ -613,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("arena", help="pairwise matches between model versions on test items")
     common(p)
-    p.add_argument("--models", nargs="+", required=True)
+    p.add_argument("--models", nargs="+", required=True, help="one is enough with two --prompts")
     p.add_argument("--judge", default="reference", help="reference or llm")
     p.add_argument("--judge-model", default=None, help="llm judge: local model or endpoint model")
     p.add_argument("--judge-url", default=None, help="llm judge: OpenAI-compatible base URL "
@@ -623,6 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-concurrency", type=int, default=4, metavar="N",
                    help="endpoint judge requests in flight at once")
     p.add_argument("--n", type=int, default=None, help="first N shared items")
+    p.add_argument("--prompts", nargs="+", default=None, metavar="NAME",
+                   help="[[prompts]] variants (\"default\": the task's own prompt): each model "
+                        "competes under each, rated like models")
     p.set_defaults(func=cmd_arena)
 
     p = sub.add_parser("leaderboard", help="Bradley-Terry ratings with 95%% intervals")

@@ -192,3 +192,29 @@ def test_eval_refuses_an_unknown_prompt_before_the_store(tiny_task, workspace, c
                  str(workspace), "--prompt", "nope"]) == 2
     assert "has no prompt named 'nope'" in capsys.readouterr().err
     assert not workspace.exists()
+
+
+def test_prompt_variants_are_rated_in_the_arena_like_models(tmp_path, workspace, capsys):
+    toml = write_task(tmp_path / "arena", {"train": classification_records(20, offset=100),
+                                           "test": classification_records(6)},
+                      "[generation]\nmax_new_tokens = 4\nbatch_size = 4\n" + PROMPTS_TOML)
+    base = ["arena", "--task", str(toml), "--workspace", str(workspace), "--json",
+            "--models", "tiny-random"]
+    assert main([*base, "--prompts", "default", "strikt"]) == 2
+    assert "did you mean 'strict'" in capsys.readouterr().err and not workspace.exists()
+    assert main([*base, "--prompts", "default", "plain"]) == 2  # the same prompt twice
+    assert "same model and prompt" in capsys.readouterr().err
+    assert main([*base, "--prompts", "default", "strict"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    board = {r["model"]: r for r in result["leaderboard"]}
+    assert set(board) == {"tiny-random", "tiny-random@strict"} and result["judged"] == 6
+    assert all(r["lower"] <= r["rating"] <= r["upper"] for r in board.values())
+    with Store(workspace) as store:
+        row = store.query("SELECT parent_id, meta FROM models WHERE name = ?",
+                          ["tiny-random@strict"])[0]
+        runs = store.query("SELECT params FROM runs WHERE kind = 'eval'")
+    assert json.loads(row["meta"])["prompt"]["shots"] == 2
+    assert row["parent_id"] == board["tiny-random"]["model_id"]
+    assert sorted("prompt" in json.loads(r["params"]) for r in runs) == [False, True]
+    assert main([*base, "--prompts", "default", "strict"]) == 0  # nothing judged twice
+    assert json.loads(capsys.readouterr().out)["new_matches"] == 0

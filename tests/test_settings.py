@@ -218,6 +218,16 @@ STORED = {
     "eval_candidate": {"candidate_dev": _summary("r1", {"e1": True}),
                        "candidate_test": _summary("r2", {"t1": True, "t2": False}),
                        "champion_test": _summary("r3", {"t1": False, "t2": False})},
+    "prompt_arm": {"shots": 4, "selection": "random", "zero_shot": _summary("r4"),
+                   "k_shot": {**_summary("r5"), "prompt": "4-shot random (seed 0)"}, "n": 2,
+                   "candidate_pass_rate": 0.5, "difference": 0.0, "interval": [-0.98, 0.98],
+                   "p_value": 1.0, "prompting_matches": True,
+                   "per_category": {"a": {"n": 2, "zero_shot": 0.5, "k_shot": 0.5,
+                                          "candidate": 0.5}},
+                   "note": "4-shot prompting of the champion matches the candidate within noise "
+                           "(dev: zero-shot 50.0%, 4-shot random 50.0%, candidate 50.0%; "
+                           "candidate - 4-shot +0.0% [-98.0%, +98.0%], McNemar p = 1 on 2 "
+                           "items): a fine-tune is not needed for this."},
     "arena": {"judged": 2, "new_matches": 2, "judge": "reference", "errors": 0,
               "ratings": {"tiny-random": 990.0}, "leaderboard": [{"model": "tiny-random",
                                                                   "rating": 990.0}],
@@ -231,6 +241,7 @@ STORED = {
     "report": {"path": "/r/report.html"},
 }
 SKIPPED = {"arena": {"skipped": True},
+           "prompt_arm": {"skipped": True, "reason": "[cycle] prompt_shots = 0"},
            "benchmarks": {"skipped": True, "deltas": {}, "reason": "no [benchmarks] section"},
            "train": {"method": "sft", "sft_adapter_dir": "/a", "train_id": "tr",
                      "adapter_dir": "/a", "candidate_name": "b+/a", "model_id": "m",

@@ -19,7 +19,7 @@ from loop.models.loading import LoadedModel, context_length, fingerprint, load_t
     parse_model_name
 from loop.core.records import Example, content_hash
 from loop.evaluation.prompting import PromptSetting, choose_shots, render_prompts, \
-    resolve_prompt
+    resolve_prompt, shot_embedder
 from loop.store.db import Store, now
 from loop.data.tasks import Task
 
@@ -87,8 +87,7 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
     engine = "hf" if lm else resolve_backend(backend or gen.backend)  # before any write
     stop_at_json = answers_are_json([e for s in task.splits.values() for e in s])
     gen_hash = generation_hash(gen.max_new_tokens, stop_at_json, engine, setting.shot_identity())
-    shots = choose_shots(task, examples, setting,
-                         _embedder(store) if setting.selection == "nearest" else None)
+    shots = choose_shots(task, examples, setting, shot_embedder(store, setting))
     prompts = render_prompts(tokenizer, task, examples, setting, shots)
     pred_ids = [content_hash(model_id, content_hash(p), gen_hash) for p in prompts]
     _check_context(tokenizer, spec, examples, prompts, gen.max_new_tokens)  # before any write
@@ -147,13 +146,6 @@ def generation_hash(max_new_tokens: int, stop_at_json: bool, backend: Backend = 
     (bf16, its own kernels) can flip near-ties, so its predictions are never mixed with HF's."""
     return content_hash(GEN_VERSION, max_new_tokens, *(["stop-at-json"] * stop_at_json),
                         *([f"backend-{backend}"] * (backend != "hf")), *shots)
-
-
-def _embedder(store: Store):
-    from evals.similarity import CachedEmbedder
-    from loop.store.embeddings import EmbeddingCache
-
-    return CachedEmbedder(EmbeddingCache(store))
 
 
 def answers_are_json(examples: Sequence[Example], share: float = JSON_SHARE) -> bool:

@@ -64,7 +64,12 @@ class PromptSetting:
 
     @property
     def is_default(self) -> bool:
-        return self == PromptSetting()
+        """The task's own prompt, zero-shot, whatever the variant is called."""
+        return self.content() == PromptSetting().content()
+
+    def content(self) -> dict:
+        """What the model is shown: everything but the name."""
+        return {k: v for k, v in asdict(self).items() if k != "name"}
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -165,6 +170,16 @@ def choose_shots(task: Task, items: Sequence[Example], setting: PromptSetting,
     from loop.targeted.stage import _varying_part  # the template retrieval also compares by
 
     return nearest_shots(pool, items, setting.shots, embed, _varying_part(task))
+
+
+def shot_embedder(store, setting: PromptSetting):
+    """The scoring side's sentence embedder, cached in the store, when `setting` needs one."""
+    if not setting.shots or setting.selection != "nearest":
+        return None
+    from evals.similarity import CachedEmbedder
+    from loop.store.embeddings import EmbeddingCache
+
+    return CachedEmbedder(EmbeddingCache(store)).encode
 
 
 def reworded(example: Example, instruction: str | None) -> Example:
