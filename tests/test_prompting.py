@@ -218,3 +218,31 @@ def test_prompt_variants_are_rated_in_the_arena_like_models(tmp_path, workspace,
     assert sorted("prompt" in json.loads(r["params"]) for r in runs) == [False, True]
     assert main([*base, "--prompts", "default", "strict"]) == 0  # nothing judged twice
     assert json.loads(capsys.readouterr().out)["new_matches"] == 0
+
+
+def _dev_summary(passed: list[bool]):
+    from loop.evaluation.evaluate import EvalSummary
+
+    return EvalSummary("r", "t", "m", "m1", "dev", len(passed), len(passed), 0,
+                       sum(passed) / len(passed), {"a": {"n": len(passed),
+                                                         "pass_rate": sum(passed) / len(passed)}},
+                       {}, 0.0, {}, 0, "1", {f"d{i}": p for i, p in enumerate(passed)})
+
+
+@pytest.mark.parametrize("k_shot, candidate, matches, phrase", [
+    ([True] * 18 + [False] * 22, [True] * 20 + [False] * 20, True,
+     "a fine-tune is not needed for this"),
+    ([True] * 2 + [False] * 38, [True] * 30 + [False] * 10, False, "the candidate beats"),
+    ([False] * 40, [False] * 40, False, "neither 4-shot prompting nor the candidate"),
+])
+def test_the_prompt_arm_says_when_prompting_matches_the_candidate(k_shot, candidate, matches,
+                                                                  phrase):
+    from loop.cycle.results import PromptArmResult
+
+    arm = PromptArmResult.compare(_dev_summary([False] * 40), _dev_summary(k_shot),
+                                  _dev_summary(candidate), 4, "random", 0.05)
+    assert arm.prompting_matches is matches and phrase in arm.note
+    assert arm.n == 40 and arm.interval[0] <= arm.difference <= arm.interval[1]
+    assert arm.per_category["a"] == {"n": 40, "zero_shot": 0.0, "k_shot": sum(k_shot) / 40,
+                                     "candidate": sum(candidate) / 40}
+    assert PromptArmResult.from_json(json.loads(json.dumps(arm.to_json()))) == arm

@@ -152,7 +152,8 @@ class PromptArmResult:
         return cls(shots=shots, selection=selection, zero_shot=_bare(zero), k_shot=_bare(k_shot),
                    n=n, candidate_pass_rate=sum(tuned) / n if n else 0.0, difference=mean,
                    interval=(mean - NOISE_Z * se, mean + NOISE_Z * se), p_value=p,
-                   prompting_matches=bool(n) and not (mean > 0 and p < alpha),
+                   prompting_matches=bool(n) and not (mean > 0 and p < alpha)
+                   and _improves(zero, k_shot, sum(tuned) / n),
                    per_category=per_category)
 
     @property
@@ -169,7 +170,13 @@ class PromptArmResult:
         if self.prompting_matches:
             return (f"{self.shots}-shot prompting of the champion matches the candidate within "
                     f"noise ({figures}): a fine-tune is not needed for this.")
-        return f"the candidate beats {self.shots}-shot prompting of the champion ({figures})."
+        if not _improves(self.zero_shot, self.k_shot, cand):
+            return (f"neither {self.shots}-shot prompting nor the candidate does better than the "
+                    f"zero-shot champion ({figures}).")
+        if self.difference > 0:
+            return f"the candidate beats {self.shots}-shot prompting of the champion ({figures})."
+        return f"{self.shots}-shot prompting of the champion does better than the candidate " \
+               f"({figures})."
 
     def to_json(self) -> dict:
         if self.skipped:
@@ -188,6 +195,12 @@ class PromptArmResult:
         return cls(**{**data, "zero_shot": EvalSummary.from_json(data["zero_shot"]),
                       "k_shot": EvalSummary.from_json(data["k_shot"]),
                       "interval": tuple(data["interval"])})
+
+
+def _improves(zero: EvalSummary, k_shot: EvalSummary, candidate_rate: float) -> bool:
+    """Whether prompting or the candidate does better than the zero-shot champion at all (when
+    neither does, "prompting matches" would say nothing)."""
+    return max(k_shot.pass_rate, candidate_rate) > zero.pass_rate
 
 
 def _bare(summary: EvalSummary) -> EvalSummary:
