@@ -90,7 +90,7 @@ def test_defaults_are_the_ones_the_stages_always_used(tmp_path):
     assert s.gate.model_dump() == {"min_gain": 0.02, "alpha": 0.05, "category_tolerance": 0.05,
                                    "benchmark_tolerance": 0.02, "require_rating": True}
     assert s.cycle.model_dump() == {"base_model": DEFAULT_MODEL, "seed": 0, "benchmarks": True,
-                                    "arena": True, "prompt_shots": 4}
+                                    "arena": True, "max_minutes": 15.0, "prompt_shots": 4}
     t = s.targeted
     assert (t.strategies, t.n, t.seed, t.generator, t.replay_share, t.loss_weight,
             t.benchmark_data, t.teacher) == (("corrections", "retrieval"), 200, 0, None, 0.2,
