@@ -63,6 +63,7 @@ def _load_task(args: argparse.Namespace):
 def cmd_eval(args: argparse.Namespace) -> int:
     from loop.evaluation import ci_report
     from loop.evaluation.evaluate import evaluate, format_summary, select
+    from loop.evaluation.prompting import resolve_prompt
     from loop.models.backends import resolve_backend
     from loop.models.loading import parse_model_name
     from loop.store.db import Store
@@ -70,6 +71,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     task = _load_task(args)
     examples = select(task, args.split, args.limit)  # validate everything before the store
     resolve_backend(args.backend or task.settings.generation.backend)
+    prompt = resolve_prompt(task, args.prompt, args.shots, args.shot_selection)
     thresholds = ci_report.parse_thresholds(args.min_pass_rate, args.min_category_pass_rate,
                                             {e.category for e in examples})
     if args.junit and Path(args.junit).is_dir():
@@ -78,7 +80,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with Store(args.workspace) as store:
         summary = evaluate(store, task, args.model, split=args.split, limit=args.limit,
                            progress=not args.json, processes=args.processes,
-                           backend=args.backend)
+                           backend=args.backend, prompt=prompt)
         if args.junit:
             from loop.exports import run_item_rows
 
@@ -277,7 +279,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_arena(args: argparse.Namespace) -> int:
     from evals.arena import format_leaderboard
     from evals.judges import check_judge, endpoint_completer, local_completer
-    from loop.evaluation.arena import run_arena
+    from loop.evaluation.arena import prompt_settings, run_arena
     from loop.models.loading import parse_model_name
     from loop.store.db import Store
     from loop.data.tasks import load_task
@@ -286,6 +288,7 @@ def cmd_arena(args: argparse.Namespace) -> int:
     check_judge(args.judge)
     for model in args.models:
         parse_model_name(model)
+    prompt_settings(task, args.prompts)  # every --prompts name known, before the store
     completer = None
     if args.judge == "llm":
         if not args.judge_model:
@@ -298,7 +301,7 @@ def cmd_arena(args: argparse.Namespace) -> int:
     with Store(args.workspace) as store:
         result = run_arena(store, task, args.models, args.judge, args.n,
                            plot_dir=Path(args.workspace), completer=completer,
-                           progress=not args.json)
+                           progress=not args.json, prompts=args.prompts)
     if args.json:
         _print_json(result)
     else:
@@ -359,6 +362,9 @@ def _print_cycle(summary: dict) -> None:
           f"(McNemar p = {gate['p_value']:.3g})")
     for reason in gate["reasons"]:
         print(f"  [{'ok' if reason['passed'] else 'NO'}] {reason['check']}: {reason['detail']}")
+    arm = summary.get("prompt_arm")
+    if arm:
+        print(f"  prompt arm: {arm.get('note') or 'skipped (' + str(arm.get('reason')) + ')'}")
     times = summary.get("stage_times", {})
     if times:
         print(f"\n{'stage':<20}{'seconds':>9}  throughput")
@@ -525,6 +531,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generation engine: vllm needs CUDA and `pip install 'evalloop[gpu]'`; "
                         "auto picks it when both are there, else hf (default [generation] "
                         "backend)")
+    p.add_argument("--shots", type=int, default=None, metavar="K",
+                   help="show K train-pool rows as earlier turns (few-shot; default "
+                        "[generation] shots)")
+    p.add_argument("--shot-selection", default=None, choices=["random", "nearest"],
+                   help="random: the same seeded rows for every item; nearest: each item's "
+                        "nearest pool rows (default [generation] shot_selection)")
+    p.add_argument("--prompt", default=None, metavar="NAME",
+                   help="a [[prompts]] variant of the task (system prompt, wording, shots)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("failures", help="failures of the latest evaluation, by category and "
@@ -603,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("arena", help="pairwise matches between model versions on test items")
     common(p)
-    p.add_argument("--models", nargs="+", required=True)
+    p.add_argument("--models", nargs="+", required=True, help="one is enough with two --prompts")
     p.add_argument("--judge", default="reference", help="reference or llm")
     p.add_argument("--judge-model", default=None, help="llm judge: local model or endpoint model")
     p.add_argument("--judge-url", default=None, help="llm judge: OpenAI-compatible base URL "
@@ -613,6 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-concurrency", type=int, default=4, metavar="N",
                    help="endpoint judge requests in flight at once")
     p.add_argument("--n", type=int, default=None, help="first N shared items")
+    p.add_argument("--prompts", nargs="+", default=None, metavar="NAME",
+                   help="[[prompts]] variants (\"default\": the task's own prompt): each model "
+                        "competes under each, rated like models")
     p.set_defaults(func=cmd_arena)
 
     p = sub.add_parser("leaderboard", help="Bradley-Terry ratings with 95%% intervals")

@@ -79,6 +79,23 @@ def _predictions(store: Store) -> None:
                                   for c in ("colour", "shade")])
 
 
+def _prompt_arm():
+    from loop.cycle.results import PromptArmResult
+    from loop.evaluation.evaluate import EvalSummary
+
+    def summary(label: str, passed: list[bool]) -> EvalSummary:
+        cats = {"colour": passed[::2], "shade": passed[1::2]}
+        return EvalSummary(f"run-{label}", "t", NAMES[BASE], BASE, "dev", len(passed),
+                           len(passed), 0, sum(passed) / len(passed),
+                           {c: {"n": len(v), "pass_rate": sum(v) / len(v)}
+                            for c, v in cats.items()}, {}, 0.0, {}, 0, "1",
+                           {f"d{i}": p for i, p in enumerate(passed)}, prompt=label)
+
+    return PromptArmResult.compare(summary("zero-shot", [False] * 8),
+                                   summary("4-shot random (seed 0)", [True] * 6 + [False] * 2),
+                                   summary("candidate", [True] * 7 + [False]), 4, "random", 0.05)
+
+
 def _cycles(store: Store) -> None:
     """A kept cycle, a promoting one with its gate decision, and one still running."""
     store.insert("cycles", [
@@ -97,6 +114,8 @@ def _cycles(store: Store) -> None:
         {"cycle_id": "cy1", "stage": "eval_candidate", "status": "done",
          "result": json.dumps({"candidate_test": {"run_id": "run-1"},
                                "champion_test": {"run_id": "run-0"}})},
+        {"cycle_id": "cy1", "stage": "prompt_arm", "status": "done",
+         "result": json.dumps(_prompt_arm().to_json())},
         {"cycle_id": "cy2", "stage": "benchmarks", "status": "running", "result": None}])
     store.insert("gate_decisions", [{
         "cycle_id": "cy1", "promote": True, "p_value": 0.01, "champion_pass_rate": 0.0,
@@ -187,6 +206,9 @@ def widget(at: AppTest, kind: str, label: str):
 
 @pytest.mark.parametrize("page, expected", [
     ("Overview", ["Latest gate decision: PROMOTED", "benchmark:arc_easy/acc", "Cycles over time",
+                  "Prompt arm: the champion 4-shot beside the candidate (dev)",
+                  "4-shot prompting of the champion matches the candidate within noise",
+                  "a fine-tune is not needed for this", "champion 4-shot",
                   "running: benchmarks (running)", "Where the time went (latest cycle)",
                   "Champion history", "tiny-random+ad1", "promoted by the gate",
                   "Pass rate per evaluation run", "Benchmark trend"]),

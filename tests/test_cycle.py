@@ -85,9 +85,17 @@ def test_cycle_summary_on_an_external_task(baseline):
     report = Path(summary["report"]).parent
     assert (report / "report.md").is_file() and (report / "categories.png").is_file()
     assert "## Stage times" in (report / "report.md").read_text()
+    arm = summary["prompt_arm"]  # the champion zero- and 4-shot on dev, beside the candidate
+    assert arm["shots"] == 4 and arm["n"] == 24
+    assert "prompt" not in arm["zero_shot"]  # zero-shot summaries are stored as before
+    assert arm["k_shot"]["prompt"] == "4-shot random (seed 0)"
+    assert arm["zero_shot"]["pass_rate"] == summary["champion"]["dev"]["pass_rate"]
+    assert set(arm["per_category"]) == set(summary["champion"]["test"]["per_category"])
+    assert ("a fine-tune is not needed" in arm["note"]) == arm["prompting_matches"]
+    assert "## Prompt arm" in (report / "report.md").read_text()
     with Store(workspace) as store:
         stages = store.query("SELECT stage, status FROM cycle_stages")
-        assert {r["status"] for r in stages} == {"done"} and len(stages) == 9
+        assert {r["status"] for r in stages} == {"done"} and len(stages) == 10
         assert store.count("gate_decisions") == 1
         trials = len(cycles.stage_result(store, summary["cycle_id"], "train")["search"])
         # one training per recipe trial (loop/train/search.py), the kept one the candidate

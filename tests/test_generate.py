@@ -115,6 +115,26 @@ def test_mixed_prefixes_single_prompt_and_no_shared_prefix(base_lm):
     _same(base_lm, ["Say something.", "Different words entirely."], 2)
 
 
+def test_shared_prefix_generation_equals_plain_generation_with_shots(base_lm):
+    """Random shots are the same for every item: the shots join the one shared prefix, and
+    nearest shots (different per item) still give the plain outputs."""
+    tok = base_lm.tokenizer
+    shots = [Example(f"s{i}", INSTRUCTION, f"request {i}", text)
+             for i, text in enumerate(["need towels", "late checkout?", "taxi at 6"])]
+    shared = [build_prompt(tok, Example(f"e{i}", INSTRUCTION, "", text), None, shots)
+              for i, text in enumerate(INPUTS)]
+    encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in shared]
+    groups = prefix_groups(encoded)
+    before_item = shared[0][:shared[0].rindex(INSTRUCTION)]  # system prompt and the shots
+    assert "taxi at 6" in before_item
+    n_shots = len(tok(before_item, add_special_tokens=False)["input_ids"])
+    assert len(groups) == 1 and groups[0][0] > n_shots  # the shots are in the shared prefix
+    _same(base_lm, shared, 4)
+    own = [build_prompt(tok, Example(f"e{i}", INSTRUCTION, "", text), None,
+                        shots[i % 3:] + shots[:i % 3]) for i, text in enumerate(INPUTS)]
+    _same(base_lm, own, 4)
+
+
 def test_stop_at_json_equals_plain_output_cut(base_lm):
     prompts = prompts_for(base_lm.tokenizer)
     plain = generate(base_lm, prompts, MAX_NEW, 4, progress=False, prefix_cache=False)

@@ -37,7 +37,7 @@ def test_every_problem_in_every_section_is_named_with_file_and_key(tmp_path):
     message = str(err.value)
     expected = [
         "colour: unknown key (known: name, description, train, dev, test, dev_fraction, "
-        "system_prompt)",
+        "system_prompt, prompts)",
         "[generation] batch_size: must be >= 1, got 0",
         "[training] rank: must be an integer, got 'eight'",
         "[training] lerning_rate: unknown key (did you mean 'learning_rate'?)",
@@ -74,7 +74,8 @@ def test_defaults_are_the_ones_the_stages_always_used(tmp_path):
     assert (s.name, s.dev_fraction, s.system_prompt, s.suite, s.benchmarks) == (
         "plain", 0.1, None, None, None)
     assert s.generation.model_dump() == {"max_new_tokens": 64, "batch_size": 16, "processes": 1,
-                                         "backend": "auto"}
+                                         "backend": "auto", "shots": 0,
+                                         "shot_selection": "random", "shot_seed": 0}
     assert s.training.model_dump() == {
         "rank": 16, "alpha": 32.0, "dropout": 0.0, "target_modules": "all-linear",
         "learning_rate": 1e-3, "epochs": 2.0, "max_steps": None, "batch_size": 16,
@@ -89,7 +90,7 @@ def test_defaults_are_the_ones_the_stages_always_used(tmp_path):
     assert s.gate.model_dump() == {"min_gain": 0.02, "alpha": 0.05, "category_tolerance": 0.05,
                                    "benchmark_tolerance": 0.02, "require_rating": True}
     assert s.cycle.model_dump() == {"base_model": DEFAULT_MODEL, "seed": 0, "benchmarks": True,
-                                    "arena": True, "max_minutes": 15.0}
+                                    "arena": True, "max_minutes": 15.0, "prompt_shots": 4}
     assert s.targeted.pool == "auto"
     t = s.targeted
     assert (t.strategies, t.n, t.seed, t.generator, t.replay_share, t.loss_weight,
@@ -219,6 +220,16 @@ STORED = {
     "eval_candidate": {"candidate_dev": _summary("r1", {"e1": True}),
                        "candidate_test": _summary("r2", {"t1": True, "t2": False}),
                        "champion_test": _summary("r3", {"t1": False, "t2": False})},
+    "prompt_arm": {"shots": 4, "selection": "random", "zero_shot": _summary("r4"),
+                   "k_shot": {**_summary("r5"), "prompt": "4-shot random (seed 0)"}, "n": 2,
+                   "candidate_pass_rate": 0.5, "difference": 0.0, "interval": [-0.98, 0.98],
+                   "p_value": 1.0, "prompting_matches": True,
+                   "per_category": {"a": {"n": 2, "zero_shot": 0.5, "k_shot": 0.5,
+                                          "candidate": 0.5}},
+                   "note": "4-shot prompting of the champion matches the candidate within noise "
+                           "(dev: zero-shot 50.0%, 4-shot random 50.0%, candidate 50.0%; "
+                           "candidate - 4-shot +0.0% [-98.0%, +98.0%], McNemar p = 1 on 2 "
+                           "items): a fine-tune is not needed for this."},
     "arena": {"judged": 2, "new_matches": 2, "judge": "reference", "errors": 0,
               "ratings": {"tiny-random": 990.0}, "leaderboard": [{"model": "tiny-random",
                                                                   "rating": 990.0}],
@@ -232,6 +243,7 @@ STORED = {
     "report": {"path": "/r/report.html"},
 }
 SKIPPED = {"arena": {"skipped": True},
+           "prompt_arm": {"skipped": True, "reason": "[cycle] prompt_shots = 0"},
            "benchmarks": {"skipped": True, "deltas": {}, "reason": "no [benchmarks] section"},
            "train": {"method": "sft", "sft_adapter_dir": "/a", "train_id": "tr",
                      "adapter_dir": "/a", "candidate_name": "b+/a", "model_id": "m",

@@ -1,5 +1,5 @@
 """Overview page: cycles over time, champion history, pass-rate and benchmark trends, the latest
-gate decision with its reasons."""
+gate decision with its reasons and the prompt arm beside it."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from loop.store.app_queries import (
     cycles,
     model_names,
     pass_rate_trend,
+    latest_prompt_arm,
     snapshot,
     stage_times,
     with_inbox,
@@ -32,6 +33,7 @@ def render(ws: Path) -> None:
         names = views.display_names(model_names(store))
         cycle_rows, champs = cycles(store), champion_history(store)
         stages = stage_times(store, cycle_rows[-1]["cycle_id"]) if cycle_rows else []
+        arm = latest_prompt_arm(store)
         trend, bench = pass_rate_trend(store), benchmark_headlines(store)
         reviews, corrections = with_inbox(ws, store, "reviews"), with_inbox(ws, store,
                                                                             "corrections")
@@ -40,6 +42,7 @@ def render(ws: Path) -> None:
         st.info("Nothing evaluated yet: run `evalloop eval --task T` or `make demo`.")
         return
     _latest_gate(cycle_rows)
+    _prompt_arm(arm)
     _cycles(cycle_rows)
     _stage_times(stages, cycle_rows)
     _champions(champs, cycle_rows)
@@ -67,6 +70,26 @@ def _latest_gate(cycle_rows: list[dict]) -> None:
     st.caption(f"cycle {last['cycle_id']} on task {last['task_id']}")
     reasons = views.gate_reasons(last["reasons"])
     st.dataframe(pd.DataFrame(reasons), hide_index=True, height=35 * (len(reasons) + 1) + 3)
+
+
+def _prompt_arm(arm: dict | None) -> None:
+    """The latest cycle's champion prompted zero- and k-shot on dev, beside the candidate."""
+    if not arm or arm.get("skipped"):
+        return
+    k = arm["shots"]
+    st.subheader(f"Prompt arm: the champion {k}-shot beside the candidate (dev)")
+    st.write(arm["note"])
+    st.caption(f"cycle {arm['cycle_id']}: would prompting the champion do, without a fine-tune?")
+    rows = [{"category": c, "n": r["n"], "champion zero-shot": r["zero_shot"],
+             f"champion {k}-shot": r["k_shot"], "candidate": r["candidate"]}
+            for c, r in arm["per_category"].items()]
+    rows.append({"category": "overall", "n": arm["zero_shot"]["n"],
+                 "champion zero-shot": arm["zero_shot"]["pass_rate"],
+                 f"champion {k}-shot": arm["k_shot"]["pass_rate"],
+                 "candidate": arm["candidate_pass_rate"]})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
+        c: st.column_config.NumberColumn(format="percent")
+        for c in ("champion zero-shot", f"champion {k}-shot", "candidate")})
 
 
 def _cycles(cycle_rows: list[dict]) -> None:

@@ -41,6 +41,8 @@ STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
 BenchmarkBackend = Literal["evalloop", "hf", "vllm"]
 GenerationBackend = Literal["auto", "hf", "vllm"]
 TrainMethod = Literal["sft", "dpo", "sft+dpo"]
+ShotSelection = Literal["random", "nearest"]
+MAX_SHOTS = 64
 
 
 # ---------------------------------------------------------------------------- value types
@@ -147,6 +149,26 @@ class GenerationSettings(Section):
     backend: GenerationBackend = Field(
         "auto", description="auto: vLLM when CUDA and the vllm package are there, else hf "
                             "(transformers with the shared-prefix cache)")
+    shots: int = Field(0, ge=0, le=MAX_SHOTS,
+                       description="train-pool rows shown as earlier turns (few-shot); 0: none")
+    shot_selection: ShotSelection = Field(
+        "random", description="random: the same seeded rows for every item (the shared prefix "
+                              "stays shared); nearest: each item's nearest pool rows by the "
+                              "varying part of its question")
+    shot_seed: int = Field(0, ge=0, description="the random shots' seed")
+
+
+class PromptSettings(Section):
+    """One [[prompts]] entry: a named prompt variant (`evalloop eval --prompt NAME`, compared in
+    `evalloop arena --prompts`). Keys left out keep the task's own."""
+
+    name: StrictStr = Field(min_length=1)
+    system_prompt: StrictStr | None = Field(None, description="default: the task's")
+    instruction: StrictStr | None = Field(
+        None, description="replaces each row's instruction; {instruction} stands for the row's "
+                          "own (e.g. \"{instruction} Answer with JSON only.\")")
+    shots: int | None = Field(None, ge=0, le=MAX_SHOTS, description="default: [generation] shots")
+    shot_selection: ShotSelection | None = Field(None, description="default: [generation]'s")
 
 
 class SuiteCheckSettings(Section):
@@ -455,6 +477,9 @@ class CycleSettings(Section):
     max_minutes: float | None = Field(
         15.0, gt=0, description="time budget of one cycle: bounds its training data and epochs "
                                 "(loop/targeted/plan.py); none = no bound")
+    prompt_shots: int = Field(4, ge=0, le=MAX_SHOTS,
+                              description="the prompt arm: the champion zero-shot and with this "
+                                          "many shots on dev, beside the candidate; 0 skips it")
 
 
 class TrackingSettings(Section):
@@ -475,6 +500,8 @@ class TaskSettings(Section):
     test: TomlFile = Field(description="JSONL, the held-out split the gate compares on")
     dev_fraction: float = Field(0.1, gt=0, lt=1, description="dev share split off train")
     system_prompt: StrictStr | None = None
+    prompts: tuple[PromptSettings, ...] = Field(
+        (), strict=False, description="[[prompts]]: named prompt variants to compare")
     generation: GenerationSettings = GenerationSettings()
     suite: SuiteSettings | None = Field(None, description="default: evals.suites.DEFAULT_SUITE")
     training: TrainingSettings = TrainingSettings()
@@ -491,7 +518,15 @@ class TaskSettings(Section):
     def _rules(cls, data, context):
         if "name" not in data and context.get("stem"):
             data["name"] = context["stem"]
-        return data, []
+        problems = []
+        variants = data.get("prompts")
+        if isinstance(variants, list):
+            names = [v.get("name") for v in variants if isinstance(v, dict)]
+            twice = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
+            if twice:
+                problems.append((("prompts",), f"prompt names must be unique: "
+                                               f"{', '.join(twice)} given twice"))
+        return data, problems
 
     @property
     def path(self) -> Path:

@@ -1,6 +1,7 @@
 """The per-cycle report: Markdown and HTML with PNG plots, under `<workspace>/cycles/<id>/report/`.
 
-Sections: gate decision and reasons, per-category pass rates before/after (test), the failure
+Sections: gate decision and reasons, the prompt arm (the champion zero- and k-shot on dev beside
+the candidate, per category, and whether prompting already matches it), per-category pass rates before/after (test), the failure
 signatures of the dev run (what went wrong), the fix rate of each targeted failure cluster (its
 dev members, which training never saw), the answer classes of the training data against the
 pool's and the failures' (a class that vanished from the data is marked), benchmark deltas, the
@@ -94,6 +95,24 @@ def _distribution_lines(dist: dict | None, top: int = 20) -> list[str]:
     return lines + [""]
 
 
+def _prompt_arm_lines(arm) -> list[str]:
+    """Step one of the recipe beside the candidate: the champion prompted, per category (dev)."""
+    if arm is None:
+        return []
+    if arm.skipped:
+        return ["", f"Prompt arm: skipped ({arm.reason})."]
+    k = arm.shots
+    lines = ["", "## Prompt arm: the champion prompted, beside the candidate (dev split)", "",
+             f"**{arm.note[0].upper() + arm.note[1:]}**", "",
+             f"| category | n | champion zero-shot | champion {k}-shot | candidate |",
+             "|---|---:|---:|---:|---:|"]
+    lines += [f"| {c} | {r['n']} | {r['zero_shot']:.1%} | {r['k_shot']:.1%} | "
+              f"{r['candidate']:.1%} |" for c, r in arm.per_category.items()]
+    lines += [f"| overall | {arm.zero_shot.n} | {arm.zero_shot.pass_rate:.1%} | "
+              f"{arm.k_shot.pass_rate:.1%} | {arm.candidate_pass_rate:.1%} |"]
+    return lines
+
+
 def _loss_plot(store: Store, train_id: str | None, path: Path) -> Path | None:
     rows = loss_curve(store, train_id) if train_id else []
     if not rows:
@@ -168,6 +187,7 @@ def _markdown(task, cycle_id, results: CycleResults, gate: PromotionDecision, ca
              "| check | passed | detail |", "|---|---|---|"]
     lines += [f"| {r.check} | {'yes' if r.passed else 'NO'} | {r.detail} |"
               for r in gate.reasons]
+    lines += _prompt_arm_lines(results.prompt_arm)
     lines += ["", "## Per category (test split)", "", "| category | champion | candidate | change |",
               "|---|---:|---:|---:|"]
     lines += [f"| {c} | {b:.1%} | {a:.1%} | {a - b:+.1%} |" for c, b, a in cats]

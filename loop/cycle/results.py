@@ -4,16 +4,16 @@ exact JSON the cycle has always stored in `cycle_stages.result` (a resumed cycle
 
     eval_champion_dev -> DevEvalResult       failures  -> FailuresResult
     targeted          -> TargetedResult      train     -> TrainStageResult
-    eval_candidate    -> CandidateEvalResult arena     -> ArenaResult
-    benchmarks        -> BenchmarksResult    gate      -> PromotionDecision
-    report            -> ReportResult
+    eval_candidate    -> CandidateEvalResult prompt_arm -> PromptArmResult
+    arena             -> ArenaResult         benchmarks -> BenchmarksResult
+    gate              -> PromotionDecision   report     -> ReportResult
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from loop.cycle.gate import PromotionDecision
+from loop.cycle.gate import NOISE_Z, PromotionDecision, mcnemar_p
 from loop.evaluation.evaluate import EvalSummary
 from loop.targeted.pairs import PairsResult
 from loop.targeted.stage import TargetedResult
@@ -115,6 +115,100 @@ class CandidateEvalResult:
 
 
 @dataclass(frozen=True)
+class PromptArmResult:
+    """Step one of the recipe beside the fine-tune: the champion prompted zero-shot and k-shot
+    on dev, and whether the candidate beats k-shot prompting beyond noise on the same items."""
+
+    skipped: bool = False
+    reason: str | None = None  # why skipped
+    shots: int = 0
+    selection: str = "random"
+    zero_shot: EvalSummary | None = None  # without per-item outcomes
+    k_shot: EvalSummary | None = None
+    n: int = 0  # dev items scored for both the k-shot champion and the candidate
+    candidate_pass_rate: float = 0.0
+    difference: float = 0.0  # candidate - k-shot champion, paired
+    interval: tuple[float, float] = (0.0, 0.0)  # its 95% normal interval
+    p_value: float = 1.0  # exact McNemar on the paired outcomes
+    prompting_matches: bool = False  # the candidate is not better beyond noise
+    per_category: dict[str, dict] = field(default_factory=dict)  # {n, zero_shot, k_shot, candidate}
+
+    @classmethod
+    def compare(cls, zero: EvalSummary, k_shot: EvalSummary, candidate: EvalSummary, shots: int,
+                selection: str, alpha: float) -> PromptArmResult:
+        """Pure: the paired dev outcomes of the k-shot champion and the candidate."""
+        ids = sorted(set(k_shot.outcomes) & set(candidate.outcomes))
+        prompted = [k_shot.outcomes[i] for i in ids]
+        tuned = [candidate.outcomes[i] for i in ids]
+        diffs = [int(b) - int(a) for a, b in zip(prompted, tuned)]
+        n = len(ids)
+        mean = sum(diffs) / n if n else 0.0
+        se = (sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) ** 0.5 if n > 1 else 0.0
+        p = mcnemar_p(prompted, tuned)
+        per_category = {c: {"n": row["n"], "zero_shot": row["pass_rate"],
+                            "k_shot": k_shot.per_category.get(c, {}).get("pass_rate", 0.0),
+                            "candidate": candidate.per_category.get(c, {}).get("pass_rate", 0.0)}
+                        for c, row in zero.per_category.items()}
+        return cls(shots=shots, selection=selection, zero_shot=_bare(zero), k_shot=_bare(k_shot),
+                   n=n, candidate_pass_rate=sum(tuned) / n if n else 0.0, difference=mean,
+                   interval=(mean - NOISE_Z * se, mean + NOISE_Z * se), p_value=p,
+                   prompting_matches=bool(n) and not (mean > 0 and p < alpha)
+                   and _improves(zero, k_shot, sum(tuned) / n),
+                   per_category=per_category)
+
+    @property
+    def note(self) -> str:
+        """One line for the gate's report."""
+        if self.skipped:
+            return f"prompt arm skipped: {self.reason}"
+        k, cand = self.k_shot.pass_rate, self.candidate_pass_rate
+        lo, hi = self.interval
+        figures = (f"dev: zero-shot {self.zero_shot.pass_rate:.1%}, {self.shots}-shot "
+                   f"{self.selection} {k:.1%}, candidate {cand:.1%}; candidate - {self.shots}-shot "
+                   f"{self.difference:+.1%} [{lo:+.1%}, {hi:+.1%}], McNemar p = "
+                   f"{self.p_value:.3g} on {self.n} items")
+        if self.prompting_matches:
+            return (f"{self.shots}-shot prompting of the champion matches the candidate within "
+                    f"noise ({figures}): a fine-tune is not needed for this.")
+        if not _improves(self.zero_shot, self.k_shot, cand):
+            return (f"neither {self.shots}-shot prompting nor the candidate does better than the "
+                    f"zero-shot champion ({figures}).")
+        if self.difference > 0:
+            return f"the candidate beats {self.shots}-shot prompting of the champion ({figures})."
+        return f"{self.shots}-shot prompting of the champion does better than the candidate " \
+               f"({figures})."
+
+    def to_json(self) -> dict:
+        if self.skipped:
+            return {"skipped": True, "reason": self.reason}
+        data = {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("skipped", "reason")}
+        data.update(zero_shot=self.zero_shot.to_json(), k_shot=self.k_shot.to_json(),
+                    interval=list(self.interval), note=self.note)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> PromptArmResult:
+        if data.get("skipped"):
+            return cls(skipped=True, reason=data.get("reason"))
+        data = {k: v for k, v in data.items() if k != "note"}
+        return cls(**{**data, "zero_shot": EvalSummary.from_json(data["zero_shot"]),
+                      "k_shot": EvalSummary.from_json(data["k_shot"]),
+                      "interval": tuple(data["interval"])})
+
+
+def _improves(zero: EvalSummary, k_shot: EvalSummary, candidate_rate: float) -> bool:
+    """Whether prompting or the candidate does better than the zero-shot champion at all (when
+    neither does, "prompting matches" would say nothing)."""
+    return max(k_shot.pass_rate, candidate_rate) > zero.pass_rate
+
+
+def _bare(summary: EvalSummary) -> EvalSummary:
+    """The summary as stored (per-item outcomes left out)."""
+    return EvalSummary.from_json(summary.to_json())
+
+
+@dataclass(frozen=True)
 class ArenaResult:
     """Pairwise judging of champion vs candidate and the task's leaderboard ([cycle] arena)."""
 
@@ -185,6 +279,7 @@ class CycleResults:
     targeted: TargetedResult | None = None
     train: TrainStageResult | None = None
     eval_candidate: CandidateEvalResult | None = None
+    prompt_arm: PromptArmResult | None = None
     arena: ArenaResult | None = None
     benchmarks: BenchmarksResult | None = None
     gate: PromotionDecision | None = None
@@ -193,6 +288,7 @@ class CycleResults:
 
 RESULT_TYPES = {"eval_champion_dev": DevEvalResult, "failures": FailuresResult,
                 "targeted": TargetedResult, "train": TrainStageResult,
-                "eval_candidate": CandidateEvalResult, "arena": ArenaResult,
+                "eval_candidate": CandidateEvalResult, "prompt_arm": PromptArmResult,
+                "arena": ArenaResult,
                 "benchmarks": BenchmarksResult, "gate": PromotionDecision,
                 "report": ReportResult}

@@ -1,8 +1,8 @@
 """One evaluation-driven iteration, readable top to bottom, resumable stage by stage.
 
     evaluate champion on dev -> failures -> targeted data -> train candidate
-    -> evaluate candidate (dev, test) and champion (test) -> pairwise ratings -> benchmarks
-    -> gate -> report
+    -> evaluate candidate (dev, test) and champion (test) -> prompt arm (champion zero-/k-shot
+    on dev) -> pairwise ratings -> benchmarks -> gate -> report
 
 Each stage is `stage(ctx) -> record` (loop.cycle.results): it reads what earlier stages returned
 and the task's settings (validated when the task loaded), calls library functions and returns a
@@ -24,8 +24,8 @@ from loop.core.settings import TaskSettings, with_overrides
 from loop.cycle import runstate
 from loop.cycle.gate import GateInputs, PromotionDecision, decide
 from loop.cycle.results import (RESULT_TYPES, ArenaResult, BenchmarksResult, CandidateEvalResult,
-                                CycleResults, DevEvalResult, FailuresResult, ReportResult,
-                                TrainStageResult)
+                                CycleResults, DevEvalResult, FailuresResult, PromptArmResult,
+                                ReportResult, TrainStageResult)
 from loop.store import cycles
 from loop.data.tasks import Task, load_task
 from loop.evaluation.evaluate import EvalSummary, evaluate
@@ -172,6 +172,22 @@ def eval_candidate(ctx: CycleContext) -> CandidateEvalResult:
                              (ctx.champion.model_name, "test"))))
 
 
+def prompt_arm(ctx: CycleContext) -> PromptArmResult:
+    """The champion prompted instead of trained: zero-shot and [cycle] prompt_shots-shot on dev
+    ([generation] shot_selection), beside the candidate's dev outcomes."""
+    from loop.evaluation.prompting import resolve_prompt, shot_pool
+
+    k = ctx.settings.cycle.prompt_shots
+    if not k or len(shot_pool(ctx.task)) <= k:
+        return PromptArmResult(skipped=True, reason="[cycle] prompt_shots = 0" if not k else
+                               f"fewer than {k + 1} train-pool rows to show")
+    zero, k_shot = (evaluate(ctx.store, ctx.task, ctx.champion.model_name, "dev",
+                             progress=ctx.progress, prompt=resolve_prompt(ctx.task, shots=n))
+                    for n in (0, k))
+    return PromptArmResult.compare(zero, k_shot, ctx.results.eval_candidate.candidate_dev, k,
+                                   ctx.settings.generation.shot_selection, ctx.settings.gate.alpha)
+
+
 def arena(ctx: CycleContext) -> ArenaResult:
     from loop.evaluation.arena import run_arena
 
@@ -234,8 +250,8 @@ def report(ctx: CycleContext) -> ReportResult:
                                          ctx.dir)))
 
 
-STAGES = (eval_champion_dev, failures, targeted, train, eval_candidate, arena, benchmarks, gate,
-          report)
+STAGES = (eval_champion_dev, failures, targeted, train, eval_candidate, prompt_arm, arena,
+          benchmarks, gate, report)
 
 
 # ---------------------------------------------------------------------------- runner
@@ -335,6 +351,7 @@ def summarize(ctx: CycleContext, already_finished: bool = False) -> dict:
         "candidate": {"name": ctx.candidate_name, "model_id": r.train.model_id,
                       "dev": scores(ev.candidate_dev), "test": scores(ev.candidate_test)},
         "benchmark_deltas": r.benchmarks.deltas,
+        "prompt_arm": r.prompt_arm.to_json() if r.prompt_arm else None,
         "gate": r.gate.to_json(),
         "report": r.report.path,
     }

@@ -29,33 +29,66 @@ from loop.store.runs import model_names
 
 @dataclass(frozen=True)
 class Entrant:
-    """A model version with an evaluation run on the task's test split."""
+    """A model version, or a model under a [[prompts]] variant, with an evaluation run on the
+    task's test split."""
     name: str
-    model_id: str
+    model_id: str  # the weights' fingerprint, or a prompted entrant's id (prompted_id)
     run_id: str
     suite_version: str
 
 
-def evaluate_entrants(store: Store, task, models: Sequence[str], progress: bool = True
-                      ) -> list[Entrant]:
-    """Evaluate each model on the test split (reusing stored predictions); two names for the
-    same weights are refused before anything is generated."""
+DEFAULT_PROMPT = "default"  # --prompts name of the task's own prompt ([generation] shots)
+
+
+def prompted_id(model_id: str, setting) -> str:
+    """The id a model under a prompt variant competes under (the plain prompt: the model's)."""
+    return model_id if setting.is_default else content_hash("prompted", model_id,
+                                                            setting.content())
+
+
+def prompt_settings(task, prompts: Sequence[str] | None) -> list:
+    """The PromptSettings named by --prompts ("default": the task's own), checked up front."""
+    from loop.evaluation.prompting import resolve_prompt
+
+    return [resolve_prompt(task, None if name == DEFAULT_PROMPT else name)
+            for name in (prompts or [DEFAULT_PROMPT])]
+
+
+def evaluate_entrants(store: Store, task, models: Sequence[str], progress: bool = True,
+                      prompts: Sequence[str] | None = None) -> list[Entrant]:
+    """Evaluate each model under each prompt (default: the task's own) on the test split,
+    reusing stored predictions; two names for the same weights and prompt are refused before
+    anything is generated. A prompted entrant is stored as a model row (its name
+    `MODEL@PROMPT`, parent_id the weights, meta the prompt) so ratings name it."""
     from loop.evaluation.evaluate import evaluate
     from loop.models.loading import fingerprint, parse_model_name
 
-    if len(models) < 2:
-        raise ConfigError(f"An arena needs at least two models; got {len(models)}.")
+    settings = prompt_settings(task, prompts)
+    if len(models) * len(settings) < 2:
+        raise ConfigError(f"An arena needs at least two models, or two prompts; got "
+                          f"{len(models)} model(s) and {len(settings)} prompt(s).")
     seen: dict[str, str] = {}
     for name in models:
-        model_id = fingerprint(parse_model_name(name))
-        if model_id in seen:
-            raise ConfigError(f"'{seen[model_id]}' and '{name}' are the same model (fingerprint "
-                              f"{model_id}); an arena compares different versions.")
-        seen[model_id] = name
+        for setting in settings:
+            entrant = prompted_id(fingerprint(parse_model_name(name)), setting)
+            label = name + (f"@{setting.name or DEFAULT_PROMPT}" if len(settings) > 1 else "")
+            if entrant in seen:
+                raise ConfigError(f"'{seen[entrant]}' and '{label}' are the same model and "
+                                  f"prompt (fingerprint {entrant}); an arena compares "
+                                  "different versions.")
+            seen[entrant] = label
     out = []
     for name in models:
-        summary = evaluate(store, task, name, "test", progress=progress)
-        out.append(Entrant(name, summary.model_id, summary.run_id, summary.suite_version))
+        for setting in settings:
+            summary = evaluate(store, task, name, "test", progress=progress, prompt=setting)
+            entrant = prompted_id(summary.model_id, setting)
+            label = name
+            if entrant != summary.model_id:
+                label = f"{name}@{setting.name or DEFAULT_PROMPT}"
+                store.put_model(entrant, label, parse_model_name(name).base,
+                                parent_id=summary.model_id,
+                                meta={"prompt": setting.to_json(), "label": setting.label})
+            out.append(Entrant(label, entrant, summary.run_id, summary.suite_version))
     return out
 
 
@@ -100,11 +133,13 @@ def write_matches(store: Store, matches: Sequence[judges.Match]) -> int:
 
 def run_arena(store: Store, task, models: list[str], judge: str = "reference",
               n: int | None = None, seed: int = 0, plot_dir: Path | None = None,
-              completer=None, progress: bool = True) -> dict:
-    """Evaluate missing test predictions, judge every model pair on shared items, rate.
-    Returns the combined (all judges) leaderboard for the task and the plot path."""
+              completer=None, progress: bool = True,
+              prompts: Sequence[str] | None = None) -> dict:
+    """Evaluate missing test predictions, judge every pair of entrants (each model under each
+    of `prompts`) on shared items, rate. Returns the combined (all judges) leaderboard for the
+    task and the plot path."""
     judges.check_judge(judge)
-    entrants = evaluate_entrants(store, task, models, progress)
+    entrants = evaluate_entrants(store, task, models, progress, prompts)
     matches = judge_entrants(store, task, entrants, judge, n, completer)
     new = write_matches(store, matches)
     board = compute_leaderboard(store, task.name, judge=None, seed=seed, save=True)

@@ -17,8 +17,9 @@ from loop.core.errors import TaskDataError
 from loop.models.backends import Backend, load_generator, resolve_backend
 from loop.models.loading import LoadedModel, context_length, fingerprint, load_tokenizer, \
     parse_model_name
-from loop.core.prompts import build_prompt
 from loop.core.records import Example, content_hash
+from loop.evaluation.prompting import PromptSetting, choose_shots, render_prompts, \
+    resolve_prompt, shot_embedder
 from loop.store.db import Store, now
 from loop.data.tasks import Task
 
@@ -44,11 +45,14 @@ class EvalSummary:
     n_clusters: int
     suite_version: str
     outcomes: dict[str, bool] = field(default_factory=dict, repr=False)  # example id -> passed
+    prompt: str = "zero-shot"  # PromptSetting.label: which prompt (shots) the model was shown
 
     def to_json(self, outcomes: bool = False) -> dict:
         data = asdict(self)
         if not outcomes:
             data.pop("outcomes")
+        if self.prompt == "zero-shot":  # as stored before prompts had settings
+            data.pop("prompt")
         return data
 
     @classmethod
@@ -65,12 +69,15 @@ def select(task: Task, split: str, limit: int | None) -> tuple[Example, ...]:
 def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
              limit: int | None = None, progress: bool = True,
              lm: LoadedModel | None = None, processes: int | None = None,
-             backend: str | None = None) -> EvalSummary:
+             backend: str | None = None, prompt: PromptSetting | None = None) -> EvalSummary:
     """`processes` (default: [generation] processes) > 1: the items to generate are sharded
     over that many ranks (loop/evaluation/sharded.py); this process alone writes the store.
     `backend` (default: [generation] backend): "auto" | "hf" | "vllm"; a loaded `lm` is HF.
-    vLLM generates in this process (it batches and fills the GPU itself), whatever `processes`."""
+    vLLM generates in this process (it batches and fills the GPU itself), whatever `processes`.
+    `prompt` (default: [generation] shots): system prompt, wording and few-shot examples
+    (loop/evaluation/prompting.py); the pool rows shown are stored per item."""
     examples = select(task, split, limit)
+    setting = prompt or resolve_prompt(task)
     if processes is not None and processes < 1:
         raise TaskDataError(f"--processes must be a positive number, got {processes}.")
     spec = parse_model_name(model_name)
@@ -79,8 +86,9 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
     gen = task.settings.generation
     engine = "hf" if lm else resolve_backend(backend or gen.backend)  # before any write
     stop_at_json = answers_are_json([e for s in task.splits.values() for e in s])
-    gen_hash = generation_hash(gen.max_new_tokens, stop_at_json, engine)
-    prompts = [build_prompt(tokenizer, e, task.settings.system_prompt) for e in examples]
+    gen_hash = generation_hash(gen.max_new_tokens, stop_at_json, engine, setting.shot_identity())
+    shots = choose_shots(task, examples, setting, shot_embedder(store, setting))
+    prompts = render_prompts(tokenizer, task, examples, setting, shots)
     pred_ids = [content_hash(model_id, content_hash(p), gen_hash) for p in prompts]
     _check_context(tokenizer, spec, examples, prompts, gen.max_new_tokens)  # before any write
     stored = store.get_predictions(pred_ids)
@@ -92,10 +100,12 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
     store.put_task(task.name, str(task.settings.path), task.data_hash,
                    [e for s in task.splits.values() for e in s])
     store.put_model(model_id, model_name, spec.base, adapter=str(spec.adapter or "") or None)
-    run_id = content_hash("eval", task.name, split, model_id, gen_hash, [e.id for e in examples])
+    run_id = content_hash("eval", task.name, split, model_id, gen_hash, [e.id for e in examples],
+                          *setting.wording_identity())
     store.start_run(run_id, "eval", task.name, model_id, split,
                     {"limit": limit, "max_new_tokens": gen.max_new_tokens, "model": model_name,
-                     "backend": engine})
+                     "backend": engine, **({} if setting.is_default
+                                           else {"prompt": setting.to_json()})})
     if missing and ranks > 1:  # each rank loads the model itself, on its own device
         from loop.evaluation.sharded import generate_sharded
 
@@ -117,23 +127,25 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
         store.insert("predictions", rows)
         stored.update({r["prediction_id"]: r for r in rows})
     outputs = [stored[pid]["output"] for pid in pred_ids]
-    store.insert("run_items", [{"run_id": run_id, "example_id": e.id, "prediction_id": pid}
-                               for e, pid in zip(examples, pred_ids)])
+    store.insert("run_items", [{"run_id": run_id, "example_id": e.id, "prediction_id": pid,
+                                "shot_ids": [s.id for s in item_shots] or None}
+                               for e, pid, item_shots in zip(examples, pred_ids, shots)])
     summary = _score_and_store(store, task, examples, outputs, pred_ids, run_id, model_id, split)
     summary = EvalSummary(run_id=run_id, task=task.name, model=model_name, model_id=model_id,
                           split=split, n=len(examples), generated=len(missing),
-                          reused=len(examples) - len(missing), **summary)
+                          reused=len(examples) - len(missing), prompt=setting.label, **summary)
     store.finish_run(run_id, summary.to_json())
     tracking.log_evaluation(store.workspace, task, summary)
     return summary
 
 
-def generation_hash(max_new_tokens: int, stop_at_json: bool, backend: Backend = "hf") -> str:
-    """Identity of the decoding behind a prediction. The JSON stop and a non-HF backend join it
-    only when used, so HF predictions stored before either existed stay reusable; vLLM (bf16,
-    its own kernels) can flip near-ties, so its predictions are never mixed with HF's."""
+def generation_hash(max_new_tokens: int, stop_at_json: bool, backend: Backend = "hf",
+                    shots: Sequence[str] = ()) -> str:
+    """Identity of the decoding behind a prediction. The JSON stop, a non-HF backend and shots
+    join it only when used, so HF predictions stored before either existed stay reusable; vLLM
+    (bf16, its own kernels) can flip near-ties, so its predictions are never mixed with HF's."""
     return content_hash(GEN_VERSION, max_new_tokens, *(["stop-at-json"] * stop_at_json),
-                        *([f"backend-{backend}"] * (backend != "hf")))
+                        *([f"backend-{backend}"] * (backend != "hf")), *shots)
 
 
 def answers_are_json(examples: Sequence[Example], share: float = JSON_SHARE) -> bool:
@@ -199,7 +211,7 @@ def _score_and_store(store: Store, task: Task, examples, outputs, pred_ids, run_
 def format_summary(summary: EvalSummary) -> str:
     lines = [f"{summary.task} / {summary.split}: {summary.model} ({summary.model_id})",
              f"{summary.n} examples ({summary.generated} generated, {summary.reused} reused), "
-             f"suite v{summary.suite_version}", "",
+             f"suite v{summary.suite_version}, prompt {summary.prompt}", "",
              f"{'category':<24}{'n':>6}{'pass rate':>12}"]
     for cat, row in summary.per_category.items():
         lines.append(f"{cat:<24}{row['n']:>6}{row['pass_rate']:>11.1%}")

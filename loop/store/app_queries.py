@@ -115,6 +115,18 @@ def stage_times(store: Store, cycle_id: str) -> list[dict]:
         FROM cycle_stages WHERE cycle_id = ? ORDER BY started_at, stage""", [cycle_id])
 
 
+def latest_prompt_arm(store: Store) -> dict | None:
+    """The prompt arm of the latest cycle that finished one, as its stage stored it
+    (loop.cycle.results.PromptArmResult), with the cycle's id."""
+    if not has(store, "cycle_stages"):
+        return None
+    rows = store.query("""
+        SELECT s.cycle_id, s.result FROM cycle_stages s JOIN cycles c USING (cycle_id)
+        WHERE s.stage = 'prompt_arm' AND s.status = 'done' AND s.result IS NOT NULL
+        ORDER BY c.started_at DESC, s.cycle_id DESC LIMIT 1""")
+    return {**json.loads(rows[0]["result"]), "cycle_id": rows[0]["cycle_id"]} if rows else None
+
+
 def champion_history(store: Store) -> list[dict]:
     if not has(store, "champions"):
         return []

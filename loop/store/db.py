@@ -166,6 +166,10 @@ MIGRATIONS: list[tuple[str, str]] = [
              AND e.split = f.split
         JOIN predictions p ON p.prediction_id = f.prediction_id;
     """),
+    # Which train-pool rows a few-shot prompt showed with each item (loop/evaluation/prompting)
+    ("0010_run_item_shots", """
+    ALTER TABLE run_items ADD COLUMN shot_ids VARCHAR[];
+    """),
 ]
 
 

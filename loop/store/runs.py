@@ -82,3 +82,11 @@ def run_item_rows(store: Store, run_id: str) -> list[dict]:
         JOIN predictions p ON p.prediction_id = ri.prediction_id
         LEFT JOIN failures f ON f.run_id = ri.run_id AND f.example_id = ri.example_id
         WHERE ri.run_id = ? ORDER BY ri.example_id""", [run_id])
+
+
+def run_shots(store: Store, run_id: str) -> dict[str, list[str]]:
+    """example id -> the train-pool ids its few-shot prompt showed, in prompt order (items of
+    a zero-shot run are left out)."""
+    return {r["example_id"]: list(r["shot_ids"]) for r in store.query(
+        "SELECT example_id, shot_ids FROM run_items WHERE run_id = ? AND shot_ids IS NOT NULL "
+        "ORDER BY example_id", [run_id])}
