@@ -166,6 +166,10 @@ MIGRATIONS: list[tuple[str, str]] = [
              AND e.split = f.split
         JOIN predictions p ON p.prediction_id = f.prediction_id;
     """),
+    # GRPO (loop/train/grpo.py) logs the mean suite reward of each logging step's completions.
+    ("0010_train_log_reward", """
+    ALTER TABLE train_logs ADD COLUMN reward DOUBLE;
+    """),
 ]
 
 

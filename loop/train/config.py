@@ -60,6 +60,7 @@ class LogRow:
     tokens_per_s: float | None = None  # non-padding tokens per second of training steps
     peak_mem_mb: float | None = None  # peak RSS on CPU, peak allocated on CUDA
     epoch: float | None = None
+    reward: float | None = None  # GRPO: mean suite reward of the step's completions
 
     def merge(self, other: LogRow) -> LogRow:
         return LogRow(**{f.name: getattr(other, f.name) if getattr(other, f.name) is not None
