@@ -111,6 +111,10 @@ def _grpo_args(config: TrainConfig, ckpt_dir: Path, micro: int, max_completion_l
     from trl import GRPOConfig
 
     vllm = _vllm_colocate(device)
+    if vllm:  # colocated vLLM joins a torch.distributed group, even as the only process
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                           ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29517")):
+            os.environ.setdefault(key, value)
     return GRPOConfig(
         output_dir=str(ckpt_dir), per_device_train_batch_size=micro,
         gradient_accumulation_steps=config.grad_accum * (config.batch_size // micro),
