@@ -148,7 +148,8 @@ def test_the_cycle_runs_sft_then_grpo_from_it(tmp_path):
              "benchmarks = false\n[targeted]\nn = 8\n")
     task = _task(tmp_path, extra).read_text().replace('method = "grpo"',
                                                       'method = "sft+grpo"\nmax_steps = 2\n'
-                                                      "save_steps = 2\ngrpo_prompts = 8")
+                                                      "save_steps = 2\ngrpo_prompts = 8\n"
+                                                      "search = false")
     (tmp_path / "task" / "task.toml").write_text(task)
     ws = tmp_path / "ws"
     proc = subprocess.run([sys.executable, "-m", "loop.cli", "cycle", "--task",

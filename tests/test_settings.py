@@ -80,7 +80,8 @@ def test_defaults_are_the_ones_the_stages_always_used(tmp_path):
         "learning_rate": 1e-3, "epochs": 2.0, "max_steps": None, "batch_size": 16,
         "grad_accum": 1, "micro_batch_tokens": 1024, "max_seq_len": 1024, "seed": 0,
         "save_steps": 50, "log_steps": 5, "patience": 3, "gradient_checkpointing": False,
-        "share_prefix": True, "qlora": False, "bf16": "auto", "method": "sft", "dpo_beta": 0.1,
+        "share_prefix": True, "qlora": False, "bf16": "auto", "method": "sft", "search": True,
+        "dpo_beta": 0.1,
         "dpo_learning_rate": 5e-5, "grpo_num_generations": 4, "grpo_beta": 0.04,
         "grpo_learning_rate": 5e-5, "grpo_max_completion_length": None,
         "grpo_temperature": 1.0, "grpo_prompts": 64, "processes": 1, "strategy": "ddp",
@@ -89,7 +90,7 @@ def test_defaults_are_the_ones_the_stages_always_used(tmp_path):
     # existed, and an SFT run leaves GRPO's knobs out (its id is the one before they existed)
     grpo_keys = {k for k in s.training.as_dict() if k.startswith("grpo_")}
     assert set(s.training.as_dict()) - set(s.training.identity()) == {
-        "processes", "strategy", "report_to", *grpo_keys}
+        "processes", "strategy", "report_to", "search", *grpo_keys}
     grpo = s.training.model_copy(update={"method": "sft+grpo"})
     assert grpo_keys <= set(grpo.identity())
     assert s.gate.model_dump() == {"min_gain": 0.02, "alpha": 0.05, "category_tolerance": 0.05,
