@@ -112,7 +112,7 @@ def training_record(result, dataset_hash: str, model_id: str, stage: str) -> Run
                    "total_steps": str(result.total_steps), "device": result.device,
                    "precision": result.precision})
     metrics = [(key, float(getattr(row, key)), row.step) for row in result.logs
-               for key in ("loss", "eval_loss", "learning_rate", "tokens_per_s", "epoch")
+               for key in ("loss", "eval_loss", "learning_rate", "tokens_per_s", "epoch", "reward")
                if getattr(row, key) is not None]
     final = {"final_tokens_per_s": result.tokens_per_s, "peak_mem_mb": result.peak_mem_mb,
              "train_loss": result.train_loss, "best_eval_loss": result.best_eval_loss,

@@ -82,11 +82,18 @@ def test_defaults_are_the_ones_the_stages_always_used(tmp_path):
         "grad_accum": 1, "micro_batch_tokens": 1024, "max_seq_len": 1024, "seed": 0,
         "save_steps": 50, "log_steps": 5, "patience": 3, "gradient_checkpointing": False,
         "share_prefix": True, "qlora": False, "bf16": "auto", "method": "sft", "search": True,
-        "dpo_beta": 0.1, "dpo_learning_rate": 5e-5, "processes": 1, "strategy": "ddp",
+        "dpo_beta": 0.1,
+        "dpo_learning_rate": 5e-5, "grpo_num_generations": 4, "grpo_beta": 0.04,
+        "grpo_learning_rate": 5e-5, "grpo_max_completion_length": None,
+        "grpo_temperature": 1.0, "grpo_prompts": 64, "processes": 1, "strategy": "ddp",
         "report_to": ()}
-    # a run's id hashes what changes the weights: one process and DDP hash as before they existed
-    assert set(s.training.as_dict()) - set(s.training.identity()) == {"processes", "strategy",
-                                                                      "report_to", "search"}
+    # a run's id hashes what changes the weights: one process and DDP hash as before they
+    # existed, and an SFT run leaves GRPO's knobs out (its id is the one before they existed)
+    grpo_keys = {k for k in s.training.as_dict() if k.startswith("grpo_")}
+    assert set(s.training.as_dict()) - set(s.training.identity()) == {
+        "processes", "strategy", "report_to", "search", *grpo_keys}
+    grpo = s.training.model_copy(update={"method": "sft+grpo"})
+    assert grpo_keys <= set(grpo.identity())
     assert s.gate.model_dump() == {"min_gain": 0.02, "alpha": 0.05, "category_tolerance": 0.05,
                                    "benchmark_tolerance": 0.02, "require_rating": True}
     assert s.cycle.model_dump() == {"base_model": DEFAULT_MODEL, "seed": 0, "benchmarks": True,

@@ -40,7 +40,7 @@ StrategyName = Literal["corrections", "retrieval", "generator", "teacher"]
 STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
 BenchmarkBackend = Literal["evalloop", "hf", "vllm"]
 GenerationBackend = Literal["auto", "hf", "vllm"]
-TrainMethod = Literal["sft", "dpo", "sft+dpo"]
+TrainMethod = Literal["sft", "dpo", "sft+dpo", "grpo", "sft+grpo"]
 ShotSelection = Literal["random", "nearest"]
 MAX_SHOTS = 64
 
@@ -308,7 +308,8 @@ class TrainingSettings(Section):
     share_prefix: bool = Field(True, description="rows' common prefix runs once per micro-batch")
     qlora: bool = Field(False, description="4-bit base (bitsandbytes), CUDA only")
     bf16: Bf16 = Field("auto", description='"auto": CUDA support or the CPU\'s measured speed')
-    method: TrainMethod = Field("sft", description="sft, dpo (preference pairs) or sft+dpo")
+    method: TrainMethod = Field("sft", description="sft, dpo (preference pairs), sft+dpo, grpo "
+                                                   "(the suite as reward) or sft+grpo")
     search: bool = Field(True, description="a cycle tries learning rates x1, x2, x0.5 as its "
                                            "time budget allows and keeps the best on dev "
                                            "(loop/train/search.py)")
@@ -317,6 +318,15 @@ class TrainingSettings(Section):
     # pairs (demo 66 -> 33%, rentalcars 83 -> 1%); 5e-5 keeps it (demo 66 -> 66%)
     dpo_learning_rate: float | None = Field(5e-5, gt=0, lt=1,
                                             description="None: learning_rate")
+    # GRPO (loop/train/grpo.py): sampled answers per pool prompt, rewarded by the task's suite
+    grpo_num_generations: int = Field(4, ge=2, le=64, description="completions per prompt; "
+                                      "batch_size must be a multiple of it")
+    grpo_beta: float = Field(0.04, ge=0, description="KL strength to the starting adapter")
+    grpo_learning_rate: float = Field(5e-5, gt=0, lt=1, description="GRPO's own rate")
+    grpo_max_completion_length: int | None = Field(
+        None, ge=1, description="tokens sampled per completion; None: [generation] max_new_tokens")
+    grpo_temperature: float = Field(1.0, gt=0, le=2, description="sampling temperature")
+    grpo_prompts: int = Field(64, ge=1, description="pool prompts, where the champion fails first")
     # how a run is spread over ranks (loop/train/distributed.py), not what it trains: `processes`
     # ranks split each batch of `batch_size` rows, the same optimizer steps as one process
     processes: int = Field(1, ge=1, description="ranks launched through accelerate; SFT only")
@@ -341,6 +351,11 @@ class TrainingSettings(Section):
             problems.append((("processes",), "batch_size must be a multiple of processes (each "
                                              "rank takes batch_size / processes rows of every "
                                              "batch)"))
+        gens = data.get("grpo_num_generations", cls.model_fields["grpo_num_generations"].default)
+        if (str(data.get("method", "")).endswith("grpo") and _positive_int(batch)
+                and _positive_int(gens) and batch % gens):
+            problems.append((("batch_size",), "batch_size must be a multiple of "
+                                              "grpo_num_generations (whole groups per step)"))
         if data.get("qlora") is True and data.get("strategy") == "fsdp":
             problems.append((("strategy",), 'qlora = true runs with strategy = "ddp" only'))
         names = data.get("report_to")
@@ -364,6 +379,9 @@ class TrainingSettings(Section):
         data.pop("processes")
         data.pop("report_to")  # where the Trainer logs changes no weight
         data.pop("search")  # which runs a cycle tries; each run is its own settings
+        if not self.method.endswith("grpo"):  # GRPO's knobs change no SFT/DPO weight (and
+            for key in [k for k in data if k.startswith("grpo_")]:  # earlier ids stay valid)
+                data.pop(key)
         if self.strategy == "ddp":
             data.pop("strategy")
         return data

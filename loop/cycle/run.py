@@ -94,7 +94,8 @@ def targeted(ctx: CycleContext) -> TargetedResult:
 
 def train(ctx: CycleContext) -> TrainStageResult:
     """[training] method: "sft" on the targeted data, "dpo" on preference pairs from the store,
-    or "sft+dpo" (DPO starts from, and is referenced to, the SFT adapter)."""
+    "grpo" on pool prompts rewarded by the suite (targeted pool rows first), or "sft+dpo" /
+    "sft+grpo" (the second starts from, and is referenced to, the SFT adapter)."""
 
     config = ctx.settings.training
     plan = ctx.results.targeted.plan
@@ -102,7 +103,7 @@ def train(ctx: CycleContext) -> TrainStageResult:
         config = with_overrides(ctx.settings, "training", epochs=plan["epochs"])
     spec = parse_model_name(ctx.champion.model_name)
     model, extra = ctx.champion.model_name, {}
-    if config.method in ("sft", "sft+dpo"):
+    if config.method in ("sft", "sft+dpo", "sft+grpo"):
         result, trials = _sft_search(ctx, config, model)
         model, extra["sft_adapter_dir"] = f"{spec.base}+{result.adapter_dir}", result.adapter_dir
         extra["search"] = tuple(t.to_json() for t in trials)
@@ -120,6 +121,14 @@ def train(ctx: CycleContext) -> TrainStageResult:
                                         config=config, progress=ctx.progress)
         else:
             extra["dpo_skipped"] = "no preference pairs after exclusions (see pairs.counts)"
+    if config.method in ("grpo", "sft+grpo"):
+        from loop.data.tasks import read_jsonl
+        from loop.train.grpo import train_grpo_for_task
+
+        targeted_rows = read_jsonl(Path(ctx.results.targeted.dataset_path), "train")
+        result = train_grpo_for_task(ctx.store, ctx.task, ctx.workspace, model=model,
+                                     targeted=targeted_rows, config=config,
+                                     progress=ctx.progress)
     name = f"{spec.base}+{result.adapter_dir}"
     return TrainStageResult(
         method=config.method, train_id=result.train_id, adapter_dir=result.adapter_dir,

@@ -170,6 +170,10 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("0010_run_item_shots", """
     ALTER TABLE run_items ADD COLUMN shot_ids VARCHAR[];
     """),
+    # GRPO (loop/train/grpo.py) logs the mean suite reward of each logging step's completions.
+    ("0011_train_log_reward", """
+    ALTER TABLE train_logs ADD COLUMN reward DOUBLE;
+    """),
 ]
 
 

@@ -9,7 +9,8 @@ resolved (`loop.models.precision`).
     batch_size = 16        # examples per optimizer step (packed, so no padding)
     micro_batch_tokens = 1024  # tokens per forward+backward (memory), same optimizer steps
     bf16 = "auto"          # "auto": CUDA support / this CPU's measured matmul speed; true/false
-    method = "sft"         # or "dpo" / "sft+dpo": preference pairs (loop/targeted/pairs.py, loop/train/dpo.py)
+    method = "sft"         # or "dpo" / "sft+dpo": preference pairs (loop/targeted/pairs.py, loop/train/dpo.py);
+                           # "grpo" / "sft+grpo": the suite as reward (evals/rewards.py, loop/train/grpo.py)
     dpo_beta = 0.1         # DPO's KL strength
     dpo_learning_rate = 5e-5  # DPO's own rate: at the SFT rate it collapses the adapter
 
@@ -60,6 +61,7 @@ class LogRow:
     tokens_per_s: float | None = None  # non-padding tokens per second of training steps
     peak_mem_mb: float | None = None  # peak RSS on CPU, peak allocated on CUDA
     epoch: float | None = None
+    reward: float | None = None  # GRPO: mean suite reward of the step's completions
 
     def merge(self, other: LogRow) -> LogRow:
         return LogRow(**{f.name: getattr(other, f.name) if getattr(other, f.name) is not None

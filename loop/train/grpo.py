@@ -1,0 +1,341 @@
+"""LoRA GRPO with trl's GRPOTrainer: sampled answers to train-pool prompts, rewarded by the task's
+own suite (evals/rewards.py), on the SFT LoRA setup.
+
+    reward = SuiteReward(load_suite(task.settings), pool, held_out=dev + test)
+    result = train_grpo("smollm2-135m-instruct", prompts, reward, "ws/adapters/x", config,
+                        max_completion_length=48)
+    # after SFT ("sft+grpo"): parent_adapter = the SFT adapter, trained further and the reference
+
+Shell: `python -m loop.train.grpo --task T.toml --workspace WS [--parent ADAPTER]`.
+
+The model is loaded exactly as for SFT (same base, precision, LoRA config and seed). With
+`grpo_beta` > 0 the KL reference is the starting point: trl copies the starting adapter into a
+frozen "ref" adapter (the base model for a fresh LoRA, the parent adapter otherwise); the saved
+adapter is the trained one only. Each optimizer step samples `grpo_num_generations` completions
+for each of `batch_size / grpo_num_generations` prompts (`grpo_temperature`, at most
+`grpo_max_completion_length` tokens), scores them with the reward and takes one step on the
+group-normalised advantages. Prompts are rendered as SFT and evaluation render them
+(`loop.core.prompts`). Generation: vLLM in the trainer's process ("colocate") on CUDA when vllm is
+installed, else trl's `model.generate` (bench/grpo.py measures that against the shared-prefix
+decoder on CPU). Runs are fingerprinted (base, parent, prompts, reward definition, config,
+completion length, system prompt -> train id -> output dir), checkpointed every `save_steps`
+and resumed from the last complete checkpoint; a finished run is returned as is. OUT holds a
+standard PEFT adapter, train_result.json and train_log.jsonl (loss and mean reward per logging
+step), like SFT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from evals.rewards import SuiteReward, held_out_rows
+from loop import tracking
+from loop.core.cache import write_atomic
+from loop.core.errors import EvalloopError
+from loop.core.prompts import build_prompt
+from loop.core.records import Example, content_hash
+from loop.models.loading import DEFAULT_MODEL, fingerprint, load_tokenizer, parse_model_name, \
+    pick_device
+from loop.train.config import LogRow, TrainConfig, TrainResult, library_versions, use_bf16
+from loop.train.outputs import RESULT_FILE, TrainingError, format_result, record_training
+from loop.train.sft import (  # private helpers shared with SFT, imported rather than copied
+    LOG_FILE,
+    _check_qlora,
+    _claim_out_dir,
+    _load_trainable,
+    _loss_summary,
+    _peak_mem_mb,
+    _read_logs,
+    _sort_target_modules,
+    config_from_args,
+    examples_digest,
+    last_checkpoint,
+)
+
+GRPO_VERSION = "grpo-lora-v1"  # part of every GRPO train id: bump when GRPO semantics change
+REWARD_KEY = "reward"  # trl's logged mean reward of a logging step
+
+
+# ---------------------------------------------------------------------------- prompts (pure)
+
+def _key(e: Example) -> tuple[str, str, str]:
+    return (e.instruction, e.input, e.output)
+
+
+def select_prompts(pool: Sequence[Example], targeted: Sequence[Example], n: int, seed: int
+                   ) -> list[Example]:
+    """Up to `n` pool rows: first those the targeted data drew from the pool for the champion's
+    failures (in its order: by need), then the rest of the pool in a seeded order. Rows that are
+    not pool rows (corrections, generated, teacher) are never prompts: their references are not
+    the pool's."""
+    by_key = {_key(e): e for e in pool}
+    chosen: dict[str, Example] = {}
+    for row in targeted:
+        hit = by_key.get(_key(row))
+        if hit is not None:
+            chosen.setdefault(hit.id, hit)
+    rest = [e for e in pool if e.id not in chosen]
+    random.Random(seed).shuffle(rest)
+    for e in rest:
+        chosen.setdefault(e.id, e)
+    return list(chosen.values())[:n]
+
+
+def grpo_train_id(base_model_id: str, parent_id: str | None, prompts, reward: SuiteReward,
+                  config: TrainConfig, max_completion_length: int,
+                  system_prompt: str | None) -> str:
+    """Same inputs -> same id -> same output dir (resume); never equal to an SFT or DPO id."""
+    return content_hash(GRPO_VERSION, base_model_id, parent_id, examples_digest(prompts),
+                        reward.identity(), config.identity(), max_completion_length,
+                        system_prompt)
+
+
+# ---------------------------------------------------------------------------- trainer
+
+def _vllm_colocate(device) -> bool:
+    return device.type == "cuda" and importlib.util.find_spec("vllm") is not None
+
+
+def _grpo_args(config: TrainConfig, ckpt_dir: Path, micro: int, max_completion_length: int,
+               bf16: bool, device, progress: bool):
+    from trl import GRPOConfig
+
+    vllm = _vllm_colocate(device)
+    if vllm:  # colocated vLLM joins a torch.distributed group, even as the only process
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                           ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29517")):
+            os.environ.setdefault(key, value)
+    return GRPOConfig(
+        output_dir=str(ckpt_dir), per_device_train_batch_size=micro,
+        gradient_accumulation_steps=config.grad_accum * (config.batch_size // micro),
+        learning_rate=config.grpo_learning_rate, num_train_epochs=config.epochs or 1.0,
+        max_steps=config.max_steps or -1, lr_scheduler_type="cosine", warmup_steps=0.05,
+        weight_decay=0.0, logging_steps=math.gcd(config.log_steps, config.save_steps),
+        save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
+        num_generations=config.grpo_num_generations, beta=config.grpo_beta,
+        max_completion_length=max_completion_length, temperature=config.grpo_temperature,
+        seed=config.seed, data_seed=config.seed, bf16=bf16, use_cpu=device.type == "cpu",
+        gradient_checkpointing=config.gradient_checkpointing, disable_dropout=True,
+        use_vllm=vllm, vllm_mode="colocate", vllm_gpu_memory_utilization=0.3,
+        report_to=list(config.report_to) or "none", disable_tqdm=not progress,
+        dataloader_num_workers=0, log_completions=False)
+
+
+def _make_trainer(model, tokenizer, rows, reward, args, device, log_path: Path, progress: bool):
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
+    from trl import GRPOTrainer
+
+    from datasets import Dataset
+
+    class Logger(TrainerCallback):
+        """A LogRow per logging step in train_log.jsonl: loss and mean reward."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            if "loss" not in logs or not state.is_world_process_zero:
+                return
+            row = LogRow(step=state.global_step, loss=logs["loss"],
+                         learning_rate=logs.get("learning_rate"),
+                         peak_mem_mb=_peak_mem_mb(device), epoch=logs.get("epoch"),
+                         reward=logs.get(REWARD_KEY))
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(row.to_json()) + "\n")
+
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args,
+                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                          callbacks=[Logger()])
+    if not progress:
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _prompt_rows(tokenizer, prompts, system_prompt, max_seq_len: int, max_completion: int):
+    """trl rows {prompt, item_id}; (rows, skipped ids, longest prompt + completion tokens)."""
+    rows, skipped, longest = [], [], 0
+    for e in prompts:
+        text = build_prompt(tokenizer, e, system_prompt)
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"]) + max_completion
+        if n > max_seq_len:
+            skipped.append(e.id)
+            continue
+        longest = max(longest, n)
+        rows.append({"prompt": text, "item_id": e.id})
+    return rows, skipped, longest
+
+
+def _micro_batch(batch_size: int, token_budget: int, longest: int) -> int:
+    """Completions per forward: the largest divisor of batch_size whose padded rows fit
+    `token_budget` tokens (at least 1), so the optimizer still sees batch_size completions."""
+    fit = max(1, token_budget // max(longest, 1))
+    return max(d for d in range(1, batch_size + 1) if batch_size % d == 0 and d <= fit)
+
+
+def train_grpo(base_model_name: str, prompts: Sequence[Example], reward: SuiteReward, out_dir,
+               config: TrainConfig | None = None, max_completion_length: int = 64,
+               parent_adapter=None, progress: bool = True,
+               system_prompt: str | None = None) -> TrainResult:
+    """Train (or resume, or return the finished) GRPO LoRA adapter into out_dir. `prompts` must
+    be rows the reward was built with (pool rows); `parent_adapter` (or BASE+ADAPTER): the
+    adapter trained further, and the KL reference."""
+    import torch
+
+    config = config or TrainConfig()
+    spec = parse_model_name(base_model_name)
+    parent = Path(parent_adapter).expanduser().resolve() if parent_adapter else spec.adapter
+    if parent is not None:
+        parse_model_name(f"{spec.base}+{parent}")  # checks the adapter files exist
+    if not prompts:
+        raise TrainingError("No GRPO prompts: the task's train pool is empty.")
+    if config.batch_size % config.grpo_num_generations:
+        raise TrainingError(f"[training] batch_size ({config.batch_size}) must be a multiple of "
+                            f"grpo_num_generations ({config.grpo_num_generations}).")
+    unknown = [e.id for e in prompts if reward.examples.get(e.id) != e]
+    if unknown:
+        raise TrainingError(f"{len(unknown)} GRPO prompt(s) are not rows of the reward's pool "
+                            f"(e.g. {unknown[0]}).")
+    device = pick_device()
+    if config.qlora:
+        _check_qlora(device)
+    tokenizer = load_tokenizer(spec)
+    rows, skipped, longest = _prompt_rows(tokenizer, prompts, system_prompt, config.max_seq_len,
+                                          max_completion_length)
+    if not rows:
+        raise TrainingError(f"No GRPO prompt fits max_seq_len={config.max_seq_len} tokens with "
+                            f"{max_completion_length} completion tokens: raise max_seq_len.")
+    base_id = fingerprint(replace(spec, adapter=None))
+    parent_id = fingerprint(replace(spec, adapter=parent)) if parent else None
+    train_id = grpo_train_id(base_id, parent_id, prompts, reward, config, max_completion_length,
+                             system_prompt)
+    out = Path(out_dir).expanduser().resolve()
+    inputs = {"method": "grpo", "base": spec.base,
+              "parent_adapter": str(parent) if parent else None, "n_prompts": len(rows),
+              "max_completion_length": max_completion_length, "reward": reward.identity(),
+              "config": config.as_dict()}
+    finished = _claim_out_dir(out, train_id, inputs)
+    if finished is not None:
+        return finished
+
+    bf16 = use_bf16(config.bf16, device, spec.base) or config.qlora
+    model, _ = _load_trainable(spec, parent, config, bf16, device)
+    micro = _micro_batch(config.batch_size, config.micro_batch_tokens, longest)
+    ckpt_dir = out / "checkpoints"
+    resume, resumed_step = last_checkpoint(ckpt_dir)
+    args = _grpo_args(config, ckpt_dir, micro, max_completion_length, bf16, device, progress)
+    trainer = _make_trainer(model, tokenizer, rows, reward, args, device, out / LOG_FILE,
+                            progress)
+    started = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except torch.OutOfMemoryError:
+        raise TrainingError(f"The GPU ran out of memory in GRPO on '{spec.base}': lower [training] "
+                            "micro_batch_tokens, grpo_max_completion_length or max_seq_len, or "
+                            "set gradient_checkpointing = true.") from None
+    state, logs = trainer.state, _read_logs(out / LOG_FILE, trainer.state.global_step)
+    result = TrainResult(
+        train_id=train_id, adapter_dir=str(out), base=spec.base, base_model_id=base_id,
+        parent_adapter=str(parent) if parent else None, config=config,
+        total_steps=state.max_steps, steps_done=state.global_step, resumed_from_step=resumed_step,
+        n_train=len(rows), n_dev=0, skipped=tuple(skipped), device=device.type,
+        precision=("qlora-nf4+" if config.qlora else "") + ("bf16" if bf16 else "fp32"),
+        padding_free=False, tokens=int(state.num_input_tokens_seen or 0),
+        tokens_per_s=0.0, peak_mem_mb=_peak_mem_mb(device), **_loss_summary(logs),
+        stopped_early=state.global_step < state.max_steps,
+        elapsed_s=time.perf_counter() - started, logs=tuple(logs), versions=library_versions())
+    if trainer.is_world_process_zero():
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(
+            str(out), selected_adapters=["default"])  # not the frozen "ref" copy
+        _sort_target_modules(out / "adapter_config.json")
+        write_atomic(out / RESULT_FILE, json.dumps(result.to_json(), indent=2))
+    return result
+
+
+# ---------------------------------------------------------------------------- the stage
+
+def task_reward(task) -> SuiteReward:
+    """The task's suite as a reward over its train pool, dev and test held out."""
+    from evals.suites import load_suite
+    from loop.evaluation.evaluate import answers_are_json
+
+    pool = task.split("train")
+    held_out = [*task.splits.get("dev", ()), *task.splits.get("test", ())]
+    leaked = set(held_out_rows(pool, held_out))
+    pool = [e for e in pool if e not in leaked]  # dropped: the reward never sees them
+    suite = load_suite(task.settings)
+    similarity = None
+    if suite.without_judge().needs_similarity:
+        from evals.similarity import Embedder, cosine_pairs
+
+        embedder = Embedder()
+        similarity = lambda outs, refs: cosine_pairs(embedder, outs, refs)  # noqa: E731
+    return SuiteReward(suite, pool, held_out, stop_at_json=answers_are_json(
+        [e for s in task.splits.values() for e in s]), similarity=similarity)
+
+
+def train_grpo_for_task(store, task, workspace, model: str = DEFAULT_MODEL, parent_adapter=None,
+                        targeted: Sequence[Example] = (), config: TrainConfig | None = None,
+                        progress: bool = True) -> TrainResult:
+    """The GRPO stage: pool prompts (where the targeted data points first) -> adapter under
+    WS/adapters, lineage in the store, a tracked run."""
+    config = config or task.settings.training
+    reward = task_reward(task)
+    prompts = select_prompts(list(reward.examples.values()), targeted, config.grpo_prompts,
+                             config.seed)
+    length = config.grpo_max_completion_length or task.settings.generation.max_new_tokens
+    spec = parse_model_name(model)
+    parent = Path(parent_adapter).resolve() if parent_adapter else spec.adapter
+    train_id = grpo_train_id(fingerprint(replace(spec, adapter=None)),
+                             fingerprint(replace(spec, adapter=parent)) if parent else None,
+                             prompts, reward, config, length, task.settings.system_prompt)
+    out = Path(workspace) / "adapters" / train_id
+    result = train_grpo(model, prompts, reward, out, config, length,
+                        parent_adapter=parent_adapter, progress=progress,
+                        system_prompt=task.settings.system_prompt)
+    if int(os.environ.get("RANK", "0")) == 0:
+        digest = examples_digest(prompts)
+        model_id = record_training(store, result, task.name, digest)
+        tracking.log_training(workspace, task, result, digest, model_id, stage="grpo")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m loop.train.grpo`: the GRPO stage on the task's pool (tests kill it)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see loop.train.main
+    from loop.data.tasks import load_task
+    from loop.store.db import Store
+
+    p = argparse.ArgumentParser(prog="python -m loop.train.grpo",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--task", required=True)
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--parent", help="adapter to continue training (and the KL reference)")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--save-steps", type=int)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        task = load_task(args.task)
+        config = config_from_args(task, args)
+        with Store(args.workspace) as store:
+            result = train_grpo_for_task(store, task, args.workspace, args.model, args.parent,
+                                         config=config, progress=not args.json)
+    except EvalloopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_json(), indent=2) if args.json else format_result(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""GRPO (loop/train/grpo.py) on the tiny random model: prompts come from the pool (targeted pool
+rows first, dev/test never), a run writes a standard PEFT adapter and logs the mean reward, a
+rerun returns the finished run, SIGKILL + rerun finishes the planned steps, and a cycle with
+method = "sft+grpo" trains SFT then GRPO from it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import classification_records, write_task
+from evals.rewards import SuiteReward
+from evals.suites import DEFAULT_SUITE
+from loop.core.records import Example
+from loop.train.config import TrainConfig
+from loop.train.grpo import select_prompts, task_reward, train_grpo
+from loop.train.sft import last_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+       "TOKENIZERS_PARALLELISM": "false"}
+FAST = TrainConfig(max_steps=4, epochs=None, batch_size=4, grpo_num_generations=2,
+                   grpo_learning_rate=1e-3, save_steps=4, log_steps=2, bf16=False,
+                   method="grpo")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def pool(n: int = 8) -> list[Example]:
+    return [Example(f"p{i}", "Answer yes.", "yes", f"Question {i}?", split="train")
+            for i in range(n)]
+
+
+def test_prompts_are_pool_rows_targeted_ones_first():
+    rows = pool(6)
+    corrected = Example("g1", "Answer yes.", "yes!", "Question 9?")  # not a pool row
+    targeted = [corrected, Example("g2", rows[4].instruction, rows[4].output, rows[4].input)]
+    chosen = select_prompts(rows, targeted, n=3, seed=0)
+    assert chosen[0] == rows[4] and len(chosen) == 3
+    assert all(e in rows for e in chosen)
+    assert select_prompts(rows, targeted, 3, 0) == chosen  # seeded
+    assert len(select_prompts(rows, [], 100, 0)) == 6
+
+
+def test_the_task_reward_never_holds_a_dev_or_test_prompt(tmp_path):
+    from loop.data.tasks import load_task
+
+    train = classification_records(12, 100)
+    test = classification_records(4)
+    train.append(dict(test[0], output="blue"))  # a pool row repeating a test prompt
+    task = load_task(write_task(tmp_path / "t", {"train": train, "dev":
+                                                 classification_records(4, 300), "test": test}))
+    reward = task_reward(task)
+    held = {(e.instruction, e.input) for s in ("dev", "test") for e in task.split(s)}
+    assert len(reward.examples) == 12
+    assert not {(e.instruction, e.input) for e in reward.examples.values()} & held
+
+
+@pytest.fixture(scope="module")
+def grpo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("grpo")
+    return train_grpo("tiny-random", pool(), SuiteReward(DEFAULT_SUITE, pool()), out, FAST,
+                      max_completion_length=4, progress=False)
+
+
+def test_grpo_writes_a_standard_adapter_and_logs_rewards(grpo_run):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from loop.models.loading import load_model
+
+    assert grpo_run.steps_done == grpo_run.total_steps == 4
+    assert [r.step for r in grpo_run.logs] == [2, 4]
+    assert all(r.reward is not None for r in grpo_run.logs)
+    out = Path(grpo_run.adapter_dir)
+    base = AutoModelForCausalLM.from_pretrained(load_model("tiny-random").base_path)
+    model = PeftModel.from_pretrained(base, str(out))
+    assert list(model.peft_config) == ["default"]
+    assert json.loads((out / "train_inputs.json").read_text())["method"] == "grpo"
+
+
+def test_rerun_returns_the_finished_run(grpo_run):
+    again = train_grpo("tiny-random", pool(), SuiteReward(DEFAULT_SUITE, pool()),
+                       grpo_run.adapter_dir, FAST, max_completion_length=4, progress=False)
+    assert again.train_id == grpo_run.train_id and again.elapsed_s == grpo_run.elapsed_s
+
+
+def test_prompts_outside_the_rewards_pool_are_refused(tmp_path):
+    from loop.train.outputs import TrainingError
+
+    with pytest.raises(TrainingError, match="not rows of the reward's pool"):
+        train_grpo("tiny-random", pool(), SuiteReward(DEFAULT_SUITE, pool()[:4]), tmp_path,
+                   FAST, max_completion_length=4, progress=False)
+
+
+def _task(tmp_path: Path, extra: str = "") -> Path:
+    return write_task(tmp_path / "task", {"train": classification_records(16, 100),
+                                          "dev": classification_records(4, 300),
+                                          "test": classification_records(4)},
+                      "[generation]\nmax_new_tokens = 4\n[training]\nbatch_size = 4\n"
+                      "grpo_num_generations = 2\nbf16 = false\nlog_steps = 2\n"
+                      'method = "grpo"\n' + extra)
+
+
+def test_sigkill_mid_grpo_then_rerun_finishes_the_planned_steps(tmp_path):
+    ws = tmp_path / "ws"
+    cmd = [sys.executable, "-m", "loop.train.grpo", "--task", str(_task(tmp_path)),
+           "--workspace", str(ws), "--model", "tiny-random", "--max-steps", "24",
+           "--save-steps", "2", "--json"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if any(last_checkpoint(d / "checkpoints")[1] for d in ws.glob("adapters/*")):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    adapter_dir = next(ws.glob("adapters/*"))
+    assert not (adapter_dir / "train_result.json").exists()  # it really died mid-run
+    _, step = last_checkpoint(adapter_dir / "checkpoints")
+    assert 0 < step < 24
+    rerun = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
+                           check=False)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    result = json.loads(rerun.stdout)
+    assert result["resumed_from_step"] == step
+    assert result["total_steps"] == result["steps_done"] == 24
+    assert result["adapter_dir"] == str(adapter_dir)
+    assert all(row["reward"] is not None for row in result["logs"])
+
+
+def test_the_cycle_runs_sft_then_grpo_from_it(tmp_path):
+    from loop.store.db import Store
+
+    extra = ("[cycle]\nbase_model = \"tiny-random\"\nseed = 3\narena = false\n"
+             "benchmarks = false\n[targeted]\nn = 8\n")
+    task = _task(tmp_path, extra).read_text().replace('method = "grpo"',
+                                                      'method = "sft+grpo"\nmax_steps = 2\n'
+                                                      "save_steps = 2\ngrpo_prompts = 8\n"
+                                                      "search = false")
+    (tmp_path / "task" / "task.toml").write_text(task)
+    ws = tmp_path / "ws"
+    proc = subprocess.run([sys.executable, "-m", "loop.cli", "cycle", "--task",
+                           str(tmp_path / "task" / "task.toml"), "--workspace", str(ws),
+                           "--json"], capture_output=True, text=True, env=ENV, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    with Store(ws, read_only=True) as store:
+        runs = store.query("SELECT parent_adapter, adapter_path FROM training_runs "
+                           "WHERE status = 'done' ORDER BY created_at")
+        rewards = store.query("SELECT reward FROM train_logs WHERE reward IS NOT NULL")
+    assert len(runs) == 2 and rewards
+    sft, grpo = runs
+    assert Path(grpo["parent_adapter"]).resolve() == Path(sft["adapter_path"]).resolve()
+    assert Path(summary["candidate"]["name"].split("+", 1)[1]).resolve() == \
+        Path(grpo["adapter_path"]).resolve()
+    assert "promote" in summary["gate"]
+
+
+def test_batch_size_must_hold_whole_groups(tmp_path):
+    from loop.core.errors import ConfigError
+    from loop.data.tasks import load_task
+
+    path = _task(tmp_path)
+    path.write_text(path.read_text().replace("grpo_num_generations = 2", "grpo_num_generations = 3"))
+    with pytest.raises(ConfigError, match="multiple of grpo_num_generations"):
+        load_task(path)
