@@ -87,3 +87,25 @@ def test_bench_compare_prints_paired_deltas(workspace, tmp_path, capsys):
     row = next(line for line in table.splitlines() if " acc " in line)
     delta = ours["acc"]["value"] - other["acc"]["value"]
     assert f"{other['acc']['value']:.4f}" in row and f"{delta:+.4f}" in row
+
+
+def test_paired_deltas_pairs_items_and_the_same_model_differs_by_zero(workspace, tmp_path):
+    from evals.paired import GOLD_LOGPROB
+    from loop.core.settings import BenchmarksSettings
+    from loop.evaluation.benchmarks import paired_deltas
+
+    settings = BenchmarksSettings(tasks=("arc_easy",), data_dir=str(DATA))
+    adapter = random_adapter(tmp_path / "adapter")
+    with Store(workspace) as store:
+        same = paired_deltas(store, "tiny-random", "tiny-random", settings, 12, 0, False)
+        other = paired_deltas(store, "tiny-random", f"tiny-random+{adapter}", settings, 12, 0,
+                              False)
+    acc = same["paired"]["arc_easy/acc"]
+    assert acc["n"] == 12 and acc["delta"] == acc["lower"] == acc["upper"] == 0.0
+    assert 0 < acc["mde"] < 1 and same["pooled"]["pooled/accuracy"]["delta"] == 0.0
+    gold = same["paired"][f"arc_easy/{GOLD_LOGPROB}"]
+    assert gold["unit"] == "nats" and gold["delta"] == 0.0
+    # the paired difference is the difference of the headline values (same items)
+    diff = other["candidate"]["arc_easy/acc"] - other["champion"]["arc_easy/acc"]
+    assert other["deltas"]["arc_easy/acc"] == pytest.approx(diff)
+    assert other["paired"][f"arc_easy/{GOLD_LOGPROB}"]["delta"] != 0.0

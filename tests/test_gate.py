@@ -43,7 +43,7 @@ def test_a_benchmark_drop_within_sampling_noise_does_not_block():
                         benchmark_se={"arc_easy/acc_norm": 0.11})
     assert decide(noisy).promote
     precise = make_inputs(40, 120, champion_rating=950, candidate_rating=1050,
-                          benchmark_deltas={"arc_easy/acc_norm": -0.05},
+                          benchmark_deltas={"arc_easy/acc_norm": -0.08},
                           benchmark_se={"arc_easy/acc_norm": 0.01})
     assert not decide(precise).promote
 

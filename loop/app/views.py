@@ -203,10 +203,18 @@ def benchmark_table(headlines: Sequence[dict], champion: str | None,
 
 
 def gate_reasons(reasons: str | list | None) -> list[dict]:
-    """Stored gate reasons (JSON) as rows with a plain-text mark."""
+    """Stored gate reasons (JSON) as rows with a plain-text mark, the check's result ("cannot
+    tell" when it had too few items), its difference, interval and minimum detectable effect
+    (None in reasons stored before the gate stated them)."""
     items = json.loads(reasons) if isinstance(reasons, str) else (reasons or [])
     return [{"": "pass" if r.get("passed") else "FAIL", "check": r.get("check"),
+             "result": r.get("status"), "difference": r.get("delta"),
+             "interval": _interval(r.get("lower"), r.get("upper")), "MDE": r.get("mde"),
              "detail": r.get("detail")} for r in items]
+
+
+def _interval(lower: float | None, upper: float | None) -> str | None:
+    return None if lower is None or upper is None else f"[{lower:+.3f}, {upper:+.3f}]"
 
 
 # ------------------------------------------------------------------ reviewers

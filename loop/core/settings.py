@@ -43,6 +43,7 @@ GenerationBackend = Literal["auto", "hf", "vllm"]
 TrainMethod = Literal["sft", "dpo", "sft+dpo", "grpo", "sft+grpo"]
 ShotSelection = Literal["random", "nearest"]
 MAX_SHOTS = 64
+CannotTell = Literal["keep", "keep_if_small_gain", "ignore"]  # [gate] cannot_tell
 
 
 # ---------------------------------------------------------------------------- value types
@@ -468,9 +469,20 @@ class GateSettings(Section):
     """[gate]: when a candidate replaces the champion (loop/cycle/gate.py)."""
 
     min_gain: float = Field(0.02, ge=0, description="test pass-rate gain needed")
-    alpha: float = Field(0.05, ge=0, description="McNemar significance level")
+    alpha: float = Field(0.05, ge=0, lt=1, description="significance level (two-sided intervals)")
+    power: float = Field(0.95, ge=0.5, lt=1, description="chance a check sees a change of its "
+                                                          "minimum detectable effect (MDE)")
     category_tolerance: float = Field(0.05, ge=0, description="largest category drop allowed")
-    benchmark_tolerance: float = Field(0.02, ge=0, description="largest benchmark drop allowed")
+    benchmark_tolerance: float = Field(0.05, ge=0, description="largest drop allowed on one "
+                                                               "benchmark metric (accuracy)")
+    pooled_tolerance: float = Field(0.03, ge=0, description="largest drop allowed on the mean "
+                                                            "accuracy over the benchmarks")
+    logprob_tolerance: float = Field(0.05, ge=0, description="largest drop allowed on the mean "
+                                     "log-probability of the gold choice (nats per item)")
+    cannot_tell: CannotTell = Field(
+        "keep_if_small_gain", description='a benchmark check whose MDE exceeds its tolerance: '
+        '"keep" the champion, "keep_if_small_gain" (task gain below small_gain), or "ignore"')
+    small_gain: float = Field(0.10, ge=0, description="task gains below this are small")
     require_rating: bool = Field(True, description="a pairwise rating must exist and improve")
 
 

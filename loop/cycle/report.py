@@ -4,8 +4,9 @@ Sections: gate decision and reasons, the prompt arm (the champion zero- and k-sh
 the candidate, per category, and whether prompting already matches it), per-category pass rates before/after (test), the failure
 signatures of the dev run (what went wrong), the fix rate of each targeted failure cluster (its
 dev members, which training never saw), the answer classes of the training data against the
-pool's and the failures' (a class that vanished from the data is marked), benchmark deltas, the
-training loss curve, and the leaderboard.
+pool's and the failures' (a class that vanished from the data is marked), benchmark deltas
+(paired: interval and minimum detectable effect per benchmark and pooled), the training loss
+curve, and the leaderboard.
 """
 
 from __future__ import annotations
@@ -184,9 +185,14 @@ def _markdown(task, cycle_id, results: CycleResults, gate: PromotionDecision, ca
              f"{gate.candidate_pass_rate:.1%} (McNemar p = {gate.p_value:.3g}).", "",
              f"- champion: `{ev.champion_test.model}`",
              f"- candidate: `{ev.candidate_test.model}`", "",
-             "| check | passed | detail |", "|---|---|---|"]
-    lines += [f"| {r.check} | {'yes' if r.passed else 'NO'} | {r.detail} |"
-              for r in gate.reasons]
+             "| check | passed | result | difference | interval | MDE | detail |",
+             "|---|---|---|---:|---|---:|---|"]
+    lines += [f"| {r.check} | {'yes' if r.passed else 'NO'} | {r.status or ''} | "
+              f"{_num(r.delta)} | {_span(r.lower, r.upper)} | {_num(r.mde, signed=False)} | "
+              f"{r.detail} |" for r in gate.reasons]
+    lines += ["", "Difference: candidate − champion on the same items; interval: "
+              "two-sided, from the per-item differences; MDE: the smallest change the check "
+              "sees with its `power` (a check whose MDE exceeds its tolerance cannot tell).", ""]
     lines += _prompt_arm_lines(results.prompt_arm)
     lines += ["", "## Per category (test split)", "", "| category | champion | candidate | change |",
               "|---|---:|---:|---:|"]
@@ -201,9 +207,7 @@ def _markdown(task, cycle_id, results: CycleResults, gate: PromotionDecision, ca
     lines += _distribution_lines(results.targeted.answer_distribution if results.targeted
                                  else None)
     if deltas:
-        lines += ["## Benchmarks (candidate − champion)", "", "| benchmark | delta |", "|---|---:|"]
-        lines += [f"| {k} | {v:+.3f} |" for k, v in deltas.items()]
-        lines += ["", "![benchmarks](benchmarks.png)", ""]
+        lines += _benchmark_lines(results.benchmarks)
     lines += _data_lines(results)
     if "loss" in plots:
         lines += ["![loss](loss.png)", ""]
@@ -246,6 +250,39 @@ def _data_lines(results: CycleResults) -> list[str]:
                          f"{t['elapsed_s']:.0f} | {'yes' if i == 0 else ''} |")
         lines.append("")
     return lines
+
+
+def _benchmark_lines(bench) -> list[str]:
+    """Each benchmark metric's paired difference (same seeded items) with interval and MDE."""
+    stats = {**bench.paired, **bench.pooled}
+    lines = [f"## Benchmarks (candidate − champion, {bench.limit} seeded items per benchmark)",
+             "", "| benchmark | champion | candidate | difference | interval | MDE | items |",
+             "|---|---:|---:|---:|---|---:|---:|"]
+    for name, delta in bench.deltas.items():
+        stat = stats.get(name, {})
+        lines.append(f"| {name} | {_num(bench.champion.get(name), signed=False)} | "
+                     f"{_num(bench.candidate.get(name), signed=False)} | {_num(delta)} | "
+                     f"{_span(stat.get('lower'), stat.get('upper'))} | "
+                     f"{_num(stat.get('mde'), signed=False)} | {stat.get('n', '')} |")
+    lines += [f"| {name} | | | {_num(stat['delta'])} | "
+              f"{_span(stat.get('lower'), stat.get('upper'))} | "
+              f"{_num(stat.get('mde'), signed=False)} | {stat.get('n', '')} |"
+              for name, stat in bench.pooled.items()]
+    return lines + ["", "gold_logprob: log-probability of the gold choice among the choices "
+                    "(nats per item), a paired signal that moves before accuracy does.", "",
+                    "![benchmarks](benchmarks.png)", ""]
+
+
+def _num(value: float | None, signed: bool = True) -> str:
+    if value is None or value != value or value in (float("inf"), float("-inf")):
+        return "–"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def _span(lower: float | None, upper: float | None) -> str:
+    if lower is None or upper is None or float("inf") in (abs(lower), abs(upper)):
+        return "–"
+    return f"[{lower:+.3f}, {upper:+.3f}]"
 
 
 def _html(md: str, task: str, cycle_id: str) -> str:

@@ -237,21 +237,26 @@ class ArenaResult:
 
 @dataclass(frozen=True)
 class BenchmarksResult:
-    """Benchmark deltas (candidate - champion) per "task/metric", with their standard errors."""
+    """Benchmark deltas (candidate - champion) per "task/metric", with their standard errors;
+    `paired` / `pooled`: the paired stats (evals.paired.PairedStat JSON) per benchmark metric
+    and pooled over the benchmarks (empty in results stored before them)."""
 
     deltas: dict[str, float] = field(default_factory=dict)
-    delta_se: dict[str, float] = field(default_factory=dict)
+    delta_se: dict[str, float | None] = field(default_factory=dict)
     limit: int | None = None
     champion: dict[str, float] = field(default_factory=dict)
     candidate: dict[str, float] = field(default_factory=dict)
     skipped: bool = False
     reason: str | None = None  # why skipped
+    paired: dict[str, dict] = field(default_factory=dict)
+    pooled: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         if self.skipped:
             return {"skipped": True, "deltas": self.deltas, "reason": self.reason}
-        return {"limit": self.limit, "deltas": self.deltas, "delta_se": self.delta_se,
+        data = {"limit": self.limit, "deltas": self.deltas, "delta_se": self.delta_se,
                 "champion": self.champion, "candidate": self.candidate}
+        return {**data, **({"paired": self.paired, "pooled": self.pooled} if self.paired else {})}
 
     @classmethod
     def from_json(cls, data: dict) -> BenchmarksResult:

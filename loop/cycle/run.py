@@ -214,33 +214,37 @@ def benchmarks(ctx: CycleContext) -> BenchmarksResult:
     if not ctx.settings.cycle.benchmarks or settings is None:
         return BenchmarksResult(skipped=True, reason="no [benchmarks] section" if settings is None
                                 else "disabled in [cycle]")
+    gate = ctx.settings.gate
     return BenchmarksResult(**paired_deltas(
         ctx.store, ctx.champion.model_name, ctx.candidate_name, settings,
-        settings.limit or DEFAULT_BENCHMARK_LIMIT, ctx.settings.cycle.seed, ctx.progress))
+        settings.limit or DEFAULT_BENCHMARK_LIMIT, ctx.settings.cycle.seed, ctx.progress,
+        alpha=gate.alpha, power=gate.power))
 
 
 def gate(ctx: CycleContext) -> PromotionDecision:
+    from evals.paired import PairedStat
     from evals.suites import assert_comparable
 
     ev = ctx.results.eval_candidate
     assert_comparable({"__suite__": ev.champion_test.suite_version},
                       {"__suite__": ev.candidate_test.suite_version})
     categories = {e.id: e.category for e in ctx.task.split("test")}
-    ratings = ctx.results.arena.ratings
+    ratings, bench = ctx.results.arena.ratings, ctx.results.benchmarks
     inputs = GateInputs(
         champion=ev.champion_test.outcomes, candidate=ev.candidate_test.outcomes,
         categories=categories,
         champion_rating=ratings.get(ctx.champion.model_name),
         candidate_rating=ratings.get(ctx.candidate_name),
-        benchmark_deltas=ctx.results.benchmarks.deltas,
-        benchmark_se=ctx.results.benchmarks.delta_se)
+        benchmark_stats={k: PairedStat.from_json(v) for k, v in bench.paired.items()},
+        pooled_stats={k: PairedStat.from_json(v) for k, v in bench.pooled.items()},
+        benchmark_deltas=bench.deltas, benchmark_se=bench.delta_se)
     config = ctx.settings.gate
     if not ctx.settings.cycle.arena:
         config = config.model_copy(update={"require_rating": False})
     decision = decide(inputs, config)
     ctx.store.insert("gate_decisions", [{
         "cycle_id": ctx.cycle_id, "promote": decision.promote, "p_value": decision.p_value,
-        "reasons": [r.__dict__ for r in decision.reasons],
+        "reasons": decision.to_json()["reasons"],
         "champion_pass_rate": decision.champion_pass_rate,
         "candidate_pass_rate": decision.candidate_pass_rate, "created_at": now()}],
         on_conflict="replace")

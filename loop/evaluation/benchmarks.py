@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from evals import benchmark_stderr as gs
+from evals import paired as ps
 from evals.benchmark_tasks import DEFAULT_TASKS
 from evals.benchmarks import (BACKENDS, DEFAULT_SEED, BenchmarkModel, BenchmarkResult,
                               headline, run_benchmark, run_key, task_manager)
@@ -130,22 +131,36 @@ def cached_results(store: Store, model_id: str, benchmark: str, version: str, sh
 # ---------------------------------------------------------------------------- the cycle
 
 def paired_deltas(store: Store, champion: str, candidate: str, settings: BenchmarksSettings,
-                  limit: int, seed: int, progress: bool = True) -> dict:
-    """Both models on the same seeded items; per higher-is-better headline metric the delta
-    (candidate - champion) and its standard error, as the gate reads them."""
-    runs, errs = {}, {}
+                  limit: int, seed: int, progress: bool = True, alpha: float = 0.05,
+                  power: float = 0.95) -> dict:
+    """Both models on the same seeded items; per higher-is-better headline metric the paired
+    difference (candidate - champion) from the per-item scores, the gold choice's
+    log-probability per multiple-choice benchmark, and both pooled (evals.paired.compare)."""
+    values, scores = {}, {}
     for role, model in (("champion", champion), ("candidate", candidate)):
-        results = [r for r in headline(run_benchmarks(
+        rows = [r for r in headline(run_benchmarks(
             store, model, settings.tasks, limit, settings.data_dir, settings.backend,
             progress=progress, seed=seed))
             if r.task == r.benchmark and r.value is not None and r.higher_is_better is not False]
-        runs[role] = {(r.benchmark, r.metric): r.value for r in results}
-        errs[role] = {(r.benchmark, r.metric): r.stderr or 0.0 for r in results}
-    shared = [k for k in runs["champion"] if k in runs["candidate"]]
-    deltas = {f"{b}/{m}": runs["candidate"][(b, m)] - runs["champion"][(b, m)] for b, m in shared}
-    # unpaired standard error of the difference: conservative for the same items
-    delta_se = {f"{b}/{m}": (errs["candidate"][(b, m)] ** 2 + errs["champion"][(b, m)] ** 2) ** 0.5
-                for b, m in shared}
-    return {"limit": limit, "deltas": deltas, "delta_se": delta_se,
-            "champion": {f"{b}/{m}": v for (b, m), v in runs["champion"].items()},
-            "candidate": {f"{b}/{m}": v for (b, m), v in runs["candidate"].items()}}
+        values[role] = {f"{r.benchmark}/{r.metric}": r.value for r in rows}
+        scores[role] = benchmark_item_scores(store, rows)
+    paired, pooled = ps.compare(scores["champion"], scores["candidate"], alpha, power)
+    return {"limit": limit, "deltas": {k: s.delta for k, s in paired.items()},
+            "delta_se": {k: s.to_json()["se"] for k, s in paired.items()},
+            "champion": values["champion"], "candidate": values["candidate"],
+            "paired": {k: s.to_json() for k, s in paired.items()},
+            "pooled": {k: s.to_json() for k, s in pooled.items()}}
+
+
+def benchmark_item_scores(store: Store, rows: list[BenchmarkResult]) -> dict:
+    """benchmark -> metric -> (task, doc_id) -> score for the metrics of `rows` (headline rows
+    of one model) and GOLD_LOGPROB, from the stored samples of their runs."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        if r.benchmark in out:
+            continue
+        metrics = {x.metric for x in rows if x.benchmark == r.benchmark} | {ps.GOLD_LOGPROB}
+        samples = queries.run_samples(store, r.model_id, r.benchmark, r.benchmark_version,
+                                      r.limit or 0, r.shots)
+        out[r.benchmark] = {m: v for m, v in ps.sample_scores(samples).items() if m in metrics}
+    return out

@@ -49,3 +49,12 @@ def benchmarked_models(store: Store) -> list[str]:
         return []
     return [r["model_name"] for r in store.query(
         "SELECT DISTINCT model_name FROM benchmark_results ORDER BY 1")]
+
+
+def run_samples(store: Store, model_id: str, benchmark: str, version: str, limit_n: int,
+                shots: int) -> list[dict]:
+    """One stored run's per-item rows for paired comparisons: task, doc_id, target, responses
+    and metrics, by task and doc_id."""
+    return store.query(f"SELECT task, doc_id, target, responses, metrics FROM benchmark_samples "
+                       f"WHERE {RUN_KEY} ORDER BY task, doc_id",
+                       [model_id, benchmark, version, limit_n, shots])

@@ -1,0 +1,221 @@
+"""The gate's own error rates: how often it promotes a candidate that is not better, and how
+often it keeps one that is, on planted candidates over repeated seeded draws.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/gate_power.py --workspace W \
+        --benchmark-data ../shared/benchmarks --task ../shared/real-tasks/rentalcars/task.toml \
+        --candidate smollm2-135m-instruct+W/adapters/BENIGN \
+        --forgetting smollm2-135m-instruct+W/adapters/OFFTASK \
+        [--items 300] [--limits 100 200 300] [--draws 200] [--json out.json]
+
+Measured part: the champion (the embedded model), `--candidate` (a small LoRA trained on the
+task: the ordinary candidate) and `--forgetting` (a LoRA trained on off-task data: planted
+forgetting) each score `--items` seeded items per benchmark once (cached in W's store, as the
+cycle's benchmarks stage does). docs/gate.md gives the two `evalloop train` commands that make
+the adapters. Everything after that is draws, no model:
+
+  each draw bootstraps `limit` items per benchmark from the scored ones (the same items for both
+  models: paired) and plants task outcomes on the test split's size and categories: champion
+  outcomes at the pass rate `--task-pass-rate`, candidate outcomes made from them by
+  construction (symmetric noise flips `--task-noise`, plus fail -> pass flips of a known margin).
+
+  a  twin          the champion under another name: same benchmark samples, same outcomes
+  a2 no gain       noise flips only (no true gain), the task LoRA's benchmark samples
+  b  forgetting    the off-task LoRA's benchmark samples, a task gain of +20 (or +5) points
+  c  better by m   a true task gain m, the task LoRA's benchmark samples
+
+Printed: the per-item spread of the paired differences (task LoRA vs champion) and the items it
+takes to reach MDE 3 points pooled / 5 points per benchmark; the true drops of the forgetting
+adapter on all scored items; per arm and limit the promotion rate with a 95% Wilson interval
+(false promotion for a, a2, b; 1 - false rejection for c), and which checks kept the champion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evals import paired as ps  # noqa: E402
+from evals.benchmark_tasks import DEFAULT_TASKS  # noqa: E402
+from evals.benchmarks import headline  # noqa: E402
+from loop.core.settings import GateSettings  # noqa: E402
+from loop.cycle.gate import GateInputs, decide  # noqa: E402
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# ---------------------------------------------------------------------------- measured part
+
+def score_models(workspace: Path, models: dict[str, str], tasks, items: int, data_dir,
+                 seed: int) -> tuple[dict, dict]:
+    """role -> benchmark -> metric -> (task, doc_id) -> score; and role -> seconds."""
+    from loop.evaluation.benchmarks import benchmark_item_scores, run_benchmarks
+    from loop.store.db import Store
+
+    scores, seconds = {}, {}
+    with Store(workspace) as store:
+        for role, model in models.items():
+            start = time.perf_counter()
+            rows = [r for r in headline(run_benchmarks(store, model, tasks, items, data_dir,
+                                                       progress=False, seed=seed))
+                    if r.task == r.benchmark and r.value is not None
+                    and r.higher_is_better is not False]
+            seconds[role] = time.perf_counter() - start
+            scores[role] = benchmark_item_scores(store, rows)
+    return scores, seconds
+
+
+# ---------------------------------------------------------------------------- draws (pure)
+
+def task_outcomes(rng: random.Random, n: int, pass_rate: float, noise: float, margin: float):
+    """Champion outcomes and a candidate planted from them: `noise` of the items flip (half each
+    way), then `margin` of all items flip fail -> pass: a true gain of exactly `margin`."""
+    champion = [rng.random() < pass_rate for _ in range(n)]
+    candidate = list(champion)
+    passing = [i for i, v in enumerate(champion) if v]
+    failing = [i for i, v in enumerate(champion) if not v]
+    rng.shuffle(passing)
+    rng.shuffle(failing)
+    flips = int(round(noise * n / 2))
+    gains = int(round(margin * n))
+    for i in passing[:flips]:
+        candidate[i] = False
+    for i in failing[:flips + gains]:
+        candidate[i] = True
+    return champion, candidate
+
+
+ARMS = (  # name, benchmark samples of, task margin, should promote
+    ("a  twin", "champion", None, False),
+    ("a2 no gain", "candidate", 0.0, False),
+    ("b  forgetting, +20 task", "forgetting", 0.20, False),
+    ("b  forgetting, +5 task", "forgetting", 0.05, False),
+    ("c  better by +2", "candidate", 0.02, True),
+    ("c  better by +5", "candidate", 0.05, True),
+    ("c  better by +10", "candidate", 0.10, True),
+    ("c  better by +20", "candidate", 0.20, True),
+)
+
+
+def run_arm(arm, scores, limit: int, draws: int, seed: int, n_test: int, categories: list[str],
+            args, config: GateSettings) -> dict:
+    name, bench_role, margin, _ = arm
+    shared = {b: sorted(set.intersection(*(set(keys) for r in scores
+                                           for keys in scores[r][b].values())))
+              for b in scores["champion"]}
+    promoted, blockers = 0, Counter()
+    for d in range(draws):
+        rng = random.Random(f"{seed}:{name}:{limit}:{d}")
+        keys = {b: [rng.choice(ids) for _ in range(limit)] for b, ids in shared.items()}
+        stats, pooled = ps.compare(scores["champion"], scores[bench_role], config.alpha,
+                                   config.power, items=keys)
+        champ, cand = task_outcomes(rng, n_test, args.task_pass_rate, args.task_noise,
+                                    margin or 0.0)
+        if margin is None:  # the twin: identical outcomes
+            cand = list(champ)
+        ids = [f"e{i}" for i in range(n_test)]
+        decision = decide(GateInputs(dict(zip(ids, champ)), dict(zip(ids, cand)),
+                                     dict(zip(ids, categories)), benchmark_stats=stats,
+                                     pooled_stats=pooled), config)
+        promoted += decision.promote
+        for r in decision.reasons:
+            if not r.passed:
+                blockers[f"{r.check} ({r.status})"] += 1
+    low, high = wilson(promoted, draws)
+    return {"arm": name, "limit": limit, "draws": draws, "promoted": promoted,
+            "rate": promoted / draws, "low": low, "high": high,
+            "blockers": dict(blockers.most_common(4))}
+
+
+def spread(scores: dict, role: str, config: GateSettings) -> list[dict]:
+    """Per benchmark metric on all scored items: the paired difference and sd of the per-item
+    differences (role vs champion), and items needed for MDE 5 points (accuracy) / tolerance."""
+    stats, pooled = ps.compare(scores["champion"], scores[role], config.alpha, config.power)
+    rows = []
+    for name, stat in {**stats, **pooled}.items():
+        sd = stat.se * math.sqrt(stat.n) if math.isfinite(stat.se) else float("nan")
+        target = (config.logprob_tolerance if stat.unit == "nats" else
+                  config.pooled_tolerance if name.startswith("pooled/") else
+                  config.benchmark_tolerance)
+        rows.append({"name": name, "n": stat.n, "delta": stat.delta, "sd": sd,
+                     "mde": stat.mde, "target": target,
+                     "items_for_target": None if name.startswith("pooled/") else
+                     ps.items_needed(target, stat, config.alpha, config.power)})
+    return rows
+
+
+# ---------------------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workspace", type=Path, required=True)
+    p.add_argument("--benchmark-data", type=Path, default=None)
+    p.add_argument("--task", type=Path, required=True, help="test split size and categories")
+    p.add_argument("--champion", default="smollm2-135m-instruct")
+    p.add_argument("--candidate", required=True, help="BASE+ADAPTER: a LoRA trained on the task")
+    p.add_argument("--forgetting", required=True, help="BASE+ADAPTER: an off-task LoRA")
+    p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS))
+    p.add_argument("--items", type=int, default=300, help="scored items per benchmark")
+    p.add_argument("--limits", type=int, nargs="+", default=[100, 200, 300],
+                   help="items per benchmark in each draw (a cycle's [benchmarks] limit)")
+    p.add_argument("--draws", type=int, default=200)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--task-pass-rate", type=float, default=0.5)
+    p.add_argument("--task-noise", type=float, default=0.06, help="share of test items that "
+                   "flip between two models of equal quality (half each way)")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+
+    from loop.data.tasks import load_task
+
+    test = load_task(args.task).split("test")
+    categories = [e.category for e in test]
+    config = GateSettings(require_rating=False)
+    models = {"champion": args.champion, "candidate": args.candidate,
+              "forgetting": args.forgetting}
+    scores, seconds = score_models(args.workspace, models, args.tasks, args.items,
+                                   args.benchmark_data, args.seed)
+    print(f"scored {args.items} items per benchmark ({', '.join(args.tasks)}); seconds: "
+          + ", ".join(f"{r} {s:.0f}" for r, s in seconds.items()))
+    out = {"args": {k: str(v) for k, v in vars(args).items()}, "seconds": seconds,
+           "gate": config.model_dump(), "spread": {}, "arms": []}
+    for role in ("candidate", "forgetting"):
+        rows = out["spread"][role] = spread(scores, role, config)
+        print(f"\n{role} - champion on all {args.items} items: difference, sd of per-item "
+              f"differences, MDE, items for MDE = tolerance")
+        for r in rows:
+            need = r["items_for_target"]
+            print(f"  {r['name']:<30} {r['delta']:+.4f}  sd {r['sd']:.3f}  MDE {r['mde']:.3f}"
+                  f"  n={r['n']}" + (f"  items for {r['target']:.2f}: {need}" if need else ""))
+    print(f"\n{'arm':<26}{'limit':>6}{'promoted':>10}{'rate':>8}  95% interval   kept by")
+    for limit in args.limits:
+        for arm in ARMS:
+            row = run_arm(arm, scores, limit, args.draws, args.seed, len(test), categories,
+                          args, config)
+            out["arms"].append(row)
+            kept = "; ".join(f"{k} {v}" for k, v in row["blockers"].items())
+            print(f"{row['arm']:<26}{limit:>6}{row['promoted']:>6}/{args.draws:<4}"
+                  f"{row['rate']:>7.1%}  [{row['low']:.1%}, {row['high']:.1%}]  {kept}")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
