@@ -21,6 +21,8 @@ the adapters. Everything after that is draws, no model:
   a  twin          the champion under another name: same benchmark samples, same outcomes
   a2 no gain       noise flips only (no true gain), the task LoRA's benchmark samples
   b  forgetting    the off-task LoRA's benchmark samples, a task gain of +20 (or +5) points
+  b  planted -x    each item takes the off-task LoRA's scores with the probability that makes
+                   the pooled accuracy x below the task LoRA's (its true drop), task gain +20
   c  better by m   a true task gain m, the task LoRA's benchmark samples
 
 Printed: the per-item spread of the paired differences (task LoRA vs champion) and the items it
@@ -101,30 +103,57 @@ def task_outcomes(rng: random.Random, n: int, pass_rate: float, noise: float, ma
     return champion, candidate
 
 
-ARMS = (  # name, benchmark samples of, task margin, should promote
-    ("a  twin", "champion", None, False),
-    ("a2 no gain", "candidate", 0.0, False),
-    ("b  forgetting, +20 task", "forgetting", 0.20, False),
-    ("b  forgetting, +5 task", "forgetting", 0.05, False),
-    ("c  better by +2", "candidate", 0.02, True),
-    ("c  better by +5", "candidate", 0.05, True),
-    ("c  better by +10", "candidate", 0.10, True),
-    ("c  better by +20", "candidate", 0.20, True),
+ARMS = (  # name, benchmark samples (a role, or a planted pooled-accuracy drop), task margin
+    ("a  twin", "champion", None),
+    ("a2 no gain", "candidate", 0.0),
+    ("b  forgetting, +20 task", "forgetting", 0.20),
+    ("b  forgetting, +5 task", "forgetting", 0.05),
+    ("b  planted -5, +20 task", 0.05, 0.20),
+    ("b  planted -3, +20 task", 0.03, 0.20),
+    ("c  better by +2", "candidate", 0.02),
+    ("c  better by +5", "candidate", 0.05),
+    ("c  better by +10", "candidate", 0.10),
+    ("c  better by +20", "candidate", 0.20),
 )
+
+
+def pooled_accuracy(scores: dict, role: str, config: GateSettings) -> float:
+    return ps.compare(scores["champion"], scores[role], config.alpha,
+                      config.power)[1]["pooled/accuracy"].delta
+
+
+def mixed(scores: dict, share: float, rng: random.Random, shared: dict) -> dict:
+    """Planted forgetting of a known size: each item takes the off-task LoRA's scores with
+    probability `share`, else the task LoRA's (real per-item signals, a scaled drop)."""
+    out = {}
+    for b, ids in shared.items():
+        take = {k: rng.random() < share for k in ids}
+        out[b] = {m: {k: scores["forgetting" if take[k] else "candidate"][b][m][k] for k in ids}
+                  for m in scores["candidate"][b] if m in scores["forgetting"][b]}
+    return out
 
 
 def run_arm(arm, scores, limit: int, draws: int, seed: int, n_test: int, categories: list[str],
             args, config: GateSettings) -> dict:
-    name, bench_role, margin, _ = arm
+    name, source, margin = arm
     shared = {b: sorted(set.intersection(*(set(keys) for r in scores
                                            for keys in scores[r][b].values())))
               for b in scores["champion"]}
+    share = None
+    if not isinstance(source, str):  # a planted drop of `source` on the pooled accuracy
+        full = (pooled_accuracy(scores, "candidate", config)
+                - pooled_accuracy(scores, "forgetting", config))
+        if full < source:
+            return {"arm": name, "limit": limit, "skipped": f"the off-task LoRA drops only "
+                    f"{full:.3f} below the task LoRA"}
+        share = source / full
     promoted, blockers = 0, Counter()
     for d in range(draws):
         rng = random.Random(f"{seed}:{name}:{limit}:{d}")
         keys = {b: [rng.choice(ids) for _ in range(limit)] for b, ids in shared.items()}
-        stats, pooled = ps.compare(scores["champion"], scores[bench_role], config.alpha,
-                                   config.power, items=keys)
+        theirs = mixed(scores, share, rng, shared) if share is not None else scores[source]
+        stats, pooled = ps.compare(scores["champion"], theirs, config.alpha, config.power,
+                                   items=keys)
         champ, cand = task_outcomes(rng, n_test, args.task_pass_rate, args.task_noise,
                                     margin or 0.0)
         if margin is None:  # the twin: identical outcomes
@@ -139,7 +168,7 @@ def run_arm(arm, scores, limit: int, draws: int, seed: int, n_test: int, categor
                 blockers[f"{r.check} ({r.status})"] += 1
     low, high = wilson(promoted, draws)
     return {"arm": name, "limit": limit, "draws": draws, "promoted": promoted,
-            "rate": promoted / draws, "low": low, "high": high,
+            "rate": promoted / draws, "low": low, "high": high, "share": share,
             "blockers": dict(blockers.most_common(4))}
 
 
@@ -209,6 +238,9 @@ def main(argv=None) -> int:
             row = run_arm(arm, scores, limit, args.draws, args.seed, len(test), categories,
                           args, config)
             out["arms"].append(row)
+            if "skipped" in row:
+                print(f"{row['arm']:<26}{limit:>6}  skipped: {row['skipped']}")
+                continue
             kept = "; ".join(f"{k} {v}" for k, v in row["blockers"].items())
             print(f"{row['arm']:<26}{limit:>6}{row['promoted']:>6}/{args.draws:<4}"
                   f"{row['rate']:>7.1%}  [{row['low']:.1%}, {row['high']:.1%}]  {kept}")

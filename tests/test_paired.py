@@ -158,3 +158,16 @@ def test_the_app_shows_result_interval_and_mde_of_stored_reasons():
     assert line["MDE"] == pytest.approx(K * K / (20 + K * K))
     old = gate_reasons([{"check": "gain", "passed": True, "detail": "0% -> 50%"}])
     assert old[0]["result"] is None and old[0]["MDE"] is None  # stored before MDEs
+
+
+def test_a_benchmark_whose_log_probability_can_tell_is_not_blocked_by_its_accuracy():
+    acc = paired_stat("arc_easy/acc", [1, 0] * 50, [1, 0] * 50)  # 100 items: MDE 11 points
+    logprobs = [-1.0, -1.4, -0.6, -1.2] * 25
+    gold = paired_stat(f"arc_easy/{GOLD_LOGPROB}", logprobs, [v - 0.001 for v in logprobs],
+                       unit="nats")
+    decision = decide(gate_inputs(60, 76, benchmark_stats={acc.name: acc, gold.name: gold}))
+    lines = {r.check: r for r in decision.reasons}
+    assert lines["benchmark:arc_easy/acc"].status == CANNOT_TELL
+    assert lines["benchmark:arc_easy/acc"].passed and "another arc_easy signal can" in \
+        lines["benchmark:arc_easy/acc"].detail
+    assert lines[f"benchmark:arc_easy/{GOLD_LOGPROB}"].status == PASSED and decision.promote

@@ -119,7 +119,9 @@ def decide(inputs: GateInputs, config: GateSettings = GateSettings()) -> Promoti
               for n in sorted(stats)]
     checks += [(s, _tolerance(s, config.pooled_tolerance, config))
                for _, s in sorted(inputs.pooled_stats.items())]
-    reasons += [_benchmark_reason(stat, tolerance, gain, config) for stat, tolerance in checks]
+    # a benchmark (or the pooled group) can tell when one of its signals sees its tolerance
+    seen = {stat.name.split("/")[0] for stat, tolerance in checks if stat.mde <= tolerance}
+    reasons += [_benchmark_reason(stat, tolerance, gain, config, seen) for stat, tolerance in checks]
     return PromotionDecision(all(r.passed for r in reasons), tuple(reasons), p_value,
                              champ_rate, cand_rate)
 
@@ -160,10 +162,13 @@ def _unpaired(name: str, delta: float, se: float, config: GateSettings) -> Paire
     return PairedStat(name, 0, delta, se, delta - z * se, delta + z * se, k * se, 1.0, False)
 
 
-def _benchmark_reason(stat: PairedStat, tolerance: float, gain: float,
-                      config: GateSettings) -> Reason:
+def _benchmark_reason(stat: PairedStat, tolerance: float, gain: float, config: GateSettings,
+                      seen: set[str]) -> Reason:
+    """One benchmark check. "cannot tell" keeps the champion (per `cannot_tell`) only when no
+    signal of the same benchmark (accuracy or gold_logprob; pooled: either pooled one) can."""
     status = verdict(stat, tolerance)
-    blocks = status == DROPPED or status == CANNOT_TELL and (
+    group = stat.name.split("/")[0]
+    blocks = status == DROPPED or status == CANNOT_TELL and group not in seen and (
         config.cannot_tell == "keep"
         or config.cannot_tell == "keep_if_small_gain" and gain < config.small_gain)
     nats = stat.unit == "nats"
@@ -171,11 +176,13 @@ def _benchmark_reason(stat: PairedStat, tolerance: float, gain: float,
               f"({_interval(stat, nats=nats)}{f' on {stat.n} paired items' if stat.n else ''}; "
               f"tolerance -{_fmt(tolerance, nats=nats)}, MDE {_fmt(stat.mde, nats=nats)})")
     if status == CANNOT_TELL:
-        detail += (f": cannot tell, too few items to see a drop of {_fmt(tolerance, nats=nats)}"
-                   + ("; keeps the champion" + (f" (task gain {gain:+.1%} < small_gain "
-                                                f"{config.small_gain:.0%})"
-                                                if config.cannot_tell != "keep" else "")
-                      if blocks else ""))
+        detail += f": cannot tell, too few items to see a drop of {_fmt(tolerance, nats=nats)}"
+        if group in seen:
+            detail += f" (another {group} signal can)"
+        elif blocks:
+            detail += "; keeps the champion" + (
+                f" (task gain {gain:+.1%} < small_gain {config.small_gain:.0%})"
+                if config.cannot_tell != "keep" else "")
     return Reason(f"benchmark:{stat.name}", not blocks, detail, status, stat.delta, stat.lower,
                   stat.upper, stat.mde)
 
