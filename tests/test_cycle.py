@@ -93,6 +93,12 @@ def test_cycle_summary_on_an_external_task(baseline):
     assert set(arm["per_category"]) == set(summary["champion"]["test"]["per_category"])
     assert ("a fine-tune is not needed" in arm["note"]) == arm["prompting_matches"]
     assert "## Prompt arm" in (report / "report.md").read_text()
+    bench = [r for r in summary["gate"]["reasons"] if r["check"].startswith("benchmark:")]
+    if SHARED_BENCHMARKS.is_dir():  # every benchmark line: paired interval and MDE
+        assert {r["check"] for r in bench} >= {"benchmark:arc_easy/acc",
+                                               "benchmark:pooled/accuracy"}
+        assert all("interval [" in r["detail"] and r["mde"] > 0 and r["status"] for r in bench)
+        assert "| MDE |" in (report / "report.md").read_text()
     with Store(workspace) as store:
         stages = store.query("SELECT stage, status FROM cycle_stages")
         assert {r["status"] for r in stages} == {"done"} and len(stages) == 10

@@ -183,6 +183,10 @@ def _benchmark_reason(stat: PairedStat, tolerance: float, gain: float, config: G
             detail += "; keeps the champion" + (
                 f" (task gain {gain:+.1%} < small_gain {config.small_gain:.0%})"
                 if config.cannot_tell != "keep" else "")
+        else:
+            detail += ("; not blocking: cannot_tell = ignore" if config.cannot_tell == "ignore"
+                       else f"; not blocking: task gain {gain:+.1%} >= small_gain "
+                            f"{config.small_gain:.0%}")
     return Reason(f"benchmark:{stat.name}", not blocks, detail, status, stat.delta, stat.lower,
                   stat.upper, stat.mde)
 
