@@ -227,8 +227,8 @@ def _category_reason(ids, champ, cand, categories, config) -> Reason:
 
     within = f"; within noise: {listed(noisy)}" if noisy else ""
     mdes = sorted(s.mde for s in stats.values())
-    power = (f"; MDE per category {_fmt(mdes[0], percent=True)} to "
-             f"{_fmt(mdes[-1], percent=True)}")
+    power = f"; MDE per category {_fmt(mdes[0], percent=True)}" + (
+        f" to {_fmt(mdes[-1], percent=True)}" if mdes[-1] != mdes[0] else "")
     if drops:
         return Reason("categories", False, f"regressed beyond -{config.category_tolerance:.0%} "
                                            f"and noise: {listed(drops)}{within}{power}", "failed")
