@@ -21,8 +21,10 @@ the adapters. Everything after that is draws, no model:
   a  twin          the champion under another name: same benchmark samples, same outcomes
   a2 no gain       noise flips only (no true gain), the task LoRA's benchmark samples
   b  forgetting    the off-task LoRA's benchmark samples, a task gain of +20 (or +5) points
-  b  planted -x    each item takes the off-task LoRA's scores with the probability that makes
+  b  mix -x        each item takes the off-task LoRA's scores with the probability that makes
                    the pooled accuracy x below the task LoRA's (its true drop), task gain +20
+  b  planted -x    by construction: the task LoRA with x of each benchmark's items turned from
+                   right to wrong (see `planted`), task gain +20 (or +5)
   c  better by m   a true task gain m, the task LoRA's benchmark samples
 
 Printed: the per-item spread of the paired differences (task LoRA vs champion) and the items it
@@ -108,8 +110,11 @@ ARMS = (  # name, benchmark samples (a role, or a planted pooled-accuracy drop),
     ("a2 no gain", "candidate", 0.0),
     ("b  forgetting, +20 task", "forgetting", 0.20),
     ("b  forgetting, +5 task", "forgetting", 0.05),
-    ("b  planted -5, +20 task", 0.05, 0.20),
-    ("b  planted -3, +20 task", 0.03, 0.20),
+    ("b  mix -5, +20 task", 0.05, 0.20),
+    ("b  mix -3, +20 task", 0.03, 0.20),
+    ("b  planted -5, +20 task", ("planted", 0.05), 0.20),
+    ("b  planted -3, +20 task", ("planted", 0.03), 0.20),
+    ("b  planted -5, +5 task", ("planted", 0.05), 0.05),
     ("c  better by +2", "candidate", 0.02),
     ("c  better by +5", "candidate", 0.05),
     ("c  better by +10", "candidate", 0.10),
@@ -133,14 +138,42 @@ def mixed(scores: dict, share: float, rng: random.Random, shared: dict) -> dict:
     return out
 
 
+def planted(scores: dict, drop: float, rng: random.Random, shared: dict) -> dict:
+    """Planted forgetting by construction: on each benchmark, items the task LoRA gets right turn
+    wrong with the probability that lowers its accuracy by `drop` (every 0/1 metric -> 0, the
+    gold log-probability -> the champion's mean on the items it gets wrong)."""
+    out = {}
+    for b, ids in shared.items():
+        mine = scores["candidate"][b]
+        metric = next(m for m in (*ps.PRIMARY, *mine) if m in mine)
+        right = [k for k in ids if mine[metric][k] == 1.0]
+        share = min(1.0, drop * len(ids) / max(len(right), 1))
+        flipped = {k for k in right if rng.random() < share}
+        champ = scores["champion"][b]
+        wrong = [champ.get(ps.GOLD_LOGPROB, {}).get(k) for k in ids if champ[metric][k] == 0.0]
+        wrong = [v for v in wrong if v is not None]
+        low = sum(wrong) / len(wrong) if wrong else None
+        out[b] = {}
+        for m, values in mine.items():
+            if m == ps.GOLD_LOGPROB:
+                out[b][m] = {k: min(values[k], low) if k in flipped and low is not None
+                             else values[k] for k in ids}
+            else:
+                out[b][m] = {k: 0.0 if k in flipped and values[k] in (0.0, 1.0)
+                             else values[k] for k in ids}
+    return out
+
+
 def run_arm(arm, scores, limit: int, draws: int, seed: int, n_test: int, categories: list[str],
             args, config: GateSettings) -> dict:
     name, source, margin = arm
+    if (source == "forgetting" or isinstance(source, float)) and "forgetting" not in scores:
+        return {"arm": name, "limit": limit, "skipped": "no --forgetting adapter"}
     shared = {b: sorted(set.intersection(*(set(keys) for r in scores
                                            for keys in scores[r][b].values())))
               for b in scores["champion"]}
     share = None
-    if not isinstance(source, str):  # a planted drop of `source` on the pooled accuracy
+    if isinstance(source, float):  # a planted drop of `source` on the pooled accuracy
         full = (pooled_accuracy(scores, "candidate", config)
                 - pooled_accuracy(scores, "forgetting", config))
         if full < source:
@@ -151,7 +184,9 @@ def run_arm(arm, scores, limit: int, draws: int, seed: int, n_test: int, categor
     for d in range(draws):
         rng = random.Random(f"{seed}:{name}:{limit}:{d}")
         keys = {b: [rng.choice(ids) for _ in range(limit)] for b, ids in shared.items()}
-        theirs = mixed(scores, share, rng, shared) if share is not None else scores[source]
+        theirs = (mixed(scores, share, rng, shared) if share is not None
+                  else planted(scores, source[1], rng, shared) if isinstance(source, tuple)
+                  else scores[source])
         stats, pooled = ps.compare(scores["champion"], theirs, config.alpha, config.power,
                                    items=keys)
         champ, cand = task_outcomes(rng, n_test, args.task_pass_rate, args.task_noise,
@@ -184,8 +219,8 @@ def spread(scores: dict, role: str, config: GateSettings) -> list[dict]:
                   config.benchmark_tolerance)
         rows.append({"name": name, "n": stat.n, "delta": stat.delta, "sd": sd,
                      "mde": stat.mde, "target": target,
-                     "items_for_target": None if name.startswith("pooled/") else
-                     ps.items_needed(target, stat, config.alpha, config.power)})
+                     "items_for_target": None if name.startswith("pooled/") or not target
+                     else ps.items_needed(target, stat, config.alpha, config.power)})
     return rows
 
 
@@ -198,7 +233,7 @@ def main(argv=None) -> int:
     p.add_argument("--task", type=Path, required=True, help="test split size and categories")
     p.add_argument("--champion", default="smollm2-135m-instruct")
     p.add_argument("--candidate", required=True, help="BASE+ADAPTER: a LoRA trained on the task")
-    p.add_argument("--forgetting", required=True, help="BASE+ADAPTER: an off-task LoRA")
+    p.add_argument("--forgetting", default=None, help="BASE+ADAPTER: an off-task LoRA")
     p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS))
     p.add_argument("--items", type=int, default=300, help="scored items per benchmark")
     p.add_argument("--limits", type=int, nargs="+", default=[100, 200, 300],
@@ -217,21 +252,22 @@ def main(argv=None) -> int:
     categories = [e.category for e in test]
     config = GateSettings(require_rating=False)
     models = {"champion": args.champion, "candidate": args.candidate,
-              "forgetting": args.forgetting}
+              **({"forgetting": args.forgetting} if args.forgetting else {})}
     scores, seconds = score_models(args.workspace, models, args.tasks, args.items,
                                    args.benchmark_data, args.seed)
     print(f"scored {args.items} items per benchmark ({', '.join(args.tasks)}); seconds: "
           + ", ".join(f"{r} {s:.0f}" for r, s in seconds.items()))
     out = {"args": {k: str(v) for k, v in vars(args).items()}, "seconds": seconds,
            "gate": config.model_dump(), "spread": {}, "arms": []}
-    for role in ("candidate", "forgetting"):
+    for role in [r for r in ("candidate", "forgetting") if r in scores]:
         rows = out["spread"][role] = spread(scores, role, config)
         print(f"\n{role} - champion on all {args.items} items: difference, sd of per-item "
               f"differences, MDE, items for MDE = tolerance")
         for r in rows:
             need = r["items_for_target"]
             print(f"  {r['name']:<30} {r['delta']:+.4f}  sd {r['sd']:.3f}  MDE {r['mde']:.3f}"
-                  f"  n={r['n']}" + (f"  items for {r['target']:.2f}: {need}" if need else ""))
+                  f"  n={r['n']}" + (f"  items for MDE {r['target']:.2f}: {need}" if need
+                                     else ""))
     print(f"\n{'arm':<26}{'limit':>6}{'promoted':>10}{'rate':>8}  95% interval   kept by")
     for limit in args.limits:
         for arm in ARMS:

@@ -9,8 +9,8 @@ The candidate is promoted only when every condition holds:
   4. its Bradley-Terry rating is above the champion's (when ratings are given);
   5. no benchmark check drops: each is a paired difference on the same seeded items
      (evals.paired: interval, minimum detectable effect), per benchmark metric against
-     `benchmark_tolerance`, the gold choice's log-probability against `logprob_tolerance`, and
-     both pooled over the benchmarks against `pooled_tolerance` / `logprob_tolerance`. A check
+     `benchmark_tolerance` and pooled over the benchmarks against `pooled_tolerance`; the gold
+     choice's log-probability (per benchmark and pooled) against `logprob_tolerance` when set. A check
      "dropped" when the difference is below -tolerance and its interval below zero; it "cannot
      tell" when its MDE exceeds its tolerance (too few items to see a drop that large), and
      `cannot_tell` decides what that does (default: keeps the champion unless the task gain is at
@@ -119,6 +119,7 @@ def decide(inputs: GateInputs, config: GateSettings = GateSettings()) -> Promoti
               for n in sorted(stats)]
     checks += [(s, _tolerance(s, config.pooled_tolerance, config))
                for _, s in sorted(inputs.pooled_stats.items())]
+    checks = [(stat, tolerance) for stat, tolerance in checks if tolerance is not None]
     # a benchmark (or the pooled group) can tell when one of its signals sees its tolerance
     seen = {stat.name.split("/")[0] for stat, tolerance in checks if stat.mde <= tolerance}
     reasons += [_benchmark_reason(stat, tolerance, gain, config, seen) for stat, tolerance in checks]
@@ -148,7 +149,8 @@ def _gain_reason(champ: list[bool], cand: list[bool], config: GateSettings) -> R
                   stat.lower, stat.upper, stat.mde)
 
 
-def _tolerance(stat: PairedStat, accuracy: float, config: GateSettings) -> float:
+def _tolerance(stat: PairedStat, accuracy: float, config: GateSettings) -> float | None:
+    """The check's tolerance; None: not a gate check (gold_logprob unless logprob_tolerance)."""
     return config.logprob_tolerance if stat.unit == "nats" else accuracy
 
 
