@@ -32,7 +32,9 @@ from evals.paired import (CANNOT_TELL, DROPPED, PairedStat, items_needed, mcnema
                           verdict, z_factor)
 from loop.core.settings import GateSettings
 
-__all__ = ["GateInputs", "PromotionDecision", "Reason", "decide", "mcnemar_p"]
+__all__ = ["NOISE_Z", "GateInputs", "PromotionDecision", "Reason", "decide", "mcnemar_p"]
+
+NOISE_Z = 1.96  # two-sided 95% (the prompt arm's interval; the gate's own follow [gate] alpha)
 
 
 @dataclass(frozen=True)
