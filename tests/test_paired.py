@@ -113,17 +113,17 @@ def gate_inputs(champ_pass: int, cand_pass: int, n: int = 200, **kw) -> GateInpu
 
 def test_gate_says_cannot_tell_and_keeps_the_champion_on_a_small_gain():
     few = {"arc_easy/acc": paired_stat("arc_easy/acc", [1, 0] * 10, [1, 0] * 10)}
-    small = decide(gate_inputs(60, 76, benchmark_stats=few))  # +8 points: significant, small
+    small = decide(gate_inputs(60, 68, benchmark_stats=few))  # +4 points: significant, small
     (line,) = [r for r in small.reasons if r.check == "benchmark:arc_easy/acc"]
     assert line.status == CANNOT_TELL and not line.passed and not small.promote
     assert "cannot tell" in line.detail and "MDE 0.394" in line.detail
     large = decide(gate_inputs(40, 120, benchmark_stats=few))  # +40 points: not small
     (line,) = [r for r in large.reasons if r.check == "benchmark:arc_easy/acc"]
     assert line.status == CANNOT_TELL and line.passed and large.promote
-    ignore = decide(gate_inputs(60, 76, benchmark_stats=few), GateSettings(cannot_tell="ignore"))
+    ignore = decide(gate_inputs(60, 68, benchmark_stats=few), GateSettings(cannot_tell="ignore"))
     assert ignore.promote
     enough = {"arc_easy/acc": paired_stat("arc_easy/acc", [1, 0] * 2000, [1, 0] * 2000)}
-    assert decide(gate_inputs(60, 76, benchmark_stats=enough)).promote
+    assert decide(gate_inputs(60, 68, benchmark_stats=enough)).promote
 
 
 def test_gate_rejects_a_significant_pooled_drop_and_states_interval_and_mde():
@@ -151,7 +151,7 @@ def test_the_app_shows_result_interval_and_mde_of_stored_reasons():
     from loop.app.views import gate_reasons
 
     few = {"arc_easy/acc": paired_stat("arc_easy/acc", [1, 0] * 10, [1, 0] * 10)}
-    stored = json.dumps(decide(gate_inputs(60, 76, benchmark_stats=few)).to_json()["reasons"])
+    stored = json.dumps(decide(gate_inputs(60, 68, benchmark_stats=few)).to_json()["reasons"])
     rows = {r["check"]: r for r in gate_reasons(stored)}
     line = rows["benchmark:arc_easy/acc"]
     assert (line[""], line["result"], line["interval"]) == ("FAIL", CANNOT_TELL, "[+0.000, +0.000]")
@@ -166,8 +166,8 @@ def test_a_benchmark_whose_log_probability_can_tell_is_not_blocked_by_its_accura
     gold = paired_stat(f"arc_easy/{GOLD_LOGPROB}", logprobs, [v - 0.001 for v in logprobs],
                        unit="nats")
     both = {acc.name: acc, gold.name: gold}
-    assert not decide(gate_inputs(60, 76, benchmark_stats=both)).promote  # accuracy alone
-    decision = decide(gate_inputs(60, 76, benchmark_stats=both),
+    assert not decide(gate_inputs(60, 68, benchmark_stats=both)).promote  # accuracy alone
+    decision = decide(gate_inputs(60, 68, benchmark_stats=both),
                       GateSettings(logprob_tolerance=0.05))
     lines = {r.check: r for r in decision.reasons}
     assert lines["benchmark:arc_easy/acc"].status == CANNOT_TELL

@@ -97,7 +97,7 @@ def test_defaults_are_the_ones_the_stages_always_used(tmp_path):
     assert s.gate.model_dump() == {"min_gain": 0.02, "alpha": 0.05, "power": 0.95,
                                    "category_tolerance": 0.05, "benchmark_tolerance": 0.05,
                                    "pooled_tolerance": 0.03, "logprob_tolerance": None,
-                                   "cannot_tell": "keep_if_small_gain", "small_gain": 0.10,
+                                   "cannot_tell": "keep_if_small_gain", "small_gain": 0.05,
                                    "require_rating": True}
     assert s.cycle.model_dump() == {"base_model": DEFAULT_MODEL, "seed": 0, "benchmarks": True,
                                     "arena": True, "max_minutes": 15.0, "prompt_shots": 4}
