@@ -30,6 +30,8 @@ from pydantic_core import InitErrorDetails
 
 from loop.core.endpoint import DEFAULT_CONCURRENCY
 from loop.core.errors import ConfigError
+from loop.core.paths import dir_problem, file_problem
+from loop.core.records import content_hash
 from loop.core.settings_problems import RULE, problems_message, rule_error, submodel
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -56,10 +58,9 @@ def _path_validator(kind: Literal["file", "dir"]) -> BeforeValidator:
         if not isinstance(value, str):
             raise ValueError(f"must be a path string, got {value!r}")
         path = (Path((info.context or {}).get("root", ".")) / value).resolve()
-        if kind == "file" and not path.is_file():
-            raise ValueError(f"file {path} does not exist")
-        if kind == "dir" and not path.is_dir():
-            raise ValueError(f"directory {path} does not exist")
+        problem = file_problem(path) if kind == "file" else dir_problem(path)
+        if problem:
+            raise ValueError(f"{kind if kind == 'file' else 'directory'} {path} {problem}")
         return path
 
     return BeforeValidator(resolve, json_schema_input_type=str)
@@ -228,6 +229,8 @@ def _read_suite_file(value: Any, context: Mapping) -> tuple[Path | None, dict, s
     if not isinstance(value, (str, Path)):
         return None, {}, f"must be a path string, got {value!r}"
     path = (Path(context.get("root", ".")) / value).resolve()
+    if problem := file_problem(path):
+        return path, {}, f"suite file {path} {problem}"
     try:
         return path, tomllib.loads(path.read_text(encoding="utf-8")), None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -529,7 +532,8 @@ class TrackingSettings(Section):
 class TaskSettings(Section):
     """A task TOML: its JSONL splits (relative to the TOML) and the stages' tables."""
 
-    name: StrictStr | None = Field(None, description="default: the TOML file's stem")
+    name: StrictStr | None = Field(None, min_length=1, description="the task's identity in the "
+                                   "store; default: folder-stem-<hash of the TOML's path>")
     description: StrictStr | None = None
     train: TomlFile | None = Field(None, description="JSONL pool for targeted data")
     dev: TomlFile | None = Field(None, description="JSONL; split off train when absent")
@@ -590,15 +594,26 @@ def json_schema() -> dict:
 
 # ---------------------------------------------------------------------------- loading
 
+def default_task_name(path: Path) -> str:
+    """A nameless task's identity: its folder and file name with a hash of the TOML's resolved
+    path, so `A/task.toml` and `B/task.toml` never share one, and editing or adding rows keeps
+    it (history and the champion carry over). Moving the file changes it: give `name` to keep
+    one across moves."""
+    path = Path(path).resolve()
+    return f"{path.parent.name}-{path.stem}-{content_hash(str(path), length=8)}".lstrip("-")
+
+
 def load_settings(path: str | Path, checks: CheckVocabulary | None = None) -> TaskSettings:
     """Read and validate a task TOML; raise one ConfigError listing every problem."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Task file {path} does not exist (expected a task TOML, see README).")
+    if problem := file_problem(path):
+        raise ConfigError(f"Task file {path} {problem} (expected a task TOML, see README).")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"Task file {path} is not valid TOML: {exc}.") from None
+    except OSError as exc:
+        raise ConfigError(f"Task file {path} cannot be read: {exc.strerror}.") from None
     return parse_settings(raw, path, checks)
 
 
@@ -606,7 +621,7 @@ def parse_settings(raw: dict, path: str | Path, checks: CheckVocabulary | None =
                    ) -> TaskSettings:
     """Validate an already-read TOML document as if it were the file at `path`."""
     path = Path(path).resolve()
-    context = {"root": path.parent, "stem": path.stem, "checks": checks}
+    context = {"root": path.parent, "stem": default_task_name(path), "checks": checks}
     try:
         settings = TaskSettings.model_validate(raw, context=context)
     except ValidationError as exc:

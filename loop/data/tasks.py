@@ -30,6 +30,7 @@ from pathlib import Path
 from evals.suites import CHECKS  # the suite's check names live with the scorers
 from loop.core.settings import TaskSettings, load_settings
 from loop.core.errors import TaskDataError
+from loop.core.paths import file_problem
 from loop.core.records import Example, content_hash
 
 REQUIRED_FIELDS = ("instruction", "output")
@@ -121,6 +122,8 @@ def read_jsonl(path: Path, split: str, system_prompt: str | None = None) -> list
 
 
 def _records(path: Path) -> Iterator[tuple[str, object]]:
+    if problem := file_problem(path):  # a FIFO would block the read forever
+        raise TaskDataError(f"Cannot read {path}: it {problem}.")
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -183,8 +186,11 @@ def _parse_row(record: object, where: str, system_prompt: str | None) -> _Row:
                                 f"{type(record[key]).__name__}.")
     for key in OPTIONAL_FIELDS:
         _check_str(record.get(key), where, key)
-    if not record["instruction"].strip():
-        raise TaskDataError(f"{where}: field 'instruction' is empty.")
+    for key in REQUIRED_FIELDS:
+        if not record[key].strip():
+            raise TaskDataError(f"{where}: field '{key}' is empty" + (
+                " (a blank reference would let an empty answer pass)." if key == "output"
+                else "."))
     return _Row(where, record.get("id") or None, record["instruction"], record.get("input") or "",
                 record["output"], record.get("category") or "default")
 
@@ -222,6 +228,9 @@ def _chat_row(record: dict, where: str, system_prompt: str | None) -> _Row:
     user = messages[-2]["content"]
     if not user.strip():
         raise TaskDataError(f"{where}: field 'messages[{last - 1}].content' is empty.")
+    if not messages[-1]["content"].strip():
+        raise TaskDataError(f"{where}: field 'messages[{last}].content' (the reference) is "
+                            "empty (a blank reference would let an empty answer pass).")
     system = [m["content"].strip() for m in messages[:-2]]
     system = [s for s in system if s and s != (system_prompt or "").strip()]
     meta = record.get("metadata", {})

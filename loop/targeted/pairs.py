@@ -27,6 +27,7 @@ from pathlib import Path
 
 from loop.core.cache import write_atomic
 from loop.core.errors import ConfigError
+from loop.core.paths import path_part
 from loop.core.prompts import user_message
 from loop.core.records import Example, content_hash
 from loop.store import arena as arena_queries
@@ -272,7 +273,7 @@ def build_pairs(store: Store, task, sources: Sequence[str] = SOURCES,
     kept, leaked = decontaminate(found.pairs, task, embedder)
     final = PairSet(tuple(kept), found.excluded + tuple(leaked))
     return export_pairs(final, task, Path(out_dir) if out_dir else
-                        store.workspace / "data" / task.name / "pairs",
+                        store.workspace / "data" / path_part(task.name) / "pairs",
                         {"sources": list(sources), "failure_run": failure_run})
 
 

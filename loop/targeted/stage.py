@@ -29,6 +29,7 @@ from loop.targeted.answer_classes import PoolAnswers, answer_distribution, answe
     balanced_order, format_distribution
 from loop.core.cache import write_atomic
 from loop.core.errors import TaskDataError
+from loop.core.paths import path_part
 from loop.core.records import content_hash
 from loop.core.settings import TargetedSettings
 from loop.store import targeted as targeted_queries
@@ -146,7 +147,7 @@ def generate_targeted(store: Store, task: Task, run_id: str | None = None, *,
     params = {"task": task.name, "data_hash": task.data_hash, "run_id": failures.run_id,
               **batch_identity(cfg)}
     batch_id = batch_id or content_hash("targeted", params)
-    out_dir = Path(out_dir) if out_dir else store.workspace / "data" / task.name
+    out_dir = Path(out_dir) if out_dir else store.workspace / "data" / path_part(task.name)
     stored = _stored_result(store, batch_id, content_hash(params))
     if stored is not None:
         return stored
