@@ -183,9 +183,12 @@ class EchoGenerator:
     calls: list
 
     def generate(self, prompts, max_new_tokens, batch_size, progress=True, desc="",
-                 stop_at_json=False):
+                 stop_at_json=False, on_batch=None):
         self.calls.append(len(prompts))
-        return [GenOutput("red", 0.01, 10, 1) for _ in prompts]
+        outputs = [GenOutput("red", 0.01, 10, 1) for _ in prompts]
+        if on_batch is not None:
+            on_batch(list(enumerate(outputs)))
+        return outputs
 
 
 def test_eval_with_vllm_uses_its_generator_never_loads_hf_and_stores_apart(tiny_task, workspace,

@@ -38,3 +38,13 @@ class EndpointError(EvalloopError):
     passing problem, not a wrong setting."""
 
     exit_code = 75  # EX_TEMPFAIL: cron may retry later; a cycle resumes where it stopped
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal asked the process to stop (SIGTERM, SIGHUP): handled like Ctrl-C, so finished
+    work is kept, an unfinished run is marked `interrupted`, and the exit code says which."""
+
+    def __init__(self, signal_name: str, exit_code: int):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.exit_code = exit_code

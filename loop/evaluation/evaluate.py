@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, field
 
 from evals.suites import load_suite
 from loop import tracking
-from loop.core.errors import TaskDataError
+from loop.core.errors import StoreError, TaskDataError
 from loop.models.backends import Backend, load_generator, resolve_backend
+from loop.models.decode import GenOutput
 from loop.models.loading import LoadedModel, context_length, fingerprint, load_tokenizer, \
     parse_model_name
 from loop.core.records import Example, content_hash
@@ -106,37 +107,76 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
                     {"limit": limit, "max_new_tokens": gen.max_new_tokens, "model": model_name,
                      "backend": engine, **({} if setting.is_default
                                            else {"prompt": setting.to_json()})})
-    if missing and ranks > 1:  # each rank loads the model itself, on its own device
-        from loop.evaluation.sharded import generate_sharded
+    keep = PredictionWriter(store, model_id, gen_hash, prompts, pred_ids, stored)
+    try:
+        if missing and ranks > 1:  # each rank loads the model itself, on its own device
+            from loop.evaluation.sharded import generate_sharded
 
-        work = store.workspace / "shards" / content_hash([pred_ids[i] for i in missing],
-                                                         gen.batch_size)
-        outputs = generate_sharded(model_name, [prompts[i] for i in missing], ranks, work,
-                                   gen.max_new_tokens, gen.batch_size, stop_at_json,
-                                   progress=progress, desc=f"{split} {task.name}")
-    elif missing:
-        outputs = generator.generate([prompts[i] for i in missing], gen.max_new_tokens,
-                                     gen.batch_size, progress=progress,
-                                     desc=f"{split} {task.name}", stop_at_json=stop_at_json)
-    if missing:
-        rows = [{"prediction_id": pred_ids[i], "model_id": model_id,
-                 "prompt_hash": content_hash(prompts[i]), "gen_hash": gen_hash,
-                 "prompt": prompts[i], "output": o.text, "latency_s": o.latency_s,
-                 "prompt_tokens": o.prompt_tokens, "output_tokens": o.output_tokens,
-                 "created_at": now()} for i, o in zip(missing, outputs)]
-        store.insert("predictions", rows)
-        stored.update({r["prediction_id"]: r for r in rows})
-    outputs = [stored[pid]["output"] for pid in pred_ids]
-    store.insert("run_items", [{"run_id": run_id, "example_id": e.id, "prediction_id": pid,
-                                "shot_ids": [s.id for s in item_shots] or None}
-                               for e, pid, item_shots in zip(examples, pred_ids, shots)])
-    summary = _score_and_store(store, task, examples, outputs, pred_ids, run_id, model_id, split)
-    summary = EvalSummary(run_id=run_id, task=task.name, model=model_name, model_id=model_id,
-                          split=split, n=len(examples), generated=len(missing),
-                          reused=len(examples) - len(missing), prompt=setting.label, **summary)
-    store.finish_run(run_id, summary.to_json())
+            work = store.workspace / "shards" / content_hash([pred_ids[i] for i in missing],
+                                                             gen.batch_size)
+            outputs = generate_sharded(model_name, [prompts[i] for i in missing], ranks, work,
+                                       gen.max_new_tokens, gen.batch_size, stop_at_json,
+                                       progress=progress, desc=f"{split} {task.name}")
+            keep(list(zip(missing, outputs)))  # a killed rerun reuses the finished shards
+        elif missing:
+            generator.generate([prompts[i] for i in missing], gen.max_new_tokens,
+                               gen.batch_size, progress=progress, desc=f"{split} {task.name}",
+                               stop_at_json=stop_at_json,
+                               on_batch=lambda batch: keep([(missing[k], o) for k, o in batch]))
+        outputs = [stored[pid]["output"] for pid in pred_ids]
+        store.insert("run_items", [{"run_id": run_id, "example_id": e.id, "prediction_id": pid,
+                                    "shot_ids": [s.id for s in item_shots] or None}
+                                   for e, pid, item_shots in zip(examples, pred_ids, shots)])
+        summary = _score_and_store(store, task, examples, outputs, pred_ids, run_id, model_id,
+                                   split)
+        summary = EvalSummary(run_id=run_id, task=task.name, model=model_name,
+                              model_id=model_id, split=split, n=len(examples),
+                              generated=len(missing), reused=len(examples) - len(missing),
+                              prompt=setting.label, **summary)
+        store.finish_run(run_id, summary.to_json())
+    except BaseException as exc:
+        stop_run(store, run_id, exc)
+        raise
     tracking.log_evaluation(store.workspace, task, summary)
     return summary
+
+
+@dataclass(frozen=True)
+class PredictionWriter:
+    """Stores a batch's predictions as soon as they exist (the evaluating process is the
+    store's one writer), so an interrupted run keeps them and a rerun generates only the rest.
+    `stored` (prediction id -> row) gains every row written."""
+
+    store: Store
+    model_id: str
+    gen_hash: str
+    prompts: Sequence[str]
+    pred_ids: Sequence[str]
+    stored: dict[str, dict]
+
+    def __call__(self, batch: Sequence[tuple[int, GenOutput]]) -> None:
+        rows = [{"prediction_id": self.pred_ids[i], "model_id": self.model_id,
+                 "prompt_hash": content_hash(self.prompts[i]), "gen_hash": self.gen_hash,
+                 "prompt": self.prompts[i], "output": o.text, "latency_s": o.latency_s,
+                 "prompt_tokens": o.prompt_tokens, "output_tokens": o.output_tokens,
+                 "created_at": now()} for i, o in batch]
+        self.store.insert("predictions", rows)
+        self.stored.update({r["prediction_id"]: r for r in rows})
+
+
+def stop_run(store: Store, run_id: str, exc: BaseException) -> None:
+    """Mark a run that did not finish: `interrupted` by a signal (Ctrl-C, SIGTERM, SIGHUP),
+    `failed` by an error. Its stored predictions stay; a rerun continues from them. A store
+    that cannot be written now leaves the mark to the next writer (Store.mark_stale_runs)."""
+    signal_name = getattr(exc, "signal_name", "SIGINT" if isinstance(exc, KeyboardInterrupt)
+                          else None)
+    try:
+        if signal_name:
+            store.interrupt_run(run_id, f"stopped by {signal_name}")
+        else:
+            store.interrupt_run(run_id, f"stopped by an error: {type(exc).__name__}", "failed")
+    except StoreError:
+        pass
 
 
 def generation_hash(max_new_tokens: int, stop_at_json: bool, backend: Backend = "hf",

@@ -86,13 +86,24 @@ def failure_summary(store: Store, run_id: str) -> dict:
     }
 
 
-def latest_run(store: Store, task_id: str, model_id: str | None, split: str) -> str:
-    run = run_queries.latest_eval_run(store, task_id, split, [model_id] if model_id else None)
+def latest_run(store: Store, task_id: str, model_id: str | None, split: str
+               ) -> tuple[str, str | None]:
+    """The latest finished evaluation's run id, and a note naming a newer run that did not
+    finish (None when there is none); an unfinished run alone is an error that names it."""
+    models = [model_id] if model_id else None
+    run = run_queries.latest_eval_run(store, task_id, split, models, finished=True)
+    unfinished = run_queries.latest_unfinished_eval_run(store, task_id, split, models)
+    said = (f"run {unfinished['run_id']} is {unfinished['status']}, not finished; rerun "
+            f"`evalloop eval --task ... --split {split}` to complete it") if unfinished else None
     if run is None:
-        raise EvalloopError(f"No evaluation of task '{task_id}' on the {split} split"
-                            f"{' for that model' if model_id else ''} yet: run `evalloop eval "
-                            f"--task ... --split {split}` first.")
-    return run["run_id"]
+        raise EvalloopError(f"No finished evaluation of task '{task_id}' on the {split} split"
+                            f"{' for that model' if model_id else ''} yet"
+                            + (f" ({said})." if said else f": run `evalloop eval --task ... "
+                               f"--split {split}` first."))
+    newer = unfinished and (run["started_at"] is None or unfinished["started_at"] is None
+                            or unfinished["started_at"] > run["started_at"])
+    return run["run_id"], (f"showing the latest finished run {run['run_id']}; {said}."
+                           if newer else None)
 
 
 def format_failures(summary: dict) -> str:

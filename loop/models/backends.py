@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from loop.core.errors import ConfigError
-from loop.models.decode import GenOutput
+from loop.models.decode import GenOutput, OnBatch
 
 Backend = Literal["hf", "vllm"]
 GPU_INSTALL = "pip install 'evalloop[gpu]'"
@@ -64,7 +64,8 @@ def vllm_missing() -> str | None:
 class Generator(Protocol):
     def generate(self, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
                  progress: bool = True, desc: str = "generating",
-                 stop_at_json: bool = False) -> list[GenOutput]: ...
+                 stop_at_json: bool = False, on_batch: OnBatch | None = None
+                 ) -> list[GenOutput]: ...
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,11 @@ class HFGenerator:
     lm: object  # loading.LoadedModel
 
     def generate(self, prompts, max_new_tokens, batch_size, progress=True, desc="generating",
-                 stop_at_json=False) -> list[GenOutput]:
+                 stop_at_json=False, on_batch=None) -> list[GenOutput]:
         from loop.models.decode import generate
 
         return generate(self.lm, prompts, max_new_tokens, batch_size, progress=progress,
-                        desc=desc, stop_at_json=stop_at_json)
+                        desc=desc, stop_at_json=stop_at_json, on_batch=on_batch)
 
 
 def load_generator(backend: Backend, model_name: str, lm=None) -> Generator:

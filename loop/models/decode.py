@@ -19,7 +19,7 @@ cuts the text there: the output equals the plain output cut after its first comp
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tqdm.auto import tqdm
@@ -135,10 +135,15 @@ def _truncate_at_stop(text: str, stops: Sequence[str]) -> str:
 
 # ---------------------------------------------------------------------------- generation
 
+OnBatch = Callable[[list[tuple[int, GenOutput]]], None]  # (prompt index, output) of one batch
+
+
 def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 64,
              batch_size: int = 16, progress: bool = True, desc: str = "generating",
-             prefix_cache: bool = True, stop_at_json: bool = False) -> list[GenOutput]:
-    """Greedy outputs for `prompts`, in input order."""
+             prefix_cache: bool = True, stop_at_json: bool = False,
+             on_batch: OnBatch | None = None) -> list[GenOutput]:
+    """Greedy outputs for `prompts`, in input order. `on_batch` gets each batch's outputs as
+    soon as it is decoded (the caller stores them, so an interrupted run keeps them)."""
     tok = lm.tokenizer
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     groups = prefix_groups(encoded) if prefix_cache and _supports_prefix_cache(lm) else []
@@ -147,7 +152,13 @@ def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 64,
     plain = [i for n, rows in groups if n == 0 for i in rows]
     results: list[GenOutput | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc, unit="ex", disable=not progress)
-    args = (lm, encoded, max_new_tokens, batch_size, stop_at_json, results, bar)
+
+    def done(idx: Sequence[int]) -> None:
+        bar.update(len(idx))
+        if on_batch is not None:
+            on_batch([(i, results[i]) for i in idx])
+
+    args = (lm, encoded, max_new_tokens, batch_size, stop_at_json, results, done)
     for n_prefix, rows in groups:
         if not n_prefix:
             continue
@@ -172,7 +183,7 @@ def _supports_prefix_cache(lm: LoadedModel) -> bool:
     return layer_types == {"full_attention"} and not getattr(config, "sliding_window", None)
 
 
-def _generate_plain(lm, encoded, max_new_tokens, batch_size, stop_at_json, results, bar,
+def _generate_plain(lm, encoded, max_new_tokens, batch_size, stop_at_json, results, done,
                     rows: Sequence[int]) -> None:
     """Today's path: length-sorted, left-padded batches through `model.generate`."""
     import torch
@@ -195,10 +206,10 @@ def _generate_plain(lm, encoded, max_new_tokens, batch_size, stop_at_json, resul
             text, n_out = finish(tok, new_tokens[row].tolist(), eos_ids, stops, stop_at_json)
             results[i] = GenOutput(text=text, latency_s=elapsed / len(idx),
                                    prompt_tokens=len(encoded[i]), output_tokens=n_out)
-        bar.update(len(idx))
+        done(idx)
 
 
-def _generate_with_prefix(lm, encoded, max_new_tokens, batch_size, stop_at_json, results, bar,
+def _generate_with_prefix(lm, encoded, max_new_tokens, batch_size, stop_at_json, results, done,
                           rows: Sequence[int], n_prefix: int) -> None:
     """Encode the group's prefix once (with the adapter active, as `lm.model` runs it), then
     decode every batch's suffixes against it."""
@@ -222,7 +233,7 @@ def _generate_with_prefix(lm, encoded, max_new_tokens, batch_size, stop_at_json,
             text, n_out = finish(tok, new[row], eos_ids, stops, stop_at_json)
             results[i] = GenOutput(text=text, latency_s=elapsed / len(idx) + prefix_share,
                                    prompt_tokens=len(encoded[i]), output_tokens=n_out)
-        bar.update(len(idx))
+        done(idx)
 
 
 def _decode(lm, prefix_kv, suffixes: Sequence[Sequence[int]], n_prefix: int,

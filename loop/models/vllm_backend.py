@@ -33,6 +33,10 @@ MIN_LORA_RANK = 16  # engines start at vLLM's default, so the usual adapters reu
 # GPU in the same process after evaluating, so it must not take the default 90%.
 GPU_MEMORY_SHARE = 0.5
 
+# Prompts per engine call: each call's outputs go to `on_batch` (stored by the caller), so an
+# interrupted run keeps all but the last chunk. Tasks up to this size run in one call, as before.
+VLLM_CHUNK = 4096
+
 _ENGINES: dict[tuple[str, int], Any] = {}  # one live engine per process (each holds GPU memory)
 
 
@@ -108,20 +112,28 @@ class VllmGenerator:
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 0,
                  progress: bool = True, desc: str = "generating",
-                 stop_at_json: bool = False) -> list[GenOutput]:
-        """Greedy outputs for `prompts`, in input order (batch_size: vLLM batches itself)."""
+                 stop_at_json: bool = False, on_batch=None) -> list[GenOutput]:
+        """Greedy outputs for `prompts`, in input order (batch_size: vLLM batches itself);
+        `on_batch` gets each chunk of VLLM_CHUNK prompts' outputs as soon as it is done."""
         from vllm import SamplingParams
 
         stops = stop_strings(self.tokenizer)
         params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens,
                                 stop=list(stops) or None)
-        inputs = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]}
-                  for p in prompts]
-        t0 = time.perf_counter()
-        outputs = self.llm.generate(inputs, params, use_tqdm=progress,
-                                    lora_request=self.lora_request)
-        return finish_outputs(outputs, self.tokenizer, self.eos_ids, stops, stop_at_json,
-                              time.perf_counter() - t0)
+        results: list[GenOutput] = []
+        for start in range(0, len(prompts), VLLM_CHUNK):
+            chunk = prompts[start:start + VLLM_CHUNK]
+            inputs = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)
+                       ["input_ids"]} for p in chunk]
+            t0 = time.perf_counter()
+            outputs = self.llm.generate(inputs, params, use_tqdm=progress,
+                                        lora_request=self.lora_request)
+            done = finish_outputs(outputs, self.tokenizer, self.eos_ids, stops, stop_at_json,
+                                  time.perf_counter() - t0)
+            if on_batch is not None:
+                on_batch(list(enumerate(done, start)))
+            results += done
+        return results
 
 
 def _engine(path: str, max_lora_rank: int):

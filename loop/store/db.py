@@ -188,26 +188,35 @@ class Store:
     """A connection to one workspace database, migrated on open."""
 
     def __init__(self, workspace: str | Path, read_only: bool = False,
-                 path: str | Path | None = None):
+                 path: str | Path | None = None, create: bool = True):
+        """`create=False`: a missing database is an error (commands that only read, so a
+        mistyped --workspace never leaves an empty store behind)."""
         self.workspace = Path(workspace)
         self.path = Path(path) if path else self.workspace / DB_NAME
         self.read_only = read_only
         self._keys: dict[str, list[str]] = {}  # primary-key columns per table (bulk inserts)
         try:
+            if (read_only or not create) and not self.path.exists():
+                raise StoreError(f"No evalloop database at {self.path}: run `evalloop eval` "
+                                 "first (or check --workspace).")
+            if self.workspace.exists() and not self.workspace.is_dir():
+                raise StoreError(f"Workspace {self.workspace} is a file, not a directory.")
             if not read_only:
                 self.workspace.mkdir(parents=True, exist_ok=True)
-            elif not self.path.exists():
-                raise StoreError(f"No evalloop database at {self.path}: run `evalloop eval` first.")
+            if self.path.is_dir():
+                raise StoreError(f"Cannot open {self.path}: it is a directory, not a database.")
             self.con = duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.IOException as exc:
-            raise StoreError(f"Cannot open {self.path}: {str(exc).splitlines()[0]}. Another "
-                             "evalloop process may hold it; wait for it or use another "
-                             "--workspace.") from None
+            raise StoreError(open_error(self.path, str(exc).splitlines()[0])) from None
+        except duckdb.Error as exc:  # not a DuckDB file, or one from a newer DuckDB
+            raise StoreError(f"Cannot open {self.path}: {str(exc).splitlines()[0]}. It is not "
+                             "a readable evalloop database; use another --workspace.") from None
         except OSError as exc:
             raise StoreError(f"Cannot create workspace {self.workspace}: {exc.strerror}.") from None
         if not read_only:
             self.migrate()
             self.ingest_inbox()
+            self.mark_stale_runs()
 
     # -- lifecycle
     def close(self) -> None:
@@ -389,10 +398,11 @@ class Store:
         with self.transaction():
             self.insert("tasks", [{"task_id": task_id, "config_path": config_path,
                                    "data_hash": data_hash, "updated_at": now()}], "replace")
+            # replace: an edited reference or category under an existing id is the truth now
             self.insert("examples", [
                 {"task_id": task_id, "split": e.split, "example_id": e.id,
                  "instruction": e.instruction, "input": e.input, "output": e.output,
-                 "category": e.category} for e in examples])
+                 "category": e.category} for e in examples], "replace")
 
     def get_predictions(self, prediction_ids: Sequence[str]) -> dict[str, dict]:
         if not prediction_ids:
@@ -411,6 +421,50 @@ class Store:
     def finish_run(self, run_id: str, summary: dict, status: str = "done") -> None:
         self.execute("UPDATE runs SET status = ?, finished_at = ?, summary = ? WHERE run_id = ?",
                      [status, now(), json.dumps(summary, default=str), run_id])
+
+    def interrupt_run(self, run_id: str, reason: str, status: str = "interrupted") -> None:
+        """Mark a run that stopped before its end (`interrupted` by a signal, `failed` by an
+        error): never left `running`."""
+        self.execute("UPDATE runs SET status = ?, finished_at = ?, summary = ? "
+                     "WHERE run_id = ? AND status = 'running'",
+                     [status, now(), json.dumps({"stopped": reason}), run_id])
+
+    def mark_stale_runs(self) -> int:
+        """Runs still `running` when a writer opens the store were left by a process that died
+        (DuckDB admits one writer process at a time): mark them `interrupted`."""
+        stale = self.con.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
+        if stale:
+            self.execute("UPDATE runs SET status = 'interrupted', summary = ? "
+                         "WHERE status = 'running'",
+                         [json.dumps({"stopped": "its process ended before the run did"})])
+        return stale
+
+
+def open_error(path: Path, message: str) -> str:
+    """What DuckDB's open error means, in words: another process holds the file, the file
+    system is read-only, permission is denied, or something else (its own words)."""
+    lowered = message.lower()
+    if "lock" in lowered:
+        said = message.split(": ", 1)[-1].split(" See also")[0].rstrip(".")
+        cause = (f"{said}. Another evalloop process may hold it; wait for it or use another "
+                 "--workspace.")
+    elif "read-only file system" in lowered:
+        cause = ("the file system is read-only. Use a --workspace on a writable disk (the "
+                 "review app reads the snapshot and never needs to write here).")
+    elif "permission denied" in lowered:
+        cause = "permission denied. Fix the file's owner or mode, or use another --workspace."
+    else:
+        cause = message
+    return f"Cannot open {path}: {cause.rstrip('.')}."
+
+
+def protected_paths(workspace: str | Path) -> list[Path]:
+    """What no output path may replace: the database, its WAL, the app's snapshot, the inbox."""
+    from loop.store.inbox import inbox_dir
+
+    workspace = Path(workspace)
+    db = workspace / DB_NAME
+    return [db, db.with_name(DB_NAME + ".wal"), workspace / SNAPSHOT_NAME, inbox_dir(workspace)]
 
 
 def _ident(name: str) -> str:

@@ -44,10 +44,22 @@ def latest_eval_run(store: Store, task_id: str, split: str, model_ids: list[str]
     """The task's latest evaluation run on a split (of one of `model_ids` when given; only a
     finished one with `finished`): run_id, model_id, split."""
     rows = store.query(
-        "SELECT run_id, model_id, split FROM runs WHERE kind = 'eval' AND task_id = ? "
-        "AND split = ? AND (NOT ? OR status = 'done') AND (? OR list_contains(?, model_id)) "
-        "ORDER BY finished_at DESC NULLS LAST LIMIT 1",
+        "SELECT run_id, model_id, split, status, started_at FROM runs WHERE kind = 'eval' "
+        "AND task_id = ? AND split = ? AND (NOT ? OR status = 'done') "
+        "AND (? OR list_contains(?, model_id)) ORDER BY finished_at DESC NULLS LAST LIMIT 1",
         [task_id, split, finished, not model_ids, model_ids or []])
+    return rows[0] if rows else None
+
+
+def latest_unfinished_eval_run(store: Store, task_id: str, split: str,
+                               model_ids: list[str] | None = None) -> dict | None:
+    """The task's most recently started evaluation on a split that did not finish (running,
+    interrupted or failed): run_id, status, started_at."""
+    rows = store.query(
+        "SELECT run_id, status, started_at FROM runs WHERE kind = 'eval' AND task_id = ? "
+        "AND split = ? AND status <> 'done' AND (? OR list_contains(?, model_id)) "
+        "ORDER BY started_at DESC NULLS LAST LIMIT 1",
+        [task_id, split, not model_ids, model_ids or []])
     return rows[0] if rows else None
 
 
