@@ -1,12 +1,59 @@
 """Prompt formatting: the model's chat template when it has one, else the Alpaca template.
 Few-shot examples (`shots`) come before the item as earlier turns: a user turn and the
-assistant's reference answer each (with the Alpaca template, one answered block each)."""
+assistant's reference answer each (with the Alpaca template, one answered block each).
+
+Data text never becomes a control token: a row that contains a tokenizer's special or added
+token as text (`<|im_end|>`, `<|im_start|>`, `<|endoftext|>`...) would otherwise close the user
+turn and forge system or assistant turns. `plain_text` breaks every such string with a
+zero-width space after its first character, so every tokenizer call (generation, vLLM, training,
+trl's DPO) encodes it as ordinary text; rows without control strings are left byte for byte as
+they were, so their prompts, prediction ids and outputs do not change.
+"""
 
 from __future__ import annotations
 
+import re
+import weakref
 from collections.abc import Sequence
 
 from loop.core.records import Example
+
+BREAK = "\u200b"  # zero-width space: splits a control-token string into plain text
+_PATTERNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> regex | None
+
+
+def control_tokens(tokenizer) -> list[str]:
+    """The strings a tokenizer turns into single added tokens whatever surrounds them: its
+    special tokens and added tokens that are not plain words (longest first)."""
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    names = {str(getattr(t, "content", t)) for t in added.values()}
+    names |= set(getattr(tokenizer, "all_special_tokens", None) or [])
+    return sorted((n for n in names if len(n) > 1 and not n.strip().isalnum()),
+                  key=lambda n: (-len(n), n))
+
+
+def _pattern(tokenizer) -> re.Pattern | None:
+    try:
+        if tokenizer in _PATTERNS:
+            return _PATTERNS[tokenizer]
+    except TypeError:  # not weak-referenceable: compute each time
+        return _compile(tokenizer)
+    _PATTERNS[tokenizer] = pattern = _compile(tokenizer)
+    return pattern
+
+
+def _compile(tokenizer) -> re.Pattern | None:
+    names = control_tokens(tokenizer)
+    return re.compile("|".join(map(re.escape, names))) if names else None
+
+
+def plain_text(tokenizer, text: str) -> str:
+    """`text` with every control-token string broken (see the module docstring); unchanged
+    when it holds none. Repeated until none is left (a token may be part of another)."""
+    pattern = _pattern(tokenizer)
+    while pattern is not None and pattern.search(text):
+        text = pattern.sub(lambda m: m.group()[0] + BREAK + m.group()[1:], text)
+    return text
 
 ALPACA = "### Instruction:\n{instruction}\n\n### Response:\n"
 ALPACA_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
@@ -19,21 +66,27 @@ def user_message(example: Example) -> str:
 
 def build_prompt(tokenizer, example: Example, system_prompt: str | None = None,
                  shots: Sequence[Example] = ()) -> str:
-    """The text a model sees before its answer (the answer itself is appended for training)."""
+    """The text a model sees before its answer (the answer itself is appended for training).
+    Only the template contributes control tokens: the data (shots too) goes in through
+    `plain_text`."""
+    def plain(text: str) -> str:
+        return plain_text(tokenizer, text)
+
     if getattr(tokenizer, "chat_template", None):
         messages = [turn for shot in shots for turn in (
-            {"role": "user", "content": user_message(shot)},
-            {"role": "assistant", "content": shot.output})]
-        messages.append({"role": "user", "content": user_message(example)})
+            {"role": "user", "content": plain(user_message(shot))},
+            {"role": "assistant", "content": plain(shot.output)})]
+        messages.append({"role": "user", "content": plain(user_message(example))})
         if system_prompt:
-            messages.insert(0, {"role": "system", "content": system_prompt})
+            messages.insert(0, {"role": "system", "content": plain(system_prompt)})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "".join(_alpaca(shot) + shot.output + "\n\n" for shot in shots) + _alpaca(example)
+    return "".join(_alpaca(plain, shot) + plain(shot.output) + "\n\n" for shot in shots) + \
+        _alpaca(plain, example)
 
 
-def _alpaca(example: Example) -> str:
+def _alpaca(plain, example: Example) -> str:
     template = ALPACA_WITH_INPUT if example.input else ALPACA
-    return template.format(instruction=example.instruction, input=example.input)
+    return template.format(instruction=plain(example.instruction), input=plain(example.input))
 
 
 def stop_strings(tokenizer) -> list[str]:
@@ -42,5 +95,6 @@ def stop_strings(tokenizer) -> list[str]:
 
 
 def completion_text(tokenizer, example: Example) -> str:
-    """The training target: the reference answer followed by the end-of-turn token."""
-    return example.output + (tokenizer.eos_token or "")
+    """The training target: the reference answer (as plain text) followed by the end-of-turn
+    token, the only control token in it."""
+    return plain_text(tokenizer, example.output) + (tokenizer.eos_token or "")
