@@ -1,9 +1,15 @@
 """`evalloop` command line: parse arguments, call library functions, map errors to exit codes.
 
-Exit codes: 0 ok, 1 `eval` thresholds missed (--min-pass-rate, --min-category-pass-rate),
-2 user error (bad task, data, model, config), 3 store error, 75 locked or a model endpoint
-still failing after its retries (try later), 130 interrupted. Nightly cycles add their own (see
-`evalloop nightly --help`).
+Every exception that reaches `main()` becomes one paragraph on stderr (`evalloop: <kind>: ...`)
+and one of these exit codes (docs/reliability.md has the same table); `--debug` or
+EVALLOOP_DEBUG=1 prints the traceback too:
+
+    0 ok                       1 `eval` thresholds missed (--min-pass-rate, ...)
+    2 bad input: task, data, model, flags, paths (a directory, unreadable, read-only, port in use)
+    3 the store cannot be opened or written     4 no space left while writing a file
+    70 internal error (a bug)  75 locked, or a model endpoint still failing (try later)
+    129 / 130 / 143 stopped by SIGHUP / SIGINT (Ctrl-C) / SIGTERM: finished work kept
+    nightly adds 10 kept, 20 failed, 124 over budget (see `evalloop nightly --help`)
 """
 
 from __future__ import annotations
@@ -14,13 +20,14 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 # Idle OpenMP threads spin by default; on a shared 2-core machine that made training 10-25x
 # slower. Set before anything imports torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from loop.core.errors import EndpointError, EvalloopError, StoreError  # noqa: E402
+from loop.core.errors import EndpointError, EvalloopError, Interrupted, StoreError  # noqa: E402
 
 DEFAULT_WORKSPACE = "evalloop-workspace"
 
@@ -42,6 +49,18 @@ def _quiet_libraries() -> None:
         pass
 
 
+def _protected(args: argparse.Namespace, task=None) -> list[Path]:
+    """What no output of this command may replace: the workspace's store files and inbox, and
+    the task's own files (its TOML, data splits and suite file)."""
+    from loop.store.db import protected_paths
+
+    files = [task.settings.path] if task is not None else []
+    if task is not None:
+        files += [f for f in (task.settings.train, task.settings.dev, task.settings.test,
+                              task.settings.suite.file if task.settings.suite else None) if f]
+    return protected_paths(args.workspace) + files
+
+
 def _print_json(data: object) -> None:
     print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
 
@@ -61,6 +80,7 @@ def _load_task(args: argparse.Namespace):
 # ---------------------------------------------------------------------------- commands
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from loop.core.paths import check_output_file
     from loop.evaluation import ci_report
     from loop.evaluation.evaluate import evaluate, format_summary, select
     from loop.evaluation.prompting import resolve_prompt
@@ -74,8 +94,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     prompt = resolve_prompt(task, args.prompt, args.shots, args.shot_selection)
     thresholds = ci_report.parse_thresholds(args.min_pass_rate, args.min_category_pass_rate,
                                             {e.category for e in examples})
-    if args.junit and Path(args.junit).is_dir():
-        raise EvalloopError(f"--junit {args.junit} is a directory; give a file path.")
+    if args.junit:
+        check_output_file(Path(args.junit), _protected(args, task), "--junit")
     parse_model_name(args.model)
     with Store(args.workspace) as store:
         summary = evaluate(store, task, args.model, split=args.split, limit=args.limit,
@@ -114,8 +134,11 @@ def cmd_failures(args: argparse.Namespace) -> int:
 
     task = load_task(args.task)
     model_id = fingerprint(parse_model_name(args.model)) if args.model else None
-    with Store(args.workspace) as store:
-        summary = failure_summary(store, latest_run(store, task.name, model_id, args.split))
+    with Store(args.workspace, create=False) as store:
+        run_id, note = latest_run(store, task.name, model_id, args.split)
+        summary = failure_summary(store, run_id)
+    if note:
+        print(f"evalloop: note: {note}", file=sys.stderr)
     _print_json(summary) if args.json else print(format_failures(summary))
     return 0
 
@@ -151,10 +174,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pairs(args: argparse.Namespace) -> int:
+    from loop.core.paths import check_output_dir
     from loop.targeted.pairs import SOURCES, build_pairs, format_result
     from loop.store.db import Store
 
     task = _load_task(args)
+    if args.out:
+        check_output_dir(Path(args.out), _protected(args, task), [args.workspace], "--out")
     with Store(args.workspace) as store:
         result = build_pairs(store, task, sources=args.sources or SOURCES, out_dir=args.out)
     _print_json(result.to_json()) if args.json else print(format_result(result))
@@ -165,6 +191,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from loop import exports
 
     mode = _export_mode(args)
+    _check_export_paths(args, mode)
     if mode == "adapter":
         return _export_adapter(args)
     if mode == "merge":
@@ -192,6 +219,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         print(f"{what} written to {out}")
     return 0
+
+
+def _check_export_paths(args: argparse.Namespace, mode: str) -> None:
+    """Every path an export writes, checked before anything is read or written."""
+    from loop.core.paths import check_output_dir, check_output_file, file_problem
+
+    protected, roots = _protected(args), [Path(args.workspace)]
+    if mode in ("benchmarks", "failures"):
+        check_output_file(Path(args.out), protected)
+    elif mode == "data":
+        if problem := file_problem(Path(args.data)):
+            raise EvalloopError(f"--data {args.data} {problem}.")
+        out = check_output_dir(Path(args.hf_card), protected, roots, "--hf-card")
+        for name in ("data/train.jsonl", "README.md", "manifest.json"):
+            check_output_file(out / name, protected, "--hf-card")
+    elif mode == "merge":
+        check_output_dir(Path(args.merge), protected, roots, "--merge")
+    elif mode == "adapter":
+        check_output_dir(Path(args.adapter_out), protected, roots, "--out")
 
 
 def _export_adapter(args: argparse.Namespace) -> int:
@@ -318,7 +364,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from loop.data.tasks import load_task
 
     task_id = load_task(args.task).name if args.task else None
-    with Store(args.workspace) as store:
+    with Store(args.workspace, create=False) as store:
         board = compute_leaderboard(store, task_id, args.judge)
         agreement = judge_agreement(store, task_id)
         plot = write_heatmap(store, task_id, Path(args.workspace) / "winrates.png")
@@ -452,7 +498,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from loop.data.tasks import load_task
 
     task = load_task(args.task)
-    with Store(args.workspace) as store:
+    with Store(args.workspace, create=False) as store:
         history = cycles.champion_history(store, task.name)
         if not history:
             raise ConfigError(f"Task '{task.name}' has no champion history to roll back.")
@@ -473,7 +519,10 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
     text = json.dumps(json_schema(), indent=2) + "\n"
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        from loop.core.cache import write_atomic
+        from loop.core.paths import check_output_file
+
+        write_atomic(check_output_file(Path(args.output), (), "--output"), text)
         print(f"wrote the task TOML's JSON Schema to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -500,6 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evalloop", description="Evaluation-driven LoRA "
                                      "fine-tuning: evaluate, find failures, target, train, gate.")
     parser.add_argument("--verbose", "-v", action="store_true", help="show library logs")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an error too (or set EVALLOOP_DEBUG=1)")
     parser.add_argument("--version", action="version", version=f"evalloop {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -694,25 +745,87 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         _quiet_libraries()
+    debug = args.debug or os.environ.get("EVALLOOP_DEBUG", "") not in ("", "0")
+    restore = _stop_on_signals()
     try:
         from loop.core.launch import refuse_outside_launcher
 
         refuse_outside_launcher()  # every command opens the store: one writer, never N ranks
         return args.func(args)
-    except EvalloopError as exc:
-        kind = "store error" if isinstance(exc, StoreError) else "error"
-        print(f"evalloop: {kind}: {exc}", file=sys.stderr)
-        return 3 if isinstance(exc, StoreError) else exc.exit_code
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise
-        print(f"evalloop: error: no space left while writing {exc.filename or 'a file'} "
-              f"({exc.strerror}). Work finished before this point is kept; free space and "
-              "rerun to resume.", file=sys.stderr)
-        return 4
-    except KeyboardInterrupt:
-        print("evalloop: interrupted; finished work is kept, rerun to resume.", file=sys.stderr)
-        return 130
+    except SystemExit:
+        raise
+    except BaseException as exc:  # the one error path: one paragraph and a code from the table
+        if debug:
+            traceback.print_exception(exc, file=sys.stderr)
+        kind, message, code = explain(exc)
+        hint = (" Rerun with --debug (or EVALLOOP_DEBUG=1) for the traceback, and report it."
+                if code == EXIT_INTERNAL and not debug else "")
+        print(f"evalloop: {kind}: {message}{hint}", file=sys.stderr)
+        return code
+    finally:
+        restore()
+
+
+EXIT_BAD_INPUT, EXIT_STORE, EXIT_NO_SPACE, EXIT_INTERNAL = 2, 3, 4, 70
+SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def explain(exc: BaseException) -> tuple[str, str, int]:
+    """(kind, one-paragraph message, exit code) for any exception that reaches main()."""
+    if isinstance(exc, KeyboardInterrupt):
+        name = getattr(exc, "signal_name", "SIGINT")
+        return ("interrupted", f"stopped by {name}; finished work is kept (an unfinished "
+                "evaluation is marked interrupted), rerun to resume.",
+                getattr(exc, "exit_code", 130))
+    if isinstance(exc, StoreError):
+        return "store error", str(exc), EXIT_STORE
+    if isinstance(exc, EvalloopError):
+        return "error", str(exc), exc.exit_code
+    if isinstance(exc, OSError):
+        return os_error(exc)
+    if type(exc).__module__.split(".")[0] in ("duckdb", "_duckdb"):
+        return ("store error", f"the database failed: {str(exc).splitlines()[0]}. Work "
+                "committed before this point is kept.", EXIT_STORE)
+    if isinstance(exc, MemoryError):
+        return ("error", "out of memory. Lower [generation] batch_size or [training] "
+                "micro_batch_tokens, or use --limit.", EXIT_BAD_INPUT)
+    text = str(exc).strip().splitlines()
+    return ("internal error", f"{type(exc).__name__}: {text[0] if text else '(no message)'}. "
+            "This is a bug in evalloop, not in your input.", EXIT_INTERNAL)
+
+
+def os_error(exc: OSError) -> tuple[str, str, int]:
+    """What an OSError means, in words: the path and its real cause."""
+    what = exc.filename or "a file"
+    if exc.errno in SPACE_ERRNOS:
+        return ("error", f"no space left while writing {what} ({exc.strerror}). Work finished "
+                "before this point is kept; free space and rerun to resume.", EXIT_NO_SPACE)
+    causes = {errno.EISDIR: f"{what} is a directory, not a file",
+              errno.ENOTDIR: f"a parent of {what} is a file, not a directory",
+              errno.EACCES: f"permission denied on {what}",
+              errno.EPERM: f"operation not permitted on {what}",
+              errno.EROFS: f"{what} is on a read-only file system",
+              errno.ENOENT: f"{what} does not exist",
+              errno.EADDRINUSE: "the address or port is already in use by another process",
+              errno.ENXIO: f"{what} is not a regular file (a FIFO or device with no reader)"}
+    cause = causes.get(exc.errno, f"cannot use {what}: {exc.strerror or exc}")
+    return "error", f"{cause}.", EXIT_BAD_INPUT
+
+
+def _stop_on_signals():
+    """SIGTERM and SIGHUP stop a command the way Ctrl-C does (finished work kept, the run
+    marked), with exit 128 + the signal's number. Returns what puts the old handlers back."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum, frame):
+        raise Interrupted(signal.Signals(signum).name, 128 + signum)
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    return lambda: [signal.signal(sig, handler) for sig, handler in old.items()]
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -66,16 +67,32 @@ def run_item_rows(store: Store, run_id: str) -> list[dict]:
     return rows
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # OWASP: cells a spreadsheet evaluates
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def safe_cell(value):
+    """A text cell that a spreadsheet would run as a formula (it starts with = + - @, a tab or
+    a carriage return; OWASP's CSV-injection rule) gets a leading single quote, so it shows as
+    text. Plain numbers such as "-5" stay as they are; other values pass through."""
+    if isinstance(value, str) and value.startswith(FORMULA_START) and \
+            not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
 def write_items(rows: Sequence[dict], out: Path, fmt: str) -> Path:
-    """CSV (lists joined by '; ') or Parquet (lists kept as lists), columns ITEM_COLUMNS."""
+    """CSV (lists joined by '; ') or Parquet (lists kept as lists), columns ITEM_COLUMNS; text
+    cells escaped against formula injection in both (`safe_cell`: Parquet files are opened in
+    spreadsheets too)."""
     with atomic_path(out) as tmp:
         if fmt == "csv":
             with tmp.open("w", encoding="utf-8", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=ITEM_COLUMNS)
                 writer.writeheader()
                 for row in rows:
-                    writer.writerow({k: "; ".join(row[k]) if k in LIST_COLUMNS else row[k]
-                                     for k in ITEM_COLUMNS})
+                    writer.writerow({k: safe_cell("; ".join(row[k]) if k in LIST_COLUMNS
+                                                  else row[k]) for k in ITEM_COLUMNS})
         else:
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -84,8 +101,9 @@ def write_items(rows: Sequence[dict], out: Path, fmt: str) -> Path:
                                  pa.bool_() if k == "passed" else
                                  pa.float64() if k in ("similarity", "latency_s") else
                                  pa.string()) for k in ITEM_COLUMNS])
-            table = pa.Table.from_pylist([{k: r[k] for k in ITEM_COLUMNS} for r in rows],
-                                         schema=schema)
+            table = pa.Table.from_pylist(
+                [{k: [safe_cell(v) for v in r[k]] if k in LIST_COLUMNS else safe_cell(r[k])
+                  for k in ITEM_COLUMNS} for r in rows], schema=schema)
             pq.write_table(table, tmp)
     return out
 

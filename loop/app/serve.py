@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -28,6 +30,30 @@ def streamlit_command(workspace: str | Path, host: str, port: int, login: bool =
             "--", "--workspace", str(Path(workspace).resolve()), *(["--login"] * login)]
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why the app cannot listen on host:port (checked before anything is printed), or None.
+    A trial bind with SO_REUSEADDR, as the server sets it: only a live listener refuses it."""
+    if not 1 <= port <= 65535:
+        return f"--port must be between 1 and 65535, got {port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"the host name does not resolve ({exc.strerror})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except PermissionError:
+            return "permission denied (ports below 1024 need privileges); choose another --port"
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return "the port is already in use by another process; stop it or choose " \
+                       "another --port"
+            return f"{exc.strerror} (is the address one of this machine's?)"
+    return None
+
+
 def serve(workspace: str | Path, host: str = "127.0.0.1", port: int = 8501,
           allow_remote: bool = False) -> NoReturn:
     """Become the Streamlit server for the workspace, bound to `host` (loopback unless
@@ -44,6 +70,8 @@ def serve(workspace: str | Path, host: str = "127.0.0.1", port: int = 8501,
         raise EvalloopError(f"Refusing to serve the app on non-loopback address {host} without "
                             f"a login: set {PASSWORD_ENV} in the environment (every session "
                             "must enter it), or keep the default loopback host.")
+    if problem := port_problem(host, port):
+        raise EvalloopError(f"Cannot serve the app on {host}:{port}: {problem}.")
     print(f"evalloop app on http://{host}:{port} (workspace {workspace}"
           f"{'' if loopback else f', password from ${PASSWORD_ENV}'})", flush=True)
     command = streamlit_command(workspace, host, port, login=not loopback)
