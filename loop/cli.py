@@ -27,7 +27,8 @@ from pathlib import Path
 # slower. Set before anything imports torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from loop.core.errors import EndpointError, EvalloopError, Interrupted, StoreError  # noqa: E402
+from loop.core import stopping  # noqa: E402
+from loop.core.errors import EndpointError, EvalloopError, StoreError  # noqa: E402
 
 DEFAULT_WORKSPACE = "evalloop-workspace"
 
@@ -51,14 +52,22 @@ def _quiet_libraries() -> None:
 
 def _protected(args: argparse.Namespace, task=None) -> list[Path]:
     """What no output of this command may replace: the workspace's store files and inbox, and
-    the task's own files (its TOML, data splits and suite file)."""
-    from loop.store.db import protected_paths
+    the files of this task and of every task the store knows (TOMLs, splits, suite files)."""
+    from loop.core.settings import task_files
+    from loop.store import runs
+    from loop.store.db import DB_NAME, SNAPSHOT_NAME, Store, protected_paths
 
-    files = [task.settings.path] if task is not None else []
-    if task is not None:
-        files += [f for f in (task.settings.train, task.settings.dev, task.settings.test,
-                              task.settings.suite.file if task.settings.suite else None) if f]
-    return protected_paths(args.workspace) + files
+    configs = [str(task.settings.path)] if task is not None else []
+    workspace = Path(args.workspace)
+    for db in (workspace / DB_NAME, workspace / SNAPSHOT_NAME):  # the snapshot: a writer holds
+        try:                                                     # the database
+            with Store(workspace, read_only=True, path=db) as store:
+                configs += runs.task_config_paths(store) if "tasks" in store.tables() else []
+            break
+        except StoreError:
+            continue
+    files = [f for config in dict.fromkeys(configs) for f in task_files(config)]
+    return protected_paths(workspace) + files
 
 
 def _print_json(data: object) -> None:
@@ -746,7 +755,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         _quiet_libraries()
     debug = args.debug or os.environ.get("EVALLOOP_DEBUG", "") not in ("", "0")
-    restore = _stop_on_signals()
+    restore = stopping.install()
     try:
         from loop.core.launch import refuse_outside_launcher
 
@@ -772,7 +781,8 @@ SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 def explain(exc: BaseException) -> tuple[str, str, int]:
     """(kind, one-paragraph message, exit code) for any exception that reaches main()."""
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, KeyboardInterrupt) or stopping.received():
+        exc = stopping.received() or exc  # a signal inside DuckDB or torch: still the signal
         name = getattr(exc, "signal_name", "SIGINT")
         return ("interrupted", f"stopped by {name}; finished work is kept (an unfinished "
                 "evaluation is marked interrupted), rerun to resume.",
@@ -810,22 +820,6 @@ def os_error(exc: OSError) -> tuple[str, str, int]:
               errno.ENXIO: f"{what} is not a regular file (a FIFO or device with no reader)"}
     cause = causes.get(exc.errno, f"cannot use {what}: {exc.strerror or exc}")
     return "error", f"{cause}.", EXIT_BAD_INPUT
-
-
-def _stop_on_signals():
-    """SIGTERM and SIGHUP stop a command the way Ctrl-C does (finished work kept, the run
-    marked), with exit 128 + the signal's number. Returns what puts the old handlers back."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def stop(signum, frame):
-        raise Interrupted(signal.Signals(signum).name, 128 + signum)
-
-    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    return lambda: [signal.signal(sig, handler) for sig, handler in old.items()]
 
 
 if __name__ == "__main__":

@@ -594,6 +594,20 @@ def json_schema() -> dict:
 
 # ---------------------------------------------------------------------------- loading
 
+def task_files(path: str | Path) -> list[Path]:
+    """A task TOML and the files it names (splits, suite file), read leniently and never
+    validated: what outputs must not replace, even for a task that no longer loads."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return [path]
+    suite = raw.get("suite")
+    names = [raw.get(k) for k in ("train", "dev", "test")] + [
+        suite.get("file") if isinstance(suite, dict) else None]
+    return [path] + [(path.parent / n).resolve() for n in names if isinstance(n, str) and n]
+
+
 def default_task_name(path: Path) -> str:
     """A nameless task's identity: its folder and file name with a hash of the TOML's resolved
     path, so `A/task.toml` and `B/task.toml` never share one, and editing or adding rows keeps

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 from evals.suites import load_suite
 from loop import tracking
+from loop.core import stopping
 from loop.core.errors import StoreError, TaskDataError
 from loop.models.backends import Backend, load_generator, resolve_backend
 from loop.models.decode import GenOutput
@@ -168,6 +169,7 @@ def stop_run(store: Store, run_id: str, exc: BaseException) -> None:
     """Mark a run that did not finish: `interrupted` by a signal (Ctrl-C, SIGTERM, SIGHUP),
     `failed` by an error. Its stored predictions stay; a rerun continues from them. A store
     that cannot be written now leaves the mark to the next writer (Store.mark_stale_runs)."""
+    exc = stopping.received() or exc  # a signal may surface as a library's own exception
     signal_name = getattr(exc, "signal_name", "SIGINT" if isinstance(exc, KeyboardInterrupt)
                           else None)
     try:

@@ -154,21 +154,21 @@ def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 64,
     bar = tqdm(total=len(prompts), desc=desc, unit="ex", disable=not progress)
 
     def done(idx: Sequence[int]) -> None:
-        bar.update(len(idx))
-        if on_batch is not None:
+        if on_batch is not None:  # first: what the bar counts is stored
             on_batch([(i, results[i]) for i in idx])
+        bar.update(len(idx))
 
     args = (lm, encoded, max_new_tokens, batch_size, stop_at_json, results, done)
-    for n_prefix, rows in groups:
-        if not n_prefix:
-            continue
-        try:
-            _generate_with_prefix(*args, rows, n_prefix)
-        except PrefixAttentionUnsupported:  # raised on the group's first forward, nothing written
-            plain.extend(rows)
-    if plain:
-        _generate_plain(*args, plain)
-    bar.close()
+    with bar:  # closed when generation stops too: no bar redrawn after an error message
+        for n_prefix, rows in groups:
+            if not n_prefix:
+                continue
+            try:
+                _generate_with_prefix(*args, rows, n_prefix)
+            except PrefixAttentionUnsupported:  # raised on the group's first forward, nothing
+                plain.extend(rows)              # written
+        if plain:
+            _generate_plain(*args, plain)
     return results  # type: ignore[return-value]
 
 

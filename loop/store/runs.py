@@ -17,6 +17,12 @@ def model_name(store: Store, model_id: str) -> str | None:
     return rows[0]["name"] if rows else None
 
 
+def task_config_paths(store: Store) -> list[str]:
+    """The task TOML of every task the store has seen."""
+    return [r["config_path"] for r in store.query(
+        "SELECT config_path FROM tasks WHERE config_path IS NOT NULL ORDER BY task_id")]
+
+
 def has_runs(store: Store, model_id: str) -> bool:
     return bool(store.query("SELECT 1 FROM runs WHERE model_id = ?", [model_id]))
 
