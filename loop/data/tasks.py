@@ -23,6 +23,7 @@ an identical row. One explicit id on two rows with different content stays an er
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ REQUIRED_FIELDS = ("instruction", "output")
 OPTIONAL_FIELDS = ("input", "category", "id")
 CHAT_ROLES = ("system", "user", "assistant")
 MAX_RECORD_CHARS = 1_000_000
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,13 @@ def _records(path: Path) -> Iterator[tuple[str, object]]:
         except json.JSONDecodeError as exc:
             raise TaskDataError(f"{where}: not valid JSON ({exc.msg} at column "
                                 f"{exc.colno}).") from None
+        if _SURROGATE.search(text):  # a \ud800-style escape: valid JSON, not valid Unicode
+            try:
+                json.dumps(record, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise TaskDataError(f"{where}: a \\u escape makes a lone surrogate "
+                                    f"({exc.object[exc.start]!r}), which is not valid "
+                                    "Unicode.") from None
         yield where, record
 
 

@@ -195,6 +195,7 @@ class Store:
         self.path = Path(path) if path else self.workspace / DB_NAME
         self.read_only = read_only
         self._keys: dict[str, list[str]] = {}  # primary-key columns per table (bulk inserts)
+        self._wrote = False  # whether this connection changed anything (close publishes then)
         try:
             if (read_only or not create) and not self.path.exists():
                 raise StoreError(f"No evalloop database at {self.path}: run `evalloop eval` "
@@ -221,10 +222,20 @@ class Store:
     # -- lifecycle
     def close(self) -> None:
         try:
-            if not self.read_only:
+            if not self.read_only and (self._wrote or self._snapshot_behind()):
                 self.publish_snapshot()
         finally:
             self.con.close()
+
+    def _snapshot_behind(self) -> bool:
+        """Whether the database changed after the snapshot was copied (a writer that died
+        before publishing): readers must not keep seeing the old copy."""
+        try:
+            copied = (self.workspace / SNAPSHOT_NAME).stat().st_mtime_ns
+        except OSError:
+            return True
+        files = [self.path, self.path.with_name(self.path.name + ".wal")]
+        return any(f.exists() and f.stat().st_mtime_ns > copied for f in files)
 
     def publish_snapshot(self) -> Path:
         """Checkpoint and copy the database to `snapshot.duckdb` atomically, for readers."""
@@ -260,21 +271,26 @@ class Store:
                 self.con.execute(sql)
                 self.con.execute("INSERT INTO migrations VALUES (?, ?)", [name, now()])
             applied.append(name)
+            self._wrote = True
         return applied
 
     def ingest_inbox(self) -> int:
         """Copy app reviews, corrections and votes into their tables (idempotent by id)."""
         from loop.store import inbox
 
-        added = 0
+        added, tables = 0, None
         for kind, table, key in (("reviews", "reviews", "review_id"),
                                  ("corrections", "corrections", "correction_id"),
                                  ("votes", "matches", "match_id")):
-            if table not in self.tables():
+            records = inbox.read(self.workspace, kind)
+            if not records:
+                continue  # nothing to copy: no catalog queries on every open
+            tables = tables if tables is not None else self.tables()
+            if table not in tables:
                 continue
             columns = self.columns(table)
             rows = []
-            for record in inbox.read(self.workspace, kind):
+            for record in records:
                 row = {key: record["id"], **{k: v for k, v in record.items() if k != "id"}}
                 rows.append({k: v for k, v in row.items() if k in columns})
             before = self.count(table)
@@ -306,6 +322,7 @@ class Store:
         """Insert dict rows; on a primary-key conflict keep the old row ('nothing') or 'replace'."""
         if not rows:
             return
+        self._wrote = True
         cols = list(rows[0])
         verb = {"nothing": "INSERT OR IGNORE", "replace": "INSERT OR REPLACE"}[on_conflict]
         sql = (f"{verb} INTO {_ident(table)} ({', '.join(_ident(c) for c in cols)}) "
@@ -354,12 +371,15 @@ class Store:
         return self._keys[table]
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[dict]:
+        if not sql.lstrip()[:8].upper().startswith(("SELECT", "WITH", "FROM")):
+            self._wrote = True  # a statement that returns rows may still write
         with self._io_errors():
             cur = self.con.execute(sql, list(params))
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> None:
+        self._wrote = True
         with self._io_errors():
             self.con.execute(sql, list(params))
 
