@@ -345,7 +345,8 @@ def test_bad_export_input_is_one_clear_error(evaluated, tmp_path, capsys, proble
 @pytest.fixture(scope="module")
 def cycled(tmp_path_factory) -> dict:
     """One small cycle on the tiny model: a candidate adapter with training data, a test
-    evaluation and a gate decision in the store."""
+    evaluation and a gate decision in the store. One training run (no recipe search), so an id
+    prefix names one adapter."""
     from loop.cycle.run import run_cycle
 
     root = tmp_path_factory.mktemp("cycled")
@@ -355,7 +356,8 @@ def cycled(tmp_path_factory) -> dict:
                       "[generation]\nmax_new_tokens = 4\nbatch_size = 8\n"
                       "[cycle]\nbase_model = \"tiny-random\"\nbenchmarks = false\narena = false\n"
                       "[targeted]\nn = 8\n[training]\nmax_steps = 4\nsave_steps = 2\n"
-                      "batch_size = 4\nrank = 4\nbf16 = false\n[tracking]\nenabled = false\n")
+                      "batch_size = 4\nrank = 4\nbf16 = false\nsearch = false\n"
+                      "[tracking]\nenabled = false\n")
     summary = run_cycle(task, root / "ws", progress=False)
     return {"workspace": root / "ws", "summary": summary, "root": root}
 
