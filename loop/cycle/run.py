@@ -226,8 +226,7 @@ def gate(ctx: CycleContext) -> PromotionDecision:
     from evals.suites import assert_comparable
 
     ev = ctx.results.eval_candidate
-    assert_comparable({"__suite__": ev.champion_test.suite_version},
-                      {"__suite__": ev.candidate_test.suite_version})
+    assert_comparable(ev.champion_test.versions(), ev.candidate_test.versions())
     categories = {e.id: e.category for e in ctx.task.split("test")}
     ratings, bench = ctx.results.arena.ratings, ctx.results.benchmarks
     inputs = GateInputs(
