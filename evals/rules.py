@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from evals.answers import normalize, parse_json, parse_number
+from evals.answers import canonical, normalize, parse_json, parse_number
 from loop.core.errors import ConfigError
 from loop.core.records import CheckResult
 
@@ -85,9 +85,14 @@ def _key_scores(expected, got) -> tuple[float, float]:
     return (right / len(got) if got else 0.0), (right / len(expected) if expected else 1.0)
 
 
+def _as_set(value):
+    return frozenset(canonical(x) for x in value) if isinstance(value, list) else value
+
+
 @register("json_equal", "1", "wrong_answer")
-def json_equal(items: Sequence[CheckInput]) -> list[CheckResult]:
-    """Output holds JSON equal to the reference; detail has per-key precision/recall."""
+def json_equal(items: Sequence[CheckInput], unordered: bool = False) -> list[CheckResult]:
+    """Output holds JSON equal to the reference; detail has per-key precision/recall.
+    `unordered`: lists compare as sets of their elements (label lists)."""
     out = []
     for item in items:
         expected = parse_json(item.reference, strict=True)
@@ -100,8 +105,8 @@ def json_equal(items: Sequence[CheckInput]) -> list[CheckResult]:
                                precision=0.0, recall=0.0))
             continue
         precision, recall = _key_scores(expected, got)
-        out.append(_result("json_equal", got == expected, recall, precision=precision,
-                           recall=recall))
+        same = _as_set(got) == _as_set(expected) if unordered else got == expected
+        out.append(_result("json_equal", same, recall, precision=precision, recall=recall))
     return out
 
 

@@ -93,10 +93,15 @@ DEFAULT_SUITE = Suite(version="default-1", checks=(
 
 def default_suite(answers: AnswerModel, threshold: float | None = None) -> Suite:
     """The suite of a task without [suite], by its answer kind: DEFAULT_SUITE (exact match, JSON
-    as JSON) for json, labels, label and exact; `number_equal` for number; for free text
+    as JSON) for json, label and exact; for labels the same with lists compared as sets (as
+    their signatures and answer classes see them); `number_equal` for number; for free text
     `similarity` >= `threshold` (`evals.answers.similarity_threshold`; the version names it, so
     scores against another threshold are never compared). A free-text suite without a threshold
     is for self-referenced answers only (every similarity is 1)."""
+    if answers.kind == "labels":  # a label list is a set: order and repeats do not count
+        return Suite("default-labels-1", (DEFAULT_SUITE.checks[0],
+                                          SuiteCheck("json_equal", True, {"unordered": True},
+                                                     applies="json"), *_RECORDED))
     if answers.kind == "number":
         return Suite("default-number-1", (SuiteCheck("number_equal", True, applies="text"),
                                           *DEFAULT_SUITE.checks[1:]))

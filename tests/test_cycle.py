@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -184,3 +185,23 @@ def test_time_budget_stops_between_stages_and_the_next_run_resumes(tmp_path):
     assert proc.returncode == 124, err[-2000:]
     assert "Time budget" in err
     assert list((workspace / "logs").glob("nightly-*.log"))
+
+
+def test_nightly_json_prints_one_json_document(tmp_path, monkeypatch, capsys):
+    """`nightly --json` used to print a `log:` line after the document."""
+    from loop import cli
+    from loop.cycle import run
+
+    task = cycle_task(tmp_path / "task", benchmarks=False)
+    monkeypatch.setattr(run, "run_cycle", lambda *a, **kw: {"cycle_id": "c",
+                                                            "gate": {"promote": False}})
+    for name in ("loop", "evals"):  # the log file handler nightly attaches goes with the test
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+        monkeypatch.setattr(logger, "level", logger.level)
+    code = cli.main(["nightly", "--task", str(task), "--workspace", str(tmp_path / "ws"),
+                     "--json"])
+    out = capsys.readouterr().out
+    assert code == 10
+    document = json.loads(out)  # nothing before or after it
+    assert document["cycle_id"] == "c" and Path(document["log"]).parent.name == "logs"

@@ -137,9 +137,15 @@ def test_planted_test_item_and_paraphrase_are_contaminated_and_duplicates_reject
                 contaminated.add(pool_id)
     assert by_pool["plant-copy"] == {("rejected", "contaminated")}
     assert by_pool["plant-paraphrase"] == {("rejected", "contaminated")}
-    # (an exact repeat of a pool row is dropped when the task loads; its case variant stays)
-    dup_reasons = by_pool.get("dup-copy", set()) | by_pool["dup-case"]
-    assert ("rejected", "duplicate") in dup_reasons and ("accepted", None) not in dup_reasons
+    # An exact repeat of a pool row is dropped when the task loads; its case variant stays and
+    # is the same question: one of the two is kept. Which one follows their retrieval ranks,
+    # which differ only by embedding noise ("France?" vs "FRANCE ?"), so the test does not ask.
+    assert "dup-copy" not in by_pool
+    original = next(e.id for e in task.split("train") if e.instruction == pool_row["instruction"])
+    copies = [by_pool[original], by_pool["dup-case"]]
+    assert sum(("accepted", None) in c for c in copies) == 1
+    assert all(c <= {("accepted", None), ("rejected", "duplicate")} for c in copies)
+    assert any(c == {("rejected", "duplicate")} for c in copies)
     # no legitimate pool row is taken for an evaluation item: only the planted ones
     assert contaminated == {"plant-copy", "plant-paraphrase"}
     assert set(result.rejected) == {"contaminated", "duplicate"}  # (a row proposed for both
