@@ -136,6 +136,13 @@ class AnswerModel:
     kind: Kind = "exact"
     labels: frozenset[str] = frozenset()
     source: str = "default"
+    # a task that mixes skills (`exact`): the answer model of each category that has a kind of
+    # its own (a sentiment skill with labels beside a JSON skill), for curation
+    by_category: tuple[tuple[str, AnswerModel], ...] = ()
+
+    def for_category(self, category: str) -> AnswerModel:
+        """The answers of one category: its own model in a mixed task, else the task's."""
+        return dict(self.by_category).get(category, self)
 
     def read(self, text: str) -> Reply:
         """A reply (or reference) as this task reads it."""
@@ -159,13 +166,18 @@ class AnswerModel:
                 "text": "free text: similarity to the reference, threshold calibrated on "
                         "the task"}[self.kind]
         labels = f", {len(self.labels)} labels" if self.labels else ""
+        if self.by_category:
+            labels += ", by category: " + ", ".join(f"{c} {m.kind}" for c, m in self.by_category)
         return f"answers: {self.kind} ({what}{labels}; {self.source})"
 
 
 def infer_answers(references: Sequence[str], kind: str | None = None,
-                  labels: Iterable[str] | None = None) -> AnswerModel:
+                  labels: Iterable[str] | None = None,
+                  categories: Sequence[str] | None = None, source: str = "") -> AnswerModel:
     """The task's answer model from its references (see the module docstring); `kind` and
-    `labels` (the task TOML's `answer` and `labels`) override the inference."""
+    `labels` (the task TOML's `answer` and `labels`) override the inference. `categories`
+    (row-aligned): an `exact` task also gets the model of each category whose references have
+    a kind of their own (the same inference, per category)."""
     refs = [r for r in references if r is not None]
     given = frozenset(normalize(x) for x in labels) if labels is not None else None
     if kind is not None:
@@ -174,11 +186,19 @@ def infer_answers(references: Sequence[str], kind: str | None = None,
         kind = _inferred_kind(refs)
         if given is not None and kind != "labels":
             kind = "label"  # a label set given: one label per answer unless they are lists
-        source = f"inferred from {len(refs):,} references"
+        source = f"inferred from {source or f'{len(refs):,} references'}"
     if given is not None:
         return AnswerModel(kind, given, source + "; labels in the task file")
     found = {"label": _label_set, "labels": _element_set}.get(kind)
-    return AnswerModel(kind, found(refs) if found else frozenset(), source)
+    by_category: tuple[tuple[str, AnswerModel], ...] = ()
+    if kind == "exact" and categories is not None and len(set(categories)) > 1:
+        groups: dict[str, list[str]] = {}
+        for ref, category in zip(refs, categories):
+            groups.setdefault(category, []).append(ref)
+        models = ((c, infer_answers(rs, source=f"{len(rs):,} references of {c}"))
+                  for c, rs in sorted(groups.items()))
+        by_category = tuple((c, m) for c, m in models if m.kind != "exact")
+    return AnswerModel(kind, found(refs) if found else frozenset(), source, by_category)
 
 
 def _inferred_kind(refs: Sequence[str]) -> str:

@@ -295,8 +295,9 @@ def load_task(path: str | Path) -> Task:
         splits["train"], splits["dev"] = split_off_dev(splits["train"], settings.dev_fraction)
         reports["dev"] = SplitReport("dev", len(splits["dev"]), drawn_from="train")
     order = [name for name in ("train", "dev", "test") if name in reports]
-    answers = infer_answers([e.output for name in order for e in splits.get(name, ())],
-                            settings.answer, settings.labels)
+    rows = [e for name in order for e in splits.get(name, ())]
+    answers = infer_answers([e.output for e in rows], settings.answer, settings.labels,
+                            [e.category for e in rows])
     return Task(settings=settings, splits={k: tuple(v) for k, v in splits.items()},
                 report=LoadReport(settings.name, tuple(reports[name] for name in order),
                                   answers.describe()),

@@ -139,15 +139,17 @@ def common_answers(answers: Sequence[str], config: CurateConfig) -> set[str]:
     return {a for a, count in counts.items() if count >= floor}
 
 
-def answer_shape(output: str, answers: AnswerModel, references: Sequence[str]) -> str | None:
+def answer_shape(output: str, answers: AnswerModel, references: Sequence[str],
+                 category: str = "") -> str | None:
     """Why a generated answer is not a clean answer of the task's kind (`Task.answers`), or
     None: a JSON task's answer must be exactly a JSON object (a list for `labels`, its elements
-    from the label set when there is one), a label task's one of its labels, a number task's a
-    number; nothing may be empty, and free text not far longer than every reference of its
-    category (`references`)."""
+    from the label set when there is one), a label's one of the labels (of its `category` in a
+    task that mixes skills), a number task's a number; nothing may be empty, and other answers
+    not far longer than every reference of its category (`references`)."""
     text = output.strip()
     if not text:
         return "empty output"
+    answers = answers.for_category(category)
     kind, reply = answers.kind, answers.read(text)
     if kind in ("json", "labels"):
         what = "a JSON object" if kind == "json" else "a JSON list"

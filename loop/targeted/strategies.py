@@ -440,7 +440,7 @@ def answer_check(task: Task):
     suite = _suite_scorer(task)
 
     def check(examples: Sequence[Example]) -> list[str | None]:
-        shapes = [cur.answer_shape(e.output, task.answers, refs.get(e.category, []))
+        shapes = [cur.answer_shape(e.output, task.answers, refs.get(e.category, []), e.category)
                   for e in examples]
         suites = suite(examples) if suite else [None] * len(examples)
         return [s or q for s, q in zip(shapes, suites)]
