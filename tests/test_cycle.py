@@ -205,3 +205,28 @@ def test_nightly_json_prints_one_json_document(tmp_path, monkeypatch, capsys):
     assert code == 10
     document = json.loads(out)  # nothing before or after it
     assert document["cycle_id"] == "c" and Path(document["log"]).parent.name == "logs"
+
+
+def test_a_cycle_evaluates_each_model_and_split_once(tmp_path, monkeypatch):
+    """The arena used to evaluate both models on test again after eval_candidate had."""
+    from loop.cycle import run
+    from loop.evaluation import evaluate as evaluation
+
+    calls = []
+    real = evaluation.evaluate
+
+    def counted(store, task, model_name, split="test", *args, **kwargs):
+        calls.append((model_name, split))
+        return real(store, task, model_name, split, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", counted)
+    monkeypatch.setattr(run, "evaluate", counted)
+    task = write_task(tmp_path / "task", {"train": classification_records(40, 100),
+                                          "dev": classification_records(8, 300),
+                                          "test": classification_records(8)},
+                      "[generation]\nmax_new_tokens = 4\nbatch_size = 8\n"
+                      "[cycle]\nbase_model = \"tiny-random\"\nbenchmarks = false\n"
+                      "[targeted]\nn = 8\n[training]\nmax_steps = 2\nbatch_size = 4\n")
+    summary = run.run_cycle(task, tmp_path / "ws", progress=False)
+    assert summary["gate"]["reasons"] and len(calls) == len(set(calls)) == 4, calls
+    assert {split for _, split in calls} == {"dev", "test"}

@@ -204,7 +204,8 @@ def arena(ctx: CycleContext) -> ArenaResult:
         return ArenaResult(skipped=True)
     return ArenaResult.from_json(run_arena(
         ctx.store, ctx.task, [ctx.champion.model_name, ctx.candidate_name], judge="reference",
-        seed=ctx.settings.cycle.seed, plot_dir=ctx.dir / "report", progress=ctx.progress))
+        seed=ctx.settings.cycle.seed, plot_dir=ctx.dir / "report", progress=ctx.progress,
+        runs=(ctx.results.eval_candidate.champion_test, ctx.results.eval_candidate.candidate_test)))
 
 
 def benchmarks(ctx: CycleContext) -> BenchmarksResult:
