@@ -118,6 +118,14 @@ def _number_signatures(reference: str, prediction: str) -> list[Signature]:
                                              canonical(got))]
 
 
+def is_format_only(sigs: Sequence[Signature]) -> bool:
+    """Whether a failure is about the answer's form only: no JSON where JSON was due, or no
+    known label (the model did not answer in the task's form at all)."""
+    return bool(sigs) and all(s.kind == "invalid_json" or (s.kind == "label"
+                                                           and s.predicted == UNKNOWN)
+                              for s in sigs)
+
+
 def expected_parts(reference: str) -> tuple[str, ...]:
     """What the reference asks for, for telling apart failures that share a coarse signature
     (`invalid_json`): an object's keys, a list's elements, `{}` / `[]` when empty."""

@@ -32,7 +32,7 @@ import numpy as np
 
 from loop.targeted import curate as cur
 from evals.answers import AnswerModel, shape
-from evals.signatures import UNKNOWN, Signature, signatures
+from evals.signatures import Signature, is_format_only, signatures
 from loop.targeted.answer_classes import Need, PoolAnswers, needs
 from loop.core.errors import ConfigError
 from loop.core.prompts import user_message
@@ -198,13 +198,8 @@ def format_only(ctx: StrategyContext, cluster: ClusterTarget) -> bool:
     outside the task's set): the model did not answer in the task's form at all, so the failure
     shows what the reference is, not what the model got wrong."""
     answers = _pool_answers(ctx).answers
-    for case in cluster.failures:
-        sigs = failure_signatures(case, answers)
-        if not sigs or not all(s.kind == "invalid_json" or (s.kind == "label"
-                                                            and s.predicted == UNKNOWN)
-                               for s in sigs):
-            return False
-    return bool(cluster.failures)
+    return bool(cluster.failures) and all(is_format_only(failure_signatures(case, answers))
+                                          for case in cluster.failures)
 
 
 def retrieval(ctx: StrategyContext, requests: Sequence[Request]) -> list[Candidate]:
