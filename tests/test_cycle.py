@@ -226,6 +226,7 @@ def test_a_cycle_evaluates_each_model_and_split_once(tmp_path, monkeypatch):
                                           "test": classification_records(8)},
                       "[generation]\nmax_new_tokens = 4\nbatch_size = 8\n"
                       "[cycle]\nbase_model = \"tiny-random\"\nbenchmarks = false\n"
+                      "prompt_shots = 0\n"  # the prompt arm scores the champion on dev again
                       "[targeted]\nn = 8\n[training]\nmax_steps = 2\nbatch_size = 4\n"
                       "search = false\n")  # a recipe search also scores each trial on dev
     summary = run.run_cycle(task, tmp_path / "ws", progress=False)
