@@ -91,10 +91,15 @@ def parse_number(text: str, strict: bool = False) -> float | None:
 
 
 def canonical(value) -> str:
-    """One canonical string of a JSON value (an element, a key's value): a string as itself,
-    anything else as sorted, non-ASCII-preserving JSON."""
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True,
-                                                           ensure_ascii=False)
+    """The canonical form of a JSON value, for comparing: sorted keys, non-ASCII kept, types
+    kept (the string "1" and the number 1 differ, as they do for `json_equal`)."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def element(value) -> str:
+    """How a value is named in a signature or an answer class: a string as itself, anything else
+    in its canonical form."""
+    return value if isinstance(value, str) else canonical(value)
 
 
 def canonical_answer(text: str) -> str:

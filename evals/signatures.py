@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from evals.answers import AnswerModel, canonical, normalize, parse_json, parse_number
+from evals.answers import AnswerModel, canonical, element, normalize, parse_json, parse_number
 
 UNKNOWN = "unknown"  # the predicted label when the reply is none of the task's labels
 DISPLAY_CHARS = 40  # keys, elements and labels shown in tables are clipped to this
@@ -89,9 +89,9 @@ def signatures(answers: AnswerModel, reference: str, prediction: str,
 def _object_signatures(gold: dict, pred) -> list[Signature]:
     if not isinstance(pred, dict):
         return [Signature("invalid_json")]
-    out = [Signature("missing_key", k, canonical(gold[k])) for k in gold if k not in pred]
-    out += [Signature("extra_key", k, "", canonical(pred[k])) for k in pred if k not in gold]
-    out += [Signature("wrong_value", k, canonical(gold[k]), canonical(pred[k])) for k in gold
+    out = [Signature("missing_key", k, element(gold[k])) for k in gold if k not in pred]
+    out += [Signature("extra_key", k, "", element(pred[k])) for k in pred if k not in gold]
+    out += [Signature("wrong_value", k, element(gold[k]), element(pred[k])) for k in gold
             if k in pred and canonical(gold[k]) != canonical(pred[k])]
     return out
 
@@ -99,9 +99,10 @@ def _object_signatures(gold: dict, pred) -> list[Signature]:
 def _list_signatures(gold: list, pred) -> list[Signature]:
     if not isinstance(pred, list):
         return [Signature("invalid_json")]
-    want, got = {canonical(x) for x in gold}, {canonical(x) for x in pred}
-    return ([Signature("missing_element", x, x) for x in want - got]
-            + [Signature("extra_element", x, "", x) for x in got - want])
+    want = {canonical(x): element(x) for x in gold}
+    got = {canonical(x): element(x) for x in pred}
+    return ([Signature("missing_element", want[x], want[x]) for x in want.keys() - got.keys()]
+            + [Signature("extra_element", got[x], "", got[x]) for x in got.keys() - want.keys()])
 
 
 def _label_signatures(gold: str, predicted: str, labels: frozenset[str]) -> list[Signature]:
@@ -113,9 +114,8 @@ def _label_signatures(gold: str, predicted: str, labels: frozenset[str]) -> list
 def _number_signatures(reference: str, prediction: str) -> list[Signature]:
     gold, got = parse_number(reference, strict=True), parse_number(prediction)
     if got is None:
-        return [Signature("not_a_number", "", canonical(gold))]
-    return [] if got == gold else [Signature("wrong_number", "", canonical(gold),
-                                             canonical(got))]
+        return [Signature("not_a_number", "", element(gold))]
+    return [] if got == gold else [Signature("wrong_number", "", element(gold), element(got))]
 
 
 def is_format_only(sigs: Sequence[Signature]) -> bool:
@@ -133,7 +133,7 @@ def expected_parts(reference: str) -> tuple[str, ...]:
     if isinstance(gold, dict):
         return tuple(sorted(_clip(k, DISPLAY_CHARS) for k in gold)) or ("{}",)
     if isinstance(gold, list):
-        return tuple(sorted({_clip(canonical(x), DISPLAY_CHARS) for x in gold})) or ("[]",)
+        return tuple(sorted({_clip(element(x), DISPLAY_CHARS) for x in gold})) or ("[]",)
     return ()
 
 

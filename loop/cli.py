@@ -139,12 +139,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from loop.store.db import Store
-    from loop.train.dpo import train_by_method
+    from loop.train.methods import train_by_method
     from loop.train.sft import config_from_args, format_result
 
     task = _load_task(args)
     config = config_from_args(task, args)  # [training], with --processes when given
-    with Store(args.workspace) as store:  # [training] method: sft, dpo or sft+dpo
+    with Store(args.workspace) as store:  # [training] method: sft, dpo, grpo, sft+dpo/grpo
         result = train_by_method(store, task, args.workspace, model=args.model,
                                  data_path=args.data, config=config, progress=not args.json)
     _print_json(result.to_json()) if args.json else print(format_result(result))

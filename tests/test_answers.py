@@ -27,6 +27,7 @@ CASES = [
     ("json", OBJECT, '{"city": "Zurich", "nights": 2}', False),  # the ASCII spelling is wrong
     ("json", OBJECT, '{"city": "Zürich", "nights": 2} Hope this helps!', True),
     ("json", OBJECT, 'Sure: {"city": "Zürich"}', False),
+    ("json", OBJECT, '{"city": "Zürich", "nights": "2"}', False),  # a string is not the number
     ("json", OBJECT, "Zürich, two nights", False),
     ("labels", '["book_hotel", "café_order"]', '["café_order", "book_hotel"]', True),
     ("labels", '["book_hotel", "café_order"]', '```\n["book_hotel", "café_order"]\n```', True),

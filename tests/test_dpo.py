@@ -216,6 +216,8 @@ def test_the_cycle_trains_the_method_its_task_names(tmp_path):
     ("sft", ["sft:tiny-random"]),
     ("dpo", ["pairs", "dpo:tiny-random"]),
     ("sft+dpo", ["sft:tiny-random", "pairs", "dpo:tiny-random+/a/sft"]),
+    ("grpo", ["grpo:tiny-random"]),
+    ("sft+grpo", ["sft:tiny-random", "grpo:tiny-random+/a/sft"]),
 ])
 def test_evalloop_train_runs_the_method_the_task_names(tmp_path, monkeypatch, method, calls):
     """`evalloop train` used to run SFT whatever `[training] method` said."""
@@ -224,7 +226,7 @@ def test_evalloop_train_runs_the_method_the_task_names(tmp_path, monkeypatch, me
     from conftest import classification_records, write_task
     from loop import cli
     from loop.targeted import pairs as pairs_module
-    from loop.train import dpo, sft
+    from loop.train import dpo, grpo, sft
 
     seen = []
     result = SimpleNamespace(adapter_dir="/a/sft", to_json=dict)
@@ -235,6 +237,8 @@ def test_evalloop_train_runs_the_method_the_task_names(tmp_path, monkeypatch, me
                                               manifest_hash="h"))[1])
     monkeypatch.setattr(dpo, "train_dpo_for_task", lambda store, task, ws, path, model, **kw: (
         seen.append(f"dpo:{model}"), result)[1])
+    monkeypatch.setattr(grpo, "train_grpo_for_task", lambda store, task, ws, model, **kw: (
+        seen.append(f"grpo:{model}"), result)[1])
     task = write_task(tmp_path / "t", {"train": classification_records(8),
                                        "test": classification_records(4)},
                       f'[training]\nmethod = "{method}"\n')

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evals.answers import AnswerModel, canonical, normalize
+from evals.answers import AnswerModel, element, normalize
 from evals.signatures import UNKNOWN, Signature
 
 PRESENT = 0.05  # a class this common in the pool or the failures ...
@@ -38,7 +38,7 @@ def answer_classes(text: str, answers: AnswerModel) -> tuple[str, ...]:
         return ("invalid",)
     if isinstance(value, dict):
         return ("{" + ", ".join(sorted(value)) + "}",)
-    return tuple(sorted({canonical(v) for v in value})) or ("[]",)
+    return tuple(sorted({element(v) for v in value})) or ("[]",)
 
 
 def _members(text: str, answers: AnswerModel) -> frozenset[str]:
@@ -49,7 +49,7 @@ def _members(text: str, answers: AnswerModel) -> frozenset[str]:
     if isinstance(value, dict):
         return frozenset(value)
     if isinstance(value, list):
-        return frozenset(canonical(v) for v in value)
+        return frozenset(element(v) for v in value)
     return frozenset()
 
 

@@ -228,30 +228,6 @@ def train_dpo_for_task(store, task, workspace, pairs_path, model: str = DEFAULT_
     return result
 
 
-def train_by_method(store, task, workspace, model: str = DEFAULT_MODEL, data_path=None,
-                    config: TrainConfig | None = None, progress: bool = True) -> TrainResult:
-    """What `evalloop train` runs, by `[training] method`: "sft" on the data (default: the
-    task's train split), "dpo" on the store's preference pairs (`evalloop pairs`; none is a
-    TrainingError), "sft+dpo" SFT, then DPO from (and referenced to) the SFT adapter, when
-    there are pairs."""
-    from loop.targeted.pairs import build_pairs
-    from loop.train.sft import train_for_task
-
-    config = config or task.settings.training
-    result = None
-    if config.method in ("sft", "sft+dpo"):
-        result = train_for_task(store, task, workspace, model=model, data_path=data_path,
-                                config=config, progress=progress)
-        model = f"{parse_model_name(model).base}+{result.adapter_dir}"
-    if config.method in ("dpo", "sft+dpo"):
-        pairs = build_pairs(store, task)
-        if pairs.n_pairs or result is None:
-            result = train_dpo_for_task(store, task, workspace, pairs.dataset_path, model=model,
-                                        dataset_hash=pairs.manifest_hash, config=config,
-                                        progress=progress)
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m loop.train.dpo`: the DPO stage on an exported pairs file (tests kill it)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see loop.train.main
