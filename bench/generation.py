@@ -53,7 +53,7 @@ def main() -> None:
     lm = load_model(args.model)
     examples = task.split(args.split)[: args.n]
     prompts = [build_prompt(lm.tokenizer, e, task.settings.system_prompt) for e in examples]
-    use_json = answers_are_json([e for s in task.splits.values() for e in s])
+    use_json = answers_are_json(task)
 
     def timed(**kw):
         t0 = time.perf_counter()

@@ -10,7 +10,7 @@ One completion's reward, in [-PENALTY * 2, 1]:
   + PARTIAL_WEIGHT * partial credit by answer kind:
         JSON object   per-key F1 (a key counts when its value is right)
         JSON list     element F1 (elements compared in canonical JSON)
-        label         1 for the right label (a closed label set, evals.signatures.known_labels)
+        label         1 for the right label (the task's label set, evals.answers)
         text          similarity to the reference (cosine when the suite scores similarity,
                       else a character-level ratio)
   - PENALTY for each of `too_long` and `repetition` that fails (with the suite's params)
@@ -21,20 +21,18 @@ or to score an id it was not built with. The gate's splits never reach it.
 
 A rubric check is left out (a judge model per sampled completion is too slow for RL); the
 remaining required checks decide "passed". Text is read as evaluation reads it: cut after the
-first complete JSON value when the task's answers are JSON (`stop_at_json`). What an answer is
-lives in one place, `parse_answer`, which a shared answer model can replace.
+first complete JSON value when the task's answers are JSON (`stop_at_json`). Answers are read
+with the task's answer model (evals/answers.py), as the checks and signatures read them.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from evals.rules import CheckInput, extract_json, normalize, parse_json_reference, repetition, \
-    too_long
-from evals.signatures import known_labels
+from evals.answers import AnswerModel, canonical, infer_answers, normalize, parse_json, shape
+from evals.rules import CheckInput, repetition, too_long
 from evals.suites import Suite, score_suite
 from loop.core.errors import EvalloopError
 from loop.core.records import Example, content_hash
@@ -63,21 +61,16 @@ class RewardParts:
 
 def answer_kind(reference: str, labels: frozenset[str]) -> str:
     """What a reference is: a JSON object, a JSON list, a label of the task's set, or text."""
-    gold = parse_json_reference(reference)
-    if isinstance(gold, dict):
-        return "object"
-    if isinstance(gold, list):
-        return "list"
+    found = shape(reference)
+    if found != "other":
+        return found
     return "label" if labels and normalize(reference) in labels else "text"
 
 
 def parse_answer(kind: str, text: str):
     """The answer in `text` as evaluation's checks read it (None: no answer of that kind)."""
     if kind in ("object", "list"):
-        try:
-            value = extract_json(text)
-        except ValueError:
-            return None
+        value = parse_json(text)
         return value if isinstance(value, dict if kind == "object" else list) else None
     return normalize(text)
 
@@ -97,25 +90,21 @@ def _f1(right: int, n_got: int, n_want: int) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
 
-def _canonical(value) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False)
-
-
 def partial_credit(kind: str, reference: str, output: str, similarity: float | None = None
                    ) -> float:
     """Credit in [0, 1] for how close `output` is to `reference` (see the module docstring)."""
     got = parse_answer(kind, output)
     if kind == "object":
-        gold = parse_json_reference(reference)
+        gold = parse_json(reference, strict=True)
         if got is None:
             return 0.0
-        right = sum(1 for k, v in got.items() if k in gold and _canonical(gold[k]) == _canonical(v))
+        right = sum(1 for k, v in got.items() if k in gold and canonical(gold[k]) == canonical(v))
         return _f1(right, len(got), len(gold))
     if kind == "list":
         if got is None:
             return 0.0
-        want, have = {_canonical(x) for x in parse_json_reference(reference)}, \
-            {_canonical(x) for x in got}
+        want, have = {canonical(x) for x in parse_json(reference, strict=True)}, \
+            {canonical(x) for x in got}
         return _f1(len(want & have), len(have), len(want))
     if kind == "label":
         return float(got == normalize(reference))
@@ -156,13 +145,15 @@ class SuiteReward:
     __name__ = "suite_reward"  # trl names its logged reward metrics after the function
 
     def __init__(self, suite: Suite, pool: Sequence[Example], held_out: Sequence[Example] = (),
-                 stop_at_json: bool = False, similarity: Similarity | None = None):
+                 stop_at_json: bool = False, similarity: Similarity | None = None,
+                 answers: AnswerModel | None = None):
         check_held_out(pool, held_out)
         self.suite = suite.without_judge()
         if self.suite.needs_similarity and similarity is None:
             raise ValueError("the suite scores similarity: pass a similarity function")
         self.examples = {e.id: e for e in pool}
-        self.labels = known_labels(e.output for e in pool)
+        answers = answers or infer_answers([e.output for e in pool])  # Task.answers, normally
+        self.labels = answers.labels if answers.kind == "label" else frozenset()
         self.stop_at_json, self.similarity = stop_at_json, similarity
         self._params = {c.name: dict(c.params) for c in self.suite.checks}
 

@@ -2,18 +2,19 @@
 
 Each check is registered with its name, version, direction and the failure category a failed
 check signals. Bump a check's version whenever its verdicts can change: scores of different
-versions are never compared (see `evals.suites.comparable`).
+versions are never compared (see `evals.suites.assert_comparable`). Answers are read with
+`evals.answers` (normalising, JSON, numbers), the one reader every scorer shares.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from evals.answers import canonical, normalize, parse_json, parse_number
 from loop.core.errors import ConfigError
 from loop.core.records import CheckResult
 
@@ -64,39 +65,6 @@ def _result(name: str, passed: bool, value: float, **detail) -> CheckResult:
 
 # ---------------------------------------------------------------------------- text helpers
 
-def normalize(text: str) -> str:
-    """Lower case, collapse whitespace, strip quotes and trailing punctuation."""
-    text = re.sub(r"\s+", " ", text.strip().lower())
-    return text.strip("\"'`").rstrip(".!?;:,").strip()
-
-
-def extract_json(text: str):
-    """The first JSON object or array in `text` (fenced blocks and surrounding prose allowed)."""
-    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
-    candidates = [fenced.group(1)] if fenced else []
-    candidates.append(text)
-    decoder = json.JSONDecoder()
-    for candidate in candidates:
-        for match in re.finditer(r"[\[{]", candidate):
-            try:
-                value, _ = decoder.raw_decode(candidate[match.start():])
-                return value
-            except json.JSONDecodeError:
-                continue
-    raise ValueError("no JSON object or array found")
-
-
-def parse_json_reference(reference: str):
-    """The reference as JSON when it is an object or array, else None."""
-    stripped = reference.strip()
-    if not stripped or stripped[0] not in "[{":
-        return None
-    try:
-        return json.loads(stripped)
-    except json.JSONDecodeError:
-        return None
-
-
 def words(text: str) -> list[str]:
     return re.findall(r"[A-Za-z0-9']+", text)
 
@@ -117,27 +85,44 @@ def _key_scores(expected, got) -> tuple[float, float]:
     return (right / len(got) if got else 0.0), (right / len(expected) if expected else 1.0)
 
 
+def _as_set(value):
+    return frozenset(canonical(x) for x in value) if isinstance(value, list) else value
+
+
 @register("json_equal", "1", "wrong_answer")
-def json_equal(items: Sequence[CheckInput]) -> list[CheckResult]:
-    """Output parses as JSON equal to the reference; detail has per-key precision/recall."""
+def json_equal(items: Sequence[CheckInput], unordered: bool = False) -> list[CheckResult]:
+    """Output holds JSON equal to the reference; detail has per-key precision/recall.
+    `unordered`: lists compare as sets of their elements (label lists)."""
     out = []
     for item in items:
-        expected = parse_json_reference(item.reference)
+        expected = parse_json(item.reference, strict=True)
         if expected is None:
-            try:
-                expected = json.loads(item.reference)
-            except json.JSONDecodeError:
-                out.append(_result("json_equal", False, 0.0, error="reference is not JSON"))
-                continue
-        try:
-            got = extract_json(item.output)
-        except ValueError:
+            out.append(_result("json_equal", False, 0.0, error="reference is not JSON"))
+            continue
+        got = parse_json(item.output)
+        if got is None:
             out.append(_result("json_equal", False, 0.0, error="output has no JSON",
                                precision=0.0, recall=0.0))
             continue
         precision, recall = _key_scores(expected, got)
-        out.append(_result("json_equal", got == expected, recall, precision=precision,
-                           recall=recall))
+        same = _as_set(got) == _as_set(expected) if unordered else got == expected
+        out.append(_result("json_equal", same, recall, precision=precision, recall=recall))
+    return out
+
+
+@register("number_equal", "1", "wrong_answer")
+def number_equal(items: Sequence[CheckInput], tolerance: float = 0.0) -> list[CheckResult]:
+    """Output is (or holds exactly one) number within `tolerance` of the reference's number."""
+    out = []
+    for item in items:
+        expected, got = parse_number(item.reference, strict=True), parse_number(item.output)
+        if expected is None or got is None:
+            out.append(_result("number_equal", False, 0.0,
+                               error="reference is not a number" if expected is None
+                               else "output holds no single number"))
+            continue
+        ok = abs(got - expected) <= tolerance
+        out.append(_result("number_equal", ok, float(ok), expected=expected, got=got))
     return out
 
 
@@ -185,9 +170,8 @@ def json_valid(items: Sequence[CheckInput], required_keys: Sequence[str] = ()
     """Output contains a JSON value; with `required_keys`, an object holding all of them."""
     out = []
     for item in items:
-        try:
-            value = extract_json(item.output)
-        except ValueError:
+        value = parse_json(item.output)
+        if value is None:
             out.append(_result("json_valid", False, 0.0, error="no JSON"))
             continue
         missing = [k for k in required_keys if not isinstance(value, dict) or k not in value]

@@ -1,130 +1,143 @@
-"""Failure signatures: *what* went wrong with a prediction, chosen by the shape of its reference.
+"""Failure signatures: *what* went wrong with a prediction, chosen by the shape of its reference
+and read with the task's answer model (evals/answers.py).
 
-    labels = known_labels(e.output for e in task_examples)     # closed label set, or empty
-    signatures('{"pickup_time": "10:30"}', '{}', ("wrong_answer",), labels)
-    # -> ("missing_key:pickup_time",)
+    answers = infer_answers(e.output for e in task_examples)    # or task.answers
+    signatures(answers, '{"pickup_time": "10:30"}', '{}', ("wrong_answer",))
+    # -> (Signature(kind="missing_key", key="pickup_time", gold="10:30"),)
 
-- JSON object reference: `invalid_json` (the prediction is not a JSON object), `missing_key:<k>`,
-  `extra_key:<k>`, `wrong_value:<k>`.
-- JSON list reference: `invalid_json`, `missing_element:<x>`, `extra_element:<x>` (elements as
-  plain strings or canonical JSON).
-- label reference (the task's references form a closed set of short labels):
-  `label:<gold>-><predicted>`, or `label:<gold>->unknown` when the prediction is no known label.
-- free text, or a structured prediction that differs only in form: the failing checks'
-  categories, unchanged.
+- JSON object reference: `invalid_json` (the reply holds no JSON object), `missing_key:<k>`,
+  `extra_key:<k>`, `wrong_value:<k>` (with the gold and predicted values).
+- JSON list reference: `invalid_json`, `missing_element:<x>`, `extra_element:<x>`.
+- label reference (a label of the task's set): `label:<gold>-><predicted>`, or
+  `label:<gold>->unknown` when the reply is no known label.
+- number (a number task): `not_a_number`, or `wrong_number` with the gold and predicted values.
+- free text, or a structured reply that differs only in form: the failing checks' categories.
 
-Signatures are sorted and deduplicated. Pure: no model, no I/O.
+A `Signature` is a record; `str(sig)` is its stored form (never clipped, so it reads back with
+`Signature.parse`), `sig.display()` a clipped one for tables. Sorted and deduplicated. Pure.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-MAX_LABEL_CHARS = 40  # a label is a short name, not a sentence
-MAX_LABEL_WORDS = 4
-MAX_PART_CHARS = 40  # keys, elements and labels are clipped so one odd value stays readable
-_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?```$", re.DOTALL)
+from evals.answers import AnswerModel, canonical, element, normalize, parse_json, parse_number
 
-
-def parse_json(text: str):
-    """The JSON value of `text` (a surrounding markdown code fence is allowed), else None."""
-    text = (text or "").strip()
-    fenced = _FENCE.match(text)
-    if fenced:
-        text = fenced.group(1).strip()
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return None
+UNKNOWN = "unknown"  # the predicted label when the reply is none of the task's labels
+DISPLAY_CHARS = 40  # keys, elements and labels shown in tables are clipped to this
+KEYED = ("missing_key", "extra_key", "wrong_value", "missing_element", "extra_element")
 
 
-def _canonical(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True,
-                                                           ensure_ascii=False)
+@dataclass(frozen=True, order=True)
+class Signature:
+    """What went wrong: `kind` (missing_key, label, invalid_json, a check category...), the key,
+    element or gold label it is about, and the gold and predicted values when there are."""
+
+    kind: str
+    key: str = ""
+    gold: str = ""
+    predicted: str = ""
+
+    def __str__(self) -> str:
+        if self.kind == "label":
+            return f"label:{self.gold}->{self.predicted}"
+        return f"{self.kind}:{self.key}" if self.kind in KEYED else self.kind
+
+    def display(self, width: int = DISPLAY_CHARS) -> str:
+        """The stored form with each part clipped, for tables and cluster names."""
+        if self.kind == "label":
+            return f"label:{_clip(self.gold, width)}->{_clip(self.predicted, width)}"
+        return f"{self.kind}:{_clip(self.key, width)}" if self.kind in KEYED else self.kind
+
+    @classmethod
+    def parse(cls, text: str) -> Signature:
+        """A stored signature string back as a record (gold/predicted values are not stored
+        for keyed signatures)."""
+        head, sep, arg = text.partition(":")
+        if head == "label" and "->" in arg:
+            gold, _, predicted = arg.rpartition("->")
+            return cls("label", gold, gold, predicted)
+        return cls(head, arg) if sep and head in KEYED else cls(text)
 
 
-def _clip(text: str) -> str:
+def _clip(text: str, width: int) -> str:
     text = " ".join(str(text).split())
-    return text if len(text) <= MAX_PART_CHARS else text[:MAX_PART_CHARS - 3] + "..."
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
-def _normal_label(text: str) -> str:
-    return (text or "").strip().strip("\"'`.").strip().lower()
-
-
-def known_labels(references: Iterable[str]) -> frozenset[str]:
-    """The task's label set when its references look like one, else an empty set.
-
-    References form a label set when none is JSON, every one is short (at most MAX_LABEL_WORDS
-    words) and they repeat: at most half as many distinct values as references, and at least
-    two references per label on average. A free-text task has mostly distinct answers."""
-    refs = [r.strip() for r in references]
-    if len(refs) < 4 or any(not r or isinstance(parse_json(r), (dict, list)) for r in refs):
-        return frozenset()
-    if any(len(r) > MAX_LABEL_CHARS or len(r.split()) > MAX_LABEL_WORDS for r in refs):
-        return frozenset()
-    distinct = Counter(_normal_label(r) for r in refs)
-    if len(distinct) < 2 or len(distinct) > len(refs) / 2:
-        return frozenset()
-    return frozenset(distinct)
-
-
-def signatures(reference: str, prediction: str, categories: Sequence[str] = (),
-               labels: frozenset[str] = frozenset()) -> tuple[str, ...]:
+def signatures(answers: AnswerModel, reference: str, prediction: str,
+               categories: Sequence[str] = ()) -> tuple[Signature, ...]:
     """Signatures of one failed prediction (see the module docstring). `categories` are the
     failing checks' categories: the signature of a free-text reference, and the fallback when
     the structure matches but a check still failed (extra text, spacing)."""
-    gold = parse_json(reference)
+    gold = parse_json(reference, strict=True)
     if isinstance(gold, dict):
         found = _object_signatures(gold, parse_json(prediction))
     elif isinstance(gold, list):
         found = _list_signatures(gold, parse_json(prediction))
-    elif labels and _normal_label(reference) in labels:
-        found = _label_signatures(_normal_label(reference), _normal_label(prediction), labels)
+    elif answers.labels and answers.is_label(reference):
+        found = _label_signatures(normalize(reference), normalize(prediction), answers.labels)
+    elif answers.kind == "number":
+        found = _number_signatures(reference, prediction)
     else:
         found = []
-    return tuple(sorted(set(found or categories or ("wrong_answer",))))
+    found = found or [Signature(c) for c in (categories or ("wrong_answer",))]
+    return tuple(sorted(set(found)))
 
 
-def _object_signatures(gold: dict, pred) -> list[str]:
+def _object_signatures(gold: dict, pred) -> list[Signature]:
     if not isinstance(pred, dict):
-        return ["invalid_json"]
-    out = [f"missing_key:{_clip(k)}" for k in gold if k not in pred]
-    out += [f"extra_key:{_clip(k)}" for k in pred if k not in gold]
-    out += [f"wrong_value:{_clip(k)}" for k in gold
-            if k in pred and _canonical(gold[k]) != _canonical(pred[k])]
+        return [Signature("invalid_json")]
+    out = [Signature("missing_key", k, element(gold[k])) for k in gold if k not in pred]
+    out += [Signature("extra_key", k, "", element(pred[k])) for k in pred if k not in gold]
+    out += [Signature("wrong_value", k, element(gold[k]), element(pred[k])) for k in gold
+            if k in pred and canonical(gold[k]) != canonical(pred[k])]
     return out
 
 
-def _list_signatures(gold: list, pred) -> list[str]:
+def _list_signatures(gold: list, pred) -> list[Signature]:
     if not isinstance(pred, list):
-        return ["invalid_json"]
-    want, got = {_canonical(x) for x in gold}, {_canonical(x) for x in pred}
-    return ([f"missing_element:{_clip(x)}" for x in want - got]
-            + [f"extra_element:{_clip(x)}" for x in got - want])
+        return [Signature("invalid_json")]
+    want = {canonical(x): element(x) for x in gold}
+    got = {canonical(x): element(x) for x in pred}
+    return ([Signature("missing_element", want[x], want[x]) for x in want.keys() - got.keys()]
+            + [Signature("extra_element", got[x], "", got[x]) for x in got.keys() - want.keys()])
 
 
-def _label_signatures(gold: str, predicted: str, labels: frozenset[str]) -> list[str]:
+def _label_signatures(gold: str, predicted: str, labels: frozenset[str]) -> list[Signature]:
     if predicted == gold:
-        return []  # same label, different form (case, quotes): the checks say what failed
-    shown = predicted if predicted in labels else "unknown"
-    return [f"label:{_clip(gold)}->{_clip(shown)}"]
+        return []  # same label, different form: the checks say what failed
+    return [Signature("label", gold, gold, predicted if predicted in labels else UNKNOWN)]
+
+
+def _number_signatures(reference: str, prediction: str) -> list[Signature]:
+    gold, got = parse_number(reference, strict=True), parse_number(prediction)
+    if got is None:
+        return [Signature("not_a_number", "", element(gold))]
+    return [] if got == gold else [Signature("wrong_number", "", element(gold), element(got))]
+
+
+def is_format_only(sigs: Sequence[Signature]) -> bool:
+    """Whether a failure is about the answer's form only: no JSON where JSON was due, or no
+    known label (the model did not answer in the task's form at all)."""
+    return bool(sigs) and all(s.kind == "invalid_json" or (s.kind == "label"
+                                                           and s.predicted == UNKNOWN)
+                              for s in sigs)
 
 
 def expected_parts(reference: str) -> tuple[str, ...]:
     """What the reference asks for, for telling apart failures that share a coarse signature
     (`invalid_json`): an object's keys, a list's elements, `{}` / `[]` when empty."""
-    gold = parse_json(reference)
+    gold = parse_json(reference, strict=True)
     if isinstance(gold, dict):
-        return tuple(sorted(_clip(k) for k in gold)) or ("{}",)
+        return tuple(sorted(_clip(k, DISPLAY_CHARS) for k in gold)) or ("{}",)
     if isinstance(gold, list):
-        return tuple(sorted({_clip(_canonical(x)) for x in gold})) or ("[]",)
+        return tuple(sorted({_clip(element(x), DISPLAY_CHARS) for x in gold})) or ("[]",)
     return ()
 
 
 def signature_kind(signature: str) -> str:
     """`missing_key:pickup_time` -> `missing_key`; a category is its own kind."""
     return signature.split(":", 1)[0]
+

@@ -16,8 +16,10 @@ settings (loop.core.settings, against `CHECKS`):
 in the default suite, so a task that does not name it loads no judge.
 
 A prediction passes when every required check that applies to it passes. `applies` restricts a
-check to items whose reference is JSON ("json") or is not ("text"); the default suite uses it to
-score extraction items with `json_equal` and the rest with `exact_match`.
+check to items whose reference is JSON ("json") or is not ("text"). Without a [suite], the task's
+answer model (evals/answers.py) picks the default (`default_suite`): JSON references are scored
+with `json_equal`, the rest with `exact_match`, with `number_equal` on a number task and, on a
+free-text task, with `similarity` against a threshold calibrated on the task's references.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evals import rubric
-from evals.rules import REGISTRY, CheckInput, get_check, parse_json_reference
+from evals.answers import AnswerModel, shape
+from evals.rules import REGISTRY, CheckInput, get_check
 from loop.core.errors import EvalloopError
 from loop.core.records import CheckResult
 from loop.core.settings import CheckVocabulary, TaskSettings
@@ -79,14 +82,35 @@ def _version(name: str) -> str:
     return rubric.RUBRIC_VERSION if name == RUBRIC else REGISTRY[name].version
 
 
+_RECORDED = (SuiteCheck("not_contains"), SuiteCheck("too_long"), SuiteCheck("repetition"),
+             SuiteCheck("hallucination"))  # failure categories, never required
 DEFAULT_SUITE = Suite(version="default-1", checks=(
     SuiteCheck("exact_match", required=True, applies="text"),
     SuiteCheck("json_equal", required=True, applies="json"),
-    SuiteCheck("not_contains"),
-    SuiteCheck("too_long"),
-    SuiteCheck("repetition"),
-    SuiteCheck("hallucination"),
+    *_RECORDED,
 ))
+
+
+def default_suite(answers: AnswerModel, threshold: float | None = None) -> Suite:
+    """The suite of a task without [suite], by its answer kind: DEFAULT_SUITE (exact match, JSON
+    as JSON) for json, label and exact; for labels the same with lists compared as sets (as
+    their signatures and answer classes see them); `number_equal` for number; for free text
+    `similarity` >= `threshold` (`evals.answers.similarity_threshold`; the version names it, so
+    scores against another threshold are never compared). A free-text suite without a threshold
+    is for self-referenced answers only (every similarity is 1)."""
+    if answers.kind == "labels":  # a label list is a set: order and repeats do not count
+        return Suite("default-labels-1", (DEFAULT_SUITE.checks[0],
+                                          SuiteCheck("json_equal", True, {"unordered": True},
+                                                     applies="json"), *_RECORDED))
+    if answers.kind == "number":
+        return Suite("default-number-1", (SuiteCheck("number_equal", True, applies="text"),
+                                          *DEFAULT_SUITE.checks[1:]))
+    if answers.kind == "text":
+        params = {} if threshold is None else {"threshold": threshold}
+        version = "default-text-1" + ("" if threshold is None else f"@{threshold:.2f}")
+        return Suite(version, (SuiteCheck(SIMILARITY, True, params, applies="text"),
+                               *DEFAULT_SUITE.checks[1:]))
+    return DEFAULT_SUITE
 
 
 @dataclass(frozen=True)
@@ -101,10 +125,12 @@ class ScoreVersionError(EvalloopError):
     """Scores made with different suite or check versions were about to be compared."""
 
 
-def load_suite(settings: TaskSettings) -> Suite:
-    """The task's suite: its [suite] table (validated when the task loaded), else the default."""
+def load_suite(settings: TaskSettings, answers: AnswerModel | None = None,
+               threshold: float | None = None) -> Suite:
+    """The task's suite: its [suite] table (validated when the task loaded), else the default
+    for its answers (`default_suite`)."""
     if settings.suite is None:
-        return DEFAULT_SUITE
+        return default_suite(answers or AnswerModel(), threshold)
     return Suite(version=settings.suite.version,
                  checks=tuple(SuiteCheck(c.name, c.required, dict(c.params), c.applies)
                               for c in settings.suite.checks))
@@ -139,7 +165,7 @@ CHECKS = CheckVocabulary(unknown=unknown_check, param_problems=param_problems)
 def _applies(check: SuiteCheck, item: CheckInput) -> bool:
     if check.applies == "all":
         return True
-    is_json = parse_json_reference(item.reference) is not None
+    is_json = shape(item.reference) != "other"
     return is_json if check.applies == "json" else not is_json
 
 

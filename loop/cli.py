@@ -171,13 +171,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from loop.store.db import Store
-    from loop.train.sft import config_from_args, format_result, train_for_task
+    from loop.train.methods import train_by_method
+    from loop.train.sft import config_from_args, format_result
 
     task = _load_task(args)
     config = config_from_args(task, args)  # [training], with --processes when given
-    with Store(args.workspace) as store:
-        result = train_for_task(store, task, args.workspace, model=args.model,
-                                data_path=args.data, config=config, progress=not args.json)
+    with Store(args.workspace) as store:  # [training] method: sft, dpo, grpo, sft+dpo/grpo
+        result = train_by_method(store, task, args.workspace, model=args.model,
+                                 data_path=args.data, config=config, progress=not args.json)
     _print_json(result.to_json()) if args.json else print(format_result(result))
     return 0
 
@@ -462,8 +463,11 @@ def cmd_nightly(args: argparse.Namespace) -> int:
             return nightly.EXIT_LOCKED if isinstance(exc, EndpointError) else nightly.EXIT_FAILED
         logging.getLogger("loop").info("cycle %s done: promote=%s", summary["cycle_id"],
                                        summary["gate"]["promote"])
-    _print_json(summary) if args.json else _print_cycle(summary)
-    print(f"log: {log_path}")
+    if args.json:  # stdout is one JSON document: the log path is in it
+        _print_json({**summary, "log": str(log_path)})
+    else:
+        _print_cycle(summary)
+        print(f"log: {log_path}")
     return nightly.EXIT_PROMOTED if summary["gate"]["promote"] else nightly.EXIT_KEPT
 
 

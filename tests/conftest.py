@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import http.server
 import json
 import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import ClassVar
@@ -15,6 +18,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning idle threads starve the 2 cores
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests track into their temp workspaces only
+
+
+def _isolated_cache_home() -> Path:
+    """A per-session EVALLOOP_HOME: memos (weight fingerprints, the bf16 probe) that one run
+    writes never reach another run or the user's cache, and the user's memos never reach the
+    tests. The converted model weights are linked in from the user's cache (converting them
+    takes minutes and they never change), so the real-model tests still find them."""
+    from loop.core.cache import cache_dir
+
+    real = cache_dir()
+    home = Path(tempfile.mkdtemp(prefix="evalloop-test-home-"))
+    if (real / "models").is_dir():
+        (home / "models").symlink_to(real / "models", target_is_directory=True)
+    atexit.register(shutil.rmtree, home, ignore_errors=True)  # the link, not its target
+    return home
+
+
+os.environ["EVALLOOP_HOME"] = str(_isolated_cache_home())
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TASK = REPO / "datasets" / "demo" / "task.toml"

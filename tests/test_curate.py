@@ -152,6 +152,11 @@ def test_curate_gives_every_item_one_reason():
     ("", ["a"], "empty"),
     ('{"name": "A"}', ['{"name": "B"}'] * 10, None),
     ("name: A", ['{"name": "B"}'] * 10, "JSON"),
+    ('Sure: {"name": "A"}', ['{"name": "B"}'] * 10, "JSON alone"),  # training answers are clean
+    ('["greet"]', ['["booking"]', '["greet"]'] * 5, None),
+    ('["hello"]', ['["booking"]', '["greet"]'] * 5, "labels"),
+    ("7", ["1", "2", "3"] * 4, None),
+    ("seven", ["1", "2", "3"] * 4, "number"),
     ("positive", ["positive", "negative"] * 10, None),
     ("Positive.", ["positive", "negative"] * 10, None),
     ("maybe", ["positive", "negative"] * 10, "labels"),
@@ -159,7 +164,9 @@ def test_curate_gives_every_item_one_reason():
     ("word " * 80, ["short answer"] * 3, "longer"),
 ])
 def test_answer_shape(output, refs, bad):
-    why = cur.answer_shape(output, refs)
+    from evals.answers import infer_answers
+
+    why = cur.answer_shape(output, infer_answers(refs), refs)
     assert (why is None) if bad is None else (bad in why)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -184,3 +185,50 @@ def test_time_budget_stops_between_stages_and_the_next_run_resumes(tmp_path):
     assert proc.returncode == 124, err[-2000:]
     assert "Time budget" in err
     assert list((workspace / "logs").glob("nightly-*.log"))
+
+
+def test_nightly_json_prints_one_json_document(tmp_path, monkeypatch, capsys):
+    """`nightly --json` used to print a `log:` line after the document."""
+    from loop import cli
+    from loop.cycle import run
+
+    task = cycle_task(tmp_path / "task", benchmarks=False)
+    monkeypatch.setattr(run, "run_cycle", lambda *a, **kw: {"cycle_id": "c",
+                                                            "gate": {"promote": False}})
+    for name in ("loop", "evals"):  # the log file handler nightly attaches goes with the test
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+        monkeypatch.setattr(logger, "level", logger.level)
+    code = cli.main(["nightly", "--task", str(task), "--workspace", str(tmp_path / "ws"),
+                     "--json"])
+    out = capsys.readouterr().out
+    assert code == 10
+    document = json.loads(out)  # nothing before or after it
+    assert document["cycle_id"] == "c" and Path(document["log"]).parent.name == "logs"
+
+
+def test_a_cycle_evaluates_each_model_and_split_once(tmp_path, monkeypatch):
+    """The arena used to evaluate both models on test again after eval_candidate had."""
+    from loop.cycle import run
+    from loop.evaluation import evaluate as evaluation
+
+    calls = []
+    real = evaluation.evaluate
+
+    def counted(store, task, model_name, split="test", *args, **kwargs):
+        calls.append((model_name, split))
+        return real(store, task, model_name, split, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", counted)
+    monkeypatch.setattr(run, "evaluate", counted)
+    task = write_task(tmp_path / "task", {"train": classification_records(40, 100),
+                                          "dev": classification_records(8, 300),
+                                          "test": classification_records(8)},
+                      "[generation]\nmax_new_tokens = 4\nbatch_size = 8\n"
+                      "[cycle]\nbase_model = \"tiny-random\"\nbenchmarks = false\n"
+                      "prompt_shots = 0\n"  # the prompt arm scores the champion on dev again
+                      "[targeted]\nn = 8\n[training]\nmax_steps = 2\nbatch_size = 4\n"
+                      "search = false\n")  # a recipe search also scores each trial on dev
+    summary = run.run_cycle(task, tmp_path / "ws", progress=False)
+    assert summary["gate"]["reasons"] and len(calls) == len(set(calls)) == 4, calls
+    assert {split for _, split in calls} == {"dev", "test"}

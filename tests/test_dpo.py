@@ -210,3 +210,38 @@ def test_the_cycle_trains_the_method_its_task_names(tmp_path):
     pairs_dir = next(ws.rglob("pairs"))
     rows = [json.loads(line) for f in pairs_dir.glob("*.jsonl") for line in f.open()]
     assert rows and set(rows[0]) >= {"prompt", "chosen", "rejected"}
+
+
+@pytest.mark.parametrize("method, calls", [
+    ("sft", ["sft:tiny-random"]),
+    ("dpo", ["pairs", "dpo:tiny-random"]),
+    ("sft+dpo", ["sft:tiny-random", "pairs", "dpo:tiny-random+/a/sft"]),
+    ("grpo", ["grpo:tiny-random"]),
+    ("sft+grpo", ["sft:tiny-random", "grpo:tiny-random+/a/sft"]),
+])
+def test_evalloop_train_runs_the_method_the_task_names(tmp_path, monkeypatch, method, calls):
+    """`evalloop train` used to run SFT whatever `[training] method` said."""
+    from types import SimpleNamespace
+
+    from conftest import classification_records, write_task
+    from loop import cli
+    from loop.targeted import pairs as pairs_module
+    from loop.train import dpo, grpo, sft
+
+    seen = []
+    result = SimpleNamespace(adapter_dir="/a/sft", to_json=dict)
+    monkeypatch.setattr(sft, "train_for_task", lambda store, task, ws, model, **kw: (
+        seen.append(f"sft:{model}"), result)[1])
+    monkeypatch.setattr(pairs_module, "build_pairs", lambda store, task: (
+        seen.append("pairs"), SimpleNamespace(n_pairs=3, dataset_path="p.jsonl",
+                                              manifest_hash="h"))[1])
+    monkeypatch.setattr(dpo, "train_dpo_for_task", lambda store, task, ws, path, model, **kw: (
+        seen.append(f"dpo:{model}"), result)[1])
+    monkeypatch.setattr(grpo, "train_grpo_for_task", lambda store, task, ws, model, **kw: (
+        seen.append(f"grpo:{model}"), result)[1])
+    task = write_task(tmp_path / "t", {"train": classification_records(8),
+                                       "test": classification_records(4)},
+                      f'[training]\nmethod = "{method}"\n')
+    assert cli.main(["train", "--task", str(task), "--workspace", str(tmp_path / "ws"),
+                     "--model", "tiny-random", "--json"]) == 0
+    assert seen == calls

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from evals.rules import CheckInput
+from evals.answers import infer_answers
 from evals.suites import DEFAULT_SUITE, score_suite
 from loop.failures.clusters import cluster_failures, collect_failures, summarize
 from loop.core.records import Example
@@ -165,8 +166,8 @@ class _BagEmbedder:
 
 
 def test_recorded_failures_store_signatures_and_summaries_count_them(workspace):
-    """End to end through the store: the label set is fitted on every stored item of the task,
-    outputs come from the stored predictions, and the stored summary counts signatures."""
+    """End to end through the store: the label set comes from the task's answer model, outputs
+    come from the stored predictions, and the stored summary counts signatures."""
     from loop.failures.stage import failure_summary, format_failures, record_failures
     from loop.store.db import Store
 
@@ -186,7 +187,8 @@ def test_recorded_failures_store_signatures_and_summaries_count_them(workspace):
         store.insert("run_items", [{"run_id": "r", "example_id": e.id, "prediction_id": p}
                                    for e, p in zip(examples, pids)])
         fresh = record_failures(store, "r", "colours", "m", "dev", examples, pids, scores,
-                                [0.5] * 9, _BagEmbedder())
+                                [0.5] * 9, _BagEmbedder(),
+                                answers=infer_answers([e.output for e in examples]))
         stored = failure_summary(store, "r")
         sigs = {r["example_id"]: r["signatures"] for r in store.query(
             "SELECT example_id, signatures FROM failures WHERE run_id = 'r'")}

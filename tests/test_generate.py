@@ -170,13 +170,18 @@ def test_prefix_groups_cover_every_row_once_and_leave_a_token_to_run():
     assert prefix_groups([]) == []
 
 
-def test_answers_are_json():
-    def ex(output):
-        return Example("x", "i", output)
+def test_answers_are_json(tmp_path):
+    from tests.conftest import write_task
 
-    assert answers_are_json([ex('{"a": 1}')] * 9 + [ex("oops")])
-    assert not answers_are_json([ex('["a"]')] * 8 + [ex("oops"), ex("7")])  # a number is no object
-    assert not answers_are_json([])
+    from loop.data.tasks import load_task
+
+    def task(outputs, name):
+        rows = [{"instruction": f"q{i}", "output": o} for i, o in enumerate(outputs)]
+        return load_task(write_task(tmp_path / name, {"test": rows}))
+
+    assert answers_are_json(task(['{"a": 1}'] * 9 + ["oops"], "objects"))
+    assert answers_are_json(task(['["a"]'] * 9 + ["oops"], "lists"))
+    assert not answers_are_json(task(['["a"]'] * 8 + ["oops", "7"], "mixed"))  # under 90% JSON
 
 
 @pytest.mark.parametrize("heads,kv_heads,q_len", [(4, 4, 1), (6, 2, 1), (6, 2, 5)])

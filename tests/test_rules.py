@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from evals.rules import REGISTRY, CheckInput, extract_json, get_check
+from evals.answers import parse_json
+from evals.rules import REGISTRY, CheckInput, get_check
 from loop.core.errors import ConfigError
 
 
@@ -25,6 +26,9 @@ CASES = [
     ("json_equal", {}, item('Here you go: {"a": 1} hope it helps', '{"a": 1}'), True),
     ("json_equal", {}, item('{"a": "1"}', '{"a": 1}'), False),
     ("json_equal", {}, item("a is one", '{"a": 1}'), False),
+    ("number_equal", {}, item("It is 1,200.", "1200"), True),
+    ("number_equal", {"tolerance": 0.5}, item("719.6", "720"), True),
+    ("number_equal", {}, item("between 700 and 720", "720"), False),
     ("contains", {}, item("I think it is Paris, France", "paris"), True),
     ("contains", {"text": "refund"}, item("We will send a refund.", ""), True),
     ("contains", {"text": "refund"}, item("We cannot help.", ""), False),
@@ -79,10 +83,17 @@ def test_json_equal_reports_key_precision_and_recall():
     assert result.detail["recall"] == pytest.approx(1 / 2)
 
 
-def test_extract_json_prefers_fenced_block():
-    assert extract_json('x {"a": 1} ```json\n{"b": 2}\n```') == {"b": 2}
-    with pytest.raises(ValueError):
-        extract_json("nothing")
+def test_reply_json_prefers_fenced_block():
+    assert parse_json('x {"a": 1} ```json\n{"b": 2}\n```') == {"b": 2}
+    assert parse_json("nothing") is None
+    assert parse_json('x {"a": 1}', strict=True) is None  # references: the whole text only
+    assert parse_json('```json\n{"a": 1}\n```', strict=True) == {"a": 1}
+
+
+def test_number_equal_reads_one_number():
+    results = get_check("number_equal").fn([item("It is 720.", "720"), item("7 or 720", "720"),
+                                             item("1200", "1,200"), item("700", "720")])
+    assert [r.passed for r in results] == [True, False, True, False]
 
 
 def test_unknown_check_suggests_the_closest_name():

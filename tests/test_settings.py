@@ -37,7 +37,7 @@ def test_every_problem_in_every_section_is_named_with_file_and_key(tmp_path):
     message = str(err.value)
     expected = [
         "colour: unknown key (known: name, description, train, dev, test, dev_fraction, "
-        "system_prompt, prompts)",
+        "system_prompt, prompts, answer, labels)",
         "[generation] batch_size: must be >= 1, got 0",
         "[training] rank: must be an integer, got 'eight'",
         "[training] lerning_rate: unknown key (did you mean 'learning_rate'?)",
@@ -197,8 +197,15 @@ def _summary(run_id: str, outcomes: dict | None = None) -> dict:
             "split": "test", "n": 2, "generated": 2, "reused": 0, "pass_rate": 0.5,
             "per_category": {"a": {"n": 2, "pass_rate": 0.5}}, "per_check": {"exact_match": 0.5},
             "mean_similarity": 0.7, "failure_categories": {"wrong_answer": 1}, "n_clusters": 1,
-            "suite_version": "default-1"}
+            "suite_version": "default-1", "check_versions": {"exact_match": "1"}}
     return data if outcomes is None else {**data, "outcomes": outcomes}
+
+
+def test_a_summary_stored_before_check_versions_still_resumes():
+    from loop.evaluation.evaluate import EvalSummary
+
+    old = {k: v for k, v in _summary("r").items() if k != "check_versions"}
+    assert EvalSummary.from_json(old).versions() == {"__suite__": "default-1"}
 
 
 # what the dict-returning stages stored before (a store written by the old code must resume)

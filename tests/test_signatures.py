@@ -1,10 +1,11 @@
-"""Failure signatures by reference shape (table-driven) and the label-set fit."""
+"""Failure signatures by reference shape (table-driven), read with the task's answer model."""
 
 from __future__ import annotations
 
 import pytest
 
-from evals.signatures import expected_parts, known_labels, signatures
+from evals.answers import AnswerModel, infer_answers
+from evals.signatures import Signature, expected_parts, signatures
 
 LABELS = frozenset({"booking", "cancel", "greet"})
 
@@ -44,12 +45,32 @@ CASES = [
 
 @pytest.mark.parametrize("reference, prediction, categories, labels, expected", CASES)
 def test_signatures_by_reference_shape(reference, prediction, categories, labels, expected):
-    assert signatures(reference, prediction, categories, labels) == expected
+    answers = AnswerModel("label" if labels else "exact", labels)
+    found = signatures(answers, reference, prediction, categories)
+    assert tuple(str(s) for s in found) == expected
+    assert all(Signature.parse(str(s)).kind == s.kind for s in found)  # the stored form reads back
 
 
-def test_long_keys_and_elements_are_clipped():
-    (sig,) = signatures('{"a": 1}', '{"a": 1, "' + "x" * 200 + '": 2}')
-    assert sig.startswith("extra_key:xxx") and len(sig) < 60
+def test_long_keys_are_stored_whole_and_clipped_only_for_display():
+    (sig,) = signatures(AnswerModel("json"), '{"a": 1}', '{"a": 1, "' + "x" * 200 + '": 2}')
+    assert sig == Signature("extra_key", "x" * 200, "", "2")
+    assert str(sig) == "extra_key:" + "x" * 200 and Signature.parse(str(sig)).key == "x" * 200
+    assert sig.display().startswith("extra_key:xxx") and len(sig.display()) < 60
+
+
+def test_wrong_values_carry_gold_and_prediction_and_non_ascii_stays_readable():
+    (sig,) = signatures(AnswerModel("json"), '{"city": "Zürich"}', 'Sure: {"city": "Zurich"}')
+    assert sig == Signature("wrong_value", "city", "Zürich", "Zurich")
+    sigs = signatures(AnswerModel("labels"), '["café", 1]', '["cafe", 1]')
+    assert {str(s) for s in sigs} == {"missing_element:café", "extra_element:cafe"}
+
+
+def test_numbers_are_signed_by_value():
+    answers = AnswerModel("number")
+    assert signatures(answers, "720", "It is 720.") == (Signature("wrong_answer"),)
+    assert signatures(answers, "720", "about 700") == (Signature("wrong_number", "", "720.0",
+                                                                "700.0"),)
+    assert [s.kind for s in signatures(answers, "720", "no idea")] == ["not_a_number"]
 
 
 @pytest.mark.parametrize("references, expected", [
@@ -63,8 +84,10 @@ def test_long_keys_and_elements_are_clipped():
     (['["x"]', "[]", "[]", "[]"], set()),  # JSON lists
     (["yes", "yes"], set()),  # too few to tell
 ])
-def test_known_labels_fit_only_closed_sets_of_short_answers(references, expected):
-    assert known_labels(references) == frozenset(expected)
+def test_label_sets_fit_only_closed_sets_of_short_answers(references, expected):
+    answers = infer_answers(references)
+    assert (answers.labels if answers.kind == "label" else frozenset()) == frozenset(expected)
+    assert (answers.kind == "label") == bool(expected)
 
 
 def test_expected_parts_name_what_the_reference_asks_for():

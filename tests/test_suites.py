@@ -88,3 +88,18 @@ def test_changed_check_version_is_never_compared():
         assert_comparable(old, {**old, "exact_match": "2"})
     with pytest.raises(ScoreVersionError, match="suite versions"):
         assert_comparable(old, {**old, "__suite__": "2"})
+
+
+def test_the_gate_compares_per_check_versions_of_the_two_summaries():
+    """The gate used to compare only the suite version; a changed check version slipped by."""
+    from loop.evaluation.evaluate import EvalSummary
+
+    def summary(versions):
+        return EvalSummary("r", "t", "m", "id", "test", 1, 1, 0, 1.0, {}, {}, 1.0, {}, 0,
+                           "default-1", check_versions=versions)
+
+    same = summary({"exact_match": "1", "json_equal": "1"})
+    assert assert_comparable(same.versions(), same.versions()) == {"exact_match", "json_equal"}
+    with pytest.raises(ScoreVersionError, match="json_equal"):
+        assert_comparable(same.versions(), summary({"exact_match": "1",
+                                                    "json_equal": "2"}).versions())

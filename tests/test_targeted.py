@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from evals.answers import AnswerModel
 import pytest
 from conftest import ChatHandler, write_task
 
@@ -137,9 +139,15 @@ def test_planted_test_item_and_paraphrase_are_contaminated_and_duplicates_reject
                 contaminated.add(pool_id)
     assert by_pool["plant-copy"] == {("rejected", "contaminated")}
     assert by_pool["plant-paraphrase"] == {("rejected", "contaminated")}
-    # (an exact repeat of a pool row is dropped when the task loads; its case variant stays)
-    dup_reasons = by_pool.get("dup-copy", set()) | by_pool["dup-case"]
-    assert ("rejected", "duplicate") in dup_reasons and ("accepted", None) not in dup_reasons
+    # An exact repeat of a pool row is dropped when the task loads; its case variant stays and
+    # is the same question: one of the two is kept. Which one follows their retrieval ranks,
+    # which differ only by embedding noise ("France?" vs "FRANCE ?"), so the test does not ask.
+    assert "dup-copy" not in by_pool
+    original = next(e.id for e in task.split("train") if e.instruction == pool_row["instruction"])
+    copies = [by_pool[original], by_pool["dup-case"]]
+    assert sum(("accepted", None) in c for c in copies) == 1
+    assert all(c <= {("accepted", None), ("rejected", "duplicate")} for c in copies)
+    assert any(c == {("rejected", "duplicate")} for c in copies)
     # no legitimate pool row is taken for an evaluation item: only the planted ones
     assert contaminated == {"plant-copy", "plant-paraphrase"}
     assert set(result.rejected) == {"contaminated", "duplicate"}  # (a row proposed for both
@@ -529,7 +537,7 @@ def test_fixed_instruction_task_keeps_empty_answers_and_rejects_a_planted_paraph
              if r["cluster_id"] == "c-extra" and r["status"] == "accepted"]
     assert extra and all("time" not in m for m in extra)
     text = format_result(result)
-    assert "answer classes (object)" in text and "of candidates" in text
+    assert "answer classes (json)" in text and "of candidates" in text
 
 
 def _bow(texts, dim=256):
@@ -541,13 +549,14 @@ def _bow(texts, dim=256):
 
 
 def _slot_ctx(pool: list[Example]) -> StrategyContext:
-    from loop.targeted.answer_classes import PoolAnswers, answer_kind
+    from evals.answers import infer_answers
+    from loop.targeted.answer_classes import PoolAnswers
     from loop.core.template import Template
 
     outputs = [e.output for e in pool]
     template = Template.fit([f"{e.instruction}\n\n{e.input}" for e in pool])
     return StrategyContext(seed=0, pool=tuple(pool), embed=_bow, vary=template.varying,
-                           answers=PoolAnswers(outputs, answer_kind(outputs)))
+                           answers=PoolAnswers(outputs, infer_answers(outputs)))
 
 
 def _ex(i, text, answer, split="train"):
@@ -567,7 +576,7 @@ def test_retrieval_prefers_pool_rows_with_the_missing_key():
                                                     ("missing_key:city",)),))
     without = ClusterTarget("c", "c", (FailureCase(failing, '{"time": "noon"}',
                                                    ("wrong_answer",)),))
-    for cluster in (with_sig, without):  # no stored signatures: read off reference and output
+    for cluster in (with_sig, without):  # signed again from reference and output either way
         got = STRATEGIES["retrieval"](ctx, [Request(cluster, 3, 0, 0)])
         assert [c.source["pool_id"] for c in got] == [e.id for e in far]
         assert got[0].source["meets"] == 1.0 and got[0].source["needs"] == ["has:city"]
@@ -651,14 +660,14 @@ def test_answer_distribution_flags_a_vanished_class():
     pool = ["{}"] * 40 + ['{"city": "A"}'] * 50 + ['{"city": "B", "time": "1"}'] * 10
     fails = ['{"time": "2"}'] * 3 + ['{"city": "C"}'] * 7
     data = ['{"city": "A"}'] * 99 + ['{"city": "B", "time": "1"}']
-    dist = answer_distribution("object", pool, fails, data)
+    dist = answer_distribution(AnswerModel("json"), pool, fails, data)
     got = {r["class"]: r for r in dist["classes"]}
     assert got["{}"]["pool"] == 0.4 and got["{}"]["data"] == 0.0 and got["{}"]["vanished"]
     assert got["{time}"]["failures"] == 0.3 and got["{time}"]["vanished"]
     assert not got["{city}"]["vanished"] and not got["{city, time}"]["vanished"]  # 1% is enough
     assert dist["vanished"] == ["{}", "{time}"]
     assert "VANISHED" in format_distribution(dist)
-    lists = answer_distribution("list", ['["a", "b"]', "[]"], ['["b"]'], ['["a"]'])
+    lists = answer_distribution(AnswerModel("labels"), ['["a", "b"]', "[]"], ['["b"]'], ['["a"]'])
     assert {r["class"]: r["data"] for r in lists["classes"]} == {"a": 1.0, "b": 0.0, "[]": 0.0}
 
 
@@ -671,23 +680,23 @@ def test_balanced_order_draws_classes_in_proportion_to_freq_to_the_power():
     def shares(power):
         got = Counter()
         for seed in range(20):
-            got.update(outs[i] for i in balanced_order(outs, "label", seed, power)[:100])
+            got.update(outs[i] for i in balanced_order(outs, AnswerModel("label"), seed, power)[:100])
         return {k: v / 2000 for k, v in got.items()}
     assert abs(shares(1.0)["a"] - 0.8) < 0.03  # the pool's own mix
     sqrt = shares(0.5)  # sqrt(.8) : sqrt(.16) : sqrt(.04) = .60 : .27 : .13
     assert abs(sqrt["a"] - 0.60) < 0.04 and abs(sqrt["c"] - 0.13) < 0.03
-    order = balanced_order(outs, "label", 3, 0.5)
+    order = balanced_order(outs, AnswerModel("label"), 3, 0.5)
     assert sorted(order) == list(range(1000))  # a permutation: every row once
-    assert (order == balanced_order(outs, "label", 3, 0.5)).all()  # seeded
+    assert (order == balanced_order(outs, AnswerModel("label"), 3, 0.5)).all()  # seeded
     lists = ['["x", "rare"]', '["x"]', '["x"]', '["x"]']  # a row weighs its rarest class
-    assert Counter(int(balanced_order(lists, "list", s, 0.0)[0]) for s in range(200))[0] > 80
+    assert Counter(int(balanced_order(lists, AnswerModel("labels"), s, 0.0)[0]) for s in range(200))[0] > 80
 
 
 def test_report_shows_signatures_and_marks_a_vanished_class():
     from loop.targeted.answer_classes import answer_distribution
     from loop.cycle.report import _distribution_lines, _signature_lines
 
-    dist = answer_distribution("object", ["{}"] * 4 + ['{"a": 1}'] * 6, ["{}"], ['{"a": 2}'])
+    dist = answer_distribution(AnswerModel("json"), ["{}"] * 4 + ['{"a": 1}'] * 6, ["{}"], ['{"a": 2}'])
     signatures = [{"signature": f"missing_key:k{i}", "count": 20 - i, "share": 0.1,
                    "examples": ["e1", "e2"]} for i in range(12)]
     table = "\n".join(_distribution_lines(dist))

@@ -154,7 +154,8 @@ def test_exact_duplicates_kept_in_test_dropped_from_train_before_dev(tmp_path):
     assert task.report.get("test").repeated == 2 and task.report.get("test").dropped == 0
     assert task.report.line() == ("tiny: train 26 rows, 4 exact duplicates dropped; dev 2 rows "
                                   "drawn from train; test 4 rows (2 repeated, kept as separate "
-                                  "items)")
+                                  "items); answers: label (one label each, 4 labels; inferred "
+                                  "from 26 references)")
     assert load_task(tmp_path / "task.toml").data_hash == task.data_hash  # stable ids
 
 
@@ -256,4 +257,5 @@ def test_cli_prints_the_load_note_before_other_work(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.splitlines()[0] == ("tiny: train 4 rows, 2 exact duplicates dropped; dev 1 rows "
                                    "drawn from train; test 2 rows (1 repeated, kept as separate "
-                                   "items)")
+                                   "items); answers: label (one label each, 2 labels; inferred "
+                                   "from 4 references)")  # what was inferred, in the first line

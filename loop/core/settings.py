@@ -46,6 +46,9 @@ TrainMethod = Literal["sft", "dpo", "sft+dpo", "grpo", "sft+grpo"]
 ShotSelection = Literal["random", "nearest"]
 MAX_SHOTS = 64
 CannotTell = Literal["keep", "keep_if_small_gain", "ignore"]  # [gate] cannot_tell
+# what a task's answers are (evals.answers.KINDS; loop.core cannot import evals, a test keeps
+# the two equal)
+AnswerKind = Literal["json", "labels", "number", "label", "text", "exact"]
 
 
 # ---------------------------------------------------------------------------- value types
@@ -542,6 +545,12 @@ class TaskSettings(Section):
     system_prompt: StrictStr | None = None
     prompts: tuple[PromptSettings, ...] = Field(
         (), strict=False, description="[[prompts]]: named prompt variants to compare")
+    answer: AnswerKind | None = Field(
+        None, description="what the answers are (default: inferred from the references): "
+                          "label, labels (JSON lists), json (objects), number, text (free text, "
+                          "scored by similarity), exact")
+    labels: tuple[StrictStr, ...] | None = Field(
+        None, strict=False, min_length=2, description="the closed label set (default: inferred)")
     generation: GenerationSettings = GenerationSettings()
     suite: SuiteSettings | None = Field(None, description="default: evals.suites.DEFAULT_SUITE")
     training: TrainingSettings = TrainingSettings()
@@ -566,6 +575,16 @@ class TaskSettings(Section):
             if twice:
                 problems.append((("prompts",), f"prompt names must be unique: "
                                                f"{', '.join(twice)} given twice"))
+        if data.get("labels") is not None and data.get("answer") not in (None, "label",
+                                                                         "labels"):
+            problems.append((("labels",), f"a label set needs answer = \"label\" or "
+                                          f"\"labels\", not {data['answer']!r}"))
+        labels = data.get("labels")
+        if isinstance(labels, list) and all(isinstance(x, str) for x in labels):
+            if any(not x.strip() for x in labels):
+                problems.append((("labels",), "labels must not be empty strings"))
+            elif len({x.strip().lower() for x in labels}) < len(labels):
+                problems.append((("labels",), "labels must be distinct (case is ignored)"))
         return data, problems
 
     @property

@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and in cron
 import matplotlib.pyplot as plt  # noqa: E402
 
+from evals.signatures import Signature  # noqa: E402
 from loop.cycle.gate import PromotionDecision  # noqa: E402
 from loop.cycle.results import CycleResults  # noqa: E402
 from loop.store.cycles import stage_seconds  # noqa: E402
@@ -67,7 +68,7 @@ def _signature_lines(sigs: Sequence[dict], top: int = 10) -> list[str]:
         return []
     lines = ["## Failure signatures (dev, champion)", "",
              "| signature | count | share | examples |", "|---|---:|---:|---|"]
-    lines += [f"| `{s.get('signature')}` | {s.get('count', 0)} | {s.get('share', 0):.1%} | "
+    lines += [f"| `{Signature.parse(str(s.get('signature'))).display()}` | {s.get('count', 0)} | {s.get('share', 0):.1%} | "
               f"{', '.join(map(str, s.get('examples', [])[:2]))} |" for s in sigs[:top]]
     if len(sigs) > top:
         lines.append(f"| ... {len(sigs) - top} more | | | |")

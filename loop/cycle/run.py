@@ -204,7 +204,8 @@ def arena(ctx: CycleContext) -> ArenaResult:
         return ArenaResult(skipped=True)
     return ArenaResult.from_json(run_arena(
         ctx.store, ctx.task, [ctx.champion.model_name, ctx.candidate_name], judge="reference",
-        seed=ctx.settings.cycle.seed, plot_dir=ctx.dir / "report", progress=ctx.progress))
+        seed=ctx.settings.cycle.seed, plot_dir=ctx.dir / "report", progress=ctx.progress,
+        runs=(ctx.results.eval_candidate.champion_test, ctx.results.eval_candidate.candidate_test)))
 
 
 def benchmarks(ctx: CycleContext) -> BenchmarksResult:
@@ -226,8 +227,7 @@ def gate(ctx: CycleContext) -> PromotionDecision:
     from evals.suites import assert_comparable
 
     ev = ctx.results.eval_candidate
-    assert_comparable({"__suite__": ev.champion_test.suite_version},
-                      {"__suite__": ev.candidate_test.suite_version})
+    assert_comparable(ev.champion_test.versions(), ev.candidate_test.versions())
     categories = {e.id: e.category for e in ctx.task.split("test")}
     ratings, bench = ctx.results.arena.ratings, ctx.results.benchmarks
     inputs = GateInputs(

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from evals.answers import AnswerModel, infer_answers
 from evals.suites import CHECKS  # the suite's check names live with the scorers
 from loop.core.settings import TaskSettings, load_settings
 from loop.core.errors import TaskDataError
@@ -64,11 +65,13 @@ class SplitReport:
 class LoadReport:
     task: str
     splits: tuple[SplitReport, ...]
+    answers: str = ""  # what the answers were found to be (AnswerModel.describe)
 
     def line(self) -> str:
         """e.g. `t: train 874 rows, 41 exact duplicates dropped; dev 83 rows drawn from train;
-        test 328 rows (12 repeated, kept as separate items)`."""
-        return f"{self.task}: " + "; ".join(s.text() for s in self.splits)
+        test 328 rows (12 repeated, kept as separate items); answers: json (...)`."""
+        return f"{self.task}: " + "; ".join([s.text() for s in self.splits]
+                                            + ([self.answers] if self.answers else []))
 
     def get(self, split: str) -> SplitReport | None:
         return next((s for s in self.splits if s.split == split), None)
@@ -79,6 +82,7 @@ class Task:
     settings: TaskSettings  # the TOML, validated in full when the task loaded
     splits: dict[str, tuple[Example, ...]]
     report: LoadReport | None = None
+    answers: AnswerModel = AnswerModel()  # what its answers are, decided once (evals.answers)
 
     @property
     def name(self) -> str:
@@ -309,5 +313,10 @@ def load_task(path: str | Path) -> Task:
         splits["train"], splits["dev"] = split_off_dev(splits["train"], settings.dev_fraction)
         reports["dev"] = SplitReport("dev", len(splits["dev"]), drawn_from="train")
     order = [name for name in ("train", "dev", "test") if name in reports]
+    rows = [e for name in order for e in splits.get(name, ())]
+    answers = infer_answers([e.output for e in rows], settings.answer, settings.labels,
+                            [e.category for e in rows])
     return Task(settings=settings, splits={k: tuple(v) for k, v in splits.items()},
-                report=LoadReport(settings.name, tuple(reports[name] for name in order)))
+                report=LoadReport(settings.name, tuple(reports[name] for name in order),
+                                  answers.describe()),
+                answers=answers)

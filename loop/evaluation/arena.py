@@ -55,11 +55,13 @@ def prompt_settings(task, prompts: Sequence[str] | None) -> list:
 
 
 def evaluate_entrants(store: Store, task, models: Sequence[str], progress: bool = True,
-                      prompts: Sequence[str] | None = None) -> list[Entrant]:
+                      prompts: Sequence[str] | None = None, runs: Sequence = ()) -> list[Entrant]:
     """Evaluate each model under each prompt (default: the task's own) on the test split,
     reusing stored predictions; two names for the same weights and prompt are refused before
     anything is generated. A prompted entrant is stored as a model row (its name
-    `MODEL@PROMPT`, parent_id the weights, meta the prompt) so ratings name it."""
+    `MODEL@PROMPT`, parent_id the weights, meta the prompt) so ratings name it. `runs`: test
+    `EvalSummary`s under the task's own prompt that the caller already has (a cycle's
+    eval_candidate stage); those are not evaluated again."""
     from loop.evaluation.evaluate import evaluate
     from loop.models.loading import fingerprint, parse_model_name
 
@@ -77,10 +79,13 @@ def evaluate_entrants(store: Store, task, models: Sequence[str], progress: bool 
                                   f"prompt (fingerprint {entrant}); an arena compares "
                                   "different versions.")
             seen[entrant] = label
+    have = {r.model_id: r for r in runs if r.split == "test" and r.task == task.name}
     out = []
     for name in models:
         for setting in settings:
-            summary = evaluate(store, task, name, "test", progress=progress, prompt=setting)
+            known = have.get(fingerprint(parse_model_name(name))) if setting.is_default else None
+            summary = known or evaluate(store, task, name, "test", progress=progress,
+                                        prompt=setting)
             entrant = prompted_id(summary.model_id, setting)
             label = name
             if entrant != summary.model_id:
@@ -134,12 +139,12 @@ def write_matches(store: Store, matches: Sequence[judges.Match]) -> int:
 def run_arena(store: Store, task, models: list[str], judge: str = "reference",
               n: int | None = None, seed: int = 0, plot_dir: Path | None = None,
               completer=None, progress: bool = True,
-              prompts: Sequence[str] | None = None) -> dict:
-    """Evaluate missing test predictions, judge every pair of entrants (each model under each
-    of `prompts`) on shared items, rate. Returns the combined (all judges) leaderboard for the
-    task and the plot path."""
+              prompts: Sequence[str] | None = None, runs: Sequence = ()) -> dict:
+    """Evaluate missing test predictions (`runs`: test runs already made, reused), judge every
+    pair of entrants (each model under each of `prompts`) on shared items, rate. Returns the
+    combined (all judges) leaderboard for the task and the plot path."""
     judges.check_judge(judge)
-    entrants = evaluate_entrants(store, task, models, progress, prompts)
+    entrants = evaluate_entrants(store, task, models, progress, prompts, runs)
     matches = judge_entrants(store, task, entrants, judge, n, completer)
     new = write_matches(store, matches)
     board = compute_leaderboard(store, task.name, judge=None, seed=seed, save=True)

@@ -21,6 +21,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evals.answers import parse_json
 from loop.core.cache import write_atomic
 from loop.core.errors import ConfigError
 
@@ -109,11 +110,8 @@ def short_diff(reference: str, prediction: str) -> str:
 
 
 def _lines(text: str) -> list[str]:
-    try:
-        value = json.loads(text)
-    except (ValueError, TypeError):
-        return (text or "").splitlines() or [""]
-    if isinstance(value, (dict, list)):
+    value = parse_json(text or "", strict=True)
+    if value is not None:
         return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False).splitlines()
     return (text or "").splitlines() or [""]
 

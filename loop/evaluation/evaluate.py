@@ -6,12 +6,11 @@ the task's suite, written to the store, summarised per category and per check.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from evals.suites import load_suite
+from evals.suites import Suite, load_suite
 from loop import tracking
 from loop.core import stopping
 from loop.core.errors import StoreError, TaskDataError
@@ -26,7 +25,6 @@ from loop.store.db import Store, now
 from loop.data.tasks import Task
 
 GEN_VERSION = "greedy-v1"  # bump when decoding changes, so old predictions are not reused
-JSON_SHARE = 0.9  # stop generation at a closed JSON value when this share of references is JSON
 
 
 @dataclass(frozen=True)
@@ -48,6 +46,12 @@ class EvalSummary:
     suite_version: str
     outcomes: dict[str, bool] = field(default_factory=dict, repr=False)  # example id -> passed
     prompt: str = "zero-shot"  # PromptSetting.label: which prompt (shots) the model was shown
+    check_versions: dict[str, str] = field(default_factory=dict)  # check -> version (stored
+    # summaries from before it have none)
+
+    def versions(self) -> dict[str, str]:
+        """What `evals.suites.assert_comparable` compares: the suite and each check's version."""
+        return {"__suite__": self.suite_version, **self.check_versions}
 
     def to_json(self, outcomes: bool = False) -> dict:
         data = asdict(self)
@@ -87,7 +91,7 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
     tokenizer = lm.tokenizer if lm else load_tokenizer(spec)
     gen = task.settings.generation
     engine = "hf" if lm else resolve_backend(backend or gen.backend)  # before any write
-    stop_at_json = answers_are_json([e for s in task.splits.values() for e in s])
+    stop_at_json = answers_are_json(task)
     gen_hash = generation_hash(gen.max_new_tokens, stop_at_json, engine, setting.shot_identity())
     shots = choose_shots(task, examples, setting, shot_embedder(store, setting))
     prompts = render_prompts(tokenizer, task, examples, setting, shots)
@@ -190,15 +194,21 @@ def generation_hash(max_new_tokens: int, stop_at_json: bool, backend: Backend = 
                         *([f"backend-{backend}"] * (backend != "hf")), *shots)
 
 
-def answers_are_json(examples: Sequence[Example], share: float = JSON_SHARE) -> bool:
-    """Whether at least `share` of the reference outputs parse as a JSON object or list."""
-    def is_json(text: str) -> bool:
-        try:
-            return isinstance(json.loads(text), (dict, list))
-        except ValueError:
-            return False
+def answers_are_json(task: Task) -> bool:
+    """Whether generation stops at a closed JSON value: the task's answers are JSON."""
+    return task.answers.kind in ("json", "labels")
 
-    return bool(examples) and sum(is_json(e.output) for e in examples) >= share * len(examples)
+
+def task_suite(task: Task, embedder) -> Suite:
+    """The suite a task is scored with: its [suite], else the default for its answers; a
+    free-text task's similarity threshold is calibrated on its references (cached vectors)."""
+    threshold = None
+    if task.settings.suite is None and task.answers.kind == "text":
+        from evals.scoring import calibrated_threshold
+
+        refs = [e for split in ("train", "dev") for e in task.splits.get(split, ())]
+        threshold = calibrated_threshold(refs or task.split("test"), embedder)
+    return load_suite(task.settings, task.answers, threshold)
 
 
 def _check_context(tokenizer, spec, examples: Sequence[Example], prompts: Sequence[str],
@@ -220,8 +230,8 @@ def _score_and_store(store: Store, task: Task, examples, outputs, pred_ids, run_
     from loop.failures.stage import record_failures
     from loop.store.embeddings import EmbeddingCache
 
-    suite = load_suite(task.settings)
     embedder = CachedEmbedder(EmbeddingCache(store))
+    suite = task_suite(task, embedder)
     item_scores, similarities = score_predictions(suite, examples, outputs, embedder)
     rows, by_cat, by_check = [], defaultdict(list), defaultdict(list)
     for example, pid, item in zip(examples, pred_ids, item_scores):
@@ -235,7 +245,7 @@ def _score_and_store(store: Store, task: Task, examples, outputs, pred_ids, run_
                          "detail": check.detail, "created_at": now()})
     store.insert("scores", rows, on_conflict="replace")
     failures = record_failures(store, run_id, task.name, model_id, split, examples, pred_ids,
-                               item_scores, similarities, embedder)
+                               item_scores, similarities, embedder, answers=task.answers)
     passed = [item.passed for item in item_scores]
     return {
         "pass_rate": sum(passed) / len(passed),
@@ -246,14 +256,24 @@ def _score_and_store(store: Store, task: Task, examples, outputs, pred_ids, run_
         "failure_categories": {c["category"]: c["count"] for c in failures["categories"]},
         "n_clusters": len(failures["clusters"]),
         "suite_version": suite.version,
+        "check_versions": suite.check_versions(),
         "outcomes": {e.id: p for e, p in zip(examples, passed)},
     }
+
+
+def _threshold_note(summary: EvalSummary) -> str:
+    version = summary.suite_version
+    if version.startswith("default-text-") and "@" in version:
+        return (f" (free text: passes at similarity >= {version.rsplit('@', 1)[1]}, calibrated "
+                "on the task's references)")
+    return ""
 
 
 def format_summary(summary: EvalSummary) -> str:
     lines = [f"{summary.task} / {summary.split}: {summary.model} ({summary.model_id})",
              f"{summary.n} examples ({summary.generated} generated, {summary.reused} reused), "
-             f"suite v{summary.suite_version}, prompt {summary.prompt}", "",
+             f"suite v{summary.suite_version}, prompt {summary.prompt}"
+             + _threshold_note(summary), "",
              f"{'category':<24}{'n':>6}{'pass rate':>12}"]
     for cat, row in summary.per_category.items():
         lines.append(f"{cat:<24}{row['n']:>6}{row['pass_rate']:>11.1%}")

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evals.signatures import expected_parts, signatures
+from evals.answers import AnswerModel
+from evals.signatures import Signature, expected_parts, signatures
 from evals.suites import ItemScore
 from loop.core.prompts import user_message
 from loop.core.records import Example, content_hash
@@ -92,10 +93,11 @@ class Cluster:
 def collect_failures(examples: Sequence[Example], prediction_ids: Sequence[str],
                      scores: Sequence[ItemScore], similarities: Sequence[float],
                      outputs: Sequence[str] | None = None, template: Template | None = None,
-                     labels: frozenset[str] = frozenset()) -> list[Failure]:
+                     answers: AnswerModel = AnswerModel()) -> list[Failure]:
     """Failed items as records. `outputs` (row-aligned) give signatures, else the categories
     stand in; `template` (fitted on all the task's user messages) strips shared text;
-    `labels` is the task's label set (`evals.signatures.known_labels`)."""
+    `answers` is the task's answer model (`Task.answers`: kind and label set). Signatures are
+    kept in their stored form (`str(Signature)`, never clipped)."""
     out = []
     for k, (example, pid, score, sim) in enumerate(zip(examples, prediction_ids, scores,
                                                        similarities)):
@@ -103,7 +105,8 @@ def collect_failures(examples: Sequence[Example], prediction_ids: Sequence[str],
             continue
         categories = tuple(score.categories or ("wrong_answer",))
         message = user_message(example)
-        sigs = (signatures(example.output, outputs[k], categories, labels)
+        sigs = (tuple(str(s) for s in signatures(answers, example.output, outputs[k],
+                                                 categories))
                 if outputs is not None else categories)
         out.append(Failure(example.id, pid, example.category, categories,
                            tuple(r.check for r in score.checks if not r.passed), float(sim),
@@ -238,7 +241,7 @@ def _quoter(texts: Sequence[str]):
 
 def _name(members: Sequence[Failure], sigs: tuple[str, ...], typical: Sequence[str],
           quote) -> str:
-    name = " + ".join(sigs)
+    name = " + ".join(Signature.parse(s).display() for s in sigs)
     if all(s in COARSE for s in sigs):
         expected = Counter(p for f in members for p in f.expected).most_common(2)
         if expected:

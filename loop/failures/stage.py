@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from evals.signatures import known_labels
+from evals.answers import AnswerModel
+from evals.signatures import Signature
 from evals.similarity import CachedEmbedder
 from evals.suites import ItemScore
 from loop.core.errors import EvalloopError
@@ -24,16 +25,17 @@ def record_failures(store: Store, run_id: str, task_id: str, model_id: str, spli
                     examples: Sequence[Example], prediction_ids: Sequence[str],
                     scores: Sequence[ItemScore], similarities: Sequence[float],
                     embedder: CachedEmbedder, seed: int = 0,
-                    outputs: Sequence[str] | None = None) -> dict:
-    """Collect, sign, cluster and store one run's failures. The template and the label set are
-    fitted on every stored item of the task (all splits), so each split sees the same ones;
-    outputs default to the stored predictions."""
+                    outputs: Sequence[str] | None = None,
+                    answers: AnswerModel = AnswerModel()) -> dict:
+    """Collect, sign, cluster and store one run's failures. The template is fitted on every
+    stored item of the task (all splits), so each split sees the same one; `answers` is the
+    task's answer model (`Task.answers`); outputs default to the stored predictions."""
     if outputs is None:
         stored = store.get_predictions(prediction_ids)
         outputs = [stored[p]["output"] if p in stored else "" for p in prediction_ids]
-    template, labels = task_template(store, task_id, examples)
+    template = task_template(store, task_id, examples)
     failures = collect_failures(examples, prediction_ids, scores, similarities, outputs,
-                                template, labels)
+                                template, answers)
     vectors = embedder.encode([f.text for f in failures])
     clusters = cluster_failures(failures, vectors)
     member_of = {eid: c.cluster_id for c in clusters for eid in c.example_ids}
@@ -52,15 +54,13 @@ def record_failures(store: Store, run_id: str, task_id: str, model_id: str, spli
     return summarize(failures, clusters, len(examples))
 
 
-def task_template(store: Store, task_id: str,
-                  fallback: Sequence[Example]) -> tuple[Template, frozenset[str]]:
-    """The shared template of the task's user messages and its label set, fitted on every
-    stored item of the task (the given examples when none is stored)."""
+def task_template(store: Store, task_id: str, fallback: Sequence[Example]) -> Template:
+    """The shared template of the task's user messages, fitted on every stored item of the
+    task (the given examples when none is stored)."""
     rows = run_queries.task_examples(store, task_id)
     items = [Example("", r["instruction"], r["output"], r["input"] or "") for r in rows]
     items = items or list(fallback)
-    return (Template.fit(user_message(e) for e in items),
-            known_labels(e.output for e in items))
+    return Template.fit(user_message(e) for e in items)
 
 
 def failure_summary(store: Store, run_id: str) -> dict:
@@ -113,7 +113,8 @@ def format_failures(summary: dict) -> str:
               for c in summary["categories"]]
     lines += ["", f"{'signature':<40}{'count':>7}{'share':>8}  examples"]
     signatures = summary.get("signatures", [])
-    lines += [f"{s['signature'][:38]:<40}{s['count']:>7}{s['share']:>8.1%}  "
+    lines += [f"{Signature.parse(s['signature']).display(15)[:38]:<40}{s['count']:>7}"
+              f"{s['share']:>8.1%}  "
               f"{', '.join(s['examples'])}" for s in signatures[:MAX_SIGNATURE_ROWS]]
     if len(signatures) > MAX_SIGNATURE_ROWS:
         lines.append(f"... {len(signatures) - MAX_SIGNATURE_ROWS} rarer signatures (--json "

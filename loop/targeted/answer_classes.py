@@ -1,93 +1,55 @@
-"""Answer shapes and classes: what a task's references look like, what a failure's reference has
-that the model missed, and how the training data's answers compare with the pool's.
+"""Answer classes: what a failure's reference has that the model missed, and how the training
+data's answers compare with the pool's, read with the task's answer model (`Task.answers`,
+evals/answers.py).
 
-    kind = answer_kind(pool_outputs)                       # "object" | "list" | "label" | "text"
-    answer_classes('{"pickup_time": "10"}', kind)          # -> ("{pickup_time}",)
-    rows = answer_distribution(kind, pool, failure_refs, data)   # per class shares, vanished flag
-    order = balanced_order(pool_outputs, kind, seed=0, power=0.5)  # rare classes drawn earlier
+    answer_classes('{"pickup_time": "10"}', task.answers)   # -> ("{pickup_time}",)
+    rows = answer_distribution(task.answers, pool, failure_refs, data)   # shares, vanished flag
+    order = balanced_order(pool_outputs, task.answers, seed=0, power=0.5)  # rare classes first
 
-Targeting reads failure signatures (`missing_key:k`, `label:g->p`, ... `evals.signatures`) as
-`Need`s on a pool row's reference. Pure: no model, no I/O.
+Targeting reads failure signatures (`evals.signatures.Signature` records: a missing key, a
+confused label) as `Need`s on a pool row's reference. Pure: no model, no I/O.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-KINDS = ("object", "list", "label", "text")
+from evals.answers import AnswerModel, element, normalize
+from evals.signatures import UNKNOWN, Signature
+
 PRESENT = 0.05  # a class this common in the pool or the failures ...
 VANISHED = 0.01  # ... is flagged when the training data has less than this
 
 
-def parse(text: str):
-    """The JSON value of a structured answer, else None."""
-    stripped = text.strip()
-    if stripped[:1] not in "{[":
-        return None
-    try:
-        return json.loads(stripped)
-    except ValueError:
-        return None
-
-
-def json_shape(text: str) -> str:
-    """One answer's shape: "object", "list" (JSON) or "other"."""
-    value = parse(text)
-    return "object" if isinstance(value, dict) else "list" if isinstance(value, list) else "other"
-
-
-def _label(text: str) -> str:
-    """A label as evals.signatures names it (case, quotes and a final period dropped)."""
-    return (text or "").strip().strip("\"'`.").strip().lower()
-
-
-def _element(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-
-
-def answer_kind(references: Sequence[str]) -> str:
-    """The task's answer shape, inferred from its references: 90% JSON objects or lists; a
-    closed set of short labels (evals.signatures.known_labels); else free text."""
-    from evals.signatures import known_labels
-
-    if not references:
-        return "text"
-    parsed = [parse(r) for r in references]
-    for kind, typ in (("object", dict), ("list", list)):
-        if sum(isinstance(p, typ) for p in parsed) >= 0.9 * len(references):
-            return kind
-    return "label" if known_labels(references) else "text"
-
-
-def answer_classes(text: str, kind: str) -> tuple[str, ...]:
+def answer_classes(text: str, answers: AnswerModel) -> tuple[str, ...]:
     """The classes one answer belongs to: an object's key set (`{}`, `{a, b}`), each element of a
-    list (`[]` when empty), a label; free text has none. Unparseable: `invalid`."""
-    if kind == "label":
-        return (_label(text),)
-    if kind not in ("object", "list"):
+    list (`[]` when empty), a label; other kinds have none. Not of the task's kind: `invalid`.
+    The answer is read as the checks read a reply (`AnswerModel.read`)."""
+    if answers.kind == "label":
+        return (normalize(text),)
+    if answers.kind not in ("json", "labels"):
         return ()
-    value = parse(text)
-    if kind == "object":
-        return ("{" + ", ".join(sorted(value)) + "}",) if isinstance(value, dict) else ("invalid",)
-    if not isinstance(value, list):
+    value = answers.read(text).value
+    if value is None:
         return ("invalid",)
-    return tuple(sorted({_element(v) for v in value})) or ("[]",)
+    if isinstance(value, dict):
+        return ("{" + ", ".join(sorted(value)) + "}",)
+    return tuple(sorted({element(v) for v in value})) or ("[]",)
 
 
-def _members(text: str, kind: str) -> frozenset[str]:
+def _members(text: str, answers: AnswerModel) -> frozenset[str]:
     """What `has`/`lacks` look for: an object's keys, a list's elements, the label."""
-    if kind == "label":
-        return frozenset((_label(text),))
-    value = parse(text)
+    if answers.kind == "label":
+        return frozenset((normalize(text),))
+    value = answers.read(text).value if answers.kind in ("json", "labels") else None
     if isinstance(value, dict):
         return frozenset(value)
     if isinstance(value, list):
-        return frozenset(_element(v) for v in value)
+        return frozenset(element(v) for v in value)
     return frozenset()
 
 
@@ -102,24 +64,23 @@ class Need:
     value: str
 
 
-def needs(signatures: Sequence[str], reference: str) -> tuple[tuple[Need, ...], tuple[Need, ...]]:
+def needs(signatures: Sequence[Signature], reference: str
+          ) -> tuple[tuple[Need, ...], tuple[Need, ...]]:
     """(primary, contrast) needs of one failure. Primary: rows that teach what the model missed;
     contrast: a few rows of the label it confused the gold one with, to tell them apart. No
     usable signature (free text, none stored): rows with the same answer class as the reference."""
     primary: list[Need] = []
     contrast: list[Need] = []
     for sig in signatures:
-        head, _, arg = sig.partition(":")
-        if head in ("missing_key", "wrong_value", "missing_element"):
-            primary.append(Need("has", arg))
-        elif head in ("extra_key", "extra_element"):
-            primary.append(Need("lacks", arg))
-        elif head == "label" and "->" in arg:
-            gold, _, got = arg.rpartition("->")
-            primary.append(Need("has", gold))
-            if got and got != "unknown":
-                contrast.append(Need("has", got))
-        elif head == "invalid_json":
+        if sig.kind in ("missing_key", "wrong_value", "missing_element"):
+            primary.append(Need("has", sig.key))
+        elif sig.kind in ("extra_key", "extra_element"):
+            primary.append(Need("lacks", sig.key))
+        elif sig.kind == "label":
+            primary.append(Need("has", sig.gold))
+            if sig.predicted and sig.predicted != UNKNOWN:
+                contrast.append(Need("has", sig.predicted))
+        elif sig.kind == "invalid_json":
             primary.append(Need("same", reference))
     if not primary:
         primary.append(Need("same", reference))
@@ -129,45 +90,37 @@ def needs(signatures: Sequence[str], reference: str) -> tuple[tuple[Need, ...], 
 class PoolAnswers:
     """The pool's references parsed once; `mask(need)` says which rows meet a need (cached)."""
 
-    def __init__(self, outputs: Sequence[str], kind: str):
-        from evals.signatures import known_labels
-
-        self.kind = kind
-        self.labels = known_labels(outputs) if kind == "label" else frozenset()
-        self.members = [_members(o, kind) for o in outputs]
-        self.classes = [answer_classes(o, kind) for o in outputs]
+    def __init__(self, outputs: Sequence[str], answers: AnswerModel):
+        self.answers = answers
+        self.labels = answers.labels if answers.kind == "label" else frozenset()
+        self.members = [_members(o, answers) for o in outputs]
+        self.classes = [answer_classes(o, answers) for o in outputs]
         self._cache: dict[Need, np.ndarray] = {}
 
     def mask(self, need: Need) -> np.ndarray:
         if need not in self._cache:
             if need.op == "same":
-                want = answer_classes(need.value, self.kind)
+                want = answer_classes(need.value, self.answers)
                 got = [bool(want) and c == want for c in self.classes]
             else:
-                value = _label(need.value) if self.kind == "label" else need.value
-                has = [_contains(m, value) for m in self.members]
+                value = normalize(need.value) if self.answers.kind == "label" else need.value
+                has = [value in m for m in self.members]
                 got = has if need.op == "has" else [not h for h in has]
             self._cache[need] = np.array(got, dtype=bool)
         return self._cache[need]
 
 
-def _contains(members: frozenset[str], value: str) -> bool:
-    """Signatures clip long keys and elements to 'first chars...': those match by prefix."""
-    if value in members:
-        return True
-    return value.endswith("...") and any(m.startswith(value[:-3]) for m in members)
-
-
 # ---------------------------------------------------------------------------- sampling
 
-def balanced_order(outputs: Sequence[str], kind: str, seed: int, power: float) -> np.ndarray:
+def balanced_order(outputs: Sequence[str], answers: AnswerModel, seed: int, power: float
+                   ) -> np.ndarray:
     """A seeded random order of the rows in which the first n hold each answer class about in
     proportion to freq ** power (1: the pool's own mix, as a uniform sample; 0.5: square-root
     sampling, rare classes raised, common ones lowered; 0: classes equal). A row weighs
     freq ** (power - 1) of its rarest class; the order is a weighted draw without replacement
     (Efraimidis-Spirakis keys). Rows without a class (free text) weigh alike."""
     rng = np.random.default_rng(seed)
-    classes = [answer_classes(o, kind) for o in outputs]
+    classes = [answer_classes(o, answers) for o in outputs]
     counts = Counter(c for cs in classes for c in set(cs))
     total = max(1, len(outputs))
     weights = np.array([max(((counts[c] / total) ** (power - 1) for c in cs), default=1.0)
@@ -178,30 +131,30 @@ def balanced_order(outputs: Sequence[str], kind: str, seed: int, power: float) -
 
 # ---------------------------------------------------------------------------- distribution
 
-def _shares(answers: Sequence[str], kind: str) -> Counter:
+def _shares(texts: Sequence[str], answers: AnswerModel) -> Counter:
     counts: Counter = Counter()
-    for a in answers:
-        counts.update(set(answer_classes(a, kind)))
+    for a in texts:
+        counts.update(set(answer_classes(a, answers)))
     return counts
 
 
-def answer_distribution(kind: str, pool: Sequence[str], failures: Sequence[str],
+def answer_distribution(answers: AnswerModel, pool: Sequence[str], failures: Sequence[str],
                         data: Sequence[str]) -> dict:
     """Per answer class, the share of pool rows, failing items' references and training rows that
     have it (a list answer counts toward each of its elements). A class present in >= PRESENT of
     the pool or the failures but in < VANISHED of the data is flagged `vanished`."""
     sets = {"pool": pool, "failures": failures, "data": data}
-    counts = {name: _shares(answers, kind) for name, answers in sets.items()}
+    counts = {name: _shares(texts, answers) for name, texts in sets.items()}
     classes = sorted(set().union(*counts.values()),
                      key=lambda c: (-counts["pool"][c], -counts["failures"][c], c))
     rows = []
     for c in classes:
-        share = {name: counts[name][c] / len(answers) if answers else 0.0
-                 for name, answers in sets.items()}
+        share = {name: counts[name][c] / len(texts) if texts else 0.0
+                 for name, texts in sets.items()}
         vanished = max(share["pool"], share["failures"]) >= PRESENT and share["data"] < VANISHED
         rows.append({"class": c, **{k: round(v, 4) for k, v in share.items()},
                      "vanished": vanished})
-    return {"kind": kind, "n": {name: len(answers) for name, answers in sets.items()},
+    return {"kind": answers.kind, "n": {name: len(texts) for name, texts in sets.items()},
             "classes": rows, "vanished": [r["class"] for r in rows if r["vanished"]]}
 
 

@@ -23,13 +23,14 @@ answered `{}` stay two items while the same short input with the same answer is 
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from evals.answers import AnswerModel, canonical_answer, normalize
 
 REASONS = ("failed_suite", "unparseable", "contaminated", "duplicate", "over_budget")
 _WORD = re.compile(r"\w+")
@@ -106,14 +107,9 @@ def norm_text(text: str) -> str:
 
 
 def norm_answer(text: str) -> str:
-    """Structured answers compare by their parsed value, others by their words."""
-    stripped = text.strip()
-    if stripped[:1] in "{[":
-        try:
-            return json.dumps(json.loads(stripped), sort_keys=True, ensure_ascii=False)
-        except ValueError:
-            pass
-    return norm_text(text)
+    """Structured answers compare by their parsed value, others by their words
+    (`evals.answers.canonical_answer`)."""
+    return canonical_answer(text)
 
 
 def answers_agree(a: str, b: str, cosine: float, threshold: float) -> bool:
@@ -143,33 +139,37 @@ def common_answers(answers: Sequence[str], config: CurateConfig) -> set[str]:
     return {a for a, count in counts.items() if count >= floor}
 
 
-def answer_shape(output: str, references: Sequence[str]) -> str | None:
-    """Why a generated answer does not look like the task's answers for its category, or None.
-    Inferred from the references, so it holds for any task: JSON answers must parse as JSON
-    objects; a small closed label set (classification) must be matched; nothing may be empty or
-    far longer than every reference."""
+def answer_shape(output: str, answers: AnswerModel, references: Sequence[str],
+                 category: str = "") -> str | None:
+    """Why a generated answer is not a clean answer of the task's kind (`Task.answers`), or
+    None: a JSON task's answer must be exactly a JSON object (a list for `labels`, its elements
+    from the label set when there is one), a label's one of the labels (of its `category` in a
+    task that mixes skills), a number task's a number; nothing may be empty, and other answers
+    not far longer than every reference of its category (`references`)."""
     text = output.strip()
     if not text:
         return "empty output"
-    if not references:
+    answers = answers.for_category(category)
+    kind, reply = answers.kind, answers.read(text)
+    if kind in ("json", "labels"):
+        what = "a JSON object" if kind == "json" else "a JSON list"
+        if not reply.valid:
+            return f"not {what}, unlike the task's answers"
+        if not reply.clean:
+            return f"text around {what}: the answer must be the JSON alone"
+        unknown = [x for x in reply.value if kind == "labels" and answers.labels
+                   and (not isinstance(x, str) or normalize(x) not in answers.labels)]
+        return f"'{str(unknown[0])[:40]}' is not one of the task's labels" if unknown else None
+    if kind == "label":
+        if reply.value not in answers.labels:
+            shown = ", ".join(sorted(answers.labels)[:8])
+            return f"'{text[:40]}' is not one of the labels {shown}"
         return None
-    if sum(_json_object(r) for r in references) >= 0.9 * len(references):
-        return None if _json_object(text) else "not a JSON object, unlike the references"
-    labels = {norm_text(r) for r in references}
-    if len(references) >= 10 and len(labels) <= min(20, max(2, len(references) // 10)):
-        if norm_text(text) not in labels:
-            return f"'{text[:40]}' is not one of the labels {', '.join(sorted(labels)[:8])}"
-        return None
-    if len(text.split()) > max(50, 3 * max(len(r.split()) for r in references)):
+    if kind == "number":
+        return None if reply.clean else "not a number, unlike the task's answers"
+    if references and len(text.split()) > max(50, 3 * max(len(r.split()) for r in references)):
         return "far longer than every reference"
     return None
-
-
-def _json_object(text: str) -> bool:
-    try:
-        return isinstance(json.loads(text), dict)
-    except ValueError:
-        return False
 
 
 # ---------------------------------------------------------------------------- n-gram overlap

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evals.signatures import Signature, is_format_only
 from loop.core.cache import write_atomic
 from loop.core.records import Example, content_hash
 from loop.data.tasks import Task, read_jsonl
@@ -41,10 +42,9 @@ DEFAULT_TOKENS_PER_S = {"cpu": 300.0, "cuda": 4000.0}
 
 
 def is_format_failure(signatures) -> bool:
-    """A failure that is about the answer's form only: not JSON, or no known label."""
-    return bool(signatures) and all(s == "invalid_json" or (s.startswith("label:")
-                                                            and s.endswith("->unknown"))
-                                    for s in signatures)
+    """A failure that is about the answer's form only: not JSON, or no known label (stored
+    signature strings, read back as records: `evals.signatures.is_format_only`)."""
+    return is_format_only([Signature.parse(s) for s in signatures])
 
 
 def build_cycle_data(store: Store, task: Task, champion_name: str, dev_run_id: str, *,

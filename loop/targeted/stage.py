@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from loop.targeted import curate as cur
-from loop.targeted.answer_classes import PoolAnswers, answer_distribution, answer_kind, \
-    balanced_order, format_distribution
+from loop.targeted.answer_classes import PoolAnswers, answer_distribution, balanced_order, \
+    format_distribution
 from loop.core.cache import write_atomic
 from loop.core.errors import TaskDataError
 from loop.core.paths import path_part
@@ -154,13 +154,12 @@ def generate_targeted(store: Store, task: Task, run_id: str | None = None, *,
     embed = _Memo(embedder or default_embedder(store))
     pool = tuple(task.splits.get("train", ()))
     vary = _varying_part(task)
-    kind = answer_kind([e.output for split in ("train", "dev") for e in task.splits.get(split, ())])
     bonus = _loss_bonus(store, task, pool, model_name(store, failures.model_id),
                         cfg.loss_weight, progress) \
         if cfg.loss_weight > 0 and "retrieval" in cfg.strategies and pool else None
     ctx = StrategyContext(
         seed=cfg.seed, pool=pool, embed=embed, vary=vary, pool_bonus=bonus,
-        answers=PoolAnswers([e.output for e in pool], kind),
+        answers=PoolAnswers([e.output for e in pool], task.answers),
         generator=(cfg.generator, resolve_generator(cfg.generator)) if cfg.generator else None,
         teacher=teacher or (make_teacher(cfg.teacher) if cfg.teacher else None),
         per_prompt=cfg.teacher.per_prompt if cfg.teacher else 3, check=answer_check(task),
@@ -170,7 +169,7 @@ def generate_targeted(store: Store, task: Task, run_id: str | None = None, *,
     dev = {e.id: e for e in task.splits.get("dev", ())}
     passed = [dev[i] for i in failures.passed if i in dev]
     items, decisions = _rounds(ctx, cfg, failures, batch_id, refs, passed, progress)
-    return _write(store, task, failures, batch_id, out_dir, params, items, decisions, kind)
+    return _write(store, task, failures, batch_id, out_dir, params, items, decisions)
 
 
 def _loss_bonus(store: Store, task: Task, pool: Sequence, model: str, weight: float,
@@ -197,7 +196,7 @@ def random_pool_rows(store: Store, task: Task, n: int, seed: int = 0,
     cfg = targeted_config(task.settings, seed=seed)
     pool = [e for e in task.splits.get("train", ()) if e.id not in exclude]
     order = np.random.default_rng(seed).permutation(len(pool)) if power == 1 else \
-        balanced_order([e.output for e in pool], answer_kind([e.output for e in pool]), seed,
+        balanced_order([e.output for e in pool], task.answers, seed,
                        power)
     vary = _varying_part(task)
     ctx = StrategyContext(seed=seed, pool=tuple(pool), embed=_Memo(embedder or
@@ -355,7 +354,7 @@ def _curate(ctx: StrategyContext, cfg: TargetedSettings, items, refs: _Refs, n_r
 # ---------------------------------------------------------------------------- outputs
 
 def _write(store: Store, task: Task, failures: FailureSet, batch_id: str, out_dir: Path,
-           params: dict, items, decisions, kind: str) -> TargetedResult:
+           params: dict, items, decisions) -> TargetedResult:
     """Provenance rows, the JSONL dataset and its manifest, then the `datasets` row; the batch's
     earlier rows (an interrupted or re-parametrised run) are replaced in one transaction."""
     created = now()
@@ -374,7 +373,7 @@ def _write(store: Store, task: Task, failures: FailureSet, batch_id: str, out_di
                    for r in kept).encode("utf-8")
     manifest = _manifest(task, failures, batch_id, params, rows, hashlib.sha256(data).hexdigest())
     manifest["answer_distribution"] = dist = answer_distribution(
-        kind, [e.output for e in task.splits.get("train", ())],
+        task.answers, [e.output for e in task.splits.get("train", ())],
         [f.example.output for c in failures.clusters for f in c.failures],
         [r["output"] for r in kept])
     if dist["vanished"]:

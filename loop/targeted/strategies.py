@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from loop.targeted import curate as cur
-from loop.targeted.answer_classes import Need, PoolAnswers, json_shape, needs
+from evals.answers import AnswerModel, shape
+from evals.signatures import Signature, is_format_only, signatures
+from loop.targeted.answer_classes import Need, PoolAnswers, needs
 from loop.core.errors import ConfigError
 from loop.core.prompts import user_message
 from loop.core.records import Example, content_hash
@@ -48,7 +50,7 @@ class FailureCase:
     example: Example  # the failing dev item: input and reference
     output: str  # what the model answered
     categories: tuple[str, ...]  # failure categories (wrong_answer, format, ...)
-    signatures: tuple[str, ...] = ()  # what went wrong (missing_key:k, label:g->p, ...)
+    signatures: tuple[str, ...] = ()  # as stored (missing_key:k, label:g->p, ...), for people
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ class StrategyContext:
     corrections: tuple[Correction, ...] = ()
     cluster_of: dict[str, str] = field(default_factory=dict)  # failing example id -> cluster
     vary: Callable[[str], str] | None = None  # question -> its varying part (loop.core.template)
-    answers: PoolAnswers | None = None  # the pool's references, parsed (loop.targeted.answer_classes)
+    answers: PoolAnswers | None = None  # the pool's references read with the task's answer model
     pool_bonus: np.ndarray | None = None  # per pool row, added to its retrieval score
 
 
@@ -137,18 +139,20 @@ CONTRAST_EVERY = 4  # one contrast query (the confused label) per this many conf
 
 
 def _pool_answers(ctx: StrategyContext) -> PoolAnswers:
-    return ctx.answers or PoolAnswers([e.output for e in ctx.pool], "text")
+    return ctx.answers or PoolAnswers([e.output for e in ctx.pool], AnswerModel("text"))
 
 
-def failure_needs(case: FailureCase, labels: frozenset[str]) -> tuple[tuple[Need, ...],
-                                                                      tuple[Need, ...]]:
-    """The failure's needs from its stored signatures, else from its reference and output
-    (a store from before signatures, or failures built by hand)."""
-    from evals.signatures import signatures
+def failure_signatures(case: FailureCase, answers: AnswerModel) -> tuple[Signature, ...]:
+    """What went wrong, as records: signed again from the reference and the output with the
+    task's answer model (the same function made the stored strings, and records need no
+    string splitting)."""
+    return signatures(answers, case.example.output, case.output, case.categories)
 
-    sigs = case.signatures or signatures(case.example.output, case.output, case.categories,
-                                         labels)
-    return needs(sigs, case.example.output)
+
+def failure_needs(case: FailureCase, answers: PoolAnswers) -> tuple[tuple[Need, ...],
+                                                                    tuple[Need, ...]]:
+    """The failure's (primary, contrast) needs (`answer_classes.needs`)."""
+    return needs(failure_signatures(case, answers.answers), case.example.output)
 
 
 @dataclass(frozen=True)
@@ -158,12 +162,12 @@ class _Query:
     role: str  # "primary" | "contrast"
 
 
-def _queries(cluster: ClusterTarget, labels: frozenset[str]) -> list[_Query]:
+def _queries(cluster: ClusterTarget, answers: PoolAnswers) -> list[_Query]:
     """One primary query per failure; contrast queries for each confused label, one per
     CONTRAST_EVERY failures that confused it (so "a few", in proportion)."""
     out, confused = [], defaultdict(list)
     for fi, case in enumerate(cluster.failures):
-        primary, contrast = failure_needs(case, labels)
+        primary, contrast = failure_needs(case, answers)
         out.append(_Query(fi, primary, "primary"))
         for need in contrast:
             confused[need].append(fi)
@@ -185,7 +189,7 @@ def fixability(ctx: StrategyContext, cluster: ClusterTarget) -> float:
     if not cluster.failures or not ctx.pool:
         return 0.0
     answers, cache = _pool_answers(ctx), {}
-    return float(np.mean([_meets(answers, failure_needs(f, answers.labels)[0], cache).max() >= 1
+    return float(np.mean([_meets(answers, failure_needs(f, answers)[0], cache).max() >= 1
                           for f in cluster.failures]))
 
 
@@ -193,17 +197,9 @@ def format_only(ctx: StrategyContext, cluster: ClusterTarget) -> bool:
     """Whether every failure of the cluster is a format failure only (`invalid_json`, or a label
     outside the task's set): the model did not answer in the task's form at all, so the failure
     shows what the reference is, not what the model got wrong."""
-    from evals.signatures import signatures
-
-    labels = _pool_answers(ctx).labels
-    for case in cluster.failures:
-        sigs = case.signatures or signatures(case.example.output, case.output, case.categories,
-                                             labels)
-        if not sigs or not all(s == "invalid_json" or (s.startswith("label:")
-                                                       and s.endswith("->unknown"))
-                               for s in sigs):
-            return False
-    return bool(cluster.failures)
+    answers = _pool_answers(ctx).answers
+    return bool(cluster.failures) and all(is_format_only(failure_signatures(case, answers))
+                                          for case in cluster.failures)
 
 
 def retrieval(ctx: StrategyContext, requests: Sequence[Request]) -> list[Candidate]:
@@ -221,7 +217,7 @@ def retrieval(ctx: StrategyContext, requests: Sequence[Request]) -> list[Candida
     answers, cache = _pool_answers(ctx), {}
     for req in requests:
         fails = req.cluster.failures
-        queries = _queries(req.cluster, answers.labels)
+        queries = _queries(req.cluster, answers)
         stop = req.offset + req.want
         vecs = ctx.embed([varying(ctx, f.example) for f in fails])
         meets = [_meets(answers, q.needs, cache) for q in queries]  # shared arrays, not copies
@@ -246,11 +242,11 @@ def _coverage(ctx: StrategyContext, requests: Sequence[Request]) -> list[Candida
     skills, a failed JSON skill draws JSON rows), seeded by the cluster and read from the
     request's offset: rounds continue the stream; a row two clusters draw is one duplicate for
     curation, as with retrieval."""
-    shapes = [json_shape(e.output) for e in ctx.pool]
+    shapes = [shape(e.output) for e in ctx.pool]
     out = []
     for req in requests:
         cid = req.cluster.cluster_id
-        wanted = {json_shape(f.example.output) for f in req.cluster.failures}
+        wanted = {shape(f.example.output) for f in req.cluster.failures}
         order = [int(j) for j in np.random.default_rng(derive_seed("coverage", ctx.seed, cid))
                  .permutation(len(ctx.pool)) if shapes[int(j)] in wanted]
         for j in order[req.offset:req.offset + req.want]:
@@ -429,8 +425,8 @@ STRATEGIES: dict[str, Callable[[StrategyContext, Sequence[Request]], list[Candid
 # ---------------------------------------------------------------------------- answer checks
 
 def answer_check(task: Task):
-    """Checks a teacher's pairs: the answer's shape against the category's train/dev answers,
-    then the task's suite (required checks, the pair's own output as prediction and reference,
+    """Checks a teacher's pairs: the answer against the task's answer model (and the length of
+    the category's train/dev answers), then the task's suite (required checks, the pair's own output as prediction and reference,
     which exercises format, JSON, regex, stop-phrase and repetition checks)."""
     refs: dict[str, list[str]] = defaultdict(list)
     for split in ("train", "dev"):
@@ -439,7 +435,8 @@ def answer_check(task: Task):
     suite = _suite_scorer(task)
 
     def check(examples: Sequence[Example]) -> list[str | None]:
-        shapes = [cur.answer_shape(e.output, refs.get(e.category, [])) for e in examples]
+        shapes = [cur.answer_shape(e.output, task.answers, refs.get(e.category, []), e.category)
+                  for e in examples]
         suites = suite(examples) if suite else [None] * len(examples)
         return [s or q for s, q in zip(shapes, suites)]
 
@@ -455,7 +452,9 @@ def _suite_scorer(task: Task):
         from evals.suites import load_suite, score_suite
     except ImportError:  # scoring not installed: the shape check alone
         return None
-    suite = load_suite(task.settings).without_judge()  # no judge model on candidates
+    # no judge model on candidates; similarities are all 1 (self-referenced), so a free-text
+    # default needs no calibrated threshold
+    suite = load_suite(task.settings, task.answers).without_judge()
 
     def score(examples: Sequence[Example]) -> list[str | None]:
         items = [CheckInput(e.instruction, e.input, e.output, e.output) for e in examples]

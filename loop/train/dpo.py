@@ -5,7 +5,7 @@
 
 Shell: `python -m loop.train.dpo --task T.toml --workspace WS --pairs PAIRS.jsonl`.
 
-The model is loaded exactly as for SFT (`loop.train._load_trainable`: same base, precision,
+The model is loaded exactly as for SFT (`loop.train.lora.load_trainable`: same base, precision,
 LoRA config and seed). The reference model is the policy's starting point: trl copies the
 starting adapter into a frozen "ref" adapter, which is the base model for a fresh LoRA
 (B = 0) and the parent (e.g. the SFT) adapter otherwise. Prompts are rendered with the same chat
@@ -34,18 +34,18 @@ from loop.models.loading import DEFAULT_MODEL, fingerprint, load_tokenizer, pars
 from loop.targeted.pairs import PreferencePair, read_pairs
 from loop.core.prompts import build_prompt, completion_text
 from loop.core.records import content_hash
-from loop.train.sft import (  # private helpers shared with SFT, imported rather than copied
+from loop.train.lora import (  # what DPO shares with SFT
     LOG_FILE,
-    _check_qlora,
-    _claim_out_dir,
-    _load_trainable,
-    _loss_summary,
-    _peak_mem_mb,
-    _read_logs,
-    _sort_target_modules,
-    config_from_args,
+    check_qlora,
+    claim_out_dir,
     last_checkpoint,
+    load_trainable,
+    loss_summary,
+    peak_mem_mb,
+    read_logs,
+    sort_target_modules,
 )
+from loop.train.sft import config_from_args
 from loop.train.config import LogRow, TrainConfig, TrainResult, library_versions, use_bf16
 from loop.train.outputs import RESULT_FILE, TrainingError, format_result, record_training
 
@@ -129,7 +129,7 @@ def _make_trainer(model, tokenizer, rows, config, ckpt_dir, micro, bf16, device,
                 return
             row = LogRow(step=state.global_step, loss=logs["loss"],
                          learning_rate=logs.get("learning_rate"),
-                         peak_mem_mb=_peak_mem_mb(device), epoch=logs.get("epoch"))
+                         peak_mem_mb=peak_mem_mb(device), epoch=logs.get("epoch"))
             with log_path.open("a") as fh:
                 fh.write(json.dumps(row.to_json()) + "\n")
 
@@ -158,7 +158,7 @@ def train_dpo(base_model_name: str, pairs, out_dir, config: TrainConfig | None =
                             "corrections or failures are needed; see the exclusion counts).")
     device = pick_device()
     if config.qlora:
-        _check_qlora(device)
+        check_qlora(device)
     tokenizer = load_tokenizer(spec)
     rows, skipped, longest = pair_rows(tokenizer, pairs, system_prompt, config.max_seq_len)
     if not rows:
@@ -170,12 +170,12 @@ def train_dpo(base_model_name: str, pairs, out_dir, config: TrainConfig | None =
     out = Path(out_dir).expanduser().resolve()
     inputs = {"method": "dpo", "base": spec.base, "parent_adapter": str(parent) if parent else None,
               "n_pairs": len(rows), "config": config.as_dict()}
-    finished = _claim_out_dir(out, train_id, inputs)
+    finished = claim_out_dir(out, train_id, inputs)
     if finished is not None:
         return finished
 
     bf16 = use_bf16(config.bf16, device, spec.base) or config.qlora
-    model, padding_free = _load_trainable(spec, parent, config, bf16, device)
+    model, padding_free = load_trainable(spec, parent, config, bf16, device)
     micro = micro_batch(config.batch_size, config.micro_batch_tokens, longest)
     ckpt_dir = out / "checkpoints"
     resume, resumed_step = last_checkpoint(ckpt_dir)
@@ -188,21 +188,21 @@ def train_dpo(base_model_name: str, pairs, out_dir, config: TrainConfig | None =
         raise TrainingError(f"The GPU ran out of memory in DPO on '{spec.base}': lower [training] "
                             "micro_batch_tokens or max_seq_len, or set gradient_checkpointing = "
                             "true.") from None
-    state, logs = trainer.state, _read_logs(out / LOG_FILE, trainer.state.global_step)
+    state, logs = trainer.state, read_logs(out / LOG_FILE, trainer.state.global_step)
     result = TrainResult(
         train_id=train_id, adapter_dir=str(out), base=spec.base, base_model_id=base_id,
         parent_adapter=str(parent) if parent else None, config=config,
         total_steps=state.max_steps, steps_done=state.global_step, resumed_from_step=resumed_step,
         n_train=len(rows), n_dev=0, skipped=tuple(skipped), device=device.type,
         precision=("qlora-nf4+" if config.qlora else "") + ("bf16" if bf16 else "fp32"),
-        padding_free=False, tokens=0, tokens_per_s=0.0, peak_mem_mb=_peak_mem_mb(device),
-        **_loss_summary(logs), stopped_early=state.global_step < state.max_steps,
+        padding_free=False, tokens=0, tokens_per_s=0.0, peak_mem_mb=peak_mem_mb(device),
+        **loss_summary(logs), stopped_early=state.global_step < state.max_steps,
         elapsed_s=time.perf_counter() - started, logs=tuple(logs), versions=library_versions())
     if trainer.is_world_process_zero():
         # the trained adapter only: the frozen "ref" copy is not part of the model
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(
             str(out), selected_adapters=["default"])
-        _sort_target_modules(out / "adapter_config.json")
+        sort_target_modules(out / "adapter_config.json")
         write_atomic(out / RESULT_FILE, json.dumps(result.to_json(), indent=2))
     return result
 

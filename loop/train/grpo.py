@@ -48,19 +48,18 @@ from loop.models.loading import DEFAULT_MODEL, fingerprint, load_tokenizer, pars
     pick_device
 from loop.train.config import LogRow, TrainConfig, TrainResult, library_versions, use_bf16
 from loop.train.outputs import RESULT_FILE, TrainingError, format_result, record_training
-from loop.train.sft import (  # private helpers shared with SFT, imported rather than copied
+from loop.train.lora import (  # what GRPO shares with SFT and DPO
     LOG_FILE,
-    _check_qlora,
-    _claim_out_dir,
-    _load_trainable,
-    _loss_summary,
-    _peak_mem_mb,
-    _read_logs,
-    _sort_target_modules,
-    config_from_args,
-    examples_digest,
+    check_qlora,
+    claim_out_dir,
     last_checkpoint,
+    load_trainable,
+    loss_summary,
+    peak_mem_mb,
+    read_logs,
+    sort_target_modules,
 )
+from loop.train.sft import config_from_args, examples_digest
 
 GRPO_VERSION = "grpo-lora-v1"  # part of every GRPO train id: bump when GRPO semantics change
 REWARD_KEY = "reward"  # trl's logged mean reward of a logging step
@@ -147,7 +146,7 @@ def _make_trainer(model, tokenizer, rows, reward, args, device, log_path: Path, 
                 return
             row = LogRow(step=state.global_step, loss=logs["loss"],
                          learning_rate=logs.get("learning_rate"),
-                         peak_mem_mb=_peak_mem_mb(device), epoch=logs.get("epoch"),
+                         peak_mem_mb=peak_mem_mb(device), epoch=logs.get("epoch"),
                          reward=logs.get(REWARD_KEY))
             with log_path.open("a") as fh:
                 fh.write(json.dumps(row.to_json()) + "\n")
@@ -206,7 +205,7 @@ def train_grpo(base_model_name: str, prompts: Sequence[Example], reward: SuiteRe
                             f"(e.g. {unknown[0]}).")
     device = pick_device()
     if config.qlora:
-        _check_qlora(device)
+        check_qlora(device)
     tokenizer = load_tokenizer(spec)
     rows, skipped, longest = _prompt_rows(tokenizer, prompts, system_prompt, config.max_seq_len,
                                           max_completion_length)
@@ -222,12 +221,12 @@ def train_grpo(base_model_name: str, prompts: Sequence[Example], reward: SuiteRe
               "parent_adapter": str(parent) if parent else None, "n_prompts": len(rows),
               "max_completion_length": max_completion_length, "reward": reward.identity(),
               "config": config.as_dict()}
-    finished = _claim_out_dir(out, train_id, inputs)
+    finished = claim_out_dir(out, train_id, inputs)
     if finished is not None:
         return finished
 
     bf16 = use_bf16(config.bf16, device, spec.base) or config.qlora
-    model, _ = _load_trainable(spec, parent, config, bf16, device)
+    model, _ = load_trainable(spec, parent, config, bf16, device)
     micro = _micro_batch(config.batch_size, config.micro_batch_tokens, longest)
     ckpt_dir = out / "checkpoints"
     resume, resumed_step = last_checkpoint(ckpt_dir)
@@ -241,7 +240,7 @@ def train_grpo(base_model_name: str, prompts: Sequence[Example], reward: SuiteRe
         raise TrainingError(f"The GPU ran out of memory in GRPO on '{spec.base}': lower [training] "
                             "micro_batch_tokens, grpo_max_completion_length or max_seq_len, or "
                             "set gradient_checkpointing = true.") from None
-    state, logs = trainer.state, _read_logs(out / LOG_FILE, trainer.state.global_step)
+    state, logs = trainer.state, read_logs(out / LOG_FILE, trainer.state.global_step)
     result = TrainResult(
         train_id=train_id, adapter_dir=str(out), base=spec.base, base_model_id=base_id,
         parent_adapter=str(parent) if parent else None, config=config,
@@ -249,13 +248,13 @@ def train_grpo(base_model_name: str, prompts: Sequence[Example], reward: SuiteRe
         n_train=len(rows), n_dev=0, skipped=tuple(skipped), device=device.type,
         precision=("qlora-nf4+" if config.qlora else "") + ("bf16" if bf16 else "fp32"),
         padding_free=False, tokens=int(state.num_input_tokens_seen or 0),
-        tokens_per_s=0.0, peak_mem_mb=_peak_mem_mb(device), **_loss_summary(logs),
+        tokens_per_s=0.0, peak_mem_mb=peak_mem_mb(device), **loss_summary(logs),
         stopped_early=state.global_step < state.max_steps,
         elapsed_s=time.perf_counter() - started, logs=tuple(logs), versions=library_versions())
     if trainer.is_world_process_zero():
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(
             str(out), selected_adapters=["default"])  # not the frozen "ref" copy
-        _sort_target_modules(out / "adapter_config.json")
+        sort_target_modules(out / "adapter_config.json")
         write_atomic(out / RESULT_FILE, json.dumps(result.to_json(), indent=2))
     return result
 
@@ -264,22 +263,20 @@ def train_grpo(base_model_name: str, prompts: Sequence[Example], reward: SuiteRe
 
 def task_reward(task) -> SuiteReward:
     """The task's suite as a reward over its train pool, dev and test held out."""
-    from evals.suites import load_suite
-    from loop.evaluation.evaluate import answers_are_json
+    from evals.similarity import Embedder, cosine_pairs
+    from loop.evaluation.evaluate import answers_are_json, task_suite
 
     pool = task.split("train")
     held_out = [*task.splits.get("dev", ()), *task.splits.get("test", ())]
     leaked = set(held_out_rows(pool, held_out))
     pool = [e for e in pool if e not in leaked]  # dropped: the reward never sees them
-    suite = load_suite(task.settings)
+    embedder = Embedder()  # loaded on first use only (a free-text threshold, similarity)
+    suite = task_suite(task, embedder)  # the suite evaluation scores with
     similarity = None
     if suite.without_judge().needs_similarity:
-        from evals.similarity import Embedder, cosine_pairs
-
-        embedder = Embedder()
         similarity = lambda outs, refs: cosine_pairs(embedder, outs, refs)  # noqa: E731
-    return SuiteReward(suite, pool, held_out, stop_at_json=answers_are_json(
-        [e for s in task.splits.values() for e in s]), similarity=similarity)
+    return SuiteReward(suite, pool, held_out, stop_at_json=answers_are_json(task),
+                       similarity=similarity, answers=task.answers)
 
 
 def train_grpo_for_task(store, task, workspace, model: str = DEFAULT_MODEL, parent_adapter=None,

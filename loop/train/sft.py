@@ -47,7 +47,6 @@ from loop.core.errors import EvalloopError
 from loop.core.settings import with_overrides
 from loop.models.loading import (
     DEFAULT_MODEL,
-    base_path,
     fingerprint,
     load_tokenizer,
     parse_model_name,
@@ -58,13 +57,23 @@ from loop.train.packing import (
     VARLEN,
     Collator,
     pop_real_tokens,
-    register_varlen_attention,
     tokenize_examples,
 )
 from loop.core.records import content_hash
 from loop.train.config import (LogRow, TrainConfig, TrainPlan, TrainResult, library_versions,
                                use_bf16)
 from loop.core.launch import refuse_outside_launcher, sum_over_ranks
+from loop.train.lora import (
+    LOG_FILE,
+    check_qlora,
+    claim_out_dir,
+    last_checkpoint,
+    load_trainable,
+    loss_summary,
+    peak_mem_mb,
+    read_logs,
+    sort_target_modules,
+)
 from loop.train.outputs import (
     RESULT_FILE,
     TrainingError,
@@ -77,7 +86,6 @@ __all__ = ["LogRow", "TrainConfig", "TrainResult", "TrainingError", "export_merg
            "format_result", "main", "record_training", "train_adapter", "train_for_task"]
 
 TRAIN_VERSION = "sft-lora-v1"  # part of every train id: bump when training semantics change
-LOG_FILE, INPUTS_FILE = "train_log.jsonl", "train_inputs.json"
 
 
 # ---------------------------------------------------------------------------- identity
@@ -93,108 +101,7 @@ def train_id_for(base_model_id: str, parent_id: str | None, examples, dev_exampl
                         examples_digest(dev_examples or ()), config.identity(), system_prompt)
 
 
-def _claim_out_dir(out: Path, train_id: str, inputs: dict) -> TrainResult | None:
-    """Create OUT or check it holds this same run; return the finished result if there is one."""
-    manifest = out / INPUTS_FILE
-    if manifest.is_file():
-        if json.loads(manifest.read_text()).get("train_id") != train_id:
-            raise TrainingError(f"{out} holds a different training run ({manifest} has another "
-                                "train_id): pick a new output directory or delete that one.")
-        done = out / RESULT_FILE
-        if done.is_file() and (out / "adapter_model.safetensors").is_file():
-            return TrainResult.from_json(json.loads(done.read_text()))
-    elif out.is_dir() and any(out.iterdir()):
-        raise TrainingError(f"{out} exists and is not an evalloop training directory: choose an "
-                            "empty or new output directory.")
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(manifest, json.dumps({"train_id": train_id, **inputs}, indent=2, default=str))
-    return None
-
-
-def last_checkpoint(ckpt_dir: Path) -> tuple[Path | None, int]:
-    """The newest checkpoint whose trainer state was fully written (a kill can cut a save short)."""
-    best: tuple[Path | None, int] = (None, 0)
-    for path in ckpt_dir.glob("checkpoint-*"):
-        try:
-            step = int(path.name.rsplit("-", 1)[1])
-            state = json.loads((path / "trainer_state.json").read_text())
-        except (ValueError, OSError):
-            continue
-        if (state.get("global_step") == step and step > best[1]
-                and (path / "adapter_model.safetensors").is_file()):
-            best = (path, step)
-    return best
-
-
 # ---------------------------------------------------------------------------- model
-
-def _check_qlora(device) -> None:
-    import importlib.util
-
-    if device.type != "cuda":
-        raise TrainingError("[training] qlora = true needs a CUDA GPU (bitsandbytes 4-bit "
-                            "kernels); "
-                            "this machine has none. Set qlora = false to train in bf16/fp32.")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise TrainingError("[training] qlora = true needs the bitsandbytes package: "
-                            "`pip install bitsandbytes`, or set qlora = false.")
-
-
-def _attention(device) -> str:
-    import importlib.util
-
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"  # reads the same cu_seq_lens, in one fused kernel
-    return register_varlen_attention()
-
-
-def _load_trainable(spec, parent: Path | None, config: TrainConfig, bf16: bool, device):
-    """Base (+parent adapter, trainable) with LoRA; returns (peft model, padding_free)."""
-    import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    kwargs = {"dtype": torch.bfloat16 if bf16 else torch.float32, "use_safetensors": True}
-    if config.qlora:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16)
-        if config.processes > 1:  # 4-bit weights load on a device: this rank's own
-            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
-    path, padding_free = base_path(spec.base), True
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=_attention(device),
-                                                     **kwargs)
-    except ValueError:  # an architecture without pluggable attention: padded batches instead
-        model, padding_free = AutoModelForCausalLM.from_pretrained(path, **kwargs), False
-    except OSError as exc:
-        raise TrainingError(f"Cannot load base model '{spec.base}' from {path}: "
-                            f"{str(exc).splitlines()[0]}.") from None
-    if config.qlora:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, config.gradient_checkpointing)
-    if parent is not None:
-        model = PeftModel.from_pretrained(model, str(parent), is_trainable=True)
-    else:
-        from transformers import set_seed
-
-        set_seed(config.seed)  # LoRA A is drawn at random: the same seed, the same adapter
-        modules = config.target_modules
-        model = get_peft_model(model, LoraConfig(
-            r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
-            target_modules=modules if isinstance(modules, str) else list(modules),
-            task_type="CAUSAL_LM"))
-    if bf16 and not config.qlora:
-        # peft casts each LoRA input up to the fp32 adapter dtype, a full activation copy per
-        # adapted layer; under bf16 autocast the LoRA matmuls run in bf16 anyway
-        for module in model.modules():
-            if hasattr(module, "cast_input_dtype_enabled") or hasattr(module, "lora_A"):
-                module.cast_input_dtype_enabled = False
-    return model, padding_free
-
 
 # ---------------------------------------------------------------------------- trainer
 
@@ -204,16 +111,6 @@ class _Meter:
     def __init__(self):
         self.tokens, self.seconds, self.t0 = 0, 0.0, 0.0
         self.mark = (0, 0.0)  # (tokens, seconds) at the previous logging step
-
-
-def _peak_mem_mb(device) -> float:
-    import resource
-
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def completion_loss(model, inputs: dict) -> tuple:
@@ -336,7 +233,7 @@ def _make_trainer(model, tokenizer, rows, dev_rows, config: TrainConfig, ckpt_di
             row = LogRow(step=state.global_step, loss=logs.get("loss"),
                          eval_loss=logs.get("eval_loss"), learning_rate=logs.get("learning_rate"),
                          tokens_per_s=tokens / seconds if "loss" in logs and seconds else None,
-                         peak_mem_mb=_peak_mem_mb(device), epoch=logs.get("epoch"))
+                         peak_mem_mb=peak_mem_mb(device), epoch=logs.get("epoch"))
             with log_path.open("a") as fh:
                 fh.write(json.dumps(row.to_json()) + "\n")
 
@@ -366,27 +263,6 @@ def _model_inputs(batch: dict) -> dict:
     return inputs
 
 
-def _read_logs(path: Path, up_to: int) -> list[LogRow]:
-    """Rows logged so far (a killed run's rows survive it), merged per step."""
-    merged: dict[int, LogRow] = {}
-    if not path.is_file():
-        return []
-    for line in path.read_text().splitlines():
-        try:
-            row = LogRow(**json.loads(line))
-        except (ValueError, TypeError):
-            continue  # a line cut short by a kill
-        if row.step <= up_to:
-            merged[row.step] = merged[row.step].merge(row) if row.step in merged else row
-    return [merged[s] for s in sorted(merged)]
-
-
-def _loss_summary(logs: list[LogRow]) -> dict:
-    return {"train_loss": next((r.loss for r in reversed(logs) if r.loss is not None), None),
-            "best_eval_loss": min((r.eval_loss for r in logs if r.eval_loss is not None),
-                                  default=None)}
-
-
 def _rows(tokenizer, examples, system_prompt, max_seq_len: int) -> tuple[list[dict], list[str]]:
     if not examples:
         raise TrainingError("No training examples: the data is empty. In a cycle this means the "
@@ -411,7 +287,7 @@ def plan_training(base_model_name: str, examples, out_dir, config: TrainConfig,
     if parent is not None:
         parse_model_name(f"{spec.base}+{parent}")  # checks the adapter files exist
     if config.qlora:
-        _check_qlora(pick_device())
+        check_qlora(pick_device())
     tokenizer = load_tokenizer(spec)
     rows, skipped = _rows(tokenizer, examples, system_prompt, config.max_seq_len)
     dev_rows, _ = tokenize_examples(tokenizer, dev_examples or (), system_prompt,
@@ -422,7 +298,7 @@ def plan_training(base_model_name: str, examples, out_dir, config: TrainConfig,
     out = Path(out_dir).expanduser().resolve()
     inputs = {"base": spec.base, "parent_adapter": str(parent) if parent else None,
               "n_train": len(rows), "n_dev": len(dev_rows), "config": config.as_dict()}
-    finished = _claim_out_dir(out, train_id, inputs)
+    finished = claim_out_dir(out, train_id, inputs)
     if finished is not None:
         return finished
     return TrainPlan(base=spec.base, parent_adapter=str(parent) if parent else None,
@@ -465,7 +341,7 @@ def run_plan(plan: TrainPlan, progress: bool = True) -> TrainResult:
     device = pick_device()
     tokenizer = load_tokenizer(spec)
     bf16 = use_bf16(config.bf16, device, spec.base) or config.qlora
-    model, padding_free = _load_trainable(spec, parent, config, bf16, device)
+    model, padding_free = load_trainable(spec, parent, config, bf16, device)
     meter, ckpt_dir = _Meter(), out / "checkpoints"
     resume, resumed_step = last_checkpoint(ckpt_dir)
     trainer = _make_trainer(model, tokenizer, plan.rows, plan.dev_rows, config, ckpt_dir, bf16,
@@ -480,7 +356,7 @@ def run_plan(plan: TrainPlan, progress: bool = True) -> TrainResult:
             "to keep the effective batch), set gradient_checkpointing = true, or qlora = true."
         ) from None
     tokens = int(sum_over_ranks(meter.tokens))  # every rank's rows: the job's throughput
-    state, logs = trainer.state, _read_logs(out / LOG_FILE, trainer.state.global_step)
+    state, logs = trainer.state, read_logs(out / LOG_FILE, trainer.state.global_step)
     result = TrainResult(
         train_id=plan.train_id, adapter_dir=str(out), base=spec.base,
         base_model_id=plan.base_model_id, parent_adapter=plan.parent_adapter, config=config,
@@ -490,7 +366,7 @@ def run_plan(plan: TrainPlan, progress: bool = True) -> TrainResult:
         precision=("qlora-nf4+" if config.qlora else "") + ("bf16" if bf16 else "fp32"),
         padding_free=padding_free, tokens=tokens,
         tokens_per_s=tokens / meter.seconds if meter.seconds else 0.0,
-        peak_mem_mb=_peak_mem_mb(device), **_loss_summary(logs),
+        peak_mem_mb=peak_mem_mb(device), **loss_summary(logs),
         stopped_early=state.global_step < state.max_steps,
         elapsed_s=time.perf_counter() - started, logs=tuple(logs), versions=library_versions())
     _save_adapter(trainer, out)
@@ -508,16 +384,7 @@ def _save_adapter(trainer, out: Path) -> None:
     if trainer.is_world_process_zero():
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(out),
                                                                         state_dict=state_dict)
-        _sort_target_modules(out / "adapter_config.json")
-
-
-def _sort_target_modules(config_path: Path) -> None:
-    """peft saves an expanded module set in hash order, which changes from process to process;
-    sorted, the same training gives the same file, hence the same model fingerprint."""
-    config = json.loads(config_path.read_text())
-    if isinstance(config.get("target_modules"), list):
-        config["target_modules"] = sorted(config["target_modules"])
-        write_atomic(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        sort_target_modules(out / "adapter_config.json")
 
 
 def train_for_task(store, task, workspace, model: str = DEFAULT_MODEL, data_path=None,
