@@ -55,13 +55,7 @@ from evals.benchmarks import headline  # noqa: E402
 from loop.core.settings import GateSettings  # noqa: E402
 from loop.cycle.gate import GateInputs, decide  # noqa: E402
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+from bench.targeted_vs_random import wilson  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- measured part

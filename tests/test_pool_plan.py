@@ -92,6 +92,7 @@ def test_trial_rates_fit_the_budget_configured_rate_first():
     assert trial_rates(1e-3, 100, 250) == [1e-3, 2e-3]
     assert trial_rates(1e-3, 100, 50) == [1e-3]  # even one does not fit: the configured rate
     assert trial_rates(1e-3, 100, None, enabled=False) == [1e-3]
+    assert trial_rates(1e-3, 100, None, n_dev=20) == [1e-3]  # too few dev items to choose by
 
 
 def test_pick_best_dev_pass_rate_then_loss_then_order():

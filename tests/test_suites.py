@@ -77,7 +77,7 @@ def test_a_suite_file_names_itself_in_its_problems(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_task(toml)
     assert str(err.value).startswith("2 problem(s)")  # the file alone, not its missing keys
-    assert f"{toml}: [suite] file: suite file {tmp_path / 'gone.toml'} cannot be read" \
+    assert f"{toml}: [suite] file: suite file {tmp_path / 'gone.toml'} does not exist" \
         in str(err.value) and "[generation] batch_size" in str(err.value)
 
 

@@ -319,7 +319,7 @@ class TrainingSettings(Section):
                                                    "(the suite as reward) or sft+grpo")
     search: bool = Field(True, description="a cycle tries learning rates x1, x2, x0.5 as its "
                                            "time budget allows and keeps the best on dev "
-                                           "(loop/train/search.py)")
+                                           "(loop/train/search.py; with >= 40 dev items)")
     dpo_beta: float = Field(0.1, gt=0, description="DPO's KL strength")
     # measured (bench/preference.py): DPO at the SFT rate (1e-3) collapses a LoRA on a few dozen
     # pairs (demo 66 -> 33%, rentalcars 83 -> 1%); 5e-5 keeps it (demo 66 -> 66%)

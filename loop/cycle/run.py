@@ -150,7 +150,8 @@ def _sft_search(ctx: CycleContext, config, model: str):
     rows = plan.get("targeted_rows", 0) + plan.get("pool_rows", 0)
     one_run = rows * plan.get("epochs", 1.0) * plan.get("seconds_per_row_epoch", 0.0)
     rates = trial_rates(config.learning_rate, one_run, plan.get("budget_s") or None,
-                        enabled=config.search and bool(plan))
+                        enabled=config.search and bool(plan),
+                        n_dev=len(ctx.task.splits.get("dev", ())))
     base = parse_model_name(model).base
     runs, trials = {}, []
     for rate in rates:

@@ -16,6 +16,9 @@ from dataclasses import asdict, dataclass
 
 RATE_FACTORS = (1.0, 2.0, 0.5)  # tried in this order while the budget lasts
 MAX_TRIALS = len(RATE_FACTORS)
+# below this many dev items one item moves the pass rate by more than 2.5 points: trials would
+# be told apart by noise (the real tasks' dev splits hold 76-200 items)
+MIN_DEV_ITEMS = 40
 
 
 @dataclass(frozen=True)
@@ -32,10 +35,11 @@ class Trial:
 
 
 def trial_rates(learning_rate: float, estimated_s: float, budget_s: float | None,
-                enabled: bool = True) -> list[float]:
+                enabled: bool = True, n_dev: int = MIN_DEV_ITEMS) -> list[float]:
     """The learning rates to try: as many of RATE_FACTORS as `budget_s` holds runs of
-    `estimated_s` (all of them when there is no budget), at least the configured one."""
-    if not enabled:
+    `estimated_s` (all of them when there is no budget), at least the configured one; only the
+    configured one when dev has fewer than MIN_DEV_ITEMS items to choose by."""
+    if not enabled or n_dev < MIN_DEV_ITEMS:
         return [learning_rate]
     n = MAX_TRIALS if budget_s is None else int(budget_s // max(estimated_s, 1e-6))
     return [learning_rate * f for f in RATE_FACTORS[:max(1, min(n, MAX_TRIALS))]]
