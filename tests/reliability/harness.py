@@ -54,6 +54,14 @@ def table_digests(workspace: Path, replacements: dict[str, str] | None = None,
     `replacements` maps run-specific strings (a workspace path) to placeholders, so two runs in
     different directories compare equal when their content is the same.
     """
+    return {table: (len(lines), hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16])
+            for table, lines in table_lines(workspace, replacements, volatile).items()}
+
+
+def table_lines(workspace: Path, replacements: dict[str, str] | None = None,
+                volatile: tuple[str, ...] = VOLATILE) -> dict[str, list[str]]:
+    """{table: its rows as sorted canonical lines} without clock columns: what a digest hashes,
+    readable when two digests differ."""
     replacements = replacements or {}
     out = {}
     with Store(workspace, read_only=True) as store:
@@ -63,9 +71,8 @@ def table_digests(workspace: Path, replacements: dict[str, str] | None = None,
                 "ORDER BY ordinal_position", [table])]
             kept = [c for c in columns if c not in volatile]
             rows = store.query(f'SELECT * FROM "{table}"')  # table names come from the schema
-            lines = sorted(_canonical(_drop({c: _jsonish(r[c]) for c in kept}, volatile),
-                                      replacements) for r in rows)
-            out[table] = (len(rows), hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16])
+            out[table] = sorted(_canonical(_drop({c: _jsonish(r[c]) for c in kept}, volatile),
+                                           replacements) for r in rows)
     return out
 
 

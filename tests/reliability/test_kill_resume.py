@@ -21,7 +21,7 @@ from conftest import classification_records, write_task
 from loop.cycle.run import STAGES
 from loop.core.faults import ENV
 from loop.store.db import DB_NAME, Store
-from reliability.harness import VOLATILE, cli, table_digests
+from reliability.harness import VOLATILE, cli, table_digests, table_lines
 
 STAGE_NAMES = tuple(s.__name__ for s in STAGES)
 MIN_TRIALS = 30
@@ -83,6 +83,17 @@ def reference(tmp_path_factory):
     return task, root / "ws", durations
 
 
+def differing_rows(workspace: Path, reference_ws: Path, got: dict, want: dict) -> dict:
+    """The tables whose digests differ, with the rows of small ones from both sides."""
+    tables = {t for t in set(got) | set(want) if got.get(t) != want.get(t)}
+    volatile = VOLATILE + ("generated", "reused", "judged", "new_matches",
+                           "resumed_from_step", "snapshot_id")  # as digests() leaves out
+    ours = table_lines(workspace, {str(workspace): "<workspace>"}, volatile)
+    theirs = table_lines(reference_ws, {str(reference_ws): "<workspace>"}, volatile)
+    return {t: (got.get(t), want.get(t), ours.get(t)[:3] if len(ours.get(t, ())) <= 3 else "",
+                theirs.get(t)[:3] if len(theirs.get(t, ())) <= 3 else "") for t in tables}
+
+
 def kill_in(workspace: Path, task: Path, stage: str, delay: float) -> bool:
     """Run a cycle that kills itself `delay` s into `stage`; False if it finished first."""
     proc = cli("cycle", "--task", str(task), "--workspace", str(workspace), "--json",
@@ -123,8 +134,7 @@ def test_sigkill_at_random_points_of_every_stage_then_resume(reference, tmp_path
         proc = cli("cycle", "--task", str(task), "--workspace", str(workspace), "--json")
         assert proc.returncode == 0, proc.stderr[-3000:]
         got = digests(workspace)
-        assert got == want, {t: (got.get(t), want.get(t)) for t in set(got) | set(want)
-                             if got.get(t) != want.get(t)}
+        assert got == want, differing_rows(workspace, reference_ws, got, want)
         chain += 1
     hit = trials_in(trials)
     print(f"\n{len(trials)} SIGKILL trials in {chain} chains, all resumed to the reference "
