@@ -10,7 +10,7 @@ import pytest
 
 from loop.targeted.cycle_data import is_format_failure
 from loop.targeted.plan import (MIN_FOCUSED_ROWS, TRAIN_SHARE, PoolFacts, focused_sizes,
-                                hard_rows, plan_pool)
+                                forward_tokens_per_row, hard_rows, plan_pool)
 
 
 def facts(rows=1000, trained=False, failures=50, fmt=0, per_row=0.1):
@@ -37,6 +37,16 @@ def test_budget_cuts_epochs_then_rows():
     small = plan_pool(facts(), budget_s=100, epochs=2.0)
     assert (small.rows, small.epochs) == (500, 1.0)
     assert "500 of 1000 rows" in small.reason
+
+
+def test_forward_tokens_count_the_shared_prefix_once_per_chunk():
+    # batch of 4 rows of 10 tokens behind a 100-token prefix, chunks of <= 130 tokens: the
+    # first chunk holds 3 rows (100 + 30), the fourth row opens a chunk that runs the prefix again
+    assert forward_tokens_per_row(100, [10] * 8, 4, 130, 32) == pytest.approx((200 + 40) / 4)
+    # a budget that holds the whole batch: the prefix once per batch
+    assert forward_tokens_per_row(100, [10] * 8, 4, 10**6, 32) == pytest.approx(10 + 100 / 4)
+    # a prefix too short to share: every row runs it
+    assert forward_tokens_per_row(20, [10, 30], 4, 10**6, 32) == pytest.approx(40.0)
 
 
 def test_hard_rows_are_the_unsure_ones_least_known_first():

@@ -79,7 +79,7 @@ def test_defaults_are_the_ones_the_stages_always_used(tmp_path):
     assert s.training.model_dump() == {
         "rank": 16, "alpha": 32.0, "dropout": 0.0, "target_modules": "all-linear",
         "learning_rate": 1e-3, "epochs": 2.0, "max_steps": None, "batch_size": 16,
-        "grad_accum": 1, "micro_batch_tokens": 1024, "max_seq_len": 1024, "seed": 0,
+        "grad_accum": 1, "micro_batch_tokens": 2048, "max_seq_len": 1024, "seed": 0,
         "save_steps": 50, "log_steps": 5, "patience": 3, "gradient_checkpointing": False,
         "share_prefix": True, "qlora": False, "bf16": "auto", "method": "sft", "search": True,
         "dpo_beta": 0.1,

@@ -304,7 +304,7 @@ class TrainingSettings(Section):
     max_steps: int | None = Field(None, ge=1, description="replaces epochs when set")
     batch_size: int = Field(16, ge=1, description="examples per optimizer step (packed)")
     grad_accum: int = Field(1, ge=1)
-    micro_batch_tokens: int = Field(1024, ge=64, description="tokens per forward+backward")
+    micro_batch_tokens: int = Field(2048, ge=64, description="tokens per forward+backward")
     max_seq_len: int = Field(1024, ge=16, description="longer examples are skipped, never cut")
     seed: int = Field(0, ge=0)
     save_steps: int = Field(50, ge=1, description="checkpoint and dev-loss interval")

@@ -33,12 +33,13 @@ from loop.targeted.stage import TargetedResult, generate_targeted
 
 log = logging.getLogger(__name__)
 
-# training throughput when nothing is measured yet, in tokens a row costs (its own tokens plus
-# its share of the prompt prefix the rows of a micro-batch share). Measured: the embedded model
-# on the whole rentalcars pool on this 2-core CPU, busy with other jobs: 725 rows x 2 epochs in
-# 233 s = 214 such tokens/s (992 tokens/s counting every row's whole prompt), about 300 on an idle
-# machine. A GPU is an order of magnitude faster (not measured here).
-DEFAULT_TOKENS_PER_S = {"cpu": 300.0, "cuda": 4000.0}
+# training throughput when nothing is measured yet, in forward tokens (what the model runs: each
+# row's own tokens, and the shared prompt prefix once per micro-batch chunk) per second. Measured
+# on an idle 2-core CPU (this machine), the embedded model, 128 clinc_intents rows (693-token
+# prefix), 1 epoch: 18.2 s at the defaults, ~480 forward tokens/s (bench/train_speed.py measures
+# the same way). Another job on the CPU halves it; cycles after the first use their own measured
+# rate. A GPU is an order of magnitude faster (not measured here).
+DEFAULT_TOKENS_PER_S = {"cpu": 480.0, "cuda": 4000.0}
 
 
 def is_format_failure(signatures) -> bool:
@@ -129,20 +130,21 @@ def seconds_per_row_epoch(store: Store, task: Task, pool: list[Example]) -> tupl
 
     from loop.core.prompts import build_prompt
     from loop.models.loading import load_tokenizer, parse_model_name, pick_device
+    from loop.train.packing import MIN_SHARED_PREFIX
 
     tokenizer = load_tokenizer(parse_model_name(task.settings.cycle.base_model))
-    sample = pool[:200]
+    sample = pool[:256]
     ids = [tokenizer(build_prompt(tokenizer, e, task.settings.system_prompt) + e.output)
            ["input_ids"] for e in sample]
     prefix = len(os.path.commonprefix(ids)) if len(ids) > 1 else 0
-    own = float(np.mean([len(i) - prefix + 1 for i in ids])) if ids else 1.0
-    budget = task.settings.training.micro_batch_tokens
-    rows_per_micro = max(1.0, (budget - prefix) / max(own, 1.0))
-    tokens = own + prefix / rows_per_micro
+    own = [len(i) - prefix + 1 for i in ids]  # a row's rest keeps one prompt token (packing.py)
+    training = task.settings.training
+    tokens = pool_plan.forward_tokens_per_row(prefix, own, training.batch_size,
+                                              training.micro_batch_tokens, MIN_SHARED_PREFIX)
     device = pick_device().type
     rate = DEFAULT_TOKENS_PER_S.get(device, DEFAULT_TOKENS_PER_S["cpu"])
-    return tokens / rate, (f"estimated: {tokens:.0f} tokens per row (prefix {prefix}) at "
-                           f"{rate:.0f} tokens/s on {device}")
+    return tokens / rate, (f"estimated: {tokens:.0f} forward tokens per row (prefix {prefix}) "
+                           f"at {rate:.0f} tokens/s on {device}")
 
 
 def _write(task: Task, targeted: TargetedResult | None, targeted_rows: list[Example],

@@ -21,6 +21,7 @@ Both fit the time budget: rows x epochs x seconds per row-epoch <= the training 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -87,6 +88,28 @@ def plan_pool(facts: PoolFacts, budget_s: float | None, epochs: float) -> PoolPl
     return PoolPlan(mode=mode, reason=reason, rows=rows, epochs=epochs,
                     budget_s=train_budget or 0.0, estimated_train_s=rows * epochs * per_row,
                     seconds_per_row_epoch=per_row, rate_source=facts.rate_source)
+
+
+def forward_tokens_per_row(prefix: int, own: Sequence[int], batch_size: int, token_budget: int,
+                           min_shared: int) -> float:
+    """Tokens the model runs per trained row when rows of `own` tokens (each past the shared
+    `prefix`) are packed as loop/train/packing.py packs them: each optimizer batch of
+    `batch_size` rows is cut into chunks of at most `token_budget` forward tokens, and each chunk
+    holds the prefix once (when it is at least `min_shared` tokens; else every row runs it)."""
+    if not own:
+        return 1.0
+    if prefix < min_shared:
+        return prefix + sum(own) / len(own)
+    total = 0
+    for start in range(0, len(own), batch_size):
+        used = None
+        for n in own[start:start + batch_size]:
+            if used is None or used + n > token_budget:  # a new chunk runs the prefix again
+                total += prefix
+                used = prefix
+            used += n
+            total += n
+    return total / len(own)
 
 
 def hard_rows(max_token_nll: np.ndarray, limit: int) -> np.ndarray:

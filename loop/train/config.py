@@ -7,7 +7,9 @@ resolved (`loop.models.precision`).
     learning_rate = 1e-3
     epochs = 2             # or max_steps = N (not both)
     batch_size = 16        # examples per optimizer step (packed, so no padding)
-    micro_batch_tokens = 1024  # tokens per forward+backward (memory), same optimizer steps
+    micro_batch_tokens = 2048  # forward tokens per forward+backward (memory), same optimizer steps;
+                           # 2,048 holds a batch of 16 rows behind a 700-token instruction in one
+                           # chunk: 12% faster than 1,024 there (same gradients), 3.2 GB peak RSS
     bf16 = "auto"          # "auto": CUDA support / this CPU's measured matmul speed; true/false
     method = "sft"         # or "dpo" / "sft+dpo": preference pairs (loop/targeted/pairs.py, loop/train/dpo.py);
                            # "grpo" / "sft+grpo": the suite as reward (evals/rewards.py, loop/train/grpo.py)
