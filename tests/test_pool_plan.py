@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from loop.targeted.cycle_data import is_format_failure
-from loop.targeted.plan import (MIN_FOCUSED_ROWS, TRAIN_SHARE, PoolFacts, focused_sizes,
-                                forward_tokens_per_row, hard_rows, plan_pool)
+from loop.targeted.plan import (TRAIN_SHARE, PoolFacts, forward_tokens_per_row, hard_rows,
+                                plan_pool)
 
 
 def facts(rows=1000, trained=False, failures=50, fmt=0, per_row=0.1):
@@ -36,7 +36,23 @@ def test_budget_cuts_epochs_then_rows():
     # 100 s of training cannot see every row once: 500 rows, one epoch
     small = plan_pool(facts(), budget_s=100, epochs=2.0)
     assert (small.rows, small.epochs) == (500, 1.0)
-    assert "500 of 1000 rows" in small.reason
+    assert "500 of 1000 pool rows" in small.reason
+
+
+def test_focused_weighted_rows_count_against_the_budget():
+    # a whole-pool plan ignores extra rows (targeted rows there are pool rows, written once)
+    assert plan_pool(facts(), None, 2.0, extra_rows=300).extra_rows == 0
+    focused = plan_pool(facts(trained=True), None, 2.0, extra_rows=300)
+    assert (focused.rows, focused.extra_rows, focused.epochs) == (1000, 300, 2.0)
+    # 1300 rows x 0.1 s = 130 s an epoch; 150 s of training: one epoch (quarter steps down)
+    cut = plan_pool(facts(trained=True), 300, 2.0, extra_rows=300)
+    assert (cut.rows, cut.extra_rows, cut.epochs) == (1000, 300, 1.0)
+    # 50 s of training holds 500 rows once: the weighted rows first, then pool rows
+    small = plan_pool(facts(trained=True), 100, 2.0, extra_rows=300)
+    assert (small.rows, small.extra_rows, small.epochs) == (200, 300, 1.0)
+    assert small.estimated_train_s <= 100 * TRAIN_SHARE
+    tiny = plan_pool(facts(trained=True), 20, 2.0, extra_rows=300)
+    assert (tiny.rows, tiny.extra_rows) == (0, 100)
 
 
 def test_forward_tokens_count_the_shared_prefix_once_per_chunk():
@@ -53,14 +69,7 @@ def test_hard_rows_are_the_unsure_ones_least_known_first():
     worst = np.array([0.1, 2.0, 0.5, math.log(2) + 1e-3, 5.0])
     assert hard_rows(worst, 10).tolist() == [4, 1, 3]
     assert hard_rows(worst, 2).tolist() == [4, 1]
-
-
-def test_focused_sizes_replay_matches_hard_rows_within_the_cap():
-    assert focused_sizes(100, 0, 1000) == (100, 100)
-    hard, replay = focused_sizes(900, 100, 1000)
-    assert hard + replay + 100 <= 1000 and hard == replay == 450
-    # nothing hard: replay pads to a minimum so the cycle still trains on something
-    assert focused_sizes(0, 0, 1000) == (0, MIN_FOCUSED_ROWS)
+    assert hard_rows(worst).tolist() == [4, 1, 3]
 
 
 @pytest.mark.parametrize("sigs, expected", [
@@ -134,3 +143,40 @@ def test_pool_rows_drop_held_out_questions_keep_near_duplicates(tmp_path):
     assert sorted((e.input, e.output) for e in rows) == [
         ("hello there", "a"), ("hello there", "b"), ("hello there!", "a")]
     assert [e.id for e in rows] == [e.id for e in pool_rows(task, seed=0)]
+
+
+def test_written_data_whole_pool_once_focused_weighted_twice(tmp_path):
+    """A whole-pool cycle writes a targeted row that is also a pool row once; a focused cycle
+    writes it again beside the pool, and its unsure rows twice (hard rows, then the pool)."""
+    from conftest import write_task
+
+    from loop.data.tasks import load_task
+    from loop.targeted.cycle_data import _write, pool_rows
+    from loop.targeted.inputs import FailureSet
+
+    row = {"instruction": "Label it.", "output": "a"}
+    path = write_task(tmp_path, {
+        "train": [{**row, "input": f"message {i}"} for i in range(6)],
+        "dev": [{**row, "input": "a dev item"}], "test": [{**row, "input": "a test item"}]})
+    task = load_task(path)
+    pool = pool_rows(task, seed=0)
+    targeted, hard = pool[:2], pool[2:3]
+
+    def written(mode, chosen):
+        plan = plan_pool(facts(rows=len(pool), trained=mode == "focused"), None, 1.0,
+                         extra_rows=len(targeted) + len(hard))
+        assert plan.mode == mode
+        out = _write(task, None, targeted, chosen, len(hard) if mode == "focused" else 0, plan,
+                     f"b-{mode}", tmp_path / "data", FailureSet("run", "", ()), True)
+        lines = open(out.dataset_path, encoding="utf-8").read().splitlines()
+        return [json.loads(line)["input"] for line in lines], out.plan
+
+    inputs, plan = written("whole_pool", pool)
+    assert sorted(inputs) == sorted(e.input for e in pool)  # each row once
+    assert plan["pool_rows"] == 4 and plan["targeted_rows"] == 2
+    inputs, plan = written("focused", hard + pool)
+    assert len(inputs) == 2 + 1 + 6
+    assert {e.input: inputs.count(e.input) for e in pool} == {
+        pool[0].input: 2, pool[1].input: 2, pool[2].input: 2, pool[3].input: 1,
+        pool[4].input: 1, pool[5].input: 1}
+    assert (plan["hard_rows"], plan["replay_rows"], plan["pool_rows"]) == (1, 6, 7)

@@ -232,14 +232,14 @@ def _data_lines(results: CycleResults) -> list[str]:
         return []
     lines = ["## Training data and recipe", ""]
     if plan:
-        start = "the champion's adapter" if plan.get("starts_from") == "champion adapter" \
-            else "the base model"
+        start = "continuing from the champion's adapter" \
+            if plan.get("starts_from") == "champion adapter" else "from the base model"
         lines += [f"- plan: **{plan['mode']}** ({plan['reason']})",
                   f"- rows: {plan['targeted_rows']} targeted for dev failures + "
                   f"{plan['pool_rows']} pool rows"
                   + (f" ({plan['hard_rows']} the champion is unsure of, {plan['replay_rows']} "
                      "replayed)" if plan["mode"] == "focused" else "")
-                  + f", {plan['epochs']:g} epochs, continuing from {start}",
+                  + f", {plan['epochs']:g} epochs, {start}",
                   f"- time: {plan['estimated_train_s']:.0f} s of training estimated "
                   f"({plan['rate_source']}), budget {plan['budget_s']:.0f} s", ""]
     if trained and len(trained.search) > 1:

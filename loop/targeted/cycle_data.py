@@ -6,9 +6,10 @@ the plan (loop.targeted.plan) says this cycle should train on.
 The pool rows are the team's train split without the rows that repeat a dev or test question
 (`pool_rows`); the targeted rows went through the targeted stage's curation. In a `whole_pool` cycle they are
 all of them (as many as the time budget fits); in a `focused` cycle the champion scores every
-curated pool row by answer loss through the shared-prefix path, and the rows it is unsure of
-are trained on with as many replayed rows it knows. The written JSONL is the targeted batch's
-rows first, then the pool rows not already among them; its manifest records the plan.
+curated pool row by answer loss through the shared-prefix path, and the whole pool is trained
+on again with the rows it is unsure of and the targeted rows weighted up (they come twice).
+The written JSONL is the targeted batch's rows first, then the pool rows (in a whole-pool cycle
+only those not already among the targeted rows); its manifest records the plan.
 """
 
 from __future__ import annotations
@@ -72,16 +73,18 @@ def build_cycle_data(store: Store, task: Task, champion_name: str, dev_run_id: s
     per_row, source = seconds_per_row_epoch(store, task, pool)
     facts = pool_plan.PoolFacts(len(pool), champion_trained, n_failures, n_format, per_row, source)
     epochs = task.settings.training.epochs or 1.0
-    plan = pool_plan.plan_pool(facts, budget_s, epochs)
+    hard: list[Example] = []
+    if pool_plan.choose_mode(facts)[0] == "focused":
+        hard = _unsure_rows(task, champion_name, pool, progress)
+    plan = pool_plan.plan_pool(facts, budget_s, epochs, extra_rows=len(targeted_rows) + len(hard))
     if plan.mode == "whole_pool":
-        chosen = pool[:plan.rows]
-        hard_n = 0
-    else:
-        chosen, hard_n = _focused_rows(task, champion_name, pool, plan, len(targeted_rows),
-                                       seed, progress)
+        chosen, hard = pool[:plan.rows], []
+    else:  # every pool row once (as many as fit), the unsure ones a second time
+        hard = hard[:max(0, plan.extra_rows - len(targeted_rows))]
+        chosen = hard + pool[:plan.rows]
     log.info("cycle data: %s (%s): %d pool rows + %d targeted", plan.mode, plan.reason,
              len(chosen), len(targeted_rows))
-    return _write(task, targeted, targeted_rows, chosen, hard_n, plan, batch_id, out_dir,
+    return _write(task, targeted, targeted_rows, chosen, len(hard), plan, batch_id, out_dir,
                   failures, champion_trained)
 
 
@@ -101,20 +104,16 @@ def _question_key(example: Example) -> tuple[str, str]:
             " ".join((example.input or "").lower().split()))
 
 
-def _focused_rows(task: Task, champion_name: str, pool: list[Example], plan, n_targeted: int,
-                  seed: int, progress: bool) -> tuple[list[Example], int]:
-    """The pool rows the champion is unsure of, then as many it knows (replay)."""
+def _unsure_rows(task: Task, champion_name: str, pool: list[Example],
+                 progress: bool) -> list[Example]:
+    """The pool rows the champion is unsure of, least known first (answer loss through the
+    shared-prefix path: each row's least likely answer token)."""
     from loop.models.loading import load_model
     from loop.targeted.answer_loss import answer_losses
 
     worst = answer_losses(load_model(champion_name), pool, task.settings.system_prompt,
                           progress=progress, reduce="max")
-    hard_idx = pool_plan.hard_rows(worst, plan.rows)
-    n_hard, n_replay = pool_plan.focused_sizes(len(hard_idx), n_targeted, plan.rows)
-    hard_idx = hard_idx[:n_hard]
-    known = np.setdiff1d(np.arange(len(pool)), hard_idx)
-    replay_idx = np.random.default_rng(seed).permutation(known)[:n_replay]
-    return [pool[i] for i in hard_idx] + [pool[i] for i in replay_idx], int(n_hard)
+    return [pool[i] for i in pool_plan.hard_rows(worst)]
 
 
 def seconds_per_row_epoch(store: Store, task: Task, pool: list[Example]) -> tuple[float, str]:
@@ -150,10 +149,11 @@ def seconds_per_row_epoch(store: Store, task: Task, pool: list[Example]) -> tupl
 def _write(task: Task, targeted: TargetedResult | None, targeted_rows: list[Example],
            chosen: list[Example], n_hard: int, plan, batch_id: str, out_dir: Path,
            failures: FailureSet, champion_trained: bool) -> TargetedResult:
-    seen = {(e.instruction, e.input, e.output) for e in targeted_rows}
-    fresh = [(e.instruction, e.input, e.output) not in seen for e in chosen]
-    extra = [e for e, new in zip(chosen, fresh) if new]
-    n_hard = sum(fresh[:n_hard])  # the hard rows come first in `chosen`
+    if plan.mode == "whole_pool":  # targeted rows drawn from the pool are written once
+        seen = {(e.instruction, e.input, e.output) for e in targeted_rows}
+        extra = [e for e in chosen if (e.instruction, e.input, e.output) not in seen]
+    else:  # focused: the weighted rows come twice on purpose
+        extra = chosen
     rows = [{"id": e.id, "instruction": e.instruction, "input": e.input, "output": e.output,
              "category": e.category} for e in targeted_rows]
     rows += [{"id": e.id, "instruction": e.instruction, "input": e.input, "output": e.output,
