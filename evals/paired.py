@@ -114,12 +114,26 @@ def pooled(name: str, stats: Sequence[PairedStat], alpha: float = 0.05,
                       mde, p_value, all(s.binary for s in stats), stats[0].unit)
 
 
-def verdict(stat: PairedStat, tolerance: float) -> str:
-    """"dropped": below -tolerance and significantly below zero; "cannot tell": not dropped, but
-    the check could not see a drop of `tolerance` (MDE > tolerance); else "passed"."""
-    if stat.delta < -tolerance and stat.upper < 0:
+def verdict(stat: PairedStat, tolerance: float, significant: bool | None = None) -> str:
+    """"dropped": below -tolerance and significantly below zero (`significant`, e.g. after a
+    multiple-testing correction; default: its own interval is below zero); "cannot tell": not
+    dropped, but the check could not see a drop of `tolerance` (MDE > tolerance); else "passed"."""
+    below = stat.upper < 0 if significant is None else significant and stat.delta < 0
+    if stat.delta < -tolerance and below:
         return DROPPED
     return CANNOT_TELL if stat.mde > tolerance else PASSED
+
+
+def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
+    """Holm's step-down test of a family of p-values: which are significant with the chance of
+    any false rejection in the family kept at `alpha` (p_(i) < alpha / (m - i), in order)."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    significant = [False] * len(p_values)
+    for rank, i in enumerate(order):
+        if p_values[i] >= alpha / (len(p_values) - rank):
+            break
+        significant[i] = True
+    return significant
 
 
 def items_needed(target: float, stat: PairedStat, alpha: float = 0.05,

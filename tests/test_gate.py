@@ -95,3 +95,38 @@ def test_a_small_category_losing_one_item_is_noise_not_a_regression():
     (cat,) = [r for r in decision.reasons if r.check == "categories"]
     assert cat.passed and "within noise: tiny -100.0% (n=1)" in cat.detail
     assert decision.promote
+
+
+def test_holm_keeps_the_family_wise_error_at_alpha():
+    from evals.paired import holm
+
+    assert holm([0.001, 0.04, 0.5], 0.05) == [True, False, False]  # 0.04 >= 0.05 / 2
+    assert holm([0.01, 0.02], 0.05) == [True, True]  # 0.01 < 0.025, then 0.02 < 0.05
+    assert holm([0.03, 0.001], 0.05) == [True, True]
+    assert holm([], 0.05) == []
+
+
+def test_one_marginal_drop_among_many_benchmark_checks_is_not_a_drop():
+    """Twelve checks at 5% each would block a good candidate on chance about half the time: a
+    drop significant alone (p ~ 0.007) but not after Holm's correction does not block; a strong
+    one still does, and one check alone is tested at alpha as before."""
+    from evals.paired import PairedStat
+
+    def stat(name, delta, se):
+        from scipy.stats import norm
+        return PairedStat(name, 40, delta, se, delta - 1.96 * se, delta + 1.96 * se, 0.04,
+                          2 * float(norm.sf(abs(delta) / se)), False)
+
+    flat = {f"b{i}/acc": stat(f"b{i}/acc", 0.01, 0.01) for i in range(11)}
+    marginal = {**flat, "mc2/acc": stat("mc2/acc", -0.076, 0.028)}
+    decision = decide(make_inputs(40, 120, benchmark_stats=marginal, champion_rating=950,
+                                  candidate_rating=1050))
+    (line,) = [r for r in decision.reasons if r.check == "benchmark:mc2/acc"]
+    assert line.passed and line.status != "dropped" and "Holm" in line.detail
+    assert decision.promote
+    strong = {**flat, "mc2/acc": stat("mc2/acc", -0.12, 0.02)}
+    assert not decide(make_inputs(40, 120, benchmark_stats=strong, champion_rating=950,
+                                  candidate_rating=1050)).promote
+    alone = {"mc2/acc": stat("mc2/acc", -0.076, 0.028)}
+    assert not decide(make_inputs(40, 120, benchmark_stats=alone, champion_rating=950,
+                                  candidate_rating=1050)).promote

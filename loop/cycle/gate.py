@@ -11,7 +11,9 @@ The candidate is promoted only when every condition holds:
      (evals.paired: interval, minimum detectable effect), per benchmark metric against
      `benchmark_tolerance` and pooled over the benchmarks against `pooled_tolerance`; the gold
      choice's log-probability (per benchmark and pooled) against `logprob_tolerance` when set. A check
-     "dropped" when the difference is below -tolerance and its interval below zero; it "cannot
+     "dropped" when the difference is below -tolerance and significantly below zero, by Holm's
+     correction over all benchmark checks of the cycle (a dozen checks at 5% each would block
+     every other good candidate on chance alone); it "cannot
      tell" when its MDE exceeds its tolerance (too few items to see a drop that large), and
      `cannot_tell` decides what that does (default: keeps the champion unless the task gain is at
      least `small_gain`).
@@ -28,8 +30,8 @@ from dataclasses import dataclass, field
 
 import math
 
-from evals.paired import (CANNOT_TELL, DROPPED, PairedStat, items_needed, mcnemar_p, paired_stat,
-                          verdict, z_factor)
+from evals.paired import (CANNOT_TELL, DROPPED, PairedStat, holm, items_needed, mcnemar_p,
+                          paired_stat, verdict, z_factor)
 from loop.core.settings import GateSettings
 
 __all__ = ["NOISE_Z", "GateInputs", "PromotionDecision", "Reason", "decide", "mcnemar_p"]
@@ -124,7 +126,9 @@ def decide(inputs: GateInputs, config: GateSettings = GateSettings()) -> Promoti
     checks = [(stat, tolerance) for stat, tolerance in checks if tolerance is not None]
     # a benchmark (or the pooled group) can tell when one of its signals sees its tolerance
     seen = {stat.name.split("/")[0] for stat, tolerance in checks if stat.mde <= tolerance}
-    reasons += [_benchmark_reason(stat, tolerance, gain, config, seen) for stat, tolerance in checks]
+    significant = holm([stat.p_value for stat, _ in checks], config.alpha)
+    reasons += [_benchmark_reason(stat, tolerance, gain, config, seen, sig, len(checks))
+                for (stat, tolerance), sig in zip(checks, significant)]
     return PromotionDecision(all(r.passed for r in reasons), tuple(reasons), p_value,
                              champ_rate, cand_rate)
 
@@ -162,15 +166,20 @@ def _or_inf(se: float | None) -> float:
 
 def _unpaired(name: str, delta: float, se: float, config: GateSettings) -> PairedStat:
     """A stored delta with its standard error (results from before paired stats)."""
+    from scipy.stats import norm
+
     z, k = z_factor(config.alpha, config.power)
-    return PairedStat(name, 0, delta, se, delta - z * se, delta + z * se, k * se, 1.0, False)
+    p_value = (float(delta == 0) if se == 0 else 1.0 if not math.isfinite(se)
+               else 2 * float(norm.sf(abs(delta) / se)))
+    return PairedStat(name, 0, delta, se, delta - z * se, delta + z * se, k * se, p_value, False)
 
 
 def _benchmark_reason(stat: PairedStat, tolerance: float, gain: float, config: GateSettings,
-                      seen: set[str]) -> Reason:
+                      seen: set[str], significant: bool = True, family: int = 1) -> Reason:
     """One benchmark check. "cannot tell" keeps the champion (per `cannot_tell`) only when no
-    signal of the same benchmark (accuracy or gold_logprob; pooled: either pooled one) can."""
-    status = verdict(stat, tolerance)
+    signal of the same benchmark (accuracy or gold_logprob; pooled: either pooled one) can.
+    `significant`: the drop survives Holm's correction over the `family` of benchmark checks."""
+    status = verdict(stat, tolerance, significant=significant and stat.upper < 0)
     group = stat.name.split("/")[0]
     blocks = status == DROPPED or status == CANNOT_TELL and group not in seen and (
         config.cannot_tell == "keep"
@@ -179,6 +188,9 @@ def _benchmark_reason(stat: PairedStat, tolerance: float, gain: float, config: G
     detail = (f"{stat.name} {_fmt(stat.delta, signed=True, nats=nats)} "
               f"({_interval(stat, nats=nats)}{f' on {stat.n} paired items' if stat.n else ''}; "
               f"tolerance -{_fmt(tolerance, nats=nats)}, MDE {_fmt(stat.mde, nats=nats)})")
+    if stat.delta < -tolerance and stat.upper < 0 and status != DROPPED:
+        detail += (f"; below zero alone (p = {stat.p_value:.2g}) but not over {family} benchmark "
+                   f"checks (Holm, alpha {config.alpha:g})")
     if status == CANNOT_TELL:
         detail += f": cannot tell, too few items to see a drop of {_fmt(tolerance, nats=nats)}"
         if group in seen:
