@@ -197,6 +197,15 @@ def _parquet_table(path: Path) -> Table:
     return Table(path, "parquet", tuple(table.column_names), _arrow_records(path, table, {}))
 
 
+def dataset_dict_splits(path: Path) -> tuple[str, ...]:
+    """The split names of a DatasetDict folder (its dataset_dict.json); () for anything else."""
+    try:
+        splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ()
+    return tuple(s for s in splits if isinstance(s, str)) if isinstance(splits, list) else ()
+
+
 def _datasets_table(path: Path, split: str) -> Table:
     import datasets
 

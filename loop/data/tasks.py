@@ -28,6 +28,7 @@ an identical row. One explicit id on two rows with different content stays an er
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -151,12 +152,17 @@ def read_split(path: Path, split: str, fmt: RowFormat = RowFormat()) -> list[Exa
     record raises TaskDataError naming file, line or row, and field or column."""
     table = read_table(path, split)
     fmt = replace(fmt, noun=table.noun)
-    _check_columns(table, fmt)
-    rows = [_parse_row(record, where, fmt) for where, record in table.rows]
-    return _with_ids(rows, split)
+    check_columns(table, fmt)
+    return parse_rows(table.rows, split, fmt)
 
 
-def _check_columns(table: Table, fmt: RowFormat) -> None:
+def parse_rows(records: Iterable[tuple[Where, object]], split: str, fmt: RowFormat
+               ) -> list[Example]:
+    """One Example per record, in order (ids: see the module docstring)."""
+    return _with_ids([_parse_row(record, where, fmt) for where, record in records], split)
+
+
+def check_columns(table: Table, fmt: RowFormat) -> None:
     """A table's header holds what its rows need: the output and the input or instruction (or
     chat messages), and every optional part the task's [columns] names."""
     if table.columns is None:
