@@ -199,11 +199,16 @@ def repetition(items: Sequence[CheckInput], n: int = 3, max_ratio: float = 0.3,
     """Share of repeated word n-grams stays under `max_ratio`."""
     out = []
     for item in items:
-        toks = [w.lower() for w in words(item.output)]
-        grams = [tuple(toks[k:k + n]) for k in range(len(toks) - n + 1)]
-        ratio = 1 - len(set(grams)) / len(grams) if len(grams) >= min_ngrams else 0.0
+        ratio = repeated_share(item.output, n, min_ngrams)
         out.append(_result("repetition", ratio <= max_ratio, ratio))
     return out
+
+
+def repeated_share(text: str, n: int = 3, min_ngrams: int = 4) -> float:
+    """The share of the text's word n-grams that repeat an earlier one (0 for short texts)."""
+    toks = [w.lower() for w in words(text)]
+    grams = [tuple(toks[k:k + n]) for k in range(len(toks) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if len(grams) >= min_ngrams else 0.0
 
 
 @lru_cache(maxsize=1)
@@ -235,20 +240,26 @@ def hallucination(items: Sequence[CheckInput], max_unsupported: int = 0) -> list
     """Numbers and capitalised entities in the output that appear in no input or reference."""
     out = []
     for item in items:
-        source = f"{item.instruction} {item.input} {item.reference}".lower()
-        sentence_starts = {m.group(1) for m in re.finditer(r"(?:^|[.!?]\s+)([A-Z][a-z]+)",
-                                                             item.output)}
-        unsupported = []
-        for match in _ENTITY.finditer(item.output):
-            token = match.group(0)
-            if token in sentence_starts or token.lower() in source:
-                continue
-            if all(part.lower() in source for part in token.split()):
-                continue
-            unsupported.append(token)
+        unsupported = unsupported_entities(item.output,
+                                           f"{item.instruction} {item.input} {item.reference}")
         out.append(_result("hallucination", len(unsupported) <= max_unsupported,
                            len(unsupported), unsupported=unsupported))
     return out
+
+
+def entities(text: str) -> list[str]:
+    """Numbers and capitalised names in `text`, in order (a word opening a sentence is
+    capitalised by grammar, not as a name, and is left out)."""
+    sentence_starts = {m.group(1) for m in re.finditer(r"(?:^|[.!?]\s+)([A-Z][a-z]+)", text)}
+    return [m.group(0) for m in _ENTITY.finditer(text) if m.group(0) not in sentence_starts]
+
+
+def unsupported_entities(text: str, source: str) -> list[str]:
+    """The entities of `text` (numbers, names) that `source` does not contain, whole or word
+    by word."""
+    source = source.lower()
+    return [token for token in entities(text) if token.lower() not in source
+            and not all(part.lower() in source for part in token.split())]
 
 
 @register("consistency", "1", "inconsistency")

@@ -11,7 +11,16 @@ and read with the task's answer model (evals/answers.py).
 - label reference (a label of the task's set): `label:<gold>-><predicted>`, or
   `label:<gold>->unknown` when the reply is no known label.
 - number (a number task): `not_a_number`, or `wrong_number` with the gold and predicted values.
-- free text, or a structured reply that differs only in form: the failing checks' categories.
+- free text (a text task, or a reference of MIN_TEXT_WORDS words or more), against the
+  reference and the item's `source` (what the model was asked): `too_long` / `too_short`
+  (over LENGTH_RATIO times the reference's words, or under 1 / LENGTH_RATIO of them),
+  `missing_fact:<field>` (a fact of the source that the reference carries and the answer lacks:
+  the value of a `Field: value` line, keyed by its field label, or else a number or name,
+  keyed `number` or `name`), `unsupported:<number|name>` (a number or name in the answer found
+  neither in the source nor in the reference), `repetition` (repeated word 3-grams, as the
+  `repetition` check counts them). Facts and names are found generically, never by a task's
+  own words.
+- anything else, or free text with none of those: the failing checks' categories.
 
 A `Signature` is a record; `str(sig)` is its stored form (never clipped, so it reads back with
 `Signature.parse`), `sig.display()` a clipped one for tables. Sorted and deduplicated. Pure.
@@ -22,11 +31,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from evals.answers import AnswerModel, canonical, element, normalize, parse_json, parse_number
+import re
+
+from evals.answers import (MIN_TEXT_WORDS, AnswerModel, canonical, element, normalize,
+                           parse_json, parse_number)
+from evals.rules import entities, repeated_share, unsupported_entities, words
 
 UNKNOWN = "unknown"  # the predicted label when the reply is none of the task's labels
 DISPLAY_CHARS = 40  # keys, elements and labels shown in tables are clipped to this
-KEYED = ("missing_key", "extra_key", "wrong_value", "missing_element", "extra_element")
+KEYED = ("missing_key", "extra_key", "wrong_value", "missing_element", "extra_element",
+         "missing_fact", "unsupported")
+LENGTH_RATIO = 2.0  # an answer this many times longer (or shorter) than the reference
+MIN_LENGTH_GAP = 3  # words: a 2-word answer to a 1-word reference is not "too long"
+MAX_REPEATED = 0.3  # the repetition check's default max_ratio
+_FIELD_LINE = re.compile(r"^\s*([A-Za-z][\w ]{0,30}?)\s*[:=]\s+(\S.*?)\s*$")
 
 
 @dataclass(frozen=True, order=True)
@@ -67,10 +85,11 @@ def _clip(text: str, width: int) -> str:
 
 
 def signatures(answers: AnswerModel, reference: str, prediction: str,
-               categories: Sequence[str] = ()) -> tuple[Signature, ...]:
+               categories: Sequence[str] = (), source: str = "") -> tuple[Signature, ...]:
     """Signatures of one failed prediction (see the module docstring). `categories` are the
-    failing checks' categories: the signature of a free-text reference, and the fallback when
-    the structure matches but a check still failed (extra text, spacing)."""
+    failing checks' categories: the fallback when no signature says more (the structure
+    matches but a check still failed: extra text, spacing). `source`: what the model was
+    asked (the user message), which free-text signatures compare the answer with."""
     gold = parse_json(reference, strict=True)
     if isinstance(gold, dict):
         found = _object_signatures(gold, parse_json(prediction))
@@ -80,6 +99,8 @@ def signatures(answers: AnswerModel, reference: str, prediction: str,
         found = _label_signatures(normalize(reference), normalize(prediction), answers.labels)
     elif answers.kind == "number":
         found = _number_signatures(reference, prediction)
+    elif answers.kind == "text" or len(words(reference)) >= MIN_TEXT_WORDS:
+        found = text_signatures(reference, prediction, source)
     else:
         found = []
     found = found or [Signature(c) for c in (categories or ("wrong_answer",))]
@@ -116,6 +137,56 @@ def _number_signatures(reference: str, prediction: str) -> list[Signature]:
     if got is None:
         return [Signature("not_a_number", "", element(gold))]
     return [] if got == gold else [Signature("wrong_number", "", element(gold), element(got))]
+
+
+def text_signatures(reference: str, prediction: str, source: str = "") -> list[Signature]:
+    """What a free-text answer got wrong against its reference and source (module docstring):
+    length, missing facts, unsupported numbers and names, repetition."""
+    gold, got = len(words(reference)), len(words(prediction))
+    out = []
+    if got > LENGTH_RATIO * gold and got - gold >= MIN_LENGTH_GAP:
+        out.append(Signature("too_long", "", str(gold), str(got)))
+    elif got * LENGTH_RATIO < gold and gold - got >= MIN_LENGTH_GAP:
+        out.append(Signature("too_short", "", str(gold), str(got)))
+    said = _words(prediction)
+    out += [Signature("missing_fact", field, fact) for field, fact in
+            source_facts(source, reference) if not _holds(said, fact)]
+    out += [Signature("unsupported", _entity_kind(token), "", token)
+            for token in unsupported_entities(prediction, f"{source} {reference}")]
+    if repeated_share(prediction) > MAX_REPEATED:
+        out.append(Signature("repetition"))
+    return out
+
+
+def source_facts(source: str, reference: str) -> list[tuple[str, str]]:
+    """(field, fact) for each fact of the source that the reference carries: the whole value
+    of a `Field: value` line (the field labels it), else the numbers and names in the line
+    (labelled `number` or `name`). A fact the reference leaves out is not one an answer
+    needs."""
+    ref = _words(reference)
+    facts = []
+    for line in source.splitlines():
+        field = _FIELD_LINE.match(line)
+        label, value = (field.group(1).strip(), field.group(2)) if field else ("", line)
+        if field and _holds(ref, value):
+            facts.append((label, value))
+            continue
+        facts += [(_entity_kind(t), t) for t in entities(value) if _holds(ref, t)]
+    return list(dict.fromkeys(facts))
+
+
+def _words(text: str) -> str:
+    return " " + " ".join(re.findall(r"\w+", (text or "").lower())) + " "
+
+
+def _holds(said: str, phrase: str) -> bool:
+    """Whether the words of `phrase` stand together in `said` (a `_words` string)."""
+    own = _words(phrase)
+    return own.strip() != "" and own in said
+
+
+def _entity_kind(token: str) -> str:
+    return "number" if token[:1].isdigit() else "name"
 
 
 def is_format_only(sigs: Sequence[Signature]) -> bool:

@@ -748,6 +748,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "Better TOML)")
     p.add_argument("--output", "-o", help="write it to this file (default: stdout)")
     p.set_defaults(func=cmd_schema)
+
+    from loop.commands import init as init_command  # its own parser and handler
+
+    init_command.add_parser(sub)
     return parser
 
 

@@ -37,7 +37,7 @@ def test_every_problem_in_every_section_is_named_with_file_and_key(tmp_path):
     message = str(err.value)
     expected = [
         "colour: unknown key (known: name, description, train, dev, test, dev_fraction, "
-        "system_prompt, prompts, answer, labels)",
+        "instruction, system_prompt, prompts, answer, labels)",
         "[generation] batch_size: must be >= 1, got 0",
         "[training] rank: must be an integer, got 'eight'",
         "[training] lerning_rate: unknown key (did you mean 'learning_rate'?)",

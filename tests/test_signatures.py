@@ -97,3 +97,55 @@ def test_expected_parts_name_what_the_reference_asks_for():
     assert expected_parts('["b", "a", "a"]') == ("a", "b")
     assert expected_parts("[]") == ("[]",)
     assert expected_parts("booking") == ()
+
+
+# ---------------------------------------------------------------------------- free text
+
+FACTS = ("Write one sentence about the place.\nName: Blue Door\nFood: Thai\nArea: riverside\n"
+         "Open late: yes")
+DESCRIPTION = "Blue Door is a Thai place by the riverside."  # carries every fact but "yes"
+
+
+def _text(prediction: str, reference: str = DESCRIPTION, source: str = FACTS) -> list[str]:
+    return [str(s) for s in signatures(AnswerModel("text"), reference, prediction,
+                                       ("wrong_answer",), source)]
+
+
+def test_free_text_lengths_are_signed_against_the_reference():
+    (long,) = signatures(AnswerModel("text"), "A short answer here.", " ".join(
+        f"word{i}" for i in range(12)), ("wrong_answer",))
+    assert long == Signature("too_long", "", "4", "12")
+    assert _text("Blue Door.") == ["missing_fact:Area", "missing_fact:Food", "too_short"]
+    # within twice the reference's words either way: no length signature
+    assert _text("Blue Door serves Thai food on the riverside, near the old bridge.") == \
+        ["wrong_answer"]
+
+
+def test_facts_of_the_input_the_reference_carries_are_missing_facts():
+    found = signatures(AnswerModel("text"), DESCRIPTION, "Blue Door is a place by the "
+                       "riverside.", (), FACTS)
+    assert found == (Signature("missing_fact", "Food", "Thai"),)
+    # "Open late: yes" is a fact the reference leaves out: an answer need not say it
+    assert "missing_fact:Open late" not in _text("Blue Door is a Thai place by the river.")
+    # facts in running text are its numbers and names
+    prose = "Summarise: Anna Berg paid 120 euros in Oslo on Monday."
+    assert _text("Someone paid for something in Oslo today.", "Anna Berg paid 120 euros in "
+                 "Oslo.", prose) == ["missing_fact:name", "missing_fact:number"]
+
+
+def test_numbers_and_names_in_neither_input_nor_reference_are_unsupported():
+    found = signatures(AnswerModel("text"), DESCRIPTION, "Blue Door is a Thai place by the "
+                       "riverside, run by Marco since 1998.", (), FACTS)
+    assert found == (Signature("unsupported", "name", "", "Marco"),
+                     Signature("unsupported", "number", "", "1998"))
+    assert [str(s) for s in found] == ["unsupported:name", "unsupported:number"]
+    assert Signature.parse("unsupported:name") == Signature("unsupported", "name")
+
+
+def test_repetition_is_signed_and_a_right_length_right_facts_answer_keeps_the_categories():
+    loop = "Blue Door is Thai by the riverside, Blue Door is Thai by the riverside, " * 2
+    assert "repetition" in _text(loop.strip(), DESCRIPTION + " " + DESCRIPTION)
+    assert _text("Blue Door, a Thai place, sits by the riverside.") == ["wrong_answer"]
+    # short-answer tasks keep their old signatures: the checks' categories
+    assert signatures(AnswerModel("exact"), "Paris.", "Lyon.", ("wrong_answer",),
+                      "Capital of France?") == (Signature("wrong_answer"),)

@@ -62,6 +62,37 @@ def file_problem(path: Path) -> str | None:
     return None
 
 
+# the file forms a task's split may take (loop/data/readers.py reads each), by file name ending
+DATA_FORMATS = {".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".csv": "csv", ".csv.gz": "csv",
+                ".tsv": "tsv", ".tsv.gz": "tsv", ".parquet": "parquet"}
+DATASETS_FILES = ("dataset_info.json", "dataset_dict.json", "state.json")  # save_to_disk's
+
+
+def data_format(path: Path) -> str | None:
+    """A split path's form: a DATA_FORMATS value by its ending, "datasets" for a folder saved
+    with `datasets`' save_to_disk, None when it is neither."""
+    if path.is_dir():
+        return "datasets" if any((path / name).is_file() for name in DATASETS_FILES) else None
+    name = path.name.lower()
+    return next((form for end, form in DATA_FORMATS.items() if name.endswith(end)), None)
+
+
+def data_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as a task split (a data file or a datasets folder), in words;
+    None when it can."""
+    if path.is_dir():
+        if data_format(path):
+            return None
+        return ("is a directory, not a file or a datasets folder (save_to_disk writes "
+                f"{' or '.join(DATASETS_FILES[:2])} into one)")
+    if problem := file_problem(path):
+        return problem
+    if data_format(path) is None:
+        return (f"has no data form evalloop reads (file names ending in "
+                f"{', '.join(DATA_FORMATS)}, or a datasets folder)")
+    return None
+
+
 def dir_problem(path: Path) -> str | None:
     """Why `path` cannot be read as a directory, in words; None when it can."""
     if not path.exists():

@@ -4,7 +4,7 @@ loads (before any model or the store is touched) and then passed down as `task.s
     settings = load_settings("task.toml")   # ConfigError listing every problem at once
     settings.training.learning_rate, settings.targeted.teacher, settings.path
 
-One model per TOML table, with the same keys: top-level keys (the JSONL splits, paths relative to
+One model per TOML table, with the same keys: top-level keys (the data splits, paths relative to
 the TOML's folder), [generation], [suite], [training], [targeted] + [targeted.teacher], [gate],
 [benchmarks], [cycle]. Unknown keys, wrong types and out-of-range values are all reported together,
 each as `<file>: [section] key: message` (loop/core/settings_problems.py). `evalloop schema`
@@ -30,7 +30,7 @@ from pydantic_core import InitErrorDetails
 
 from loop.core.endpoint import DEFAULT_CONCURRENCY
 from loop.core.errors import ConfigError
-from loop.core.paths import dir_problem, file_problem
+from loop.core.paths import data_problem, dir_problem, file_problem
 from loop.core.records import content_hash
 from loop.core.settings_problems import RULE, problems_message, rule_error, submodel
 
@@ -53,17 +53,18 @@ AnswerKind = Literal["json", "labels", "number", "label", "text", "exact"]
 
 # ---------------------------------------------------------------------------- value types
 
-def _path_validator(kind: Literal["file", "dir"]) -> BeforeValidator:
-    """A TOML path string, resolved against the TOML's folder; it must exist."""
+def _path_validator(kind: Literal["file", "dir", "data"]) -> BeforeValidator:
+    """A TOML path string, resolved against the TOML's folder; it must exist (`data`: a data
+    file of a form evalloop reads, or a datasets folder)."""
     def resolve(value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, Path):
             return value
         if not isinstance(value, str):
             raise ValueError(f"must be a path string, got {value!r}")
         path = (Path((info.context or {}).get("root", ".")) / value).resolve()
-        problem = file_problem(path) if kind == "file" else dir_problem(path)
+        problem = {"file": file_problem, "dir": dir_problem, "data": data_problem}[kind](path)
         if problem:
-            raise ValueError(f"{kind if kind == 'file' else 'directory'} {path} {problem}")
+            raise ValueError(f"{'directory' if kind == 'dir' else 'file'} {path} {problem}")
         return path
 
     return BeforeValidator(resolve, json_schema_input_type=str)
@@ -71,6 +72,7 @@ def _path_validator(kind: Literal["file", "dir"]) -> BeforeValidator:
 
 TomlFile = Annotated[Path, _path_validator("file")]
 TomlDir = Annotated[Path, _path_validator("dir")]
+TomlData = Annotated[Path, _path_validator("data")]  # a split: JSONL, CSV, Parquet, datasets
 Names = Annotated[tuple[StrictStr, ...], Field(strict=False, min_length=1)]  # TOML lists
 
 
@@ -532,16 +534,46 @@ class TrackingSettings(Section):
                                                     "sqlite under the workspace")
 
 
+class ColumnSettings(Section):
+    """[columns]: which of the data's columns (or JSONL fields) holds each part of a row; a part
+    not named here is read from the column of its own name."""
+
+    instruction: StrictStr = Field("instruction", min_length=1,
+                                   description="what the model is asked (default: the task's "
+                                               "`instruction`, else the input alone)")
+    input: StrictStr = Field("input", min_length=1, description="the text the instruction "
+                                                                  "applies to")
+    output: StrictStr = Field("output", min_length=1, description="the reference answer")
+    category: StrictStr = Field("category", min_length=1,
+                                description="a slice name results are reported by")
+    id: StrictStr = Field("id", min_length=1, description="a stable row id")
+    messages: StrictStr = Field("messages", min_length=1,
+                                description="OpenAI-style chat messages (a row in that shape)")
+
+    @classmethod
+    def _rules(cls, data, context):
+        names = {part: data.get(part, part) for part in cls.model_fields}
+        used = [n for n in names.values() if isinstance(n, str)]
+        twice = sorted({n for n in used if used.count(n) > 1})
+        return data, [((), f"one column cannot hold two parts: '{n}' is given for "
+                           f"{' and '.join(p for p, v in names.items() if v == n)}")
+                      for n in twice]
+
+
 class TaskSettings(Section):
-    """A task TOML: its JSONL splits (relative to the TOML) and the stages' tables."""
+    """A task TOML: its data splits (relative to the TOML) and the stages' tables."""
 
     name: StrictStr | None = Field(None, min_length=1, description="the task's identity in the "
                                    "store; default: folder-stem-<hash of the TOML's path>")
     description: StrictStr | None = None
-    train: TomlFile | None = Field(None, description="JSONL pool for targeted data")
-    dev: TomlFile | None = Field(None, description="JSONL; split off train when absent")
-    test: TomlFile = Field(description="JSONL, the held-out split the gate compares on")
+    train: TomlData | None = Field(None, description="the pool for targeted data: JSONL (.gz), "
+                                   "CSV, TSV, Parquet or a datasets folder (save_to_disk)")
+    dev: TomlData | None = Field(None, description="as train; split off train when absent")
+    test: TomlData = Field(description="as train: the held-out split the gate compares on")
     dev_fraction: float = Field(0.1, gt=0, lt=1, description="dev share split off train")
+    columns: ColumnSettings = ColumnSettings()
+    instruction: StrictStr | None = Field(
+        None, min_length=1, description="the instruction of every row that has none")
     system_prompt: StrictStr | None = None
     prompts: tuple[PromptSettings, ...] = Field(
         (), strict=False, description="[[prompts]]: named prompt variants to compare")

@@ -1,15 +1,20 @@
-"""Load a task's JSONL splits into `Example` records, with errors that name file, line and field.
+"""Load a task's splits into `Example` records, with errors that name file, line or row, and
+field or column. loop/data/readers.py reads each file form (JSONL, CSV/TSV, Parquet, a
+`datasets` folder); this module says what a record means.
 
+Which column holds each part comes from the task's [columns] (default: the part's own name).
 Two row shapes, decided per row:
 
-- `{"instruction", "output", "input"?, "category"?, "id"?}`: `instruction` and `output` (the
-  reference) are required strings.
+- `{"instruction"?, "output", "input"?, "category"?, "id"?}`: `output` (the reference) is a
+  required string. A row without an instruction takes the task's `instruction`; without either,
+  its input alone is what the model is asked.
 - OpenAI-style chat `{"messages": [...], "id"?, "category"?, "metadata"?: {"id", "category"}}`:
   the last message is the assistant's reply (the reference), the one before it the user turn
   (the instruction). System messages before them are prepended to the instruction with a blank
   line between, except one equal to the task's `system_prompt` (already sent as the system turn).
   Earlier user/assistant turns are rejected: multi-turn history is not supported yet, and folding
-  it into one instruction would train a prompt the model never sees at inference.
+  it into one instruction would train a prompt the model never sees at inference. In a table,
+  the messages cell may hold the list as JSON text.
 
 Ids: an explicit `id`, else a content hash of instruction, input and output. Real data repeats
 rows (short replies like "yes"), so an exact repeat (same instruction, input, output, category)
@@ -23,23 +28,19 @@ an identical row. One explicit id on two rows with different content stays an er
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from evals.answers import AnswerModel, infer_answers
 from evals.suites import CHECKS  # the suite's check names live with the scorers
-from loop.core.settings import TaskSettings, load_settings
 from loop.core.errors import TaskDataError
-from loop.core.paths import file_problem
 from loop.core.records import Example, content_hash
+from loop.core.settings import ColumnSettings, TaskSettings, load_settings
+from loop.data.readers import Table, Where, read_table
 
 REQUIRED_FIELDS = ("instruction", "output")
-OPTIONAL_FIELDS = ("input", "category", "id")
 CHAT_ROLES = ("system", "user", "assistant")
-MAX_RECORD_CHARS = 1_000_000
-_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class Task:
 class _Row:
     """One parsed record before ids are assigned (ids depend on the rows before it)."""
 
-    where: str
+    where: Where
     id: str | None  # explicit id, if the row gave one
     instruction: str
     input: str
@@ -121,43 +122,64 @@ class _Row:
 
 # ---------------------------------------------------------------------------- reading files
 
-def read_jsonl(path: Path, split: str, system_prompt: str | None = None) -> list[Example]:
-    """Parse one split file, one Example per row; a bad record raises TaskDataError (file:line)."""
-    rows = [_parse_row(record, where, system_prompt) for where, record in _records(path)]
-    return _with_ids(rows, split)
+@dataclass(frozen=True)
+class RowFormat:
+    """How a file's records become rows: which column holds each part (the task's [columns]),
+    what a key is called in messages ("field" in JSONL, "column" in tables), the task-level
+    `instruction` for rows without one, and the `system_prompt` chat rows may repeat."""
+
+    columns: ColumnSettings = ColumnSettings()
+    noun: str = "field"
+    instruction: str | None = None
+    system_prompt: str | None = None
+
+    @classmethod
+    def of(cls, settings: TaskSettings) -> RowFormat:
+        return cls(settings.columns, "field", settings.instruction, settings.system_prompt)
+
+    def column(self, part: str) -> str:
+        return getattr(self.columns, part)
+
+    def name(self, part: str, suffix: str = "") -> str:
+        """`field 'output'`, `column 'label' (the output)`, `field 'messages[0].role'`."""
+        column = self.column(part)
+        own = f" (the {part})" if column != part and not suffix else ""
+        return f"{self.noun} '{column}{suffix}'{own}"
 
 
-def _records(path: Path) -> Iterator[tuple[str, object]]:
-    if problem := file_problem(path):  # a FIFO would block the read forever
-        raise TaskDataError(f"Cannot read {path}: it {problem}.")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise TaskDataError(f"Cannot read {path}: {exc.strerror}.") from None
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        if len(line) > MAX_RECORD_CHARS:
-            raise TaskDataError(f"{where}: record is {len(line):,} bytes, over the "
-                                f"{MAX_RECORD_CHARS:,}-byte limit per record.")
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise TaskDataError(f"{where}: not valid UTF-8 (byte {exc.start}).") from None
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise TaskDataError(f"{where}: not valid JSON ({exc.msg} at column "
-                                f"{exc.colno}).") from None
-        if _SURROGATE.search(text):  # a \ud800-style escape: valid JSON, not valid Unicode
-            try:
-                json.dumps(record, ensure_ascii=False).encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise TaskDataError(f"{where}: a \\u escape makes a lone surrogate "
-                                    f"({exc.object[exc.start]!r}), which is not valid "
-                                    "Unicode.") from None
-        yield where, record
+def read_split(path: Path, split: str, fmt: RowFormat = RowFormat()) -> list[Example]:
+    """Parse one split (any form loop/data/readers.py reads), one Example per row; a bad
+    record raises TaskDataError naming file, line or row, and field or column."""
+    table = read_table(path, split)
+    fmt = replace(fmt, noun=table.noun)
+    check_columns(table, fmt)
+    return parse_rows(table.rows, split, fmt)
+
+
+def parse_rows(records: Iterable[tuple[Where, object]], split: str, fmt: RowFormat
+               ) -> list[Example]:
+    """One Example per record, in order (ids: see the module docstring)."""
+    return _with_ids([_parse_row(record, where, fmt) for where, record in records], split)
+
+
+def check_columns(table: Table, fmt: RowFormat) -> None:
+    """A table's header holds what its rows need: the output and the input or instruction (or
+    chat messages), and every optional part the task's [columns] names."""
+    if table.columns is None:
+        return
+    have = set(table.columns)
+    if fmt.column("messages") in have:
+        return
+    missing = [fmt.name("output")] if fmt.column("output") not in have else []
+    if fmt.column("input") not in have and fmt.column("instruction") not in have:
+        missing.append(f"{fmt.name('input')} or {fmt.name('instruction')}")
+    missing += [fmt.name(part) for part in ("category", "id")
+                if fmt.column(part) != part and fmt.column(part) not in have]
+    if missing:
+        raise TaskDataError(f"{table.path}: no {' and no '.join(missing)}; the file's columns "
+                            f"are {', '.join(table.columns) or 'none'}. Name yours in the task "
+                            "TOML's [columns] table (e.g. input = \"text\", output = "
+                            "\"label\").")
 
 
 def _with_ids(rows: list[_Row], split: str) -> list[Example]:
@@ -166,7 +188,7 @@ def _with_ids(rows: list[_Row], split: str) -> list[Example]:
     for row in rows:
         if row.id is not None and first.setdefault(row.id, row).content != row.content:
             raise TaskDataError(f"{row.where}: duplicate id '{row.id}' with different content "
-                                f"(first seen on line {first[row.id].where.rsplit(':', 1)[1]}).")
+                                f"(first seen on {first[row.id].where.position}).")
     used: set[str] = set()
     examples = []
     for row in rows:
@@ -184,85 +206,120 @@ def _with_ids(rows: list[_Row], split: str) -> list[Example]:
 
 # ---------------------------------------------------------------------------- row shapes
 
-def _parse_row(record: object, where: str, system_prompt: str | None) -> _Row:
+def _parse_row(record: object, where: Where, fmt: RowFormat) -> _Row:
     if not isinstance(record, dict):
         raise TaskDataError(f"{where}: expected a JSON object, got {type(record).__name__}.")
-    if "messages" in record:
-        return _chat_row(record, where, system_prompt)
-    for key in REQUIRED_FIELDS:
-        if key not in record:
-            raise TaskDataError(f"{where}: missing required field '{key}' (or give the row as "
-                                "chat: a 'messages' list).")
-    for key in REQUIRED_FIELDS:
-        if not isinstance(record[key], str):
-            raise TaskDataError(f"{where}: field '{key}' must be a string, got "
-                                f"{type(record[key]).__name__}.")
-    for key in OPTIONAL_FIELDS:
-        _check_str(record.get(key), where, key)
-    for key in REQUIRED_FIELDS:
-        if not record[key].strip():
-            raise TaskDataError(f"{where}: field '{key}' is empty" + (
-                " (a blank reference would let an empty answer pass)." if key == "output"
-                else "."))
-    return _Row(where, record.get("id") or None, record["instruction"], record.get("input") or "",
-                record["output"], record.get("category") or "default")
+    if fmt.column("messages") in record:
+        return _chat_row(record, where, fmt)
+    output = record.get(fmt.column("output"))
+    if output is None and fmt.column("output") not in record:
+        raise TaskDataError(f"{where}: " + (
+            f"{fmt.name('output')} is empty (a blank reference would let an empty answer "
+            "pass)." if fmt.noun == "column" else
+            f"missing required {fmt.name('output')} (or give the row as chat: a "
+            f"'{fmt.column('messages')}' list)."))
+    for part in ("instruction", "output", "input", "category", "id"):
+        _check_str(record.get(fmt.column(part)), where, fmt, part,
+                   required=fmt.column(part) in record and part in REQUIRED_FIELDS)
+    if not output.strip():
+        raise TaskDataError(f"{where}: {fmt.name('output')} is empty (a blank reference would "
+                            "let an empty answer pass).")
+    instruction, text = _instruction(record, where, fmt)
+    return _Row(where, record.get(fmt.column("id")) or None, instruction, text, output,
+                record.get(fmt.column("category")) or "default")
 
 
-def _chat_row(record: dict, where: str, system_prompt: str | None) -> _Row:
-    clash = [k for k in ("instruction", "input", "output") if k in record]
+def _instruction(record: dict, where: Where, fmt: RowFormat) -> tuple[str, str]:
+    """(instruction, input): the row's own instruction, else the task's, else the input alone
+    is what the model is asked."""
+    own, text = record.get(fmt.column("instruction")), record.get(fmt.column("input")) or ""
+    if own is not None and own.strip():
+        return own, text
+    if fmt.instruction:
+        return fmt.instruction, text
+    if own is None and text.strip():
+        return text, ""
+    if own is None:
+        raise TaskDataError(f"{where}: missing required {fmt.name('instruction')} (give "
+                            f"{fmt.name('input')} or `instruction` in the task TOML, or the row "
+                            f"as chat: a '{fmt.column('messages')}' list).")
+    raise TaskDataError(f"{where}: {fmt.name('instruction')} is empty (give `instruction` in "
+                        "the task TOML for rows without one).")
+
+
+def _chat_row(record: dict, where: Where, fmt: RowFormat) -> _Row:
+    clash = [fmt.column(k) for k in ("instruction", "input", "output")
+             if fmt.column(k) in record]
     if clash:
-        raise TaskDataError(f"{where}: field '{clash[0]}' next to 'messages': give a row either "
-                            "as instruction/output or as chat messages, not both.")
-    messages = record["messages"]
+        raise TaskDataError(f"{where}: {fmt.noun} '{clash[0]}' next to "
+                            f"'{fmt.column('messages')}': give a row either as "
+                            "instruction/output or as chat messages, not both.")
+    messages = record[fmt.column("messages")]
+    if isinstance(messages, str) and fmt.noun == "column":  # a cell holds the list as JSON
+        try:
+            messages = json.loads(messages)
+        except json.JSONDecodeError as exc:
+            raise TaskDataError(f"{where}: {fmt.name('messages')} is not valid JSON "
+                                f"({exc.msg} at column {exc.colno}).") from None
     if not isinstance(messages, list) or not messages:
-        raise TaskDataError(f"{where}: field 'messages' must be a non-empty list of "
+        raise TaskDataError(f"{where}: {fmt.name('messages')} must be a non-empty list of "
                             "{\"role\", \"content\"} objects.")
     for i, message in enumerate(messages):
+        at = fmt.name("messages", f"[{i}]")
         if not isinstance(message, dict):
-            raise TaskDataError(f"{where}: field 'messages[{i}]' must be an object with 'role' "
-                                f"and 'content', got {type(message).__name__}.")
+            raise TaskDataError(f"{where}: {at} must be an object with 'role' and 'content', "
+                                f"got {type(message).__name__}.")
         if message.get("role") not in CHAT_ROLES:
-            raise TaskDataError(f"{where}: field 'messages[{i}].role' must be one of "
-                                f"{', '.join(CHAT_ROLES)}, got {message.get('role')!r}.")
-        _check_str(message.get("content"), where, f"messages[{i}].content", required=True)
+            raise TaskDataError(f"{where}: {fmt.name('messages', f'[{i}].role')} must be one "
+                                f"of {', '.join(CHAT_ROLES)}, got {message.get('role')!r}.")
+        if not isinstance(message.get("content"), str):
+            raise TaskDataError(f"{where}: {fmt.name('messages', f'[{i}].content')} must be a "
+                                f"string, got {type(message.get('content')).__name__}.")
     roles = [m["role"] for m in messages]
     last = len(messages) - 1
     if roles[-1] != "assistant":
-        raise TaskDataError(f"{where}: field 'messages[{last}]' must be the assistant's reply "
-                            f"(the reference), got role '{roles[-1]}'.")
+        raise TaskDataError(f"{where}: {fmt.name('messages', f'[{last}]')} must be the "
+                            f"assistant's reply (the reference), got role '{roles[-1]}'.")
     if last < 1 or roles[-2] != "user":
-        raise TaskDataError(f"{where}: field 'messages[{last - 1}]' must be the user turn the "
-                            f"reply answers, got {repr(roles[-2]) if last else 'nothing'}.")
+        raise TaskDataError(f"{where}: {fmt.name('messages', f'[{last - 1}]')} must be the "
+                            "user turn the reply answers, got "
+                            f"{repr(roles[-2]) if last else 'nothing'}.")
     history = [i for i, role in enumerate(roles[:-2]) if role != "system"]
     if history:
-        raise TaskDataError(f"{where}: field 'messages[{history[0]}]' is an earlier "
-                            f"{roles[history[0]]} turn: multi-turn history is not supported yet; "
-                            "give system messages, one user turn and the assistant reply.")
+        raise TaskDataError(f"{where}: {fmt.name('messages', f'[{history[0]}]')} is an "
+                            f"earlier {roles[history[0]]} turn: multi-turn history is not "
+                            "supported yet; give system messages, one user turn and the "
+                            "assistant reply.")
     user = messages[-2]["content"]
     if not user.strip():
-        raise TaskDataError(f"{where}: field 'messages[{last - 1}].content' is empty.")
+        raise TaskDataError(f"{where}: {fmt.name('messages', f'[{last - 1}].content')} is "
+                            "empty.")
     if not messages[-1]["content"].strip():
-        raise TaskDataError(f"{where}: field 'messages[{last}].content' (the reference) is "
-                            "empty (a blank reference would let an empty answer pass).")
+        raise TaskDataError(f"{where}: {fmt.name('messages', f'[{last}].content')} (the "
+                            "reference) is empty (a blank reference would let an empty answer "
+                            "pass).")
     system = [m["content"].strip() for m in messages[:-2]]
-    system = [s for s in system if s and s != (system_prompt or "").strip()]
+    system = [s for s in system if s and s != (fmt.system_prompt or "").strip()]
     meta = record.get("metadata", {})
     if not isinstance(meta, dict):
-        raise TaskDataError(f"{where}: field 'metadata' must be an object, got "
+        raise TaskDataError(f"{where}: {fmt.noun} 'metadata' must be an object, got "
                             f"{type(meta).__name__}.")
     extra = {}
     for key in ("id", "category"):
-        top, nested = record.get(key), meta.get(key)
-        _check_str(top, where, key)
-        _check_str(nested, where, f"metadata.{key}")
+        top, nested = record.get(fmt.column(key)), meta.get(key)
+        _check_str(top, where, fmt, key)
+        if nested is not None and not isinstance(nested, str):
+            raise TaskDataError(f"{where}: {fmt.noun} 'metadata.{key}' must be a string, got "
+                                f"{type(nested).__name__}.")
         extra[key] = top or nested or None
     return _Row(where, extra["id"], "\n\n".join([*system, user]), "", messages[-1]["content"],
                 extra["category"] or "default")
 
 
-def _check_str(value: object, where: str, field: str, required: bool = False) -> None:
+def _check_str(value: object, where: Where, fmt: RowFormat, part: str,
+               required: bool = False) -> None:
     if (value is not None or required) and not isinstance(value, str):
-        raise TaskDataError(f"{where}: field '{field}' must be a string, got "
+        raise TaskDataError(f"{where}: {fmt.name(part)} must be a string, got "
                             f"{type(value).__name__}.")
 
 
@@ -296,12 +353,13 @@ def load_task(path: str | Path) -> Task:
     """Validate the task's settings (every problem in one ConfigError, before any data or model
     is read), then load every split. The test split must exist and be non-empty."""
     settings = load_settings(path, checks=CHECKS)
-    read = {name: read_jsonl(file, name, settings.system_prompt)
+    fmt = RowFormat.of(settings)
+    read = {name: read_split(file, name, fmt)
             for name, file in (("train", settings.train), ("dev", settings.dev),
                                ("test", settings.test)) if file}
     if not read["test"]:
         raise TaskDataError(f"The test split {settings.test} of task '{settings.name}' is empty: "
-                            "it needs at least one JSON record.")
+                            "it needs at least one row.")
     splits = dict(read)
     reports = {name: SplitReport(name, len(rows), len(rows) - len(drop_exact_duplicates(rows)))
                for name, rows in read.items()}

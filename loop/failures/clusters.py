@@ -106,7 +106,7 @@ def collect_failures(examples: Sequence[Example], prediction_ids: Sequence[str],
         categories = tuple(score.categories or ("wrong_answer",))
         message = user_message(example)
         sigs = (tuple(str(s) for s in signatures(answers, example.output, outputs[k],
-                                                 categories))
+                                                 categories, source=message))
                 if outputs is not None else categories)
         out.append(Failure(example.id, pid, example.category, categories,
                            tuple(r.check for r in score.checks if not r.passed), float(sim),
