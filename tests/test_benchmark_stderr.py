@@ -79,6 +79,6 @@ def test_cached_rows_stored_without_a_group_stderr_get_one_from_stored_samples(t
     stale = [replace(r, stderr=None) if r.task == "mmlu" else r for r in fresh]
     with Store(tmp_path / "ws") as store:
         save(store, stale, sample_rows(out, context))
-        cached = _by_task(cached_results(store, "m1", "mmlu", "2", 0, 6))
+        cached = _by_task(cached_results(store, "m1", "mmlu", "2", 0, 6, seed=1))
     assert cached["mmlu"].cached and cached["mmlu"].stderr == pytest.approx(math.sqrt(0.3 / 6))
     assert cached["mmlu_stem"].stderr == pytest.approx(0.25)  # stored as computed

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import random_adapter
 from loop.evaluation.benchmarks import run_benchmarks
-from loop.core.errors import BenchmarkDataError
+from loop.core.errors import BenchmarkDataError, ConfigError
 from loop.store.db import Store
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
@@ -42,11 +42,12 @@ def test_cached_rerun_and_adapter_rows(workspace, tmp_path):
         assert store.count("benchmark_results") == rows
 
 
-def test_same_limit_selects_the_same_items(workspace):
+def test_same_limit_selects_the_same_items(workspace, tmp_path, monkeypatch):
     with Store(workspace) as store:
         run_benchmarks(store, "tiny-random", ["arc_easy"], 6, DATA, progress=False)
         first = [json.loads(r["doc"])["id"] if r["doc"] else r["doc_id"] for r in store.query(
             "SELECT doc, doc_id FROM benchmark_samples ORDER BY doc_id")]
+    monkeypatch.setenv("EVALLOOP_HOME", str(tmp_path / "home"))  # scored, not read from there
     with Store(workspace.parent / "other") as store:
         run_benchmarks(store, "tiny-random", ["arc_easy"], 6, DATA, progress=False)
         second = [json.loads(r["doc"])["id"] if r["doc"] else r["doc_id"] for r in store.query(
@@ -109,3 +110,63 @@ def test_paired_deltas_pairs_items_and_the_same_model_differs_by_zero(workspace,
     diff = other["candidate"]["arc_easy/acc"] - other["champion"]["arc_easy/acc"]
     assert other["deltas"]["arc_easy/acc"] == pytest.approx(diff)
     assert other["paired"][f"arc_easy/{GOLD_LOGPROB}"]["delta"] != 0.0
+
+
+def _doc_ids(store: Store, model_id: str) -> list[int]:
+    return [r["doc_id"] for r in store.query(
+        "SELECT doc_id FROM benchmark_samples WHERE model_id = ? ORDER BY doc_id", [model_id])]
+
+
+def test_another_seed_scores_other_items_and_replaces_the_stored_run(workspace):
+    with Store(workspace) as store:
+        first = run_benchmarks(store, "tiny-random", ["arc_easy"], 6, DATA, progress=False,
+                               seed=1)
+        ids = _doc_ids(store, first[0].model_id)
+        other = run_benchmarks(store, "tiny-random", ["arc_easy"], 6, DATA, progress=False,
+                               seed=2)
+        assert not any(r.cached for r in other) and {r.seed for r in other} == {2}
+        assert len(_doc_ids(store, first[0].model_id)) == 6  # no seed-1 items left beside them
+        assert _doc_ids(store, first[0].model_id) != ids
+        again = run_benchmarks(store, "tiny-random", ["arc_easy"], 6, DATA, progress=False,
+                               seed=2)
+        assert all(r.cached for r in again)
+
+
+def test_per_benchmark_counts(workspace):
+    with Store(workspace) as store:
+        rows = run_benchmarks(store, "tiny-random", ["arc_easy", "arc_challenge"],
+                              {"arc_easy": 5, "arc_challenge": 3}, DATA, progress=False)
+        assert {(r.benchmark, r.n, r.limit) for r in rows if r.metric == "acc"} == {
+            ("arc_easy", 5, 5), ("arc_challenge", 3, 3)}
+        with pytest.raises(ConfigError):
+            run_benchmarks(store, "tiny-random", ["arc_easy"], {"arc_easy": 0}, DATA)
+
+
+def test_a_fresh_workspace_reads_a_base_model_run_from_the_user_cache(workspace, tmp_path,
+                                                                      monkeypatch):
+    import loop.evaluation.benchmarks as stage
+
+    monkeypatch.setenv("EVALLOOP_HOME", str(tmp_path / "home"))
+    adapter = random_adapter(tmp_path / "adapter")
+    with Store(workspace) as store:
+        base = run_benchmarks(store, "tiny-random", ["arc_easy"], 7, DATA, progress=False,
+                              seed=3)
+        run_benchmarks(store, f"tiny-random+{adapter}", ["arc_easy"], 7, DATA, progress=False,
+                       seed=3)
+        ids = _doc_ids(store, base[0].model_id)
+    kept = list((tmp_path / "home" / "benchmarks").glob("*.json"))
+    assert len(kept) == 1  # the base model's run only
+
+    def no_model(*args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(stage, "make_lm", no_model)
+    with Store(workspace.parent / "fresh") as store:
+        again = run_benchmarks(store, "tiny-random", ["arc_easy"], 7, DATA, progress=False,
+                               seed=3)
+        assert all(r.cached for r in again)
+        assert [(r.metric, r.value) for r in again] == [(r.metric, r.value) for r in base]
+        assert _doc_ids(store, base[0].model_id) == ids
+        assert store.count("models") == 1
+        with pytest.raises(AssertionError, match="loaded"):  # another seed is not kept
+            run_benchmarks(store, "tiny-random", ["arc_easy"], 7, DATA, progress=False, seed=4)

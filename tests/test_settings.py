@@ -251,7 +251,7 @@ STORED = {
               "ratings": {"tiny-random": 990.0}, "leaderboard": [{"model": "tiny-random",
                                                                   "rating": 990.0}],
               "plot": None},
-    "benchmarks": {"limit": 40, "deltas": {"arc_easy/acc": -0.01},
+    "benchmarks": {"limit": 40, "items": {"arc_easy": 40}, "deltas": {"arc_easy/acc": -0.01},
                    "delta_se": {"arc_easy/acc": 0.02}, "champion": {"arc_easy/acc": 0.4},
                    "candidate": {"arc_easy/acc": 0.39}},
     "gate": {"promote": False, "p_value": 0.5, "champion_pass_rate": 0.0,

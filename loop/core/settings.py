@@ -502,11 +502,26 @@ class BenchmarksSettings(Section):
     """[benchmarks]: the forgetting check, lm-eval tasks on the champion and the candidate."""
 
     tasks: Names = DEFAULT_BENCHMARK_TASKS
-    # 100 seeded items per task: the stage (both models, the six default tasks) in about 3 min
-    # on a 2-core CPU; what that many items can see: docs/gate.md
-    limit: int | None = Field(100, ge=1, description="seeded items per task in a cycle")
+    limit: int | None = Field(None, ge=1, description="seeded items per task in a cycle; unset: "
+                                                      "sized from `seconds`")
+    # 150 s: a pooled forgetting MDE under 3 points at the planning spreads, the candidate's
+    # benchmarks within the 3 minutes of issue 29 (evals/benchmark_sizing.py, docs/gate.md)
+    seconds: float = Field(150.0, gt=0, description="without `limit`: the candidate's scoring "
+                           "time (reference 2-core CPU seconds), split over the tasks to "
+                           "minimise the pooled check's variance")
+    items: dict[StrictStr, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="seeded items of named tasks, e.g. {arc_easy = 900}: "
+                                          "these win over `limit` and `seconds`")
     data_dir: TomlDir | None = Field(None, description="local benchmark data (else the hub)")
     backend: BenchmarkBackend = "evalloop"
+
+    @classmethod
+    def _rules(cls, data, context):
+        tasks, items = data.get("tasks", DEFAULT_BENCHMARK_TASKS), data.get("items")
+        if not (isinstance(items, dict) and isinstance(tasks, (list, tuple))):
+            return data, []
+        return data, [(("items",), f"'{name}' is not among the tasks ({', '.join(tasks)})")
+                      for name in items if name not in tasks]
 
 
 class CycleSettings(Section):

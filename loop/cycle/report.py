@@ -256,7 +256,10 @@ def _data_lines(results: CycleResults) -> list[str]:
 def _benchmark_lines(bench) -> list[str]:
     """Each benchmark metric's paired difference (same seeded items) with interval and MDE."""
     stats = {**bench.paired, **bench.pooled}
-    lines = [f"## Benchmarks (candidate − champion, {bench.limit} seeded items per benchmark)",
+    sized = f"{bench.limit} seeded items per benchmark" if bench.limit else (
+        "the same seeded items, per benchmark: " + ", ".join(
+            f"{name} {n}" for name, n in bench.items.items()))
+    lines = [f"## Benchmarks (candidate − champion, {sized})",
              "", "| benchmark | champion | candidate | difference | interval | MDE | items |",
              "|---|---:|---:|---:|---|---:|---:|"]
     for name, delta in bench.deltas.items():

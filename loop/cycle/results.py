@@ -239,7 +239,8 @@ class ArenaResult:
 class BenchmarksResult:
     """Benchmark deltas (candidate - champion) per "task/metric", with their standard errors;
     `paired` / `pooled`: the paired stats (evals.paired.PairedStat JSON) per benchmark metric
-    and pooled over the benchmarks (empty in results stored before them)."""
+    and pooled over the benchmarks (empty in results stored before them); `items`: the seeded
+    items asked of each benchmark (`limit`: their count when all are equal)."""
 
     deltas: dict[str, float] = field(default_factory=dict)
     delta_se: dict[str, float | None] = field(default_factory=dict)
@@ -250,12 +251,14 @@ class BenchmarksResult:
     reason: str | None = None  # why skipped
     paired: dict[str, dict] = field(default_factory=dict)
     pooled: dict[str, dict] = field(default_factory=dict)
+    items: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         if self.skipped:
             return {"skipped": True, "deltas": self.deltas, "reason": self.reason}
-        data = {"limit": self.limit, "deltas": self.deltas, "delta_se": self.delta_se,
-                "champion": self.champion, "candidate": self.candidate}
+        data = {"limit": self.limit, **({"items": self.items} if self.items else {}),
+                "deltas": self.deltas, "delta_se": self.delta_se, "champion": self.champion,
+                "candidate": self.candidate}
         return {**data, **({"paired": self.paired, "pooled": self.pooled} if self.paired else {})}
 
     @classmethod

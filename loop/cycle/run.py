@@ -35,7 +35,6 @@ from loop.targeted.stage import TargetedResult
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BENCHMARK_LIMIT = 50  # items per benchmark task in a cycle when [benchmarks] has none
 
 
 @dataclass
@@ -210,7 +209,7 @@ def arena(ctx: CycleContext) -> ArenaResult:
 
 
 def benchmarks(ctx: CycleContext) -> BenchmarksResult:
-    from loop.evaluation.benchmarks import paired_deltas
+    from loop.evaluation.benchmarks import cycle_items, paired_deltas
 
     settings = ctx.settings.benchmarks
     if not ctx.settings.cycle.benchmarks or settings is None:
@@ -219,7 +218,7 @@ def benchmarks(ctx: CycleContext) -> BenchmarksResult:
     gate = ctx.settings.gate
     return BenchmarksResult(**paired_deltas(
         ctx.store, ctx.champion.model_name, ctx.candidate_name, settings,
-        settings.limit or DEFAULT_BENCHMARK_LIMIT, ctx.settings.cycle.seed, ctx.progress,
+        cycle_items(settings), ctx.settings.cycle.seed, ctx.progress,
         alpha=gate.alpha, power=gate.power))
 
 

@@ -7,8 +7,11 @@ in the store, and the champion-vs-candidate deltas the gate reads.
         print(format_table(results))
 
 Results and per-sample outputs land in `benchmark_results` / `benchmark_samples` with their
-provenance; a (model fingerprint, benchmark, version, limit, shots) already in the store is
-returned from it without loading the model. Running a benchmark on a loaded model is scoring
+provenance; a (model fingerprint, benchmark, version, limit, shots) already in the store under
+the same seed is returned from it without loading the model, and so is a base model's run kept
+in the user cache folder (`benchmark_cache`: a fresh workspace does not score the embedded
+model again). `limit` is one count for every benchmark or a count per benchmark (`cycle_items`:
+what a cycle scores, from [benchmarks]). Running a benchmark on a loaded model is scoring
 (evals/benchmarks.py).
 """
 
@@ -16,16 +19,19 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
 from evals import benchmark_stderr as gs
 from evals import paired as ps
+from evals.benchmark_sizing import size_items
 from evals.benchmark_tasks import DEFAULT_TASKS
 from evals.benchmarks import (BACKENDS, DEFAULT_SEED, BenchmarkModel, BenchmarkResult,
-                              headline, run_benchmark, run_key, task_manager)
+                              data_source, headline, run_benchmark, run_key, task_manager)
 from loop.core.errors import ConfigError
 from loop.core.settings import BenchmarksSettings
+from loop.evaluation import benchmark_cache as shared
 from loop.models.backends import require_vllm
 from loop.models.loading import base_path, fingerprint, load_model, parse_model_name, pick_device
 from loop.models.vllm_backend import GPU_MEMORY_SHARE, MIN_LORA_RANK, lora_rank
@@ -35,14 +41,19 @@ from loop.store.db import Store
 HF_BATCH_SIZE = 32
 
 
-def run_benchmarks(store: Store, model_name: str, tasks=DEFAULT_TASKS, limit: int | None = None,
+def run_benchmarks(store: Store, model_name: str, tasks=DEFAULT_TASKS,
+                   limit: int | Mapping[str, int] | None = None,
                    data_dir: str | Path | None = None, backend: str = "evalloop",
                    progress: bool = True, seed: int = DEFAULT_SEED) -> list[BenchmarkResult]:
-    """Benchmark a model (`base` or `base+adapter`); cached benchmarks do not load the model."""
+    """Benchmark a model (`base` or `base+adapter`) on `limit` seeded items of each task (a
+    mapping: per task, a task it lacks scores all items; None: all items); cached benchmarks
+    do not load the model."""
     names = list(dict.fromkeys(tasks))
     if backend not in BACKENDS:
         raise ConfigError(f"Unknown benchmark backend '{backend}' (known: {', '.join(BACKENDS)}).")
-    if limit is not None and limit < 1:
+    limits = {n: limit.get(n) for n in names} if isinstance(limit, Mapping) else dict.fromkeys(
+        names, limit)
+    if any(k is not None and k < 1 for k in limits.values()):
         raise ConfigError(f"--limit must be a positive integer, got {limit}.")
     if backend == "vllm":
         require_vllm("The vllm benchmark backend", "'evalloop' or 'hf'")
@@ -57,18 +68,27 @@ def run_benchmarks(store: Store, model_name: str, tasks=DEFAULT_TASKS, limit: in
     with tempfile.TemporaryDirectory(prefix="evalloop-tasks-") as work:
         manager = task_manager(names, data_dir, Path(work))
         keys = {n: run_key(manager, n) for n in names}
+        kept = {n: shared.shared_run(model_id, n, keys[n], limits[n], seed, backend,
+                                     data_source(n, data_dir)) for n in names}
+        restored = False
         for name in names:
-            results[name] = cached_results(store, model_id, name, *keys[name], limit)
+            results[name] = cached_results(store, model_id, name, *keys[name], limits[name],
+                                           seed)
+            if not results[name] and shared.restore(store, kept[name]):
+                restored = True
+                results[name] = cached_results(store, model_id, name, *keys[name],
+                                               limits[name], seed)
         todo = [n for n in names if not results[n]]
-        if todo:
-            lm, label, dtype = make_lm(backend, model_name)
+        if todo or restored:
             store.put_model(model_id, model_name, spec.base, base_path(spec.base),
                             str(spec.adapter) if spec.adapter else None)
+        if todo:
+            lm, label, dtype = make_lm(backend, model_name)
             model = BenchmarkModel(lm, model_id, model_name, label, dtype)
             for name in todo:
-                rows, samples = run_benchmark(model, manager, name, keys[name], limit, seed,
-                                              data_dir)
-                save(store, rows, samples)
+                rows, samples = run_benchmark(model, manager, name, keys[name], limits[name],
+                                              seed, data_dir)
+                shared.keep(kept[name], save(store, rows, samples), samples)
                 results[name] = rows
     return [r for n in names for r in results[n]]
 
@@ -100,8 +120,9 @@ def make_lm(backend: str, model_name: str):
 
 # ---------------------------------------------------------------------------- the store
 
-def save(store: Store, rows: list[BenchmarkResult], samples: list[dict]) -> None:
-    """Write one benchmark's rows and samples together (a half-written run is never cached)."""
+def save(store: Store, rows: list[BenchmarkResult], samples: list[dict]) -> list[dict]:
+    """Write one benchmark's rows and samples together (a half-written run is never cached);
+    returns the result records written."""
     records = []
     for r in rows:
         record = asdict(r)
@@ -112,14 +133,19 @@ def save(store: Store, rows: list[BenchmarkResult], samples: list[dict]) -> None
         record["base"] = parse_model_name(r.model_name).base
         records.append(record)
     queries.put_run(store, records, samples)
+    return records
 
 
 def cached_results(store: Store, model_id: str, benchmark: str, version: str, shots: int,
-                   limit: int | None) -> list[BenchmarkResult]:
+                   limit: int | None, seed: int) -> list[BenchmarkResult]:
+    """The stored run of this key under `seed` ([] when none: another seed scored other items)."""
     key = (model_id, benchmark, version, limit or 0, shots)
     fields = set(BenchmarkResult.__dataclass_fields__) - {"cached", "limit"}
+    stored = queries.run_results(store, *key)
+    if any(r["seed"] != seed for r in stored):
+        return []
     results = [BenchmarkResult(**{k: r[k] for k in fields}, limit=r["limit_n"] or None,
-                               cached=True) for r in queries.run_results(store, *key)]
+                               cached=True) for r in stored]
     if not any(r.task == benchmark and r.stderr is None and r.value is not None for r in results):
         return results
     # stored before group stderrs were computed: every stored sample belongs to the headline row
@@ -130,22 +156,36 @@ def cached_results(store: Store, model_id: str, benchmark: str, version: str, sh
 
 # ---------------------------------------------------------------------------- the cycle
 
+def cycle_items(settings: BenchmarksSettings) -> dict[str, int]:
+    """Seeded items per benchmark in a cycle: `items` for the tasks it names; the others get
+    `limit` when it is set, else their share of `seconds` (evals.benchmark_sizing: the split
+    that minimises the pooled check's variance; the same counts on every machine)."""
+    if settings.limit is not None:
+        return {n: settings.items.get(n, settings.limit) for n in settings.tasks}
+    return size_items(settings.tasks, settings.seconds, settings.items)
+
+
 def paired_deltas(store: Store, champion: str, candidate: str, settings: BenchmarksSettings,
-                  limit: int, seed: int, progress: bool = True, alpha: float = 0.05,
-                  power: float = 0.95) -> dict:
-    """Both models on the same seeded items; per higher-is-better headline metric the paired
-    difference (candidate - champion) from the per-item scores, the gold choice's
-    log-probability per multiple-choice benchmark, and both pooled (evals.paired.compare)."""
+                  items: int | Mapping[str, int], seed: int, progress: bool = True,
+                  alpha: float = 0.05, power: float = 0.95) -> dict:
+    """Both models on the same seeded items (`items` per benchmark, e.g. `cycle_items`, or one
+    count for all; a champion scored earlier at these items and seed comes from the store); per
+    higher-is-better headline metric the paired difference (candidate - champion) from the
+    per-item scores, the gold choice's log-probability per multiple-choice benchmark, and both
+    pooled (evals.paired.compare)."""
     values, scores = {}, {}
+    items = dict(items) if isinstance(items, Mapping) else dict.fromkeys(settings.tasks, items)
+    counts = set(items.values())
     for role, model in (("champion", champion), ("candidate", candidate)):
         rows = [r for r in headline(run_benchmarks(
-            store, model, settings.tasks, limit, settings.data_dir, settings.backend,
+            store, model, settings.tasks, items, settings.data_dir, settings.backend,
             progress=progress, seed=seed))
             if r.task == r.benchmark and r.value is not None and r.higher_is_better is not False]
         values[role] = {f"{r.benchmark}/{r.metric}": r.value for r in rows}
         scores[role] = benchmark_item_scores(store, rows)
     paired, pooled = ps.compare(scores["champion"], scores["candidate"], alpha, power)
-    return {"limit": limit, "deltas": {k: s.delta for k, s in paired.items()},
+    return {"limit": next(iter(counts)) if len(counts) == 1 else None, "items": items,
+            "deltas": {k: s.delta for k, s in paired.items()},
             "delta_se": {k: s.to_json()["se"] for k, s in paired.items()},
             "champion": values["champion"], "candidate": values["candidate"],
             "paired": {k: s.to_json() for k, s in paired.items()},

@@ -1,6 +1,7 @@
 """Queries of the benchmark tables: `benchmark_results` (one row per task and metric of a run)
 and `benchmark_samples` (per-item outputs). A run is keyed by (model fingerprint, benchmark,
-version, limit, shots); limit 0 stands for the full set."""
+version, limit, shots); limit 0 stands for the full set. A key holds one run: the latest,
+whose `seed` the results record (the cache reads a run back only under the seed asked for)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,19 @@ from collections.abc import Sequence
 
 from loop.store.db import Store
 
-RUN_KEY = "model_id = ? AND benchmark = ? AND benchmark_version = ? AND limit_n = ? AND shots = ?"
+RUN_COLUMNS = ("model_id", "benchmark", "benchmark_version", "limit_n", "shots")
+RUN_KEY = " AND ".join(f"{c} = ?" for c in RUN_COLUMNS)
 
 
 def put_run(store: Store, results: Sequence[dict], samples: Sequence[dict]) -> None:
-    """Write one benchmark's rows and samples together (a half-written run is never cached)."""
+    """Write one benchmark's rows and samples together (a half-written run is never cached),
+    replacing the run stored under the same key: a run under another seed scored other items,
+    whose samples must not stay beside the new ones."""
+    keys = {tuple(r[k] for k in RUN_COLUMNS) for r in results}
     with store.transaction():
+        for key in keys:
+            store.execute(f"DELETE FROM benchmark_results WHERE {RUN_KEY}", list(key))
+            store.execute(f"DELETE FROM benchmark_samples WHERE {RUN_KEY}", list(key))
         store.insert("benchmark_results", results, on_conflict="replace")
         store.insert("benchmark_samples", samples, on_conflict="replace")
 
