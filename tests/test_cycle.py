@@ -94,6 +94,10 @@ def test_cycle_summary_on_an_external_task(baseline):
     assert set(arm["per_category"]) == set(summary["champion"]["test"]["per_category"])
     assert ("a fine-tune is not needed" in arm["note"]) == arm["prompting_matches"]
     assert "## Prompt arm" in (report / "report.md").read_text()
+    if summary["champion"]["dev"]["pass_rate"] < 1.0:  # failures, so clusters with an example
+        text = (report / "report.md").read_text()
+        section = text.split("## Examples per cluster")[1].split("\n## ")[0]
+        assert section.count("\n| ") >= 3  # header, rule, at least one cluster
     bench = [r for r in summary["gate"]["reasons"] if r["check"].startswith("benchmark:")]
     if SHARED_BENCHMARKS.is_dir():  # every benchmark line: paired interval and MDE
         assert {r["check"] for r in bench} >= {"benchmark:arc_easy/acc",

@@ -62,6 +62,46 @@ def _cluster_rows(results: CycleResults) -> list[tuple[str, int, int]]:
     return sorted(rows, key=lambda r: -r[1])
 
 
+EXAMPLE_CLUSTERS = 8  # clusters shown with an example, largest first
+EXAMPLE_CHARS = 160  # a cell's text is clipped for the table (never in the store)
+
+
+def _cluster_examples(store: Store, results: CycleResults) -> list[str]:
+    """One dev member of each large cluster: its input, the reference, the champion's
+    failing answer and the candidate's answer on the same item, so a reader sees what the
+    cluster's label means (free text especially)."""
+    if not results.failures or not results.failures.clusters or not results.eval_candidate:
+        return []
+    from loop.store.runs import run_item_rows
+
+    before = {r["example_id"]: r for r in run_item_rows(store, results.failures.run_id)}
+    after = {r["example_id"]: r for r in run_item_rows(
+        store, results.eval_candidate.candidate_dev.run_id)}
+    lines = ["## Examples per cluster (dev: reference, champion, candidate)", "",
+             "| cluster | asked | reference | champion | candidate |", "|---|---|---|---|---|"]
+    shown = 0
+    for cluster in sorted(results.failures.clusters, key=lambda c: -len(c.get("example_ids", []))):
+        member = next((m for m in cluster.get("example_ids", []) if m in before), None)
+        if member is None:
+            continue
+        row, new = before[member], after.get(member)
+        asked = row["input"] or row["instruction"]  # the input varies; an instruction rarely
+        answer = "–" if new is None else \
+            f"{'pass' if new['passed'] else 'fail'}: {_cell(new['prediction'])}"
+        lines.append(f"| {_cell(cluster.get('label', ''), 60)} | {_cell(asked)} | "
+                     f"{_cell(row['reference'])} | {_cell(row['prediction'])} | {answer} |")
+        shown += 1
+        if shown == EXAMPLE_CLUSTERS:
+            break
+    return lines + [""] if shown else []
+
+
+def _cell(text, width: int = EXAMPLE_CHARS) -> str:
+    """Table-safe text: one line, pipes escaped, clipped for display."""
+    flat = " ".join(str(text or "").split()).replace("|", "\\|")
+    return flat if len(flat) <= width else flat[:width - 1] + "…"
+
+
 def _signature_lines(sigs: Sequence[dict], top: int = 10) -> list[str]:
     """The dev run's failure signatures ({signature, count, share, examples} rows)."""
     if not sigs:
@@ -159,7 +199,8 @@ def write_report(store: Store, task: Task, cycle_id: str, results: CycleResults,
     loss = _loss_plot(store, results.train.train_id if results.train else None, out / "loss.png")
     if loss:
         plots["loss"] = loss
-    md = _markdown(task, cycle_id, results, gate, cats, clusters, deltas, plots)
+    md = _markdown(task, cycle_id, results, gate, cats, clusters, deltas, plots,
+                   _cluster_examples(store, results))
     md += _stage_lines(stage_seconds(store, cycle_id))
     (out / "report.md").write_text(md, encoding="utf-8")
     (out / "report.html").write_text(_html(md, task.name, cycle_id), encoding="utf-8")
@@ -178,7 +219,7 @@ def _stage_lines(seconds: dict[str, float]) -> str:
 
 
 def _markdown(task, cycle_id, results: CycleResults, gate: PromotionDecision, cats, clusters,
-              deltas, plots) -> str:
+              deltas, plots, examples: Sequence[str] = ()) -> str:
     ev = results.eval_candidate
     verdict = "PROMOTED" if gate.promote else "KEPT the champion"
     lines = [f"# evalloop cycle {cycle_id} — task `{task.name}`", "",
@@ -205,6 +246,7 @@ def _markdown(task, cycle_id, results: CycleResults, gate: PromotionDecision, ca
                   "| cluster | failing before | failing after | fix rate |", "|---|---:|---:|---:|"]
         lines += [f"| {c} | {b} | {a} | {(b - a) / b if b else 0:.0%} |" for c, b, a in clusters]
         lines += ["", "![clusters](clusters.png)", ""]
+    lines += list(examples)
     lines += _distribution_lines(results.targeted.answer_distribution if results.targeted
                                  else None)
     if deltas:

@@ -146,7 +146,8 @@ def failure_signatures(case: FailureCase, answers: AnswerModel) -> tuple[Signatu
     """What went wrong, as records: signed again from the reference and the output with the
     task's answer model (the same function made the stored strings, and records need no
     string splitting)."""
-    return signatures(answers, case.example.output, case.output, case.categories)
+    return signatures(answers, case.example.output, case.output, case.categories,
+                      source=user_message(case.example))
 
 
 def failure_needs(case: FailureCase, answers: PoolAnswers) -> tuple[tuple[Need, ...],
