@@ -50,7 +50,7 @@ def _probe(fn, steps: int):
 
 
 def run_task(task_path: Path, workspace: Path, args) -> dict:
-    from loop.data.tasks import load_task, read_jsonl
+    from loop.data.tasks import load_task, read_split
     from loop.evaluation.evaluate import evaluate
     from loop.store.db import Store
     from loop.targeted.stage import generate_targeted, random_pool_rows
@@ -74,7 +74,7 @@ def run_task(task_path: Path, workspace: Path, args) -> dict:
         dev = evaluate(store, task, champion, "dev", limit=args.dev_limit, progress=False)
         targeted = generate_targeted(store, task, dev.run_id, batch_id=f"bench-{task.name}",
                                      out_dir=ws / "targeted", seed=0, progress=False)
-        trows = read_jsonl(Path(targeted.dataset_path), "train")
+        trows = read_split(Path(targeted.dataset_path), "train")
 
         def sft(model, steps, tag):
             return train_for_task(store, task, ws, model, targeted.dataset_path,

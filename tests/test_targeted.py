@@ -220,9 +220,9 @@ def test_yields_requested_examples_spread_over_clusters_with_provenance(
 
 
 def load_task_records(path: str) -> list[Example]:
-    from loop.data.tasks import read_jsonl
+    from loop.data.tasks import read_split
 
-    return read_jsonl(Path(path), "train")
+    return read_split(Path(path), "train")
 
 
 def test_generate_twice_does_not_duplicate_rows(tmp_path, workspace, embedder):

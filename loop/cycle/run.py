@@ -121,10 +121,10 @@ def train(ctx: CycleContext) -> TrainStageResult:
         else:
             extra["dpo_skipped"] = "no preference pairs after exclusions (see pairs.counts)"
     if config.method in ("grpo", "sft+grpo"):
-        from loop.data.tasks import read_jsonl
+        from loop.data.tasks import read_split
         from loop.train.grpo import train_grpo_for_task
 
-        targeted_rows = read_jsonl(Path(ctx.results.targeted.dataset_path), "train")
+        targeted_rows = read_split(Path(ctx.results.targeted.dataset_path), "train")
         result = train_grpo_for_task(ctx.store, ctx.task, ctx.workspace, model=model,
                                      targeted=targeted_rows, config=config,
                                      progress=ctx.progress)

@@ -25,7 +25,7 @@ import numpy as np
 from evals.signatures import Signature, is_format_only
 from loop.core.cache import write_atomic
 from loop.core.records import Example, content_hash
-from loop.data.tasks import Task, read_jsonl
+from loop.data.tasks import Task, read_split
 from loop.store import cycles as cycle_queries
 from loop.store.db import Store
 from loop.targeted import plan as pool_plan
@@ -58,7 +58,7 @@ def build_cycle_data(store: Store, task: Task, champion_name: str, dev_run_id: s
         targeted = generate_targeted(store, task, dev_run_id, batch_id=batch_id, out_dir=out_dir,
                                      seed=seed, failures=failures, embedder=embedder,
                                      progress=progress)
-        targeted_rows = list(read_jsonl(Path(targeted.dataset_path), "train"))
+        targeted_rows = list(read_split(Path(targeted.dataset_path), "train"))
     except NoFailuresError:  # a champion that passes all of dev: the pool plan alone
         failures, targeted, targeted_rows = FailureSet(dev_run_id, "", ()), None, []
     if task.settings.targeted.pool == "off" or not task.splits.get("train"):
@@ -74,7 +74,9 @@ def build_cycle_data(store: Store, task: Task, champion_name: str, dev_run_id: s
     facts = pool_plan.PoolFacts(len(pool), champion_trained, n_failures, n_format, per_row, source)
     epochs = task.settings.training.epochs or 1.0
     hard: list[Example] = []
-    if pool_plan.choose_mode(facts)[0] == "focused":
+    # free text has many valid wordings: an unlikely reference token says nothing of a failure,
+    # so a text task's focus is its dev failures' targeted rows alone
+    if pool_plan.choose_mode(facts)[0] == "focused" and task.answers.kind != "text":
         hard = _unsure_rows(task, champion_name, pool, progress)
     plan = pool_plan.plan_pool(facts, budget_s, epochs, extra_rows=len(targeted_rows) + len(hard))
     if plan.mode == "whole_pool":

@@ -13,8 +13,8 @@ Two modes (measured in bench/loop_vs_baselines.py, docs/targeting.md):
 - `focused`: the champion answers in form and fails on content. Training continues from it on
   the whole pool again, with the rows it still gets wrong weighted up: the pool rows it is
   unsure of (a row whose least likely answer token has probability below 1/2 is one greedy
-  decoding may miss) and the rows retrieved for its dev failures are trained on a second time
-  in each epoch. Training on those rows with only a little replay (as many known rows as hard
+  decoding may miss; not for free text, whose references are one wording of many) and the rows
+  retrieved for its dev failures are trained on a second time in each epoch. Training on those rows with only a little replay (as many known rows as hard
   ones) shifted a 151-label classifier towards the failures' labels: its dev pass rate fell from
   78.7% to 71.3% (docs/targeting.md).
 

@@ -34,9 +34,9 @@ def train_by_method(store, task, workspace, model: str = DEFAULT_MODEL, data_pat
                                             model=model, dataset_hash=found.manifest_hash,
                                             config=config, progress=progress)
     if config.method in ("grpo", "sft+grpo"):
-        from loop.data.tasks import read_jsonl
+        from loop.data.tasks import read_split
 
-        rows = read_jsonl(Path(data_path), "train") if data_path else ()
+        rows = read_split(Path(data_path), "train") if data_path else ()
         result = grpo.train_grpo_for_task(store, task, workspace, model=model, targeted=rows,
                                           config=config, progress=progress)
     return result

@@ -391,9 +391,9 @@ def train_for_task(store, task, workspace, model: str = DEFAULT_MODEL, data_path
                    parent_adapter=None, dataset_hash: str | None = None,
                    config: TrainConfig | None = None, progress: bool = True) -> TrainResult:
     """The training stage: task (+ exported data) -> adapter under WS/adapters, lineage in store."""
-    from loop.data.tasks import read_jsonl
+    from loop.data.tasks import read_split
 
-    examples = read_jsonl(Path(data_path), "train") if data_path else task.split("train")
+    examples = read_split(Path(data_path), "train") if data_path else task.split("train")
     dev = task.splits.get("dev", ())
     config = config or task.settings.training
     spec = parse_model_name(model)
