@@ -130,3 +130,22 @@ def test_one_marginal_drop_among_many_benchmark_checks_is_not_a_drop():
     alone = {"mc2/acc": stat("mc2/acc", -0.076, 0.028)}
     assert not decide(make_inputs(40, 120, benchmark_stats=alone, champion_rating=950,
                                   candidate_rating=1050)).promote
+
+
+def test_many_small_categories_two_items_both_lost_is_chance_not_a_regression():
+    """A 151-label task has ~128 categories of 1-4 test items: one of them losing both its items
+    (a per-item spread of zero) is what chance gives among so many; a big category that loses
+    most of its items still blocks."""
+    n = 300
+    champion = {f"e{i}": i < 200 for i in range(n)}
+    candidate = {f"e{i}": i < 230 for i in range(n)}
+    categories = {f"e{i}": f"label{i // 2}" for i in range(n)}  # 150 categories of 2 items
+    candidate["e0"] = candidate["e1"] = False  # label0 goes 2/2 -> 0/2
+    decision = decide(GateInputs(champion, candidate, categories, 900, 1100))
+    (cat,) = [r for r in decision.reasons if r.check == "categories"]
+    assert cat.passed and "within noise: label0 -100.0% (n=2)" in cat.detail
+    big = {f"e{i}": "big" if i < 40 else f"label{i // 2}" for i in range(n)}
+    lost = {**candidate, **{f"e{i}": False for i in range(40)}}  # big: 40/40 -> 0/40
+    (cat,) = [r for r in decide(GateInputs(champion, lost, big, 900, 1100)).reasons
+              if r.check == "categories"]
+    assert not cat.passed and "big -100.0% (n=40)" in cat.detail

@@ -4,8 +4,9 @@ The candidate is promoted only when every condition holds:
   1. its pass rate beats the champion's by at least `min_gain`, on the same items;
   2. the gain is significant: exact McNemar test on the paired outcomes, p < `alpha`;
   3. no category's pass rate drops by more than `category_tolerance` beyond its noise: the drop
-     must also exceed 1.96 standard errors of the category's paired per-item differences, so a
-     2-item category (real tasks have dozens) cannot block a model on one flipped item;
+     must also be significant (exact McNemar on the category's items) after Holm's correction
+     over all categories, so small categories (a 151-label task has 128 of 1-4 test items)
+     cannot block a model on the few items that flip by chance;
   4. its Bradley-Terry rating is above the champion's (when ratings are given);
   5. no benchmark check drops: each is a paired difference on the same seeded items
      (evals.paired: interval, minimum detectable effect), per benchmark metric against
@@ -231,11 +232,17 @@ def _category_reason(ids, champ, cand, categories, config) -> Reason:
         pair[1].append(float(b))
     stats = {cat: paired_stat(cat, a, b, config.alpha, config.power)
              for cat, (a, b) in by_cat.items()}
+    # one test per category, Holm over all of them: with 128 categories of 1-4 items (a
+    # 151-label task), some 2-item category loses both items by chance in most cycles, and a
+    # per-item spread of zero made that look "beyond noise" (sd of [-1, -1] is 0). The test is
+    # exact McNemar on the category's discordant items.
+    significant = dict(zip(stats, holm([s.p_value for s in stats.values()], config.alpha)))
     drops, noisy = {}, {}
     for cat, stat in stats.items():
         if stat.delta >= -config.category_tolerance:
             continue
-        (drops if verdict(stat, config.category_tolerance) == DROPPED else noisy)[cat] = stat.delta
+        dropped = verdict(stat, config.category_tolerance, significant=significant[cat])
+        (drops if dropped == DROPPED else noisy)[cat] = stat.delta
 
     def listed(found: dict[str, float]) -> str:
         return ", ".join(f"{c} {d:+.1%} (n={stats[c].n})"
