@@ -192,7 +192,8 @@ def test_chunked_micro_batches_train_like_one_packed_batch(tmp_path):
     from safetensors.torch import load_file
 
     from loop.models.loading import load_tokenizer, parse_model_name
-    from loop.train.packing import Collator, tokenize_examples
+    from loop.core.prompts import tokenize_examples
+    from loop.train.packing import Collator
 
     rows, _ = tokenize_examples(load_tokenizer(parse_model_name("tiny-random")), examples(8), None,
                                 1024)
@@ -300,7 +301,8 @@ def test_shared_prefix_trains_exactly_like_unshared_rows(tmp_path):
     from safetensors.torch import load_file
 
     from loop.models.loading import load_tokenizer, parse_model_name
-    from loop.train.packing import Collator, tokenize_examples
+    from loop.core.prompts import tokenize_examples
+    from loop.train.packing import Collator
 
     data = prefixed_examples(24, (LONG, OTHER))
     rows, _ = tokenize_examples(load_tokenizer(parse_model_name("tiny-random")), data[:8], None,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,9 @@ from evals.suites import CHECKS  # the suite's check names live with the scorers
 from loop.core.settings import TaskSettings, load_settings
 from loop.core.errors import TaskDataError
 from loop.core.paths import file_problem
+from loop.core.prompts import user_message
 from loop.core.records import Example, content_hash
+from loop.core.template import Template
 
 REQUIRED_FIELDS = ("instruction", "output")
 OPTIONAL_FIELDS = ("input", "category", "id")
@@ -101,6 +103,21 @@ class Task:
     @property
     def data_hash(self) -> str:
         return content_hash([[e.id for e in self.splits.get(s, ())] for s in sorted(self.splits)])
+
+    def varying_part(self) -> Callable[[str], str]:
+        """question -> its varying part, with the template fitted on every item of the task
+        (train, dev, test) so that the same text counts as template everywhere; memoised for
+        the life of the returned function (one stage)."""
+        template = Template.fit([user_message(e) for split in self.splits.values()
+                                 for e in split])
+        memo: dict[str, str] = {}
+
+        def vary(text: str) -> str:
+            if text not in memo:
+                memo[text] = template.varying(text)
+            return memo[text]
+
+        return vary
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ def _focused_rows(task: Task, champion_name: str, pool: list[Example], plan, n_t
                   seed: int, progress: bool) -> tuple[list[Example], int]:
     """The pool rows the champion is unsure of, then as many it knows (replay)."""
     from loop.models.loading import load_model
-    from loop.targeted.answer_loss import answer_losses
+    from loop.models.answer_loss import answer_losses
 
     worst = answer_losses(load_model(champion_name), pool, task.settings.system_prompt,
                           progress=progress, reduce="max")

@@ -188,16 +188,16 @@ def decontaminate(pairs: Sequence[PreferencePair], task, embedder
     """SFT's contamination rules (loop/targeted/curate.py) against test items and configured benchmark
     questions: a pair is an item (question = its prompt, answer = `chosen`)."""
     from loop.targeted import curate as cur
-    from loop.targeted.stage import _Memo, _references, _varying_part
     from loop.targeted.inputs import curate_config
+    from loop.targeted.references import EmbeddingMemo, curation_references
 
     if not pairs:
         return [], []
     cfg = task.settings.targeted
-    vary = _varying_part(task)
+    vary = task.varying_part()
     no_dev = replace(task, splits={k: v for k, v in task.splits.items() if k != "dev"})
-    refs = _references(no_dev, cfg, vary)
-    embed = _Memo(embedder)
+    refs = curation_references(no_dev, cfg, vary)
+    embed = EmbeddingMemo(embedder)
     items = [cur.Item(p.pair_id, vary(p.prompt), p.chosen, p.source) for p in pairs]
     shortlist = cur.lexical_shortlist([i.question for i in items],
                                       [b.question for b in refs.bench]) if refs.bench else []

@@ -52,13 +52,8 @@ from loop.models.loading import (
     parse_model_name,
     pick_device,
 )
-from loop.train.packing import (
-    IGNORE,
-    VARLEN,
-    Collator,
-    pop_real_tokens,
-    tokenize_examples,
-)
+from loop.core.prompts import IGNORE, tokenize_examples
+from loop.train.packing import VARLEN, Collator, pop_real_tokens
 from loop.core.records import content_hash
 from loop.train.config import (LogRow, TrainConfig, TrainPlan, TrainResult, library_versions,
                                use_bf16)
