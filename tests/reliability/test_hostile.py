@@ -515,12 +515,12 @@ def test_special_input_paths_say_what_they_are(kind, words, which, tmp_path, cap
 ])
 def test_every_exception_is_one_paragraph_and_a_documented_code(exc, code, words, tmp_path,
                                                                 monkeypatch, capsys):
-    import loop.cli as cli_module
+    from loop.commands import schema
 
     def raises(args):
         raise exc
 
-    monkeypatch.setattr(cli_module, "cmd_schema", raises)  # build_parser binds it per call
+    monkeypatch.setattr(schema, "run", raises)  # build_parser binds it per call
     got, _, err = run(capsys, "schema")
     kind = "internal error" if code == 70 else "error"
     assert got == code and words in one_paragraph(err, kind), err
@@ -535,12 +535,12 @@ def test_every_exception_is_one_paragraph_and_a_documented_code(exc, code, words
 def test_a_duckdb_error_that_escapes_is_a_store_error(monkeypatch, capsys):
     import duckdb
 
-    import loop.cli as cli_module
+    from loop.commands import schema
 
     def raises(args):
         raise duckdb.ConstraintException("Constraint Error: duplicate key")
 
-    monkeypatch.setattr(cli_module, "cmd_schema", raises)
+    monkeypatch.setattr(schema, "run", raises)
     code, _, err = run(capsys, "schema")
     assert code == 3 and "duplicate key" in one_paragraph(err, "store error")
 
