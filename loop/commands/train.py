@@ -24,7 +24,8 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from loop.store.db import Store
     from loop.train.methods import train_by_method
-    from loop.train.sft import config_from_args, format_result
+    from loop.train.config import config_from_args
+    from loop.train.sft import format_result
 
     task = load_task_noting(args)
     config = config_from_args(task, args)  # [training], with --processes when given
