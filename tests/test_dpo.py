@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from loop.targeted.pairs import PreferencePair
+from loop.core.pairs import PreferencePair
 from loop.core.records import Example
 from loop.train.lora import last_checkpoint
 from loop.train.sft import train_adapter

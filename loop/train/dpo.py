@@ -26,7 +26,7 @@ from pathlib import Path
 
 from loop import tracking
 from loop.models.loading import DEFAULT_MODEL, load_tokenizer, pick_device
-from loop.targeted.pairs import PreferencePair, read_pairs
+from loop.core.pairs import PreferencePair, read_pairs
 from loop.core.prompts import build_prompt, completion_text
 from loop.core.records import content_hash
 from loop.train.lora import (  # what DPO shares with SFT
