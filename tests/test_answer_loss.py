@@ -3,9 +3,9 @@
 import torch
 import torch.nn.functional as F
 
-from loop.targeted.answer_loss import answer_losses
+from loop.models.answer_loss import answer_losses
 from loop.models.loading import load_model
-from loop.train.packing import IGNORE, tokenize_examples
+from loop.core.prompts import IGNORE, tokenize_examples
 from loop.core.records import Example
 
 INSTRUCTION = ("Classify the message. Possible labels: billing, shipping, returns, account, "

@@ -1,5 +1,6 @@
 """The layer rules, checked on the source: scoring (evals/) never reaches into loop's stages or
-the store, the low layers stay low, SQL lives only in loop/store/, and no import cycles.
+the store, the low layers stay low, the stage packages import only earlier stages, no module
+imports another module's `_private` names, SQL lives only in loop/store/, and no import cycles.
 
 A small AST pass (no import-linter dependency): every `import` counts, also the lazy ones inside
 functions, and importing `a.b.c` also runs the package `__init__` files `a` and `a.b`.
@@ -27,6 +28,14 @@ LOOP_ALLOWED = {
     "loop.store": ("loop.core", "loop.store"),
 }
 BELOW_SCORING = ("loop.core", "loop.models", "loop.store")  # never import evals
+# The stage packages, earliest first: a module may import a stage of its own tier or an earlier
+# one, never a later one. failures comes before evaluation because every evaluation computes
+# and stores its failures (evaluation/evaluate.py calls failures/stage.record_failures); the
+# entry points (the app and its shim app.py, the CLI and its commands) come last; modules
+# outside the stages (loop.core, loop.models, loop.store, evals, loop.tracking, loop.exports,
+# loop.adapter_export) import none of them.
+STAGES = (("loop.data",), ("loop.failures",), ("loop.evaluation",), ("loop.targeted",),
+          ("loop.train",), ("loop.cycle",), ("loop.app", "app", "loop.commands", "loop.cli"))
 SQL = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE\s+\w+\s+SET|"
                  r"DELETE\s+FROM|CREATE\s+(OR\s+REPLACE\s+)?(TABLE|INDEX|VIEW)|ALTER\s+TABLE)\b",
                  re.DOTALL)
@@ -132,6 +141,62 @@ def layer_violations(edges: list[Edge]) -> list[str]:
     return out
 
 
+def _tier(module: str) -> int | None:
+    return next((k for k, tier in enumerate(STAGES) if any(_inside(module, p) for p in tier)),
+                None)
+
+
+def stage_order_violations(edges: list[Edge]) -> list[str]:
+    out = []
+    for e in (e for e in edges if not e.implicit):
+        mine, theirs = _tier(e.importer), _tier(e.imported)
+        if theirs is not None and (mine is None or theirs > mine):
+            where = (f"the stage {', '.join(STAGES[mine])}" if mine is not None
+                     else "a module outside the stages")
+            out.append(f"{e.importer}:{e.line} imports {e.imported}, a later stage than "
+                       f"{where} (stages, earliest first: "
+                       f"{' < '.join('/'.join(t) for t in STAGES)})")
+    return out
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_import_violations(all_sources: list[Source]) -> list[str]:
+    """`from mod import _name`, `import mod._name` and `mod._name` on an imported module of
+    ours, in any module but `mod` itself: a helper two modules share is public."""
+    modules = {s.module for s in all_sources}
+    out = []
+    for source in all_sources:
+        imported: dict[str, str] = {}  # local name -> our module it is bound to
+        for node in ast.walk(source.tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if any(_private(part) for part in a.name.split(".")[1:]):
+                        out.append(f"{source.module}:{node.lineno} imports {a.name}, a private "
+                                   "module")
+                    if a.asname and a.name in modules:
+                        imported[a.asname] = a.name
+            elif isinstance(node, ast.ImportFrom):
+                base = _absolute(source, node)
+                if _known(base, modules) is None or base == source.module:
+                    continue
+                for a in node.names:
+                    if _private(a.name):
+                        out.append(f"{source.module}:{node.lineno} imports {a.name} from "
+                                   f"{base}: a private name of another module")
+                    elif f"{base}.{a.name}" in modules:
+                        imported[a.asname or a.name] = f"{base}.{a.name}"
+        for node in ast.walk(source.tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in imported and _private(node.attr)
+                    and imported[node.value.id] != source.module):
+                out.append(f"{source.module}:{node.lineno} uses {imported[node.value.id]}."
+                           f"{node.attr}: a private name of another module")
+    return out
+
+
 def sql_violations(all_sources: list[Source], root: Path) -> list[str]:
     out = []
     for source in all_sources:
@@ -194,7 +259,8 @@ def import_cycles(edges: list[Edge]) -> list[list[str]]:
 def check(root: Path) -> list[str]:
     all_sources = sources(root)
     edges = import_edges(all_sources)
-    return (layer_violations(edges) + sql_violations(all_sources, root)
+    return (layer_violations(edges) + stage_order_violations(edges)
+            + private_import_violations(all_sources) + sql_violations(all_sources, root)
             + [f"import cycle: {' <-> '.join(c)}" for c in import_cycles(edges)])
 
 
@@ -218,9 +284,14 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
 
 CLEAN = {
     "loop/core/records.py": "import json\n",
-    "loop/store/db.py": "from loop.core import records\nQ = 'SELECT * FROM runs WHERE x = ?'\n",
+    "loop/store/db.py": "from loop.core import records\nQ = 'SELECT * FROM runs WHERE x = ?'\n"
+                        "def _connect():\n    return _connect\n",
     "loop/stage.py": "from loop.store.db import Q\nfrom evals import score\n",
     "evals/score.py": "from loop.core.records import json\n",
+    "loop/data/__init__.py": "", "loop/train/__init__.py": "",
+    "loop/data/tasks.py": "from loop.core import records\n",
+    "loop/train/sft.py": "from loop.data.tasks import records\nfrom loop.store import db\n"
+                         "from ..data import tasks\n",
 }
 
 
@@ -244,10 +315,32 @@ def test_a_clean_synthetic_tree_passes(tmp_path):
       "    from loop.store.a import x\n"}, "import cycle: loop.store.a <-> loop.store.b"),
     ({"loop/store/__init__.py": "from loop.stage import x\n"},
      "import cycle: loop.stage <-> loop.store"),
+    # the stages in order: a later one may import an earlier one, not the reverse
+    ({"loop/data/tasks.py": "from loop.train.sft import train\n"},
+     "loop.data.tasks:1 imports loop.train.sft, a later stage than the stage loop.data"),
+    ({"loop/data/tasks.py": "def f():\n    from ..train import sft\n"},
+     "loop.data.tasks:2 imports loop.train.sft, a later stage"),
+    ({"loop/store/db.py": "import loop.data.tasks\n"},
+     "loop.store.db:1 imports loop.data.tasks, a later stage than a module outside the stages"),
+    # no module takes another's private names
+    ({"loop/train/sft.py": "from loop.store.db import _connect\n"},
+     "loop.train.sft:1 imports _connect from loop.store.db: a private name"),
+    ({"loop/store/q.py": "def f():\n    from .db import Q, _connect\n"},
+     "loop.store.q:2 imports _connect from loop.store.db"),
+    ({"loop/train/sft.py": "from loop.store import db\nx = db._connect()\n"},
+     "loop.train.sft:2 uses loop.store.db._connect"),
+    ({"loop/train/sft.py": "import loop.store.db as d\nx = d._connect\n"},
+     "loop.train.sft:2 uses loop.store.db._connect"),
 ])
 def test_the_checker_finds_a_planted_violation(tmp_path, planted, expected):
     problems = check(_tree(tmp_path, {**CLEAN, **planted}))
     assert any(expected in p for p in problems), problems
+
+
+def test_own_private_names_and_dunders_are_not_private_imports(tmp_path):
+    root = _tree(tmp_path, {**CLEAN, "loop/store/q.py": "from loop.store import __doc__\n"
+                                                        "from loop import __version__\n"})
+    assert private_import_violations(sources(root)) == []
 
 
 def test_relative_imports_resolve_to_their_modules(tmp_path):

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from loop.targeted.pairs import PreferencePair
+from loop.core.pairs import PreferencePair
 from loop.core.records import Example
-from loop.train.sft import last_checkpoint, train_adapter
+from loop.train.lora import last_checkpoint
+from loop.train.sft import train_adapter
 from loop.train.config import TrainConfig
 from loop.train.dpo import micro_batch, train_dpo
 

@@ -21,7 +21,7 @@ from evals.suites import DEFAULT_SUITE
 from loop.core.records import Example
 from loop.train.config import TrainConfig
 from loop.train.grpo import select_prompts, task_reward, train_grpo
-from loop.train.sft import last_checkpoint
+from loop.train.lora import last_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",

@@ -30,6 +30,17 @@ def test_names_resolve_to_builtins_dirs_hub_ids_and_adapters(tmp_path):
     assert parse_model_name(f"tiny-random+{tmp_path}").adapter == tmp_path.resolve()
 
 
+def test_with_adapter_swaps_the_adapter_checked_like_a_parsed_name(tmp_path):
+    base = parse_model_name("tiny-random")
+    with pytest.raises(ModelError, match="adapter_config.json"):
+        base.with_adapter(tmp_path)
+    (tmp_path / "adapter_config.json").write_text("{}")
+    on = base.with_adapter(tmp_path)
+    parsed = parse_model_name(f"tiny-random+{tmp_path}")
+    assert (on.base, on.adapter) == (parsed.base, parsed.adapter)
+    assert on.with_adapter(None) == parse_model_name("tiny-random")
+
+
 def test_tiny_random_is_seeded_safetensors_and_loads_on_cpu():
     path = tiny_random_checkpoint()
     assert (path / "model.safetensors").is_file() and not list(path.glob("*.bin"))

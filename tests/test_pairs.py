@@ -19,8 +19,8 @@ from loop.targeted.pairs import (
     pairs_from_corrections,
     pairs_from_failures,
     pairs_from_matches,
-    read_pairs,
 )
+from loop.core.pairs import read_pairs
 from loop.core.records import Example
 from loop.store.db import Store, now
 from loop.data.tasks import load_task
@@ -163,7 +163,8 @@ def test_a_pair_whose_prompt_is_a_test_item_is_rejected_as_contaminated(setup, t
                                          "dev": records(6, 200) + [copy], "test": records(4, 300)})
     dup_task = load_task(path)
     dup_item = dup_task.split("dev")[-1]
-    from loop.targeted.pairs import PreferencePair, decontaminate
+    from loop.core.pairs import PreferencePair
+    from loop.targeted.pairs import decontaminate
 
     pair = PreferencePair("failure", dup_task.name, dup_item.id, dup_item.instruction,
                           dup_item.input, dup_item.output, "purple", "reference", "m1", "r")

@@ -17,7 +17,8 @@ import pytest
 from loop.core.errors import ConfigError
 from loop.core.records import Example
 from loop.core.settings import load_settings
-from loop.train.sft import TrainingError, export_merged, last_checkpoint, record_training, train_adapter
+from loop.train.lora import last_checkpoint
+from loop.train.sft import TrainingError, export_merged, record_training, train_adapter
 from loop.train.config import TrainConfig, use_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,7 +193,8 @@ def test_chunked_micro_batches_train_like_one_packed_batch(tmp_path):
     from safetensors.torch import load_file
 
     from loop.models.loading import load_tokenizer, parse_model_name
-    from loop.train.packing import Collator, tokenize_examples
+    from loop.core.prompts import tokenize_examples
+    from loop.train.packing import Collator
 
     rows, _ = tokenize_examples(load_tokenizer(parse_model_name("tiny-random")), examples(8), None,
                                 1024)
@@ -300,7 +302,8 @@ def test_shared_prefix_trains_exactly_like_unshared_rows(tmp_path):
     from safetensors.torch import load_file
 
     from loop.models.loading import load_tokenizer, parse_model_name
-    from loop.train.packing import Collator, tokenize_examples
+    from loop.core.prompts import tokenize_examples
+    from loop.train.packing import Collator
 
     data = prefixed_examples(24, (LONG, OTHER))
     rows, _ = tokenize_examples(load_tokenizer(parse_model_name("tiny-random")), data[:8], None,
@@ -459,6 +462,57 @@ def test_refuses_foreign_dir_and_qlora_on_cpu(tmp_path):
     with pytest.raises(TrainingError, match="CUDA"):
         train_adapter("tiny-random", examples(8), tmp_path / "q",
                       FAST.model_copy(update=dict(qlora=True)), progress=False)
+
+
+class FakeTrainer:
+    """What run_trainer reads of a trl trainer: train(), state, rank 0, the saved adapter."""
+
+    def __init__(self, out: Path, fail: BaseException | None = None):
+        from types import SimpleNamespace
+
+        self.out, self.fail, self.resumed_from, self.saved = out, fail, "unset", []
+        self.state = SimpleNamespace(max_steps=4, global_step=3)
+        self.is_fsdp_enabled, self.model = False, self
+        self.accelerator = SimpleNamespace(unwrap_model=lambda model: model)
+
+    def train(self, resume_from_checkpoint=None):
+        self.resumed_from = resume_from_checkpoint
+        if self.fail is not None:
+            raise self.fail
+        (self.out / "train_log.jsonl").write_text(json.dumps({"step": 2, "loss": 1.5}) + "\n")
+
+    def is_world_process_zero(self) -> bool:
+        return True
+
+    def save_pretrained(self, path, state_dict=None, selected_adapters=None):
+        self.saved.append((path, selected_adapters))
+        (Path(path) / "adapter_config.json").write_text('{"target_modules": ["v", "q"]}')
+
+
+def test_one_runner_trains_resumes_reports_and_saves_every_method(tmp_path):
+    import torch
+
+    from loop.train.lora import LoraRun, run_trainer
+
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 2}')
+    (checkpoint / "adapter_model.safetensors").write_bytes(b"")
+    run = LoraRun("t1", tmp_path, "tiny-random", "base-id", None, FAST, n_train=5, n_dev=1,
+                  skipped=("x",), device=torch.device("cpu"), bf16=False, padding_free=True)
+    trainer = FakeTrainer(tmp_path)
+    result = run_trainer(trainer, run, "no memory", throughput=lambda state: (100, 50.0))
+    assert trainer.resumed_from == str(checkpoint) and result.resumed_from_step == 2
+    assert (result.train_id, result.steps_done, result.total_steps, result.stopped_early) == (
+        "t1", 3, 4, True)
+    assert (result.tokens, result.tokens_per_s, result.precision, result.train_loss) == (
+        100, 50.0, "fp32", 1.5)
+    assert trainer.saved == [(str(tmp_path), ["default"])]  # never the frozen "ref" copy
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["target_modules"] == [
+        "q", "v"]
+    assert json.loads((tmp_path / "train_result.json").read_text())["train_id"] == "t1"
+    with pytest.raises(TrainingError, match="^no memory$"):
+        run_trainer(FakeTrainer(tmp_path, torch.OutOfMemoryError()), run, "no memory")
 
 
 def test_train_for_task_reads_the_training_section_and_records_lineage(tmp_path):

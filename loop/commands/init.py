@@ -6,7 +6,7 @@
 Reads the data (CSV, TSV, JSONL, Parquet, a datasets folder), prints what it found (rows,
 duplicates, answer kind and labels, the prompt text all rows share, split sizes), writes the task
 TOML (loop/data/init_task.py) and scores the base model on SMOKE_ITEMS dev items, so the first
-failures show within a minute. `add_parser(subparsers)` registers it; `run(args)` is the
+failures show within a minute. `make_parser(subparsers)` registers it; `run(args)` is the
 handler.
 """
 
@@ -47,11 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where the smoke evaluation is stored (default ./evalloop-workspace)")
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def make_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("init", help="a task TOML from your data (CSV, Parquet, JSONL, "
                               "datasets), checked on the base model")
     add_arguments(p)
-    p.set_defaults(func=run)
     return p
 
 

@@ -8,6 +8,9 @@ turn and forge system or assistant turns. `plain_text` breaks every such string 
 zero-width space after its first character, so every tokenizer call (generation, vLLM, training,
 trl's DPO) encodes it as ordinary text; rows without control strings are left byte for byte as
 they were, so their prompts, prediction ids and outputs do not change.
+
+`tokenize_examples` turns examples into the token rows training and answer losses share:
+prompt + answer (+ end-of-turn), prompt labels masked with IGNORE.
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ from collections.abc import Sequence
 
 from loop.core.records import Example
 
+IGNORE = -100  # label of tokens that carry no loss (prompt tokens)
+# Rows sharing at least this many leading tokens run them once per packed chunk
+# (loop/train/packing.py; the cycle's time estimate counts the same way). A shorter common prefix
+# (e.g. only a chat template's header) saves few tokens per row; the same for every task, not tuned.
+MIN_SHARED_PREFIX = 32
 BREAK = "\u200b"  # zero-width space: splits a control-token string into plain text
 _PATTERNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> regex | None
 
@@ -98,3 +106,25 @@ def completion_text(tokenizer, example: Example) -> str:
     """The training target: the reference answer (as plain text) followed by the end-of-turn
     token, the only control token in it."""
     return plain_text(tokenizer, example.output) + (tokenizer.eos_token or "")
+
+
+def tokenize_examples(tokenizer, examples: Sequence[Example], system_prompt: str | None,
+                      max_seq_len: int) -> tuple[list[dict], list[str]]:
+    """Rows {input_ids, labels} with prompt labels masked; returns (rows, ids skipped as too long).
+
+    Prompt and completion are tokenized separately (no special tokens added), exactly as
+    loop.models.decode sees the prompt and as the model emits the answer after it, so training and
+    inference agree token for token. An example longer than `max_seq_len` is skipped rather than
+    truncated: cutting it would drop the answer or train on a prompt the model never sees.
+    """
+    rows, skipped = [], []
+    for example in examples:
+        prompt = tokenizer(build_prompt(tokenizer, example, system_prompt),
+                           add_special_tokens=False)["input_ids"]
+        answer = tokenizer(completion_text(tokenizer, example),
+                           add_special_tokens=False)["input_ids"]
+        if len(prompt) + len(answer) > max_seq_len or not answer:
+            skipped.append(example.id)
+            continue
+        rows.append({"input_ids": prompt + answer, "labels": [IGNORE] * len(prompt) + answer})
+    return rows, skipped

@@ -28,15 +28,17 @@ an identical row. One explicit id on two rows with different content stays an er
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from evals.answers import AnswerModel, infer_answers
 from evals.suites import CHECKS  # the suite's check names live with the scorers
 from loop.core.errors import TaskDataError
+from loop.core.prompts import user_message
 from loop.core.records import Example, content_hash
 from loop.core.settings import ColumnSettings, TaskSettings, load_settings
+from loop.core.template import Template
 from loop.data.readers import Table, Where, read_table
 
 REQUIRED_FIELDS = ("instruction", "output")
@@ -102,6 +104,21 @@ class Task:
     @property
     def data_hash(self) -> str:
         return content_hash([[e.id for e in self.splits.get(s, ())] for s in sorted(self.splits)])
+
+    def varying_part(self) -> Callable[[str], str]:
+        """question -> its varying part, with the template fitted on every item of the task
+        (train, dev, test) so that the same text counts as template everywhere; memoised for
+        the life of the returned function (one stage)."""
+        template = Template.fit([user_message(e) for split in self.splits.values()
+                                 for e in split])
+        memo: dict[str, str] = {}
+
+        def vary(text: str) -> str:
+            if text not in memo:
+                memo[text] = template.varying(text)
+            return memo[text]
+
+        return vary
 
 
 @dataclass(frozen=True)

@@ -167,9 +167,8 @@ def choose_shots(task: Task, items: Sequence[Example], setting: PromptSetting,
         return random_shots(pool, items, setting.shots, setting.seed)
     if embed is None:
         raise ConfigError("Nearest shot selection needs an embedder.")
-    from loop.targeted.stage import _varying_part  # the template retrieval also compares by
-
-    return nearest_shots(pool, items, setting.shots, embed, _varying_part(task))
+    # compared by the varying part, as retrieval compares
+    return nearest_shots(pool, items, setting.shots, embed, task.varying_part())
 
 
 def shot_embedder(store, setting: PromptSetting):

@@ -146,7 +146,7 @@ def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 64,
     soon as it is decoded (the caller stores them, so an interrupted run keeps them)."""
     tok = lm.tokenizer
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    groups = prefix_groups(encoded) if prefix_cache and _supports_prefix_cache(lm) else []
+    groups = prefix_groups(encoded) if prefix_cache and supports_prefix_cache(lm) else []
     if not groups:
         groups = [(0, [i]) for i in range(len(prompts))]
     plain = [i for n, rows in groups if n == 0 for i in rows]
@@ -172,7 +172,8 @@ def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 64,
     return results  # type: ignore[return-value]
 
 
-def _supports_prefix_cache(lm: LoadedModel) -> bool:
+def supports_prefix_cache(lm: LoadedModel) -> bool:
+    """Whether a shared prompt prefix can be encoded once and read in place by every row."""
     # Prompt-learning adapters prepend virtual tokens on every forward, and sliding-window or
     # linear-attention caches do not expand as plain key/value tensors: those take the plain path.
     peft_config = getattr(lm.model, "active_peft_config", None)

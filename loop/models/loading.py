@@ -48,6 +48,13 @@ class ModelSpec:
     def display(self) -> str:
         return self.base if self.adapter is None else f"{self.base}+{self.adapter}"
 
+    def with_adapter(self, adapter: str | Path | None) -> ModelSpec:
+        """This base with `adapter` on top (None: the base alone), the adapter checked as in a
+        parsed BASE+ADAPTER name."""
+        path = checked_adapter(adapter)
+        return ModelSpec(name=self.base if path is None else f"{self.base}+{path}",
+                         base=self.base, adapter=path)
+
 
 @dataclass
 class LoadedModel:
@@ -63,10 +70,7 @@ def parse_model_name(name: str) -> ModelSpec:
     """Split `base+adapter` and check that the base is something we can resolve."""
     base, _, adapter = name.partition("+")
     base = base.strip() or DEFAULT_MODEL
-    adapter_path = Path(adapter).expanduser().resolve() if adapter else None
-    if adapter_path is not None and not (adapter_path / "adapter_config.json").is_file():
-        raise ModelError(f"Adapter directory {adapter_path} has no adapter_config.json: expected a "
-                         "PEFT adapter saved by `evalloop train` or `save_pretrained`.")
+    adapter_path = checked_adapter(adapter)
     if base not in BUILTIN and not Path(base).expanduser().is_dir() and not HUB_ID.match(base):
         known = "; ".join(f"'{k}' ({v})" for k, v in BUILTIN.items())
         raise ModelError(f"Unknown model '{base}'. Known names: {known}. Also accepted: a local "
@@ -74,6 +78,17 @@ def parse_model_name(name: str) -> ModelSpec:
                          "'HuggingFaceTB/SmolLM2-135M-Instruct', and 'BASE+ADAPTER_DIR' for a "
                          "PEFT adapter on top of a base.")
     return ModelSpec(name=name, base=base, adapter=adapter_path)
+
+
+def checked_adapter(adapter: str | Path | None) -> Path | None:
+    """An adapter directory, resolved, that holds a PEFT adapter (None or "": no adapter)."""
+    if not adapter:
+        return None
+    path = Path(adapter).expanduser().resolve()
+    if not (path / "adapter_config.json").is_file():
+        raise ModelError(f"Adapter directory {path} has no adapter_config.json: expected a "
+                         "PEFT adapter saved by `evalloop train` or `save_pretrained`.")
+    return path
 
 
 # ---------------------------------------------------------------------------- builtin checkpoints

@@ -111,7 +111,7 @@ def _unsure_rows(task: Task, champion_name: str, pool: list[Example],
     """The pool rows the champion is unsure of, least known first (answer loss through the
     shared-prefix path: each row's least likely answer token)."""
     from loop.models.loading import load_model
-    from loop.targeted.answer_loss import answer_losses
+    from loop.models.answer_loss import answer_losses
 
     worst = answer_losses(load_model(champion_name), pool, task.settings.system_prompt,
                           progress=progress, reduce="max")
@@ -131,7 +131,7 @@ def seconds_per_row_epoch(store: Store, task: Task, pool: list[Example]) -> tupl
 
     from loop.core.prompts import build_prompt
     from loop.models.loading import load_tokenizer, parse_model_name, pick_device
-    from loop.train.packing import MIN_SHARED_PREFIX
+    from loop.core.prompts import MIN_SHARED_PREFIX
 
     tokenizer = load_tokenizer(parse_model_name(task.settings.cycle.base_model))
     sample = pool[:256]

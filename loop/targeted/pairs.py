@@ -12,9 +12,10 @@ Four sources, each pair tagged with its `source` so they are never mixed up:
 Ties, "both bad", unjudged matches, missing outputs and identical answers never become pairs;
 each exclusion is counted with its reason. Pairs are then decontaminated against the test split
 (and benchmark questions when [targeted] benchmark_data is set) with the same rules as SFT data
-(loop/targeted/curate.py via loop/targeted/stage.py). Dev items are allowed: dev is where failures are mined
-and corrections are made, and the gate scores on test. Exported as JSONL (`prompt`, `chosen`,
-`rejected` + provenance) with a manifest beside it.
+(loop/targeted/curate.py, against loop/targeted/references.py). Dev items are allowed: dev is
+where failures are mined and corrections are made, and the gate scores on test. Exported as
+JSONL (`prompt`, `chosen`, `rejected` + provenance) with a manifest beside it; the pair record
+and its reader are loop/core/pairs.py (DPO reads them too).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from pathlib import Path
 
 from loop.core.cache import write_atomic
 from loop.core.errors import ConfigError
+from loop.core.pairs import PreferencePair
 from loop.core.paths import path_part
-from loop.core.prompts import user_message
 from loop.core.records import Example, content_hash
 from loop.store import arena as arena_queries
 from loop.store import failures as failure_queries
@@ -37,38 +38,6 @@ from loop.store.db import Store
 
 SOURCES = ("human", "judge", "correction", "failure")
 PAIRS_VERSION = "pairs-v1"  # part of every manifest hash: bump when pair building changes
-
-
-@dataclass(frozen=True)
-class PreferencePair:
-    source: str  # one of SOURCES
-    task_id: str
-    example_id: str
-    instruction: str
-    input: str
-    chosen: str
-    rejected: str
-    chosen_by: str  # model id, "reference" or "reviewer:<name>"
-    rejected_by: str  # model id
-    origin: str  # the match, correction or failing run it came from
-    judge: str | None = None  # matches only: "human", "reference", "llm"
-    voter: str | None = None
-
-    @property
-    def prompt(self) -> str:
-        return user_message(self.example())
-
-    @property
-    def pair_id(self) -> str:
-        return content_hash("pair", self.source, self.task_id, self.instruction, self.input,
-                            self.chosen, self.rejected)
-
-    def example(self) -> Example:
-        return Example(self.example_id, self.instruction, self.chosen, self.input)
-
-    def row(self) -> dict:
-        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected,
-                "pair_id": self.pair_id, **asdict(self)}
 
 
 @dataclass(frozen=True)
@@ -188,16 +157,16 @@ def decontaminate(pairs: Sequence[PreferencePair], task, embedder
     """SFT's contamination rules (loop/targeted/curate.py) against test items and configured benchmark
     questions: a pair is an item (question = its prompt, answer = `chosen`)."""
     from loop.targeted import curate as cur
-    from loop.targeted.stage import _Memo, _references, _varying_part
     from loop.targeted.inputs import curate_config
+    from loop.targeted.references import EmbeddingMemo, curation_references
 
     if not pairs:
         return [], []
     cfg = task.settings.targeted
-    vary = _varying_part(task)
+    vary = task.varying_part()
     no_dev = replace(task, splits={k: v for k, v in task.splits.items() if k != "dev"})
-    refs = _references(no_dev, cfg, vary)
-    embed = _Memo(embedder)
+    refs = curation_references(no_dev, cfg, vary)
+    embed = EmbeddingMemo(embedder)
     items = [cur.Item(p.pair_id, vary(p.prompt), p.chosen, p.source) for p in pairs]
     shortlist = cur.lexical_shortlist([i.question for i in items],
                                       [b.question for b in refs.bench]) if refs.bench else []
@@ -291,17 +260,6 @@ def export_pairs(pairs: PairSet, task, out_dir: Path, params: dict) -> PairsResu
     write_atomic(manifest_path, json.dumps({**manifest, "manifest_hash": digest,
                                              "dataset": data_path.name}, indent=2))
     return PairsResult(str(data_path), str(manifest_path), digest, len(rows), pairs.counts())
-
-
-def read_pairs(path: str | Path) -> list[PreferencePair]:
-    """Pairs back from an exported JSONL (the provenance fields round-trip)."""
-    names = {f for f in PreferencePair.__dataclass_fields__}
-    out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            record = json.loads(line)
-            out.append(PreferencePair(**{k: v for k, v in record.items() if k in names}))
-    return out
 
 
 def format_result(result: PairsResult) -> str:

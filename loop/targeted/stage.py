@@ -51,7 +51,6 @@ from loop.targeted.inputs import (
     FailureSet,
     NoFailuresError,
     batch_identity,
-    benchmark_questions,
     curate_config,
     load_corrections,
     load_failures,
@@ -59,8 +58,8 @@ from loop.targeted.inputs import (
     targeted_config,
 )
 from loop.data.tasks import Task
+from loop.targeted.references import CurationReferences, EmbeddingMemo, curation_references
 from loop.targeted.teacher import Teacher, make_teacher
-from loop.core.template import Template
 
 __all__ = ["NoFailuresError", "TargetedResult", "format_result", "generate_targeted"]
 
@@ -102,26 +101,6 @@ class TargetedResult:
 
 # ---------------------------------------------------------------------------- embeddings + checks
 
-class _Memo:
-    """Any `encode(list[str]) -> array` embedder, with rows renormalised and each text encoded
-    once per stage (the scoring embedder also caches across runs in DuckDB)."""
-
-    def __init__(self, embedder):
-        self.embedder, self.cache, self.dim = embedder, {}, None
-
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
-        if missing or self.dim is None:
-            batch = missing or [""]
-            vecs = np.asarray(self.embedder.encode(batch), dtype=np.float32)
-            vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-            self.dim = vecs.shape[1]
-            self.cache.update(zip(batch, vecs))
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([self.cache[t] for t in texts])
-
-
 def default_embedder(store: Store):
     """The scoring side's embedder (default all-MiniLM-L6-v2), cached in the store."""
     from evals.similarity import CachedEmbedder
@@ -151,9 +130,9 @@ def generate_targeted(store: Store, task: Task, run_id: str | None = None, *,
     stored = _stored_result(store, batch_id, content_hash(params))
     if stored is not None:
         return stored
-    embed = _Memo(embedder or default_embedder(store))
+    embed = EmbeddingMemo(embedder or default_embedder(store))
     pool = tuple(task.splits.get("train", ()))
-    vary = _varying_part(task)
+    vary = task.varying_part()
     bonus = _loss_bonus(store, task, pool, model_name(store, failures.model_id),
                         cfg.loss_weight, progress) \
         if cfg.loss_weight > 0 and "retrieval" in cfg.strategies and pool else None
@@ -165,7 +144,7 @@ def generate_targeted(store: Store, task: Task, run_id: str | None = None, *,
         per_prompt=cfg.teacher.per_prompt if cfg.teacher else 3, check=answer_check(task),
         corrections=load_corrections(store, task) if "corrections" in cfg.strategies else (),
         cluster_of={f.example.id: c.cluster_id for c in failures.clusters for f in c.failures})
-    refs = _references(task, cfg, vary)
+    refs = curation_references(task, cfg, vary)
     dev = {e.id: e for e in task.splits.get("dev", ())}
     passed = [dev[i] for i in failures.passed if i in dev]
     items, decisions = _rounds(ctx, cfg, failures, batch_id, refs, passed, progress)
@@ -179,7 +158,7 @@ def _loss_bonus(store: Store, task: Task, pool: Sequence, model: str, weight: fl
     ones first."""
     from scipy.stats import rankdata
 
-    from loop.targeted.answer_loss import answer_losses
+    from loop.models.answer_loss import answer_losses
     from loop.models.loading import load_model
 
     losses = answer_losses(load_model(model), pool, task.settings.system_prompt, progress=progress)
@@ -198,11 +177,11 @@ def random_pool_rows(store: Store, task: Task, n: int, seed: int = 0,
     order = np.random.default_rng(seed).permutation(len(pool)) if power == 1 else \
         balanced_order([e.output for e in pool], task.answers, seed,
                        power)
-    vary = _varying_part(task)
-    ctx = StrategyContext(seed=seed, pool=tuple(pool), embed=_Memo(embedder or
+    vary = task.varying_part()
+    ctx = StrategyContext(seed=seed, pool=tuple(pool), embed=EmbeddingMemo(embedder or
                                                                     default_embedder(store)),
                           vary=vary)
-    refs = _references(task, cfg, vary)
+    refs = curation_references(task, cfg, vary)
     chosen: list = []
     for start in range(0, len(order), 2 * n):  # curation drops a few: draw again until n
         block = [pool[i] for i in order[start:start + 2 * n]]
@@ -215,51 +194,12 @@ def random_pool_rows(store: Store, task: Task, n: int, seed: int = 0,
     return chosen[:n]
 
 
-def _varying_part(task: Task):
-    """question -> its varying part, with the template fitted on every item of the task (train,
-    dev, test) so that the same text counts as template everywhere; memoised per stage."""
-    template = Template.fit([question(e) for split in task.splits.values() for e in split])
-    memo: dict[str, str] = {}
-
-    def vary(text: str) -> str:
-        if text not in memo:
-            memo[text] = template.varying(text)
-        return memo[text]
-
-    return vary
-
-
 def _check_dev_only(task: Task, failures: FailureSet) -> None:
     dev = {e.id for e in task.splits.get("dev", ())}
     outside = [f.example.id for c in failures.clusters for f in c.failures if f.example.id not in dev]
     if outside:
         raise TaskDataError(f"{len(outside)} failure(s) are not dev items of task '{task.name}' "
                             f"(e.g. {outside[0]}): targeted data is built from dev failures only.")
-
-
-@dataclass(frozen=True)
-class _Refs:
-    """What curation checks against: task items (dev, test) and benchmark questions."""
-
-    task: list[cur.Reference]
-    bench: list[cur.Reference]
-    indexes: list[cur.NgramIndex]
-
-
-def _references(task: Task, cfg: TargetedSettings, vary) -> _Refs:
-    """Dev and test items (varying question + answer) and benchmark questions, with n-gram
-    indexes. Template text is left out, so only what varies can make two items the same."""
-    refs = [cur.Reference(f"{split}:{e.id}", vary(question(e)), e.output)
-            for split in ("dev", "test") for e in task.splits.get(split, ())]
-    pool_texts = [f"{vary(question(e))}\n{e.output}" for e in task.splits.get("train", ())]
-    c = curate_config(cfg)
-    indexes = [cur.build_ngram_index([f"{r.question}\n{r.answer}" for r in refs],
-                                     [r.label for r in refs], c.ngram, c.template_df, pool_texts)]
-    bench = benchmark_questions(cfg.benchmark_data) if cfg.benchmark_data else []
-    if bench:
-        indexes.append(cur.build_ngram_index([b.question for b in bench], [b.label for b in bench],
-                                             c.ngram, c.template_df))
-    return _Refs(refs, bench, indexes)
 
 
 def _gen_id(batch_id: str, cand: Candidate) -> str:
@@ -276,7 +216,7 @@ def cluster_weights(ctx: StrategyContext, clusters: Sequence[ClusterTarget]) -> 
 
 
 def _rounds(ctx: StrategyContext, cfg: TargetedSettings, failures: FailureSet, batch_id: str,
-            refs: _Refs, passed: Sequence, progress: bool):
+            refs: CurationReferences, passed: Sequence, progress: bool):
     """Ask every strategy for candidates per cluster (budget shared by cluster weight), curate,
     and top up the clusters short of their share (new seeds and further neighbours) for at
     most MAX_ROUNDS rounds."""
@@ -332,7 +272,7 @@ def _rounds(ctx: StrategyContext, cfg: TargetedSettings, failures: FailureSet, b
     return items, decisions
 
 
-def _curate(ctx: StrategyContext, cfg: TargetedSettings, items, refs: _Refs, n_replay: int,
+def _curate(ctx: StrategyContext, cfg: TargetedSettings, items, refs: CurationReferences, n_replay: int,
             group_order: list[str], weights: dict[str, float]):
     vary = ctx.vary or (lambda text: text)
     cur_items = [cur.Item(key, vary(question(c.example)), c.example.output, c.cluster_id,

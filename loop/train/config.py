@@ -40,11 +40,12 @@ add more once reviewers use the app.
 
 from __future__ import annotations
 
+import argparse
 import platform
 from dataclasses import asdict, dataclass, fields
 
 from loop.core.errors import ConfigError
-from loop.core.settings import TrainingSettings
+from loop.core.settings import TrainingSettings, with_overrides
 
 
 # The [training] table, validated with the task (loop.core.settings), under the name the training
@@ -160,6 +161,16 @@ class TrainPlan:
     def from_json(cls, data: dict) -> TrainPlan:
         return cls(**{**data, "config": TrainConfig.from_dict(data["config"]),
                       "skipped": tuple(data["skipped"])})
+
+
+def config_from_args(task, args: argparse.Namespace) -> TrainConfig:
+    """The task's [training] settings with the shell entry points' overrides (validated again
+    with the rest of the table: processes must divide batch_size)."""
+    overrides = {k: getattr(args, k, None)
+                 for k in ("max_steps", "save_steps", "patience", "processes")}
+    return with_overrides(task.settings, "training",
+                          **{k: v for k, v in overrides.items() if v is not None},
+                          **({"epochs": None} if getattr(args, "max_steps", None) else {}))
 
 
 # ---------------------------------------------------------------------------- bf16 or fp32

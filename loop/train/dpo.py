@@ -18,36 +18,31 @@ train_result.json and train_log.jsonl, like SFT.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 from loop import tracking
-from loop.core.cache import write_atomic
-from loop.core.errors import EvalloopError
-from loop.models.loading import DEFAULT_MODEL, fingerprint, load_tokenizer, parse_model_name, pick_device
-from loop.targeted.pairs import PreferencePair, read_pairs
+from loop.models.loading import DEFAULT_MODEL, load_tokenizer, pick_device
+from loop.core.pairs import PreferencePair, read_pairs
 from loop.core.prompts import build_prompt, completion_text
 from loop.core.records import content_hash
 from loop.train.lora import (  # what DPO shares with SFT
+    CHECKPOINTS,
     LOG_FILE,
+    LoraRun,
     check_qlora,
     claim_out_dir,
-    last_checkpoint,
     load_trainable,
-    loss_summary,
-    peak_mem_mb,
-    read_logs,
-    sort_target_modules,
+    run_trainer,
+    shell_main,
+    step_logger,
+    starting_point,
 )
-from loop.train.sft import config_from_args
-from loop.train.config import LogRow, TrainConfig, TrainResult, library_versions, use_bf16
-from loop.train.outputs import RESULT_FILE, TrainingError, format_result, record_training
+from loop.train.config import TrainConfig, TrainResult, use_bf16
+from loop.train.outputs import TrainingError, record_training
 
 DPO_VERSION = "dpo-lora-v1"  # part of every DPO train id: bump when DPO semantics change
 
@@ -114,28 +109,15 @@ def _dpo_args(config: TrainConfig, ckpt_dir: Path, micro: int, bf16: bool, devic
 
 def _make_trainer(model, tokenizer, rows, config, ckpt_dir, micro, bf16, device, log_path,
                   progress):
-    from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback
     from trl import DPOTrainer
 
     from datasets import Dataset
 
-    class Logger(TrainerCallback):
-        """A LogRow per logging step in train_log.jsonl (a kill keeps earlier rows)."""
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            logs = logs or {}
-            if "loss" not in logs or not state.is_world_process_zero:
-                return
-            row = LogRow(step=state.global_step, loss=logs["loss"],
-                         learning_rate=logs.get("learning_rate"),
-                         peak_mem_mb=peak_mem_mb(device), epoch=logs.get("epoch"))
-            with log_path.open("a") as fh:
-                fh.write(json.dumps(row.to_json()) + "\n")
-
     trainer = DPOTrainer(model=model, ref_model=None, processing_class=tokenizer,
                          args=_dpo_args(config, ckpt_dir, micro, bf16, device, progress),
-                         train_dataset=Dataset.from_list(rows), callbacks=[Logger()])
+                         train_dataset=Dataset.from_list(rows),
+                         callbacks=[step_logger(log_path, device)])
     if not progress:
         trainer.remove_callback(PrinterCallback)
     return trainer
@@ -146,13 +128,9 @@ def train_dpo(base_model_name: str, pairs, out_dir, config: TrainConfig | None =
               system_prompt: str | None = None) -> TrainResult:
     """Train (or resume, or return the finished) DPO LoRA adapter for these pairs into out_dir.
     `parent_adapter` (or BASE+ADAPTER): the adapter trained further, and the reference."""
-    import torch
-
     config = config or TrainConfig()
-    spec = parse_model_name(base_model_name)
-    parent = Path(parent_adapter).expanduser().resolve() if parent_adapter else spec.adapter
-    if parent is not None:
-        parse_model_name(f"{spec.base}+{parent}")  # checks the adapter files exist
+    start = starting_point(base_model_name, parent_adapter)
+    spec, parent, base_id = start.spec, start.parent, start.base_model_id
     if not pairs:
         raise TrainingError("No preference pairs: build them with `evalloop pairs` (votes, "
                             "corrections or failures are needed; see the exclusion counts).")
@@ -164,9 +142,7 @@ def train_dpo(base_model_name: str, pairs, out_dir, config: TrainConfig | None =
     if not rows:
         raise TrainingError(f"No preference pair fits max_seq_len={config.max_seq_len} tokens "
                             f"(of {len(pairs)} given): raise [training] max_seq_len.")
-    base_id = fingerprint(replace(spec, adapter=None))
-    parent_id = fingerprint(replace(spec, adapter=parent)) if parent else None
-    train_id = dpo_train_id(base_id, parent_id, pairs, config, system_prompt)
+    train_id = dpo_train_id(base_id, start.parent_id, pairs, config, system_prompt)
     out = Path(out_dir).expanduser().resolve()
     inputs = {"method": "dpo", "base": spec.base, "parent_adapter": str(parent) if parent else None,
               "n_pairs": len(rows), "config": config.as_dict()}
@@ -175,36 +151,16 @@ def train_dpo(base_model_name: str, pairs, out_dir, config: TrainConfig | None =
         return finished
 
     bf16 = use_bf16(config.bf16, device, spec.base) or config.qlora
-    model, padding_free = load_trainable(spec, parent, config, bf16, device)
+    model, _ = load_trainable(spec, parent, config, bf16, device)
     micro = micro_batch(config.batch_size, config.micro_batch_tokens, longest)
-    ckpt_dir = out / "checkpoints"
-    resume, resumed_step = last_checkpoint(ckpt_dir)
-    trainer = _make_trainer(model, tokenizer, rows, config, ckpt_dir, micro, bf16, device,
-                            out / LOG_FILE, progress)
-    started = time.perf_counter()
-    try:
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    except torch.OutOfMemoryError:
-        raise TrainingError(f"The GPU ran out of memory in DPO on '{spec.base}': lower [training] "
-                            "micro_batch_tokens or max_seq_len, or set gradient_checkpointing = "
-                            "true.") from None
-    state, logs = trainer.state, read_logs(out / LOG_FILE, trainer.state.global_step)
-    result = TrainResult(
-        train_id=train_id, adapter_dir=str(out), base=spec.base, base_model_id=base_id,
-        parent_adapter=str(parent) if parent else None, config=config,
-        total_steps=state.max_steps, steps_done=state.global_step, resumed_from_step=resumed_step,
-        n_train=len(rows), n_dev=0, skipped=tuple(skipped), device=device.type,
-        precision=("qlora-nf4+" if config.qlora else "") + ("bf16" if bf16 else "fp32"),
-        padding_free=False, tokens=0, tokens_per_s=0.0, peak_mem_mb=peak_mem_mb(device),
-        **loss_summary(logs), stopped_early=state.global_step < state.max_steps,
-        elapsed_s=time.perf_counter() - started, logs=tuple(logs), versions=library_versions())
-    if trainer.is_world_process_zero():
-        # the trained adapter only: the frozen "ref" copy is not part of the model
-        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(
-            str(out), selected_adapters=["default"])
-        sort_target_modules(out / "adapter_config.json")
-        write_atomic(out / RESULT_FILE, json.dumps(result.to_json(), indent=2))
-    return result
+    trainer = _make_trainer(model, tokenizer, rows, config, out / CHECKPOINTS, micro, bf16,
+                            device, out / LOG_FILE, progress)
+    run = LoraRun(train_id, out, spec.base, base_id, str(parent) if parent else None, config,
+                  n_train=len(rows), n_dev=0, skipped=tuple(skipped), device=device, bf16=bf16,
+                  padding_free=False)
+    return run_trainer(trainer, run, oom_message=(
+        f"The GPU ran out of memory in DPO on '{spec.base}': lower [training] "
+        "micro_batch_tokens or max_seq_len, or set gradient_checkpointing = true."))
 
 
 def train_dpo_for_task(store, task, workspace, pairs_path, model: str = DEFAULT_MODEL,
@@ -213,11 +169,9 @@ def train_dpo_for_task(store, task, workspace, pairs_path, model: str = DEFAULT_
     """The DPO stage: exported pairs -> adapter under WS/adapters, lineage in the store."""
     pairs: list[PreferencePair] = read_pairs(pairs_path)
     config = config or task.settings.training
-    spec = parse_model_name(model)
-    parent = Path(parent_adapter).resolve() if parent_adapter else spec.adapter
-    train_id = dpo_train_id(fingerprint(replace(spec, adapter=None)),
-                            fingerprint(replace(spec, adapter=parent)) if parent else None,
-                            pairs, config, task.settings.system_prompt)
+    start = starting_point(model, parent_adapter)
+    train_id = dpo_train_id(start.base_model_id, start.parent_id, pairs, config,
+                            task.settings.system_prompt)
     out = Path(workspace) / "adapters" / train_id
     result = train_dpo(model, pairs, out, config, parent_adapter=parent_adapter,
                        progress=progress, system_prompt=task.settings.system_prompt)
@@ -230,31 +184,12 @@ def train_dpo_for_task(store, task, workspace, pairs_path, model: str = DEFAULT_
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m loop.train.dpo`: the DPO stage on an exported pairs file (tests kill it)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see loop.train.main
-    from loop.store.db import Store
-    from loop.data.tasks import load_task
-
-    p = argparse.ArgumentParser(prog="python -m loop.train.dpo", description=__doc__.split("\n")[0])
-    p.add_argument("--task", required=True)
-    p.add_argument("--workspace", required=True)
-    p.add_argument("--pairs", required=True, help="JSONL from `evalloop pairs`")
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--parent", help="adapter to continue training (and the reference)")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--save-steps", type=int)
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
-    try:
-        task = load_task(args.task)
-        config = config_from_args(task, args)
-        with Store(args.workspace) as store:
-            result = train_dpo_for_task(store, task, args.workspace, args.pairs, args.model,
-                                        args.parent, config=config, progress=not args.json)
-    except EvalloopError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result.to_json(), indent=2) if args.json else format_result(result))
-    return 0
+    return shell_main(
+        argv, "python -m loop.train.dpo", __doc__, lambda store, task, args, config:
+        train_dpo_for_task(store, task, args.workspace, args.pairs, args.model, args.parent,
+                           config=config, progress=not args.json),
+        "adapter to continue training (and the reference)",
+        lambda p: p.add_argument("--pairs", required=True, help="JSONL from `evalloop pairs`"))
 
 
 if __name__ == "__main__":

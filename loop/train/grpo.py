@@ -26,40 +26,34 @@ step), like SFT.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
 import math
 import os
 import random
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from evals.rewards import SuiteReward, held_out_rows
 from loop import tracking
-from loop.core.cache import write_atomic
-from loop.core.errors import EvalloopError
 from loop.core.prompts import build_prompt
 from loop.core.records import Example, content_hash
-from loop.models.loading import DEFAULT_MODEL, fingerprint, load_tokenizer, parse_model_name, \
-    pick_device
-from loop.train.config import LogRow, TrainConfig, TrainResult, library_versions, use_bf16
-from loop.train.outputs import RESULT_FILE, TrainingError, format_result, record_training
+from loop.models.loading import DEFAULT_MODEL, load_tokenizer, pick_device
+from loop.train.config import TrainConfig, TrainResult, use_bf16
+from loop.train.outputs import TrainingError, record_training
 from loop.train.lora import (  # what GRPO shares with SFT and DPO
+    CHECKPOINTS,
     LOG_FILE,
+    LoraRun,
     check_qlora,
     claim_out_dir,
-    last_checkpoint,
     load_trainable,
-    loss_summary,
-    peak_mem_mb,
-    read_logs,
-    sort_target_modules,
+    run_trainer,
+    shell_main,
+    step_logger,
+    starting_point,
 )
-from loop.train.sft import config_from_args, examples_digest
+from loop.train.sft import examples_digest
 
 GRPO_VERSION = "grpo-lora-v1"  # part of every GRPO train id: bump when GRPO semantics change
 REWARD_KEY = "reward"  # trl's logged mean reward of a logging step
@@ -131,29 +125,14 @@ def _grpo_args(config: TrainConfig, ckpt_dir: Path, micro: int, max_completion_l
 
 
 def _make_trainer(model, tokenizer, rows, reward, args, device, log_path: Path, progress: bool):
-    from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOTrainer
 
     from datasets import Dataset
 
-    class Logger(TrainerCallback):
-        """A LogRow per logging step in train_log.jsonl: loss and mean reward."""
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            logs = logs or {}
-            if "loss" not in logs or not state.is_world_process_zero:
-                return
-            row = LogRow(step=state.global_step, loss=logs["loss"],
-                         learning_rate=logs.get("learning_rate"),
-                         peak_mem_mb=peak_mem_mb(device), epoch=logs.get("epoch"),
-                         reward=logs.get(REWARD_KEY))
-            with log_path.open("a") as fh:
-                fh.write(json.dumps(row.to_json()) + "\n")
-
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args,
                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                          callbacks=[Logger()])
+                          callbacks=[step_logger(log_path, device, reward_key=REWARD_KEY)])
     if not progress:
         trainer.remove_callback(PrinterCallback)
     return trainer
@@ -187,13 +166,9 @@ def train_grpo(base_model_name: str, prompts: Sequence[Example], reward: SuiteRe
     """Train (or resume, or return the finished) GRPO LoRA adapter into out_dir. `prompts` must
     be rows the reward was built with (pool rows); `parent_adapter` (or BASE+ADAPTER): the
     adapter trained further, and the KL reference."""
-    import torch
-
     config = config or TrainConfig()
-    spec = parse_model_name(base_model_name)
-    parent = Path(parent_adapter).expanduser().resolve() if parent_adapter else spec.adapter
-    if parent is not None:
-        parse_model_name(f"{spec.base}+{parent}")  # checks the adapter files exist
+    start = starting_point(base_model_name, parent_adapter)
+    spec, parent, base_id = start.spec, start.parent, start.base_model_id
     if not prompts:
         raise TrainingError("No GRPO prompts: the task's train pool is empty.")
     if config.batch_size % config.grpo_num_generations:
@@ -212,10 +187,8 @@ def train_grpo(base_model_name: str, prompts: Sequence[Example], reward: SuiteRe
     if not rows:
         raise TrainingError(f"No GRPO prompt fits max_seq_len={config.max_seq_len} tokens with "
                             f"{max_completion_length} completion tokens: raise max_seq_len.")
-    base_id = fingerprint(replace(spec, adapter=None))
-    parent_id = fingerprint(replace(spec, adapter=parent)) if parent else None
-    train_id = grpo_train_id(base_id, parent_id, prompts, reward, config, max_completion_length,
-                             system_prompt)
+    train_id = grpo_train_id(base_id, start.parent_id, prompts, reward, config,
+                             max_completion_length, system_prompt)
     out = Path(out_dir).expanduser().resolve()
     inputs = {"method": "grpo", "base": spec.base,
               "parent_adapter": str(parent) if parent else None, "n_prompts": len(rows),
@@ -228,35 +201,18 @@ def train_grpo(base_model_name: str, prompts: Sequence[Example], reward: SuiteRe
     bf16 = use_bf16(config.bf16, device, spec.base) or config.qlora
     model, _ = load_trainable(spec, parent, config, bf16, device)
     micro = _micro_batch(config.batch_size, config.micro_batch_tokens, longest)
-    ckpt_dir = out / "checkpoints"
-    resume, resumed_step = last_checkpoint(ckpt_dir)
-    args = _grpo_args(config, ckpt_dir, micro, max_completion_length, bf16, device, progress)
+    args = _grpo_args(config, out / CHECKPOINTS, micro, max_completion_length, bf16, device,
+                      progress)
     trainer = _make_trainer(model, tokenizer, rows, reward, args, device, out / LOG_FILE,
                             progress)
-    started = time.perf_counter()
-    try:
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    except torch.OutOfMemoryError:
-        raise TrainingError(f"The GPU ran out of memory in GRPO on '{spec.base}': lower [training] "
-                            "micro_batch_tokens, grpo_max_completion_length or max_seq_len, or "
-                            "set gradient_checkpointing = true.") from None
-    state, logs = trainer.state, read_logs(out / LOG_FILE, trainer.state.global_step)
-    result = TrainResult(
-        train_id=train_id, adapter_dir=str(out), base=spec.base, base_model_id=base_id,
-        parent_adapter=str(parent) if parent else None, config=config,
-        total_steps=state.max_steps, steps_done=state.global_step, resumed_from_step=resumed_step,
-        n_train=len(rows), n_dev=0, skipped=tuple(skipped), device=device.type,
-        precision=("qlora-nf4+" if config.qlora else "") + ("bf16" if bf16 else "fp32"),
-        padding_free=False, tokens=int(state.num_input_tokens_seen or 0),
-        tokens_per_s=0.0, peak_mem_mb=peak_mem_mb(device), **loss_summary(logs),
-        stopped_early=state.global_step < state.max_steps,
-        elapsed_s=time.perf_counter() - started, logs=tuple(logs), versions=library_versions())
-    if trainer.is_world_process_zero():
-        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(
-            str(out), selected_adapters=["default"])  # not the frozen "ref" copy
-        sort_target_modules(out / "adapter_config.json")
-        write_atomic(out / RESULT_FILE, json.dumps(result.to_json(), indent=2))
-    return result
+    run = LoraRun(train_id, out, spec.base, base_id, str(parent) if parent else None, config,
+                  n_train=len(rows), n_dev=0, skipped=tuple(skipped), device=device, bf16=bf16,
+                  padding_free=False)
+    return run_trainer(trainer, run, throughput=lambda state: (
+        int(state.num_input_tokens_seen or 0), 0.0), oom_message=(
+        f"The GPU ran out of memory in GRPO on '{spec.base}': lower [training] "
+        "micro_batch_tokens, grpo_max_completion_length or max_seq_len, or set "
+        "gradient_checkpointing = true."))
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -289,11 +245,9 @@ def train_grpo_for_task(store, task, workspace, model: str = DEFAULT_MODEL, pare
     prompts = select_prompts(list(reward.examples.values()), targeted, config.grpo_prompts,
                              config.seed)
     length = config.grpo_max_completion_length or task.settings.generation.max_new_tokens
-    spec = parse_model_name(model)
-    parent = Path(parent_adapter).resolve() if parent_adapter else spec.adapter
-    train_id = grpo_train_id(fingerprint(replace(spec, adapter=None)),
-                             fingerprint(replace(spec, adapter=parent)) if parent else None,
-                             prompts, reward, config, length, task.settings.system_prompt)
+    start = starting_point(model, parent_adapter)
+    train_id = grpo_train_id(start.base_model_id, start.parent_id, prompts, reward, config,
+                             length, task.settings.system_prompt)
     out = Path(workspace) / "adapters" / train_id
     result = train_grpo(model, prompts, reward, out, config, length,
                         parent_adapter=parent_adapter, progress=progress,
@@ -307,31 +261,11 @@ def train_grpo_for_task(store, task, workspace, model: str = DEFAULT_MODEL, pare
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m loop.train.grpo`: the GRPO stage on the task's pool (tests kill it)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see loop.train.main
-    from loop.data.tasks import load_task
-    from loop.store.db import Store
-
-    p = argparse.ArgumentParser(prog="python -m loop.train.grpo",
-                                description=__doc__.split("\n")[0])
-    p.add_argument("--task", required=True)
-    p.add_argument("--workspace", required=True)
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--parent", help="adapter to continue training (and the KL reference)")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--save-steps", type=int)
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
-    try:
-        task = load_task(args.task)
-        config = config_from_args(task, args)
-        with Store(args.workspace) as store:
-            result = train_grpo_for_task(store, task, args.workspace, args.model, args.parent,
-                                         config=config, progress=not args.json)
-    except EvalloopError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result.to_json(), indent=2) if args.json else format_result(result))
-    return 0
+    return shell_main(
+        argv, "python -m loop.train.grpo", __doc__, lambda store, task, args, config:
+        train_grpo_for_task(store, task, args.workspace, args.model, args.parent, config=config,
+                            progress=not args.json),
+        "adapter to continue training (and the KL reference)")
 
 
 if __name__ == "__main__":

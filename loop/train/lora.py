@@ -1,25 +1,62 @@
-"""What LoRA training shares across methods (SFT in train/sft.py, DPO in train/dpo.py): the
-trainable model (base + LoRA, or a parent adapter made trainable), the output directory's claim
-and resume point, the per-step log and the adapter's canonical config.
+"""What LoRA training shares across methods (SFT in train/sft.py, DPO in train/dpo.py, GRPO in
+train/grpo.py): the starting point (base + parent adapter, both fingerprinted), the trainable
+model (base + LoRA, or the parent made trainable), the output directory's claim and resume
+point, the per-step log, the run itself (train from the last complete checkpoint, out of memory
+as a TrainingError, the TrainResult, the saved adapter), the adapter's canonical config and the
+shell entry point (`python -m loop.train[.dpo|.grpo]`).
 
-    model, padding_free = load_trainable(spec, parent, config, bf16, device)
+    start = starting_point("smollm2-135m-instruct", parent_adapter)   # ids for the train id
     finished = claim_out_dir(out, train_id, inputs)        # a finished run: its TrainResult
-    checkpoint, step = last_checkpoint(out / "checkpoints")
+    model, padding_free = load_trainable(start.spec, start.parent, config, bf16, device)
+    trainer = ...                                          # the method's trl trainer
+    result = run_trainer(trainer, LoraRun(train_id, out, ...), oom_message="...")
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from loop.core.cache import write_atomic
-from loop.models.loading import base_path
-from loop.train.config import LogRow, TrainConfig, TrainResult
-from loop.train.outputs import RESULT_FILE, TrainingError
+from loop.core.errors import EvalloopError
+from loop.models.loading import DEFAULT_MODEL, ModelSpec, base_path, fingerprint, parse_model_name
+from loop.train.config import LogRow, TrainConfig, TrainResult, library_versions
+from loop.train.outputs import RESULT_FILE, TrainingError, format_result
 from loop.train.packing import register_varlen_attention
 
 LOG_FILE, INPUTS_FILE = "train_log.jsonl", "train_inputs.json"
+CHECKPOINTS = "checkpoints"  # OUT/checkpoints: the trainer's output_dir
+
+
+@dataclass(frozen=True)
+class StartingPoint:
+    """The model a run trains from: the base, plus the parent adapter it continues (None: a
+    fresh LoRA), with both fingerprints (part of every train id)."""
+
+    spec: ModelSpec  # spec.adapter: the parent adapter
+    base_model_id: str
+    parent_id: str | None
+
+    @property
+    def parent(self) -> Path | None:
+        return self.spec.adapter
+
+
+def starting_point(model_name: str, parent_adapter=None) -> StartingPoint:
+    """`model_name` may be BASE+ADAPTER: that adapter is the parent unless `parent_adapter`
+    names one; the parent's files are checked."""
+    spec = parse_model_name(model_name)
+    if parent_adapter:
+        spec = spec.with_adapter(parent_adapter)
+    return StartingPoint(spec, fingerprint(spec.with_adapter(None)),
+                         fingerprint(spec) if spec.adapter else None)
 
 
 def claim_out_dir(out: Path, train_id: str, inputs: dict) -> TrainResult | None:
@@ -123,6 +160,27 @@ def load_trainable(spec, parent: Path | None, config: TrainConfig, bf16: bool, d
     return model, padding_free
 
 
+def step_logger(log_path: Path, device, reward_key: str | None = None):
+    """A trainer callback appending a LogRow (loss, learning rate, peak memory, and the mean
+    reward under `reward_key` when given) per logging step to train_log.jsonl; the first rank
+    writes, and a kill keeps the earlier rows. (SFT's own logger also counts tokens/s.)"""
+    from transformers import TrainerCallback
+
+    class StepLogger(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            if "loss" not in logs or not state.is_world_process_zero:
+                return
+            row = LogRow(step=state.global_step, loss=logs["loss"],
+                         learning_rate=logs.get("learning_rate"),
+                         peak_mem_mb=peak_mem_mb(device), epoch=logs.get("epoch"),
+                         reward=logs.get(reward_key) if reward_key else None)
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(row.to_json()) + "\n")
+
+    return StepLogger()
+
+
 def peak_mem_mb(device) -> float:
     import resource
 
@@ -161,3 +219,117 @@ def sort_target_modules(config_path: Path) -> None:
     if isinstance(config.get("target_modules"), list):
         config["target_modules"] = sorted(config["target_modules"])
         write_atomic(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------- the run
+
+@dataclass(frozen=True)
+class LoraRun:
+    """What a run's TrainResult records that is known before training starts."""
+
+    train_id: str
+    out: Path
+    base: str
+    base_model_id: str
+    parent_adapter: str | None
+    config: TrainConfig
+    n_train: int
+    n_dev: int
+    skipped: tuple[str, ...]
+    device: Any  # torch.device
+    bf16: bool
+    padding_free: bool
+
+
+def no_throughput(state) -> tuple[int, float]:
+    return 0, 0.0
+
+
+def run_trainer(trainer, run: LoraRun, oom_message: str,
+                throughput: Callable[[Any], tuple[int, float]] = no_throughput) -> TrainResult:
+    """Train from the last complete checkpoint in OUT/checkpoints (the GPU out of memory: a
+    TrainingError saying `oom_message`), save the trained adapter and, on the first rank,
+    train_result.json; return the TrainResult. `throughput(trainer state)` -> (tokens,
+    tokens/s); every rank calls it, so it may be a collective."""
+    import torch
+
+    resume, resumed_step = last_checkpoint(run.out / CHECKPOINTS)
+    started = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except torch.OutOfMemoryError:
+        raise TrainingError(oom_message) from None
+    state = trainer.state
+    tokens, tokens_per_s = throughput(state)
+    logs = read_logs(run.out / LOG_FILE, state.global_step)
+    config = run.config
+    result = TrainResult(
+        train_id=run.train_id, adapter_dir=str(run.out), base=run.base,
+        base_model_id=run.base_model_id, parent_adapter=run.parent_adapter, config=config,
+        total_steps=state.max_steps, steps_done=state.global_step, resumed_from_step=resumed_step,
+        n_train=run.n_train, n_dev=run.n_dev, skipped=run.skipped, device=run.device.type,
+        precision=("qlora-nf4+" if config.qlora else "") + ("bf16" if run.bf16 else "fp32"),
+        padding_free=run.padding_free, tokens=tokens, tokens_per_s=tokens_per_s,
+        peak_mem_mb=peak_mem_mb(run.device), **loss_summary(logs),
+        stopped_early=state.global_step < state.max_steps,
+        elapsed_s=time.perf_counter() - started, logs=tuple(logs), versions=library_versions())
+    save_adapter(trainer, run.out)
+    if trainer.is_world_process_zero():
+        write_atomic(run.out / RESULT_FILE, json.dumps(result.to_json(), indent=2))
+    return result
+
+
+def save_adapter(trainer, out: Path) -> None:
+    """The trained adapter in plain PEFT files, written by the first rank: "default" only, not
+    the frozen "ref" copy DPO and GRPO train against. Under FSDP each rank holds a shard of every
+    weight: all ranks gather the full state dict, the first one saves it."""
+    state_dict = None
+    if trainer.is_fsdp_enabled:
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)
+    if trainer.is_world_process_zero():
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(
+            str(out), state_dict=state_dict, selected_adapters=["default"])
+        sort_target_modules(out / "adapter_config.json")
+
+
+# ---------------------------------------------------------------------------- shell
+
+def shell_main(argv: list[str] | None, prog: str, doc: str, train: Callable[..., TrainResult],
+               parent_help: str, add_arguments: Callable[[argparse.ArgumentParser], None]
+               | None = None, refuse_launcher: bool = False) -> int:
+    """A method's stage from a shell (`python -m loop.train`, `loop.train.dpo`,
+    `loop.train.grpo`; tests kill and rerun them): --task, --workspace, --model, --parent,
+    --max-steps, --save-steps, the method's own flags and --json; `train(store, task, args,
+    config)` runs it. An EvalloopError prints `error: ...` and exits 2."""
+    # Idle OpenMP threads spin by default; on a CPU shared with other jobs every parallel op then
+    # waits on descheduled spinners (25x slower measured: three jobs on two cores). Read by
+    # libgomp when torch loads, so it is set before anything imports torch.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from loop.core.launch import refuse_outside_launcher
+    from loop.data.tasks import load_task
+    from loop.store.db import Store
+    from loop.train.config import config_from_args
+
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
+    p.add_argument("--task", required=True)
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--parent", help=parent_help)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--save-steps", type=int)
+    if add_arguments is not None:
+        add_arguments(p)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        if refuse_launcher:
+            refuse_outside_launcher()
+        task = load_task(args.task)
+        config = config_from_args(task, args)
+        with Store(args.workspace) as store:
+            result = train(store, task, args, config)
+    except EvalloopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_json(), indent=2) if args.json else format_result(result))
+    return 0

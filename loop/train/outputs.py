@@ -27,8 +27,9 @@ def record_training(store, result: TrainResult, task_id: str | None, dataset_has
     """Write the run, its log rows and the new model (with its parent) to the store; -> model id."""
     from loop.store.db import now
 
-    model_id = fingerprint(parse_model_name(f"{result.base}+{result.adapter_dir}"))
-    parent_id = (fingerprint(parse_model_name(f"{result.base}+{result.parent_adapter}"))
+    trained = parse_model_name(result.base).with_adapter(result.adapter_dir)
+    model_id = fingerprint(trained)
+    parent_id = (fingerprint(trained.with_adapter(result.parent_adapter))
                  if result.parent_adapter else result.base_model_id)
     run = {
         "train_id": result.train_id, "task_id": task_id, "base": result.base,
@@ -45,7 +46,7 @@ def record_training(store, result: TrainResult, task_id: str | None, dataset_has
     }
     logs = [{"train_id": result.train_id, **row.to_json()} for row in result.logs]
     with store.transaction():
-        store.put_model(model_id, f"{result.base}+{result.adapter_dir}", result.base,
+        store.put_model(model_id, trained.name, result.base,
                         adapter=result.adapter_dir, parent_id=parent_id,
                         meta={"train_id": result.train_id})
         store.insert("training_runs", [run], on_conflict="replace")

@@ -1,5 +1,6 @@
-"""Training batches without padding: tokenized prompt/completion rows, a padding-free collator and
-the per-example ("varlen") attention that keeps packed examples apart.
+"""Training batches without padding: a padding-free collator over tokenized prompt/completion
+rows (`loop.core.prompts.tokenize_examples`) and the per-example ("varlen") attention that keeps
+packed examples apart.
 
 A batch is one row holding its examples back to back, with position ids restarting at 0 for each
 example and `cu_seq_lens_q/k` marking the boundaries (the flash-attention convention). Linear
@@ -26,36 +27,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import accumulate, chain, pairwise
 
-from loop.core.prompts import build_prompt, completion_text
-from loop.core.records import Example
+from loop.core.prompts import IGNORE, MIN_SHARED_PREFIX
 
 VARLEN = "evalloop_varlen"  # the attn_implementation name registered by `register_varlen_attention`
-IGNORE = -100  # label of tokens that carry no loss (prompt tokens)
-# A shorter common prefix (e.g. only a chat template's header) saves few tokens per row; the same
-# for every task, not tuned.
-MIN_SHARED_PREFIX = 32
-
-
-def tokenize_examples(tokenizer, examples: Sequence[Example], system_prompt: str | None,
-                      max_seq_len: int) -> tuple[list[dict], list[str]]:
-    """Rows {input_ids, labels} with prompt labels masked; returns (rows, ids skipped as too long).
-
-    Prompt and completion are tokenized separately (no special tokens added), exactly as
-    loop.models.decode sees the prompt and as the model emits the answer after it, so training and
-    inference agree token for token. An example longer than `max_seq_len` is skipped rather than
-    truncated: cutting it would drop the answer or train on a prompt the model never sees.
-    """
-    rows, skipped = [], []
-    for example in examples:
-        prompt = tokenizer(build_prompt(tokenizer, example, system_prompt),
-                           add_special_tokens=False)["input_ids"]
-        answer = tokenizer(completion_text(tokenizer, example),
-                           add_special_tokens=False)["input_ids"]
-        if len(prompt) + len(answer) > max_seq_len or not answer:
-            skipped.append(example.id)
-            continue
-        rows.append({"input_ids": prompt + answer, "labels": [IGNORE] * len(prompt) + answer})
-    return rows, skipped
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ prompt, the signal loss-based data selection ranks the pool by.
 The task's shared prompt prefix is encoded once and read in place by every batch (as in
 `loop.models.decode`, through `loop.models.prefix_attention`); rows are left-padded so every
 answer ends at the last position and only the answer's positions go through the vocabulary
-projection. Tokenisation is the training one
-(`loop.train.packing`): prompt and answer (+ end-of-turn token) tokenized separately.
+projection. Tokenisation is the training one (`loop.core.prompts.tokenize_examples`): prompt
+and answer (+ end-of-turn token) tokenized separately.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from loop.models.decode import _supports_prefix_cache, prefix_groups
+from loop.models.decode import supports_prefix_cache, prefix_groups
 from loop.models.loading import LoadedModel
 from loop.models.prefix_attention import (PrefixAttentionUnsupported, forward_after_prefix,
                                           suffix_cache)
-from loop.train.packing import IGNORE, tokenize_examples
+from loop.core.prompts import IGNORE, tokenize_examples
 from loop.core.records import Example
 
 
@@ -40,7 +40,7 @@ def answer_losses(lm: LoadedModel, examples: Sequence[Example], system_prompt: s
     out = np.zeros(len(examples), dtype=np.float64)
     # a prefix must leave each row its last prompt token: its logit scores the first answer token
     trimmed = [ids[:-1] for ids in prompt_ids]
-    groups = prefix_groups(trimmed) if _supports_prefix_cache(lm) else \
+    groups = prefix_groups(trimmed) if supports_prefix_cache(lm) else \
         [(0, [i]) for i in range(len(examples))]
     singles = [i for n, rows in groups if n == 0 for i in rows]
     work = [(n, rows) for n, rows in groups if n > 0] + ([(0, singles)] if singles else [])
