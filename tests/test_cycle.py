@@ -220,7 +220,8 @@ def test_a_cycle_evaluates_each_model_and_split_once(tmp_path, monkeypatch):
     real = evaluation.evaluate
 
     def counted(store, task, model_name, split="test", *args, **kwargs):
-        calls.append((model_name, split))
+        prompt = kwargs.get("prompt")
+        calls.append((model_name, split, prompt.label if prompt else None))
         return real(store, task, model_name, split, *args, **kwargs)
 
     monkeypatch.setattr(evaluation, "evaluate", counted)
@@ -230,9 +231,11 @@ def test_a_cycle_evaluates_each_model_and_split_once(tmp_path, monkeypatch):
                                           "test": classification_records(8)},
                       "[generation]\nmax_new_tokens = 4\nbatch_size = 8\n"
                       "[cycle]\nbase_model = \"tiny-random\"\nbenchmarks = false\n"
-                      "prompt_shots = 0\n"  # the prompt arm scores the champion on dev again
                       "[targeted]\nn = 8\n[training]\nmax_steps = 2\nbatch_size = 4\n"
                       "search = false\n")  # a recipe search also scores each trial on dev
     summary = run.run_cycle(task, tmp_path / "ws", progress=False)
-    assert summary["gate"]["reasons"] and len(calls) == len(set(calls)) == 4, calls
-    assert {split for _, split in calls} == {"dev", "test"}
+    # the champion and the candidate on dev and test, and the champion 4-shot on dev (the prompt
+    # arm's zero-shot is the first dev run)
+    assert summary["gate"]["reasons"] and len(calls) == len(set(calls)) == 5, calls
+    assert {split for _, split, _ in calls} == {"dev", "test"}
+    assert sum(prompt is not None for *_, prompt in calls) == 1

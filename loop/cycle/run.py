@@ -190,9 +190,10 @@ def prompt_arm(ctx: CycleContext) -> PromptArmResult:
     if not k or len(shot_pool(ctx.task)) <= k:
         return PromptArmResult(skipped=True, reason="[cycle] prompt_shots = 0" if not k else
                                f"fewer than {k + 1} train-pool rows to show")
-    zero, k_shot = (evaluate(ctx.store, ctx.task, ctx.champion.model_name, "dev",
-                             progress=ctx.progress, prompt=resolve_prompt(ctx.task, shots=n))
-                    for n in (0, k))
+    # zero-shot is the cycle's first stage's dev run (its summary is all the comparison reads)
+    zero = ctx.results.eval_champion_dev.summary
+    k_shot = evaluate(ctx.store, ctx.task, ctx.champion.model_name, "dev", progress=ctx.progress,
+                      prompt=resolve_prompt(ctx.task, shots=k))
     return PromptArmResult.compare(zero, k_shot, ctx.results.eval_candidate.candidate_dev, k,
                                    ctx.settings.generation.shot_selection, ctx.settings.gate.alpha)
 
