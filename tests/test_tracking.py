@@ -174,9 +174,9 @@ def test_cycle_is_a_parent_run_with_its_stage_runs_nested(tmp_path):
         trials = len(cycles.stage_result(store, summary["cycle_id"], "train")["search"])
     assert trials >= 1  # the recipe search: a training and a dev evaluation per trial
     dev_evals = [("train", "eval")] * trials if trials > 1 else []
-    # the prompt arm scores the champion on dev zero- and k-shot (loop/cycle/run.py prompt_arm)
+    # the prompt arm scores the champion on dev k-shot (its zero-shot side is the first dev run)
     assert stages == [("eval_candidate", "eval")] * 3 + [("eval_champion_dev", "eval")] + \
-        [("prompt_arm", "eval")] * 2 + dev_evals + [("train", "train")] * trials
+        [("prompt_arm", "eval")] + dev_evals + [("train", "train")] * trials
     assert len(all_runs) == 1 + len(children)
 
     again = run_cycle(task, tmp_path / "ws", progress=False)  # finished: nothing new logged

@@ -36,10 +36,11 @@ from loop.train.lora import (  # what DPO shares with SFT
     check_qlora,
     claim_out_dir,
     load_trainable,
+    quiet_progress,
     run_trainer,
     shell_main,
-    step_logger,
     starting_point,
+    step_logger,
 )
 from loop.train.config import TrainConfig, TrainResult, use_bf16
 from loop.train.outputs import TrainingError, record_training
@@ -109,7 +110,6 @@ def _dpo_args(config: TrainConfig, ckpt_dir: Path, micro: int, bf16: bool, devic
 
 def _make_trainer(model, tokenizer, rows, config, ckpt_dir, micro, bf16, device, log_path,
                   progress):
-    from transformers.trainer_callback import PrinterCallback
     from trl import DPOTrainer
 
     from datasets import Dataset
@@ -118,8 +118,7 @@ def _make_trainer(model, tokenizer, rows, config, ckpt_dir, micro, bf16, device,
                          args=_dpo_args(config, ckpt_dir, micro, bf16, device, progress),
                          train_dataset=Dataset.from_list(rows),
                          callbacks=[step_logger(log_path, device)])
-    if not progress:
-        trainer.remove_callback(PrinterCallback)
+    quiet_progress(trainer, progress)
     return trainer
 
 

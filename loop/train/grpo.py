@@ -48,10 +48,11 @@ from loop.train.lora import (  # what GRPO shares with SFT and DPO
     check_qlora,
     claim_out_dir,
     load_trainable,
+    quiet_progress,
     run_trainer,
     shell_main,
-    step_logger,
     starting_point,
+    step_logger,
 )
 from loop.train.sft import examples_digest
 
@@ -125,7 +126,6 @@ def _grpo_args(config: TrainConfig, ckpt_dir: Path, micro: int, max_completion_l
 
 
 def _make_trainer(model, tokenizer, rows, reward, args, device, log_path: Path, progress: bool):
-    from transformers.trainer_callback import PrinterCallback
     from trl import GRPOTrainer
 
     from datasets import Dataset
@@ -133,8 +133,7 @@ def _make_trainer(model, tokenizer, rows, reward, args, device, log_path: Path, 
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args,
                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                           callbacks=[step_logger(log_path, device, reward_key=REWARD_KEY)])
-    if not progress:
-        trainer.remove_callback(PrinterCallback)
+    quiet_progress(trainer, progress)
     return trainer
 
 

@@ -181,6 +181,26 @@ def step_logger(log_path: Path, device, reward_key: str | None = None):
     return StepLogger()
 
 
+def quiet_progress(trainer, progress: bool) -> None:
+    """The step bar alone: transformers' ProgressCallback also writes every log dict under it
+    (`{'loss': '0.9572', 'grad_norm': ...}` each few steps); the bar's postfix shows the loss
+    instead (train_log.jsonl has every figure). Without progress the printer goes too."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    if not progress:
+        trainer.remove_callback(PrinterCallback)
+        return
+
+    class StepBar(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if self.training_bar is not None and isinstance(loss, (int, float)):
+                self.training_bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(StepBar)
+
+
 def peak_mem_mb(device) -> float:
     import resource
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from loop.core.launch import sum_over_ranks
 from loop.core.prompts import IGNORE
 from loop.train.config import LogRow, TrainConfig
-from loop.train.lora import peak_mem_mb
+from loop.train.lora import peak_mem_mb, quiet_progress
 from loop.train.packing import VARLEN, Collator, pop_real_tokens
 
 
@@ -85,7 +85,6 @@ def make_sft_trainer(model, tokenizer, rows, dev_rows, config: TrainConfig, ckpt
                   bf16: bool, device, padding_free: bool, meter: TokenMeter, log_path: Path,
                   progress: bool):
     from transformers import EarlyStoppingCallback, TrainerCallback
-    from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
     from datasets import Dataset
@@ -170,8 +169,7 @@ def make_sft_trainer(model, tokenizer, rows, dev_rows, config: TrainConfig, ckpt
         train_dataset=Dataset.from_list(rows),
         eval_dataset=Dataset.from_list(dev_rows) if evaluate else None, callbacks=callbacks)
     trainer.loss_is_scaled_for_ga = True  # compute_loss divides by the accumulated label count
-    if not progress:
-        trainer.remove_callback(PrinterCallback)
+    quiet_progress(trainer, progress)
     return trainer
 
 
