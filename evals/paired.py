@@ -66,6 +66,14 @@ def z_factor(alpha: float, power: float) -> tuple[float, float]:
     return z, z + float(norm.ppf(power))
 
 
+def normal_p(delta: float, se: float) -> float:
+    """Two-sided p-value of a difference with this standard error (0 spread: any difference is
+    certain; an infinite one: nothing is)."""
+    if not math.isfinite(se):
+        return 1.0
+    return 2 * float(norm.sf(abs(delta) / se)) if se > 0 else float(delta == 0)
+
+
 def binary_floor(n: int, k: float) -> float:
     """The smallest 0/1 change detectable on n items whatever the observed spread."""
     return k * k / (n + k * k)
@@ -92,7 +100,7 @@ def paired_stat(name: str, champion: Sequence[float], candidate: Sequence[float]
         mde = min(1.0, max(mde, binary_floor(n, k)))
         p_value = mcnemar_p([a > 0.5 for a in champion], [b > 0.5 for b in candidate])
     else:
-        p_value = 2 * float(norm.sf(abs(delta) / se)) if se > 0 else float(delta == 0)
+        p_value = normal_p(delta, se)
     return PairedStat(name, n, delta, se, delta - z * se, delta + z * se, mde, p_value, binary,
                       unit)
 
@@ -109,7 +117,7 @@ def pooled(name: str, stats: Sequence[PairedStat], alpha: float = 0.05,
     delta = sum(s.delta for s in stats) / m
     se = math.sqrt(sum(s.se ** 2 for s in stats)) / m
     mde = k * math.sqrt(sum((s.mde / k) ** 2 for s in stats)) / m
-    p_value = 2 * float(norm.sf(abs(delta) / se)) if 0 < se < math.inf else float(delta == 0)
+    p_value = normal_p(delta, se) if se < math.inf else float(delta == 0)
     return PairedStat(name, sum(s.n for s in stats), delta, se, delta - z * se, delta + z * se,
                       mde, p_value, all(s.binary for s in stats), stats[0].unit)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import math
 
 from evals.paired import (CANNOT_TELL, DROPPED, PairedStat, holm, items_needed, mcnemar_p,
-                          paired_stat, verdict, z_factor)
+                          normal_p, paired_stat, verdict, z_factor)
 from loop.core.settings import GateSettings
 
 __all__ = ["NOISE_Z", "GateInputs", "PromotionDecision", "Reason", "decide", "mcnemar_p"]
@@ -167,12 +167,9 @@ def _or_inf(se: float | None) -> float:
 
 def _unpaired(name: str, delta: float, se: float, config: GateSettings) -> PairedStat:
     """A stored delta with its standard error (results from before paired stats)."""
-    from scipy.stats import norm
-
     z, k = z_factor(config.alpha, config.power)
-    p_value = (float(delta == 0) if se == 0 else 1.0 if not math.isfinite(se)
-               else 2 * float(norm.sf(abs(delta) / se)))
-    return PairedStat(name, 0, delta, se, delta - z * se, delta + z * se, k * se, p_value, False)
+    return PairedStat(name, 0, delta, se, delta - z * se, delta + z * se, k * se,
+                      normal_p(delta, se), False)
 
 
 def _benchmark_reason(stat: PairedStat, tolerance: float, gain: float, config: GateSettings,
