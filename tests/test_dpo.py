@@ -16,10 +16,10 @@ import pytest
 
 from loop.core.pairs import PreferencePair
 from loop.core.records import Example
-from loop.train.lora import last_checkpoint
+from loop.train.lora import last_checkpoint, micro_batch
 from loop.train.sft import train_adapter
 from loop.train.config import TrainConfig
-from loop.train.dpo import micro_batch, train_dpo
+from loop.train.dpo import train_dpo
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -85,9 +85,11 @@ def dpo_run(tmp_path_factory):
 
 
 def test_micro_batch_divides_the_batch_and_fits_the_budget():
-    assert micro_batch(16, 1024, 100) == 4  # 5 pairs would fit; 4 divides 16
-    assert micro_batch(16, 1024, 2000) == 1
-    assert micro_batch(6, 100_000, 10) == 6
+    # a DPO pair of longest row 100 is 200 tokens: 5 pairs would fit, 4 divides 16
+    assert micro_batch(16, 1024, 2 * 100) == 4
+    assert micro_batch(16, 1024, 2 * 2000) == 1
+    assert micro_batch(6, 100_000, 2 * 10) == 6
+    assert micro_batch(8, 300, 100) == 2  # GRPO completions, one row each: 3 fit, 2 divides 8
 
 
 def test_dpo_lowers_the_dpo_loss_and_writes_a_standard_adapter(dpo_run):

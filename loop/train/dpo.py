@@ -36,6 +36,7 @@ from loop.train.lora import (  # what DPO shares with SFT
     check_qlora,
     claim_out_dir,
     load_trainable,
+    micro_batch,
     quiet_progress,
     run_trainer,
     shell_main,
@@ -79,13 +80,6 @@ def pair_rows(tokenizer, pairs, system_prompt: str | None, max_seq_len: int
         longest = max(longest, n_prompt + n_answer)
         rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     return rows, skipped, longest
-
-
-def micro_batch(batch_size: int, token_budget: int, longest: int) -> int:
-    """Pairs per forward: the largest divisor of batch_size whose padded chosen + rejected rows
-    fit `token_budget` tokens (at least 1), so the optimizer still sees batch_size pairs."""
-    fit = max(1, token_budget // max(2 * longest, 1))
-    return max(d for d in range(1, batch_size + 1) if batch_size % d == 0 and d <= fit)
 
 
 def _dpo_args(config: TrainConfig, ckpt_dir: Path, micro: int, bf16: bool, device,
@@ -151,7 +145,7 @@ def train_dpo(base_model_name: str, pairs, out_dir, config: TrainConfig | None =
 
     bf16 = use_bf16(config.bf16, device, spec.base) or config.qlora
     model, _ = load_trainable(spec, parent, config, bf16, device)
-    micro = micro_batch(config.batch_size, config.micro_batch_tokens, longest)
+    micro = micro_batch(config.batch_size, config.micro_batch_tokens, 2 * longest)
     trainer = _make_trainer(model, tokenizer, rows, config, out / CHECKPOINTS, micro, bf16,
                             device, out / LOG_FILE, progress)
     run = LoraRun(train_id, out, spec.base, base_id, str(parent) if parent else None, config,

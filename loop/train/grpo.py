@@ -48,6 +48,7 @@ from loop.train.lora import (  # what GRPO shares with SFT and DPO
     check_qlora,
     claim_out_dir,
     load_trainable,
+    micro_batch,
     quiet_progress,
     run_trainer,
     shell_main,
@@ -151,13 +152,6 @@ def _prompt_rows(tokenizer, prompts, system_prompt, max_seq_len: int, max_comple
     return rows, skipped, longest
 
 
-def _micro_batch(batch_size: int, token_budget: int, longest: int) -> int:
-    """Completions per forward: the largest divisor of batch_size whose padded rows fit
-    `token_budget` tokens (at least 1), so the optimizer still sees batch_size completions."""
-    fit = max(1, token_budget // max(longest, 1))
-    return max(d for d in range(1, batch_size + 1) if batch_size % d == 0 and d <= fit)
-
-
 def train_grpo(base_model_name: str, prompts: Sequence[Example], reward: SuiteReward, out_dir,
                config: TrainConfig | None = None, max_completion_length: int = 64,
                parent_adapter=None, progress: bool = True,
@@ -199,7 +193,7 @@ def train_grpo(base_model_name: str, prompts: Sequence[Example], reward: SuiteRe
 
     bf16 = use_bf16(config.bf16, device, spec.base) or config.qlora
     model, _ = load_trainable(spec, parent, config, bf16, device)
-    micro = _micro_batch(config.batch_size, config.micro_batch_tokens, longest)
+    micro = micro_batch(config.batch_size, config.micro_batch_tokens, longest)
     args = _grpo_args(config, out / CHECKPOINTS, micro, max_completion_length, bf16, device,
                       progress)
     trainer = _make_trainer(model, tokenizer, rows, reward, args, device, out / LOG_FILE,

@@ -92,6 +92,15 @@ def last_checkpoint(ckpt_dir: Path) -> tuple[Path | None, int]:
     return best
 
 
+def micro_batch(batch_size: int, token_budget: int, row_tokens: int) -> int:
+    """Items per forward: the largest divisor of batch_size whose items, `row_tokens` padded
+    tokens each, fit `token_budget` tokens (at least 1), so that gradient accumulation still
+    gives the optimizer batch_size items a step. A DPO item is a pair (its chosen and rejected
+    rows: twice the longest row), a GRPO item one completion row."""
+    fit = max(1, token_budget // max(row_tokens, 1))
+    return max(d for d in range(1, batch_size + 1) if batch_size % d == 0 and d <= fit)
+
+
 def check_qlora(device) -> None:
     import importlib.util
 
