@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from loop.core.errors import StoreError
-from loop.store.db import MIGRATIONS, Store
+from loop.store.db import Store
+from loop.store.migrations import MIGRATIONS
 
 FOUNDATION_TABLES = {"migrations", "models", "tasks", "examples", "runs", "predictions",
                      "run_items", "scores"}
