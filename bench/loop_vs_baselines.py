@@ -136,7 +136,7 @@ def pool_arm(task_path: Path, workspace: Path, task) -> dict:
 
 
 def random_arm(task, workspace: Path, n: int, seeds: int) -> dict:
-    from loop.core.settings import with_overrides
+    from loop.core.settings_load import with_overrides
     from loop.models.loading import parse_model_name
     from loop.targeted.stage import random_pool_rows
     from loop.train.sft import train_for_task

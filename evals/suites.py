@@ -35,7 +35,8 @@ from evals.answers import AnswerModel, shape
 from evals.rules import REGISTRY, CheckInput, get_check
 from loop.core.errors import EvalloopError
 from loop.core.records import CheckResult
-from loop.core.settings import CheckVocabulary, TaskSettings
+from loop.core.settings import TaskSettings
+from loop.core.settings_values import CheckVocabulary
 
 SIMILARITY = "similarity"  # pseudo-check: cosine similarity to the reference >= threshold
 SIMILARITY_VERSION = "1"

@@ -74,7 +74,7 @@ def test_an_explicit_limit_is_one_count_for_every_task_as_before():
 
 def test_settings_reject_counts_of_tasks_not_run(tmp_path):
     from loop.core.errors import ConfigError
-    from loop.core.settings import load_settings
+    from loop.core.settings_load import load_settings
 
     (tmp_path / "t.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
     toml = tmp_path / "task.toml"

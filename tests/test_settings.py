@@ -14,8 +14,8 @@ import pytest
 from conftest import DEMO_TASK, write_task
 from loop.cli import main
 from loop.core.errors import ConfigError
-from loop.core.settings import (DEFAULT_BENCHMARK_TASKS, STRATEGY_NAMES, TaskSettings,
-                                TeacherSettings, json_schema, load_settings, with_overrides)
+from loop.core.settings import DEFAULT_BENCHMARK_TASKS, STRATEGY_NAMES, TaskSettings, TeacherSettings
+from loop.core.settings_load import json_schema, load_settings, with_overrides
 from loop.data.tasks import load_task
 
 REAL_TASKS = sorted((Path(__file__).resolve().parents[2] / "shared" / "real-tasks").glob(

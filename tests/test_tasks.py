@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import DEMO_TASK, classification_records, write_task
-from loop.core.settings import load_settings
+from loop.core.settings_load import load_settings
 from loop.core.errors import ConfigError, TaskDataError
 from loop.core.prompts import ALPACA_STOP, build_prompt, stop_strings
 from loop.core.records import Example

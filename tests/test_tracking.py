@@ -210,7 +210,7 @@ def test_uri_precedence_env_then_setting_then_workspace(tmp_path, monkeypatch):
 def test_report_to_names_are_transformers_integrations():
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
-    from loop.core.settings import REPORT_TO_MODULES
+    from loop.core.settings_training import REPORT_TO_MODULES
 
     assert set(REPORT_TO_MODULES) == set(INTEGRATION_TO_CALLBACK)
 

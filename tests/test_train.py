@@ -16,7 +16,7 @@ import pytest
 
 from loop.core.errors import ConfigError
 from loop.core.records import Example
-from loop.core.settings import load_settings
+from loop.core.settings_load import load_settings
 from loop.train.lora import last_checkpoint
 from loop.train.sft import TrainingError, export_merged, record_training, train_adapter
 from loop.train.config import TrainConfig, use_bf16

@@ -27,7 +27,7 @@ def add_common(p: argparse.ArgumentParser, task: bool = True) -> None:
 def protected_outputs(args: argparse.Namespace, task=None) -> list[Path]:
     """What no output of this command may replace: the workspace's store files and inbox, and
     the files of this task and of every task the store knows (TOMLs, splits, suite files)."""
-    from loop.core.settings import task_files
+    from loop.core.settings_load import task_files
     from loop.store import runs
     from loop.store.db import DB_NAME, SNAPSHOT_NAME, Store, protected_paths
 

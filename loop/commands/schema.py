@@ -17,7 +17,7 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from loop.core.settings import json_schema
+    from loop.core.settings_load import json_schema
 
     text = json.dumps(json_schema(), indent=2) + "\n"
     if args.output:

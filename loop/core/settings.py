@@ -1,14 +1,14 @@
-"""A task's settings: the task TOML as typed, frozen pydantic models, parsed once when the task
-loads (before any model or the store is touched) and then passed down as `task.settings`.
-
-    settings = load_settings("task.toml")   # ConfigError listing every problem at once
-    settings.training.learning_rate, settings.targeted.teacher, settings.path
+"""A task's settings: the task TOML as typed, frozen pydantic models, one per table, parsed once
+when the task loads (loop/core/settings_load.py: `load_settings`) and then passed down as
+`task.settings`.
 
 One model per TOML table, with the same keys: top-level keys (the data splits, paths relative to
-the TOML's folder), [generation], [suite], [training], [targeted] + [targeted.teacher], [gate],
-[benchmarks], [cycle]. Unknown keys, wrong types and out-of-range values are all reported together,
-each as `<file>: [section] key: message` (loop/core/settings_problems.py). `evalloop schema`
-writes `TaskSettings`'s JSON Schema for editors.
+the TOML's folder), [generation], [suite], [training] (loop/core/settings_training.py),
+[targeted] + [targeted.teacher], [gate], [benchmarks], [cycle], [tracking], [columns]. The
+value types and the tables' base, `Section`, are in loop/core/settings_values.py. Unknown keys,
+wrong types and out-of-range values are all reported together, each as
+`<file>: [section] key: message` (loop/core/settings_problems.py). `evalloop schema` writes
+`TaskSettings`'s JSON Schema for editors.
 
 Checks that need a registry owned above loop.core (the suite's check names and parameters, in
 evals.rules) come in through `CheckVocabulary`; strategy names are a closed set here (the
@@ -17,22 +17,17 @@ strategies module's registry is tested to match it).
 
 from __future__ import annotations
 
-import json
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, PrivateAttr,
-                      StrictStr, ValidationError, ValidationInfo, field_validator, model_validator)
-from pydantic_core import InitErrorDetails
+from pydantic import Field, PrivateAttr, StrictStr, ValidationInfo, field_validator
 
 from loop.core.endpoint import DEFAULT_CONCURRENCY
-from loop.core.errors import ConfigError
-from loop.core.paths import data_problem, dir_problem, file_problem
-from loop.core.records import content_hash
-from loop.core.settings_problems import RULE, problems_message, rule_error, submodel
+from loop.core.paths import file_problem
+from loop.core.settings_training import TrainingSettings
+from loop.core.settings_values import Names, Section, SuiteVersion, TomlData, TomlDir, TomlFile
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # lm-eval tasks a [benchmarks] table runs by default (evals.benchmark_tasks.STANDARD, in order)
@@ -42,108 +37,12 @@ StrategyName = Literal["corrections", "retrieval", "generator", "teacher"]
 STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
 BenchmarkBackend = Literal["evalloop", "hf", "vllm"]
 GenerationBackend = Literal["auto", "hf", "vllm"]
-TrainMethod = Literal["sft", "dpo", "sft+dpo", "grpo", "sft+grpo"]
 ShotSelection = Literal["random", "nearest"]
 MAX_SHOTS = 64
 CannotTell = Literal["keep", "keep_if_small_gain", "ignore"]  # [gate] cannot_tell
 # what a task's answers are (evals.answers.KINDS; loop.core cannot import evals, a test keeps
 # the two equal)
 AnswerKind = Literal["json", "labels", "number", "label", "text", "exact"]
-
-
-# ---------------------------------------------------------------------------- value types
-
-def _path_validator(kind: Literal["file", "dir", "data"]) -> BeforeValidator:
-    """A TOML path string, resolved against the TOML's folder; it must exist (`data`: a data
-    file of a form evalloop reads, or a datasets folder)."""
-    def resolve(value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, Path):
-            return value
-        if not isinstance(value, str):
-            raise ValueError(f"must be a path string, got {value!r}")
-        path = (Path((info.context or {}).get("root", ".")) / value).resolve()
-        problem = {"file": file_problem, "dir": dir_problem, "data": data_problem}[kind](path)
-        if problem:
-            raise ValueError(f"{'directory' if kind == 'dir' else 'file'} {path} {problem}")
-        return path
-
-    return BeforeValidator(resolve, json_schema_input_type=str)
-
-
-TomlFile = Annotated[Path, _path_validator("file")]
-TomlDir = Annotated[Path, _path_validator("dir")]
-TomlData = Annotated[Path, _path_validator("data")]  # a split: JSONL, CSV, Parquet, datasets
-Names = Annotated[tuple[StrictStr, ...], Field(strict=False, min_length=1)]  # TOML lists
-
-
-def _bf16(value: Any) -> str | bool:
-    if value == "auto" or isinstance(value, bool):
-        return value
-    raise ValueError(f'must be "auto", true or false, got {value!r}')
-
-
-def _modules(value: Any) -> str | tuple[str, ...]:
-    if isinstance(value, str) and value:
-        return value
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value):
-        return tuple(value)
-    raise ValueError(f'must be "all-linear" or a non-empty list of module names, got {value!r}')
-
-
-def _version(value: Any) -> Any:
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-Bf16 = Annotated[str | bool, PlainValidator(_bf16, json_schema_input_type=Literal["auto"] | bool)]
-TargetModules = Annotated[str | tuple[str, ...], PlainValidator(
-    _modules, json_schema_input_type=str | list[str])]
-SuiteVersion = Annotated[StrictStr, BeforeValidator(_version, json_schema_input_type=str | int)]
-
-
-@dataclass(frozen=True)
-class CheckVocabulary:
-    """The registered checks, from the layer that owns them (evals.suites.CHECKS): a message for
-    an unknown check name (None when known), and the problems of a check's params."""
-
-    unknown: Callable[[str], str | None]
-    param_problems: Callable[[str, Mapping[str, Any]], list[str]]
-
-
-# ---------------------------------------------------------------------------- sections
-
-class Section(BaseModel):
-    """A TOML table: unknown keys are errors, values are never coerced (no "3" for 3)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-    @classmethod
-    def _rules(cls, data: dict, context: Mapping) -> tuple[dict | None, list[tuple[tuple, str]]]:
-        """Cross-key rules on the raw table: (the table with derived values, problems as
-        (location, message)); reported together with the per-key problems, or alone when the
-        table comes back None (nothing else can be checked)."""
-        return data, []
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _apply_rules(cls, data: Any, handler, info: ValidationInfo):
-        problems: list[InitErrorDetails] = []
-        if isinstance(data, dict):
-            table, found = cls._rules(dict(data), info.context or {})
-            problems = [rule_error(loc, m, data.get(loc[0]) if loc else data)
-                        for loc, m in found]
-            if table is None:
-                raise ValidationError.from_exception_data(cls.__name__, problems)
-            data = table
-        try:
-            result = handler(data)
-        except ValidationError as exc:
-            # a nested section's rule errors come back as plain dicts: rebuild them
-            errors = [rule_error(e["loc"], e["ctx"]["m"], e["input"]) if e["type"] == RULE
-                      else e for e in exc.errors()]
-            raise ValidationError.from_exception_data(exc.title, [*errors, *problems]) from None
-        if problems:
-            raise ValidationError.from_exception_data(cls.__name__, problems)
-        return result
 
 
 class GenerationSettings(Section):
@@ -240,168 +139,6 @@ def _read_suite_file(value: Any, context: Mapping) -> tuple[Path | None, dict, s
         return path, tomllib.loads(path.read_text(encoding="utf-8")), None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         return path, {}, f"suite file {path} cannot be read: {exc}"
-
-
-# transformers' reporting integrations (TrainingArguments.report_to) and the modules that make
-# each one available, as transformers checks them; tests compare the names with transformers'
-# own list. (Importing transformers' list costs seconds and torch; settings are checked first.)
-REPORT_TO_MODULES = {
-    "azure_ml": ("azureml.core.run",), "clearml": ("clearml",), "codecarbon": ("codecarbon",),
-    "comet_ml": ("comet_ml",), "dagshub": ("dagshub",), "dvclive": ("dvclive",),
-    "flyte": ("flytekit",), "kubeflow": (), "mlflow": ("mlflow",), "neptune": ("neptune",),
-    "swanlab": ("swanlab",), "tensorboard": ("tensorboard", "tensorboardX"),
-    "trackio": ("trackio",), "wandb": ("wandb",),
-}
-
-
-def report_to_problems(names: tuple[str, ...]) -> list[str]:
-    """Unknown or not-installed reporting integrations, one message each."""
-    import difflib
-    import importlib.util
-
-    def installed(module: str) -> bool:
-        try:
-            return importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:  # a dotted name whose parent package is missing
-            return False
-
-    problems = []
-    for name in names:
-        if name not in REPORT_TO_MODULES:
-            close = difflib.get_close_matches(name, list(REPORT_TO_MODULES), n=1)
-            problems.append(f"unknown integration '{name}'" + (
-                f" (did you mean '{close[0]}'?)" if close
-                else f" (known: {', '.join(REPORT_TO_MODULES)})"))
-        elif REPORT_TO_MODULES[name] and not any(installed(m) for m in REPORT_TO_MODULES[name]):
-            package = REPORT_TO_MODULES[name][0].split(".")[0].replace("azureml", "azureml-core")
-            problems.append(f"'{name}' is not installed (pip install {package}, or remove it "
-                            "from report_to)")
-    return problems
-
-
-def _report_to(value: Any) -> Any:
-    """"none", one name or a list of names -> a tuple of names."""
-    if value == "none" or value == []:
-        return ()
-    if isinstance(value, str) and value:
-        return (value,)
-    if isinstance(value, list):
-        return tuple(value)
-    return value
-
-
-ReportTo = Annotated[tuple[StrictStr, ...], BeforeValidator(_report_to)]
-
-
-class TrainingSettings(Section):
-    """[training]: LoRA fine-tuning; loop/train/config.py says why these defaults."""
-
-    rank: int = Field(16, ge=1, description="LoRA rank; alpha defaults to 2 x rank")
-    alpha: float = Field(32.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout: +15-20% step time on CPU")
-    target_modules: TargetModules = Field(
-        "all-linear", description='"all-linear" (peft) or a list of module names')
-    learning_rate: float = Field(1e-3, gt=0, lt=1)
-    epochs: float | None = Field(2.0, gt=0, description="or max_steps (not both)")
-    max_steps: int | None = Field(None, ge=1, description="replaces epochs when set")
-    batch_size: int = Field(16, ge=1, description="examples per optimizer step (packed)")
-    grad_accum: int = Field(1, ge=1)
-    micro_batch_tokens: int = Field(2048, ge=64, description="tokens per forward+backward")
-    max_seq_len: int = Field(1024, ge=16, description="longer examples are skipped, never cut")
-    seed: int = Field(0, ge=0)
-    save_steps: int = Field(50, ge=1, description="checkpoint and dev-loss interval")
-    log_steps: int = Field(5, ge=1)
-    patience: int = Field(3, ge=0, description="dev evaluations without improvement; 0 = never "
-                                               "stop early")
-    gradient_checkpointing: bool = False
-    share_prefix: bool = Field(True, description="rows' common prefix runs once per micro-batch")
-    qlora: bool = Field(False, description="4-bit base (bitsandbytes), CUDA only")
-    bf16: Bf16 = Field("auto", description='"auto": CUDA support or the CPU\'s measured speed')
-    method: TrainMethod = Field("sft", description="sft, dpo (preference pairs), sft+dpo, grpo "
-                                                   "(the suite as reward) or sft+grpo")
-    search: bool = Field(True, description="a cycle tries learning rates x1, x2, x0.5 as its "
-                                           "time budget allows and keeps the best on dev "
-                                           "(loop/train/search.py; with >= 40 dev items)")
-    dpo_beta: float = Field(0.1, gt=0, description="DPO's KL strength")
-    # measured (bench/preference.py): DPO at the SFT rate (1e-3) collapses a LoRA on a few dozen
-    # pairs (demo 66 -> 33%, rentalcars 83 -> 1%); 5e-5 keeps it (demo 66 -> 66%)
-    dpo_learning_rate: float | None = Field(5e-5, gt=0, lt=1,
-                                            description="None: learning_rate")
-    # GRPO (loop/train/grpo.py): sampled answers per pool prompt, rewarded by the task's suite
-    grpo_num_generations: int = Field(4, ge=2, le=64, description="completions per prompt; "
-                                      "batch_size must be a multiple of it")
-    grpo_beta: float = Field(0.04, ge=0, description="KL strength to the starting adapter")
-    grpo_learning_rate: float = Field(5e-5, gt=0, lt=1, description="GRPO's own rate")
-    grpo_max_completion_length: int | None = Field(
-        None, ge=1, description="tokens sampled per completion; None: [generation] max_new_tokens")
-    grpo_temperature: float = Field(1.0, gt=0, le=2, description="sampling temperature")
-    grpo_prompts: int = Field(64, ge=1, description="pool prompts, where the champion fails first")
-    # how a run is spread over ranks (loop/train/distributed.py), not what it trains: `processes`
-    # ranks split each batch of `batch_size` rows, the same optimizer steps as one process
-    processes: int = Field(1, ge=1, description="ranks launched through accelerate; SFT only")
-    strategy: Literal["ddp", "fsdp"] = Field(
-        "ddp", description='"ddp": a model copy per rank; "fsdp": parameters sharded across ranks')
-    # transformers' TrainingArguments.report_to: where the Trainer also logs (not in the run id)
-    report_to: ReportTo = Field((), description='transformers integrations, e.g. ["tensorboard"]')
-
-    @classmethod
-    def _rules(cls, data, context):
-        problems = []
-        if data.get("epochs") is not None and data.get("max_steps") is not None:
-            problems.append((("max_steps",), "give epochs or max_steps, not both"))
-        elif data.get("max_steps") is not None:
-            data["epochs"] = None
-        rank = data.get("rank")
-        if "alpha" not in data and _positive_int(rank):
-            data["alpha"] = 2.0 * rank
-        batch = data.get("batch_size", cls.model_fields["batch_size"].default)
-        ranks = data.get("processes", 1)
-        if _positive_int(batch) and _positive_int(ranks) and batch % ranks:
-            problems.append((("processes",), "batch_size must be a multiple of processes (each "
-                                             "rank takes batch_size / processes rows of every "
-                                             "batch)"))
-        gens = data.get("grpo_num_generations", cls.model_fields["grpo_num_generations"].default)
-        if (str(data.get("method", "")).endswith("grpo") and _positive_int(batch)
-                and _positive_int(gens) and batch % gens):
-            problems.append((("batch_size",), "batch_size must be a multiple of "
-                                              "grpo_num_generations (whole groups per step)"))
-        if data.get("qlora") is True and data.get("strategy") == "fsdp":
-            problems.append((("strategy",), 'qlora = true runs with strategy = "ddp" only'))
-        names = data.get("report_to")
-        if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
-            problems += [(("report_to",), p) for p in report_to_problems(tuple(names))]
-        return data, problems
-
-    def as_dict(self) -> dict:
-        """The plain form stored with a training run (and hashed into its id)."""
-        data = self.model_dump()
-        if isinstance(self.target_modules, tuple):
-            data["target_modules"] = list(self.target_modules)
-        data["report_to"] = list(self.report_to)
-        return data
-
-    def identity(self) -> dict:
-        """What a run's id hashes: the settings that change the trained weights. The process
-        count does not (same global batch), so a DDP run resumes under another count; FSDP
-        checkpoints are sharded, so "fsdp" stays in."""
-        data = self.as_dict()
-        data.pop("processes")
-        data.pop("report_to")  # where the Trainer logs changes no weight
-        data.pop("search")  # which runs a cycle tries; each run is its own settings
-        if not self.method.endswith("grpo"):  # GRPO's knobs change no SFT/DPO weight (and
-            for key in [k for k in data if k.startswith("grpo_")]:  # earlier ids stay valid)
-                data.pop(key)
-        if self.strategy == "ddp":
-            data.pop("strategy")
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainingSettings:
-        return cls.model_validate(data)
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 class TeacherSettings(Section):
@@ -610,6 +347,12 @@ class TaskSettings(Section):
     _path: Path | None = PrivateAttr(None)
     _tables: dict = PrivateAttr(default_factory=dict)
 
+    def model_post_init(self, context: Any) -> None:
+        """The file it was read from and its tables as written, when settings_load.parse_settings
+        validated it (its context names them); None and {} for settings built in code."""
+        self._path = (context or {}).get("path")
+        self._tables = (context or {}).get("tables", {})
+
     @classmethod
     def _rules(cls, data, context):
         if "name" not in data and context.get("stem"):
@@ -645,82 +388,3 @@ class TaskSettings(Section):
     def tables(self) -> dict[str, dict]:
         """The TOML's tables as written: the cycle's identity hashes them (ids stay stable)."""
         return self._tables
-
-
-def json_schema() -> dict:
-    """The task TOML's JSON Schema (what `evalloop schema` writes, for editors), in draft-07:
-    the newest draft TOML editors (Taplo, Even Better TOML) read; pydantic's `$defs` become
-    draft-07's `definitions`."""
-    text = json.dumps(TaskSettings.model_json_schema()).replace('"#/$defs/', '"#/definitions/')
-    schema = json.loads(text)
-    return {"$schema": "http://json-schema.org/draft-07/schema#", "title": "evalloop task",
-            **{k: v for k, v in schema.items() if k not in ("$defs", "title")},
-            "definitions": schema.get("$defs", {})}
-
-
-# ---------------------------------------------------------------------------- loading
-
-def task_files(path: str | Path) -> list[Path]:
-    """A task TOML and the files it names (splits, suite file), read leniently and never
-    validated: what outputs must not replace, even for a task that no longer loads."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return [path]
-    suite = raw.get("suite")
-    names = [raw.get(k) for k in ("train", "dev", "test")] + [
-        suite.get("file") if isinstance(suite, dict) else None]
-    return [path] + [(path.parent / n).resolve() for n in names if isinstance(n, str) and n]
-
-
-def default_task_name(path: Path) -> str:
-    """A nameless task's identity: its folder and file name with a hash of the TOML's resolved
-    path, so `A/task.toml` and `B/task.toml` never share one, and editing or adding rows keeps
-    it (history and the champion carry over). Moving the file changes it: give `name` to keep
-    one across moves."""
-    path = Path(path).resolve()
-    return f"{path.parent.name}-{path.stem}-{content_hash(str(path), length=8)}".lstrip("-")
-
-
-def load_settings(path: str | Path, checks: CheckVocabulary | None = None) -> TaskSettings:
-    """Read and validate a task TOML; raise one ConfigError listing every problem."""
-    path = Path(path)
-    if problem := file_problem(path):
-        raise ConfigError(f"Task file {path} {problem} (expected a task TOML, see README).")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"Task file {path} is not valid TOML: {exc}.") from None
-    except OSError as exc:
-        raise ConfigError(f"Task file {path} cannot be read: {exc.strerror}.") from None
-    return parse_settings(raw, path, checks)
-
-
-def parse_settings(raw: dict, path: str | Path, checks: CheckVocabulary | None = None
-                   ) -> TaskSettings:
-    """Validate an already-read TOML document as if it were the file at `path`."""
-    path = Path(path).resolve()
-    context = {"root": path.parent, "stem": default_task_name(path), "checks": checks}
-    try:
-        settings = TaskSettings.model_validate(raw, context=context)
-    except ValidationError as exc:
-        suite_file = (raw.get("suite") or {}).get("file")
-        files = {"suite": (path.parent / suite_file).resolve()} \
-            if isinstance(suite_file, str) else {}
-        raise ConfigError(problems_message(exc, TaskSettings, path, files)) from None
-    settings._path = path
-    settings._tables = {k: v for k, v in raw.items() if isinstance(v, dict)}
-    return settings
-
-
-def with_overrides(settings: TaskSettings, section: str, **changes: Any) -> Any:
-    """One section validated again from its TOML table with some keys replaced (command-line
-    flags), e.g. `with_overrides(s, "targeted", n=50)`; problems read as load_settings's do."""
-    data = {**settings.tables.get(section, {}), **changes}
-    kind = submodel(TaskSettings, section)
-    try:
-        return kind.model_validate(data, context={"root": settings.path.parent})
-    except ValidationError as exc:
-        raise ConfigError(problems_message(exc, TaskSettings, settings.path,
-                                           prefix=(section,))) from None

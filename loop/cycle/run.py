@@ -20,7 +20,8 @@ from pathlib import Path
 
 from loop import tracking
 from loop.core import faults
-from loop.core.settings import TaskSettings, with_overrides
+from loop.core.settings import TaskSettings
+from loop.core.settings_load import with_overrides
 from loop.cycle import runstate
 from loop.cycle.gate import GateInputs, PromotionDecision, decide
 from loop.cycle.results import (RESULT_TYPES, ArenaResult, BenchmarksResult, CandidateEvalResult,

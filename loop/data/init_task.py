@@ -30,7 +30,8 @@ from loop.core.errors import EvalloopError, TaskDataError
 from loop.core.paths import OutputPathError, check_output_dir, check_output_file
 from loop.core.prompts import user_message
 from loop.core.records import Example
-from loop.core.settings import ColumnSettings, json_schema
+from loop.core.settings import ColumnSettings
+from loop.core.settings_load import json_schema
 from loop.core.template import Template
 from loop.data.readers import dataset_dict_splits, read_table
 from loop.data.tasks import RowFormat, check_columns, drop_exact_duplicates, parse_rows

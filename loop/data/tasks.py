@@ -37,7 +37,8 @@ from evals.suites import CHECKS  # the suite's check names live with the scorers
 from loop.core.errors import TaskDataError
 from loop.core.prompts import user_message
 from loop.core.records import Example, content_hash
-from loop.core.settings import ColumnSettings, TaskSettings, load_settings
+from loop.core.settings import ColumnSettings, TaskSettings
+from loop.core.settings_load import load_settings
 from loop.core.template import Template
 from loop.data.readers import Table, Where, read_table
 

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from loop.targeted import curate as cur
 from loop.core.errors import EvalloopError, TaskDataError
-from loop.core.settings import TargetedSettings, TaskSettings, with_overrides
+from loop.core.settings import TargetedSettings, TaskSettings
+from loop.core.settings_load import with_overrides
 from loop.store import failures as failure_queries
 from loop.store import runs as run_queries
 from loop.store import targeted as targeted_queries

@@ -1,6 +1,6 @@
 """The training stage's records: `TrainConfig` (the task TOML's [training] table, a
-`loop.core.settings.TrainingSettings`), `LogRow`, `TrainResult`, and the [training] bf16 setting
-resolved (`loop.models.precision`).
+`loop.core.settings_training.TrainingSettings`), `LogRow`, `TrainResult`, and the [training]
+bf16 setting resolved (`loop.models.precision`).
 
     [training]             # every key optional; the defaults suit labels, extraction and prose
     rank = 16              # LoRA rank; alpha defaults to 2 x rank
@@ -45,7 +45,8 @@ import platform
 from dataclasses import asdict, dataclass, fields
 
 from loop.core.errors import ConfigError
-from loop.core.settings import TrainingSettings, with_overrides
+from loop.core.settings_load import with_overrides
+from loop.core.settings_training import TrainingSettings
 
 
 # The [training] table, validated with the task (loop.core.settings), under the name the training
