@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 
 from loop.targeted import curate as cur
+from loop.targeted import lexical as lex
+from loop.targeted.synthesis import answer_shape
 
 
 def bow(texts, dim=512):
     """A fake embedder: hashed bag of words, L2-normalised (close texts -> high cosine)."""
     out = np.zeros((len(texts), dim), dtype=np.float32)
     for i, text in enumerate(texts):
-        for w in cur.words(text):
+        for w in lex.words(text):
             out[i, sum(map(ord, w)) * 7919 % dim] += 1.0
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
@@ -52,20 +54,20 @@ def test_ngram_overlap_finds_copies_but_not_shared_templates():
             for name, age, city in [("Maria Lopez", 34, "Porto"), ("John Smith", 51, "Leeds"),
                                     ("Aiko Tanaka", 29, "Osaka")]]
     pool = [f"{TEMPLATE}\nPerson {i} ({20 + i}) works as a baker in Town{i}." for i in range(10)]
-    index = cur.build_ngram_index(refs, ["t0", "t1", "t2"], n=13, template_df=5, background=pool)
-    share, doc = cur.ngram_overlap(index, refs[1])
+    index = lex.build_ngram_index(refs, ["t0", "t1", "t2"], n=13, template_df=5, background=pool)
+    share, doc = lex.ngram_overlap(index, refs[1])
     assert (share, index.labels[doc]) == (1.0, "t1")
-    assert cur.ngram_overlap(index, pool[3])[0] < 0.5  # same instruction, other person
+    assert lex.ngram_overlap(index, pool[3])[0] < 0.5  # same instruction, other person
     # without the pool as background, the shared instruction would look like item content
-    naive = cur.build_ngram_index(refs, ["t0", "t1", "t2"], n=13, template_df=50)
-    assert cur.ngram_overlap(naive, pool[3])[0] > cur.ngram_overlap(index, pool[3])[0]
-    assert cur.ngram_overlap(index, refs[1], skip="t1")[0] < 0.5
+    naive = lex.build_ngram_index(refs, ["t0", "t1", "t2"], n=13, template_df=50)
+    assert lex.ngram_overlap(naive, pool[3])[0] > lex.ngram_overlap(index, pool[3])[0]
+    assert lex.ngram_overlap(index, refs[1], skip="t1")[0] < 0.5
 
 
 def test_short_texts_are_one_gram():
-    index = cur.build_ngram_index(["What is the capital of Peru?"], ["t"], n=13)
-    assert cur.ngram_overlap(index, "what is the capital of peru")[0] == 1.0
-    assert cur.ngram_overlap(index, "What is the capital of Chile?")[0] == 0.0
+    index = lex.build_ngram_index(["What is the capital of Peru?"], ["t"], n=13)
+    assert lex.ngram_overlap(index, "what is the capital of peru")[0] == 1.0
+    assert lex.ngram_overlap(index, "What is the capital of Chile?")[0] == 0.0
 
 
 def test_contamination_rules_and_exemption():
@@ -81,7 +83,7 @@ def test_contamination_rules_and_exemption():
         item("clean", "Translate 'dog' into French.", "chien"),
         item("own", "Name the colour: the car was red.", "crimson", own_ref="dev:b"),
     ]
-    index = cur.build_ngram_index([f"{r.question}\n{r.answer or ''}" for r in refs],
+    index = lex.build_ngram_index([f"{r.question}\n{r.answer or ''}" for r in refs],
                                   [r.label for r in refs], n=13)
     leaks = cur.contamination(items, refs, vectors(items, refs), [index], cur.CurateConfig())
     got = dict(zip([i.key for i in items], leaks))
@@ -135,7 +137,7 @@ def test_curate_gives_every_item_one_reason():
              item("r1", "Spell 'cat' backwards.", "tac", group="replay", replay=True),
              item("r2", "Add 2 and 2.", "4", group="replay", replay=True),
              item("r3", "Add 3 and 3.", "6", group="replay", replay=True, rank=1)]
-    index = cur.build_ngram_index([f"{r.question}\n{r.answer}" for r in refs], ["test:t"])
+    index = lex.build_ngram_index([f"{r.question}\n{r.answer}" for r in refs], ["test:t"])
     decisions = cur.curate(items, vectors(items, refs), refs, [index], n=2, n_replay=1,
                            group_order=["g1", "g2"])
     got = {d.key: (d.accepted, d.reason) for d in decisions}
@@ -166,7 +168,7 @@ def test_curate_gives_every_item_one_reason():
 def test_answer_shape(output, refs, bad):
     from evals.answers import infer_answers
 
-    why = cur.answer_shape(output, infer_answers(refs), refs)
+    why = answer_shape(output, infer_answers(refs), refs)
     assert (why is None) if bad is None else (bad in why)
 
 
@@ -175,8 +177,8 @@ def test_lexical_shortlist_keeps_only_references_sharing_rare_words():
             "What is the boiling point of water at sea level?",
             "Which planet is known as the red planet?"] + [f"filler question {i}" for i in range(300)]
     items = ["Plants absorb which gas from air during photosynthesis?", "Spell cat backwards."]
-    assert cur.lexical_shortlist(items, refs) == [0]
-    assert cur.lexical_shortlist([], refs) == []
+    assert lex.lexical_shortlist(items, refs) == [0]
+    assert lex.lexical_shortlist([], refs) == []
 
 
 # ---------------------------------------------------------------------------- fixed instructions
@@ -216,7 +218,7 @@ def test_shared_template_alone_never_contaminates_but_a_paraphrase_does():
             (slot_q("13", "date"), '{"date": "13"}')]  # same words, other requested slot
     pool += [(slot_q(f"{w} {k} times over"), "{}") for k, w in enumerate(FILLER)]
     items, refs = varying_items(pool, tests)
-    index = cur.build_ngram_index([f"{r.question}\n{r.answer}" for r in refs],
+    index = lex.build_ngram_index([f"{r.question}\n{r.answer}" for r in refs],
                                   [r.label for r in refs],
                                   background=[f"{i.question}\n{i.answer}" for i in items])
     leaks = cur.contamination(items, refs, vectors(items, refs), [index], cur.CurateConfig(),
@@ -244,7 +246,7 @@ def test_fixed_instruction_pool_keeps_its_empty_answers():
     pool, tests = [row(k) for k in range(200)], [row(k) for k in range(1000, 1060)]
     items, refs = varying_items(pool, tests)
     vecs = vectors(items, refs)
-    index = cur.build_ngram_index([f"{r.question}\n{r.answer}" for r in refs],
+    index = lex.build_ngram_index([f"{r.question}\n{r.answer}" for r in refs],
                                   [r.label for r in refs],
                                   background=[f"{i.question}\n{i.answer}" for i in items])
     decisions = cur.curate(items, vecs, refs, [index], n=200,

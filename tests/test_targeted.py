@@ -15,16 +15,11 @@ from conftest import ChatHandler, write_task
 from loop.core.errors import ConfigError, TaskDataError
 from loop.core.records import Example
 from loop.store.db import Store
-from loop.targeted.strategies import (
-    GENERATORS,
-    STRATEGIES,
-    ClusterTarget,
-    FailureCase,
-    Request,
-    StrategyContext,
-    resolve_generator,
-)
-from loop.targeted.stage import format_result, generate_targeted
+from loop.targeted.candidates import ClusterTarget, FailureCase, Request, StrategyContext
+from loop.targeted.strategies import STRATEGIES
+from loop.targeted.synthesis import GENERATORS, resolve_generator
+from loop.targeted.batch import format_result
+from loop.targeted.stage import generate_targeted
 from loop.targeted.inputs import FailureSet, load_failures, targeted_config
 from loop.data.tasks import load_task
 from loop.targeted.teacher import parse_pairs
@@ -442,7 +437,7 @@ def test_default_strategies_follow_the_config(tmp_path):
 
 
 def test_nearest_rows_equal_a_stable_full_sort_in_bounded_chunks():
-    from loop.targeted.strategies import nearest
+    from loop.targeted.retrieval import nearest
 
     rng = np.random.default_rng(0)
     rows = rng.normal(size=(500, 8)).astype(np.float32)
@@ -581,7 +576,7 @@ def test_retrieval_prefers_pool_rows_with_the_missing_key():
         assert [c.source["pool_id"] for c in got] == [e.id for e in far]
         assert got[0].source["meets"] == 1.0 and got[0].source["needs"] == ["has:city"]
     # the plain nearest rows are the ones without the city
-    from loop.targeted.strategies import nearest
+    from loop.targeted.retrieval import nearest
 
     ranked, _ = nearest(_bow([failing.input]), _bow([e.input for e in near + far]), 3)
     assert set(ranked[0].tolist()) <= set(range(len(near)))
@@ -618,7 +613,7 @@ def test_format_only_clusters_get_a_seeded_random_draw_of_the_pool():
 
 
 def test_replay_near_one_passed_item_is_capped_and_the_rest_is_random():
-    from loop.targeted.strategies import REPLAY_PER_PASSED, replay_like
+    from loop.targeted.retrieval import REPLAY_PER_PASSED, replay_like
 
     pool = [_ex(i, f"pick up the car on day {i}", {"day": str(i)}) for i in range(40)]
     passed = [_ex(100, "pick up the car on day 7", {"day": "7"}, "dev")]

@@ -21,7 +21,8 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from loop.models.loading import parse_model_name
     from loop.store.db import Store
-    from loop.targeted.stage import format_result, generate_targeted
+    from loop.targeted.batch import format_result
+    from loop.targeted.stage import generate_targeted
 
     task = load_task_noting(args)
     if args.model:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from loop.cycle.gate import NOISE_Z, PromotionDecision, mcnemar_p
 from loop.evaluation.evaluate import EvalSummary
 from loop.targeted.pairs import PairsResult
-from loop.targeted.stage import TargetedResult
+from loop.targeted.batch import TargetedResult
 
 
 @dataclass(frozen=True)

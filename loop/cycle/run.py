@@ -32,7 +32,7 @@ from loop.data.tasks import Task, load_task
 from loop.evaluation.evaluate import EvalSummary, evaluate
 from loop.models.loading import fingerprint, parse_model_name
 from loop.store.db import Store, now
-from loop.targeted.stage import TargetedResult
+from loop.targeted.batch import TargetedResult
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,8 @@
 
 Every item gets exactly one `Decision`: accepted, or rejected with a reason from `REASONS` and a
 detail naming what it collided with. Nothing here reads files, models or the store: the caller
-embeds the texts (rows L2-normalised) and passes arrays, so every rule is testable on fakes.
+embeds the texts (rows L2-normalised) and passes arrays, so every rule is testable on fakes. The
+word n-gram index and the lexical shortlist are loop/targeted/lexical.py's.
 
 An item is the pair (question, answer): question = instruction + input, answer = the output.
 On a task with a fixed instruction the caller passes only what varies (`loop.core.template`): shared
@@ -30,10 +31,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evals.answers import AnswerModel, canonical_answer, normalize
+from evals.answers import canonical_answer
+from loop.targeted.lexical import NgramIndex, ngram_overlap, words
 
 REASONS = ("failed_suite", "unparseable", "contaminated", "duplicate", "over_budget")
-_WORD = re.compile(r"\w+")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 
 
@@ -97,10 +98,6 @@ class Decision:
 
 # ---------------------------------------------------------------------------- normalisation
 
-def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
 def norm_text(text: str) -> str:
     """Case, punctuation and whitespace removed: the key for exact matches."""
     return " ".join(words(text))
@@ -137,127 +134,6 @@ def common_answers(answers: Sequence[str], config: CurateConfig) -> set[str]:
     counts = Counter(norm_answer(a) for a in answers)
     floor = max(config.label_count, 0.01 * sum(counts.values()))
     return {a for a, count in counts.items() if count >= floor}
-
-
-def answer_shape(output: str, answers: AnswerModel, references: Sequence[str],
-                 category: str = "") -> str | None:
-    """Why a generated answer is not a clean answer of the task's kind (`Task.answers`), or
-    None: a JSON task's answer must be exactly a JSON object (a list for `labels`, its elements
-    from the label set when there is one), a label's one of the labels (of its `category` in a
-    task that mixes skills), a number task's a number; nothing may be empty, and other answers
-    not far longer than every reference of its category (`references`)."""
-    text = output.strip()
-    if not text:
-        return "empty output"
-    answers = answers.for_category(category)
-    kind, reply = answers.kind, answers.read(text)
-    if kind in ("json", "labels"):
-        what = "a JSON object" if kind == "json" else "a JSON list"
-        if not reply.valid:
-            return f"not {what}, unlike the task's answers"
-        if not reply.clean:
-            return f"text around {what}: the answer must be the JSON alone"
-        unknown = [x for x in reply.value if kind == "labels" and answers.labels
-                   and (not isinstance(x, str) or normalize(x) not in answers.labels)]
-        return f"'{str(unknown[0])[:40]}' is not one of the task's labels" if unknown else None
-    if kind == "label":
-        if reply.value not in answers.labels:
-            shown = ", ".join(sorted(answers.labels)[:8])
-            return f"'{text[:40]}' is not one of the labels {shown}"
-        return None
-    if kind == "number":
-        return None if reply.clean else "not a number, unlike the task's answers"
-    if references and len(text.split()) > max(50, 3 * max(len(r.split()) for r in references)):
-        return "far longer than every reference"
-    return None
-
-
-# ---------------------------------------------------------------------------- n-gram overlap
-
-def gram_hashes(text: str, n: int) -> np.ndarray:
-    """Unique hashed word n-grams; a text shorter than n is one gram (so short items still match).
-    Python's str hash is salted per process: an index is only used in the process that built it."""
-    toks = words(text)
-    if not toks:
-        return np.empty(0, dtype=np.int64)
-    if len(toks) < n:
-        return np.array([hash(" ".join(toks))], dtype=np.int64)
-    return np.unique(np.array([hash(" ".join(toks[i:i + n])) for i in range(len(toks) - n + 1)],
-                              dtype=np.int64))
-
-
-@dataclass(frozen=True)
-class NgramIndex:
-    """Distinctive n-grams of reference documents, sorted by hash for vectorised lookup."""
-
-    n: int
-    hashes: np.ndarray  # sorted
-    docs: np.ndarray  # reference index of each hash entry
-    sizes: np.ndarray  # distinctive n-grams per reference
-    labels: tuple[str, ...]
-
-
-def build_ngram_index(texts: Sequence[str], labels: Sequence[str], n: int = 13,
-                      template_df: int = 5, background: Sequence[str] = ()) -> NgramIndex:
-    """Index the references' n-grams, leaving out template text: n-grams found in `template_df`
-    or more documents of references + background (e.g. the train pool, which shares the task's
-    instruction templates). Without this, a long shared instruction would match every item."""
-    grams = [gram_hashes(t, n) for t in texts]
-    pool = [gram_hashes(t, n) for t in background]
-    everything = np.concatenate(grams + pool) if grams or pool else np.empty(0, dtype=np.int64)
-    uniq, df = np.unique(everything, return_counts=True)
-    template = uniq[df >= template_df]
-    kept = [g[~np.isin(g, template)] for g in grams]
-    docs = np.concatenate([np.full(len(g), i, dtype=np.int64) for i, g in enumerate(kept)]
-                          or [np.empty(0, dtype=np.int64)])
-    hashes = np.concatenate(kept or [np.empty(0, dtype=np.int64)])
-    order = np.argsort(hashes, kind="stable")
-    return NgramIndex(n=n, hashes=hashes[order], docs=docs[order],
-                      sizes=np.array([len(g) for g in kept], dtype=np.int64), labels=tuple(labels))
-
-
-def ngram_overlap(index: NgramIndex, text: str, skip: str = "") -> tuple[float, int]:
-    """(best share of one reference's distinctive n-grams present in `text`, that reference);
-    the reference labelled `skip` is left out."""
-    grams = gram_hashes(text, index.n)
-    if not len(grams) or not len(index.hashes):
-        return 0.0, -1
-    lo = np.searchsorted(index.hashes, grams, side="left")
-    hi = np.searchsorted(index.hashes, grams, side="right")
-    hits = np.concatenate([index.docs[a:b] for a, b in zip(lo, hi) if b > a]
-                          or [np.empty(0, dtype=np.int64)])
-    if not len(hits):
-        return 0.0, -1
-    counts = np.bincount(hits, minlength=len(index.sizes))
-    share = counts / np.maximum(index.sizes, 1)
-    if skip in index.labels:
-        share[index.labels.index(skip)] = 0.0
-    best = int(np.argmax(share))
-    return float(share[best]), best
-
-
-def lexical_shortlist(item_texts: Sequence[str], ref_texts: Sequence[str],
-                      min_share: float = 0.3, max_df: float = 0.01) -> list[int]:
-    """Indices of references that share at least `min_share` of their distinctive words (3+
-    letters, in at most `max_df` of the references) with some item. Only these can reach a high
-    question cosine, so only these need embedding: this keeps tens of thousands of benchmark
-    questions from being encoded on every run. A heuristic: a paraphrase that replaces nearly
-    every word escapes it (the n-gram and exact checks still see the whole set)."""
-    ref_words = [{w for w in words(t) if len(w) > 2} for t in ref_texts]
-    df = Counter(w for ws in ref_words for w in ws)
-    cap = max(2, max_df * len(ref_texts))
-    postings: dict[str, list[int]] = {}
-    sizes = []
-    for j, ws in enumerate(ref_words):
-        rare = [w for w in ws if df[w] <= cap]
-        sizes.append(len(rare))
-        for w in rare:
-            postings.setdefault(w, []).append(j)
-    keep: set[int] = set()
-    for text in item_texts:
-        hits = Counter(j for w in set(words(text)) for j in postings.get(w, ()))
-        keep.update(j for j, count in hits.items() if count >= min_share * sizes[j])
-    return sorted(keep)
 
 
 # ---------------------------------------------------------------------------- contamination

@@ -30,7 +30,8 @@ from loop.store import cycles as cycle_queries
 from loop.store.db import Store
 from loop.targeted import plan as pool_plan
 from loop.targeted.inputs import FailureSet, NoFailuresError, load_failures
-from loop.targeted.stage import TargetedResult, generate_targeted
+from loop.targeted.batch import TargetedResult
+from loop.targeted.stage import generate_targeted
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from loop.store import failures as failure_queries
 from loop.store import runs as run_queries
 from loop.store import targeted as targeted_queries
 from loop.store.db import Store
-from loop.targeted.strategies import ClusterTarget, Correction, FailureCase
+from loop.targeted.candidates import ClusterTarget, Correction, FailureCase
 from loop.data.tasks import Task
 
 QUESTION_FIELDS = ("question", "ctx", "query", "prompt", "goal", "sentence", "text")

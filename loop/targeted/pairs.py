@@ -157,6 +157,7 @@ def decontaminate(pairs: Sequence[PreferencePair], task, embedder
     """SFT's contamination rules (loop/targeted/curate.py) against test items and configured benchmark
     questions: a pair is an item (question = its prompt, answer = `chosen`)."""
     from loop.targeted import curate as cur
+    from loop.targeted.lexical import lexical_shortlist
     from loop.targeted.inputs import curate_config
     from loop.targeted.references import EmbeddingMemo, curation_references
 
@@ -168,8 +169,8 @@ def decontaminate(pairs: Sequence[PreferencePair], task, embedder
     refs = curation_references(no_dev, cfg, vary)
     embed = EmbeddingMemo(embedder)
     items = [cur.Item(p.pair_id, vary(p.prompt), p.chosen, p.source) for p in pairs]
-    shortlist = cur.lexical_shortlist([i.question for i in items],
-                                      [b.question for b in refs.bench]) if refs.bench else []
+    shortlist = lexical_shortlist([i.question for i in items],
+                                  [b.question for b in refs.bench]) if refs.bench else []
     checked = refs.task + [refs.bench[j] for j in shortlist]
     vectors = cur.Vectors(embed([i.question for i in items]), embed([i.answer for i in items]),
                           embed([r.question for r in checked]),

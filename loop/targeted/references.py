@@ -15,8 +15,9 @@ import numpy as np
 
 from loop.core.settings import TargetedSettings
 from loop.targeted import curate as cur
+from loop.targeted.lexical import NgramIndex, build_ngram_index
 from loop.targeted.inputs import benchmark_questions, curate_config
-from loop.targeted.strategies import question
+from loop.targeted.candidates import question
 
 
 class EmbeddingMemo:
@@ -45,7 +46,7 @@ class CurationReferences:
 
     task: list[cur.Reference]
     bench: list[cur.Reference]
-    indexes: list[cur.NgramIndex]
+    indexes: list[NgramIndex]
 
 
 def curation_references(task, cfg: TargetedSettings, vary: Callable[[str], str]
@@ -56,10 +57,10 @@ def curation_references(task, cfg: TargetedSettings, vary: Callable[[str], str]
             for split in ("dev", "test") for e in task.splits.get(split, ())]
     pool_texts = [f"{vary(question(e))}\n{e.output}" for e in task.splits.get("train", ())]
     c = curate_config(cfg)
-    indexes = [cur.build_ngram_index([f"{r.question}\n{r.answer}" for r in refs],
+    indexes = [build_ngram_index([f"{r.question}\n{r.answer}" for r in refs],
                                      [r.label for r in refs], c.ngram, c.template_df, pool_texts)]
     bench = benchmark_questions(cfg.benchmark_data) if cfg.benchmark_data else []
     if bench:
-        indexes.append(cur.build_ngram_index([b.question for b in bench], [b.label for b in bench],
+        indexes.append(build_ngram_index([b.question for b in bench], [b.label for b in bench],
                                              c.ngram, c.template_df))
     return CurationReferences(refs, bench, indexes)
