@@ -23,13 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loop.store.app_queries import (
-    FailureFilter,
-    check_results,
-    failure_options,
-    filter_failures,
-    snapshot,
-)
+from loop.store.app_failures import FailureFilter, check_results, failure_options, filter_failures
+from loop.store.app_queries import snapshot
 from loop.store.db import Store
 
 ITEMS_PER_RUN = 5_000

@@ -31,7 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from loop.store.app_queries import FailureFilter, failure_options, filter_failures, snapshot  # noqa: E402
+from loop.store.app_failures import FailureFilter, failure_options, filter_failures  # noqa: E402
+from loop.store.app_queries import snapshot  # noqa: E402
 from loop.store.db import SNAPSHOT_NAME, Store  # noqa: E402
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "black", "white")

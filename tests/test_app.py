@@ -17,12 +17,8 @@ from streamlit.testing.v1 import AppTest
 from loop.store import inbox
 from loop.app import views
 from loop.app.serve import serve, streamlit_command
-from loop.store.app_queries import (
-    FailureFilter,
-    failure_options,
-    filter_failures,
-    snapshot,
-)
+from loop.store.app_failures import FailureFilter, failure_options, filter_failures
+from loop.store.app_queries import snapshot
 from loop.core.errors import EvalloopError
 from loop.store.db import Store, now
 

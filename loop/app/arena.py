@@ -15,7 +15,8 @@ import streamlit as st
 
 from loop.store import inbox
 from loop.app import views, widgets
-from loop.store.app_queries import all_matches, arena_choices, model_names, shared_items, snapshot
+from loop.store.app_arena import arena_choices, shared_items
+from loop.store.app_queries import all_matches, model_names, snapshot
 
 SHORTCUTS = {"A": "A", "B": "B", "tie": "T", "both_bad": "X"}
 

@@ -14,17 +14,14 @@ import streamlit as st
 
 from loop.store import inbox
 from loop.app import views, widgets
-from loop.store.app_queries import (
+from loop.store.app_failures import (
     FailureFilter,
     check_results,
     failure_options,
     filter_failures,
-    has,
-    model_names,
     rubric_results,
-    snapshot,
-    with_inbox,
 )
+from loop.store.app_queries import has, model_names, snapshot, with_inbox
 
 PAGE_SIZE = 200
 

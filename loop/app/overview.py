@@ -10,16 +10,18 @@ import pandas as pd
 import streamlit as st
 
 from loop.app import views
+from loop.store.app_overview import (
+    champion_history,
+    cycles,
+    pass_rate_trend,
+    latest_prompt_arm,
+    stage_times,
+)
 from loop.store.app_queries import (
     benchmark_headlines,
     all_matches,
-    champion_history,
-    cycles,
     model_names,
-    pass_rate_trend,
-    latest_prompt_arm,
     snapshot,
-    stage_times,
     with_inbox,
 )
 

@@ -9,13 +9,11 @@ import pandas as pd
 import streamlit as st
 
 from loop.app import views
-from loop.store.app_queries import (
-    benchmark_headlines,
+from loop.store.app_queries import benchmark_headlines, model_names, snapshot
+from loop.store.app_training import (
     current_champion,
     generated_examples,
     generated_summary,
-    model_names,
-    snapshot,
     train_logs,
     training_runs,
 )

@@ -15,15 +15,10 @@ from conftest import ChatHandler, classification_records, write_task
 
 from loop.store import inbox
 from loop.models import loading as models
-from loop.store.app_queries import (
-    FailureFilter,
-    check_results,
-    current_champion,
-    filter_failures,
-    generated_examples,
-    shared_items,
-    snapshot,
-)
+from loop.store.app_arena import shared_items
+from loop.store.app_failures import FailureFilter, check_results, filter_failures
+from loop.store.app_queries import snapshot
+from loop.store.app_training import current_champion, generated_examples
 from loop.core.errors import ModelError
 from loop.store.db import Store
 from reliability.harness import cli, error_line, start_cli, table_digests
