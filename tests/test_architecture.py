@@ -1,6 +1,7 @@
 """The layer rules, checked on the source: scoring (evals/) never reaches into loop's stages or
 the store, the low layers stay low, the stage packages import only earlier stages, no module
-imports another module's `_private` names, SQL lives only in loop/store/, and no import cycles.
+imports another module's `_private` names, SQL lives only in loop/store/, no import cycles, and
+no module in loop/ over 400 lines.
 
 A small AST pass (no import-linter dependency): every `import` counts, also the lazy ones inside
 functions, and importing `a.b.c` also runs the package `__init__` files `a` and `a.b`.
@@ -40,6 +41,7 @@ SQL = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE\s+\w+\
                  r"DELETE\s+FROM|CREATE\s+(OR\s+REPLACE\s+)?(TABLE|INDEX|VIEW)|ALTER\s+TABLE)\b",
                  re.DOTALL)
 SQL_HOME = "loop.store"
+MAX_LINES = 400  # a module in loop/ longer than this is split by responsibility
 
 
 @dataclass(frozen=True)
@@ -271,6 +273,20 @@ def test_the_source_tree_keeps_its_layers():
     assert not problems, "\n".join(problems)
 
 
+def long_modules(root: Path, limit: int = MAX_LINES) -> list[str]:
+    """The modules under loop/ longer than `limit` lines, longest first."""
+    sizes = [(len(p.read_text(encoding="utf-8").splitlines()), p.relative_to(root))
+             for p in (root / "loop").rglob("*.py")]
+    return [f"{path}: {n} lines" for n, path in sorted(sizes, reverse=True) if n > limit]
+
+
+def test_no_module_in_loop_is_over_400_lines():
+    """docs/architecture.md: split a module when it passes ~400 lines, by responsibility."""
+    long = long_modules(ROOT)
+    assert not long, (f"over {MAX_LINES} lines (split it by job, docs/architecture.md): "
+                      + "; ".join(long))
+
+
 # ---------------------------------------------------------------------------- the checker
 
 def _tree(root: Path, files: dict[str, str]) -> Path:
@@ -335,6 +351,12 @@ def test_a_clean_synthetic_tree_passes(tmp_path):
 def test_the_checker_finds_a_planted_violation(tmp_path, planted, expected):
     problems = check(_tree(tmp_path, {**CLEAN, **planted}))
     assert any(expected in p for p in problems), problems
+
+
+def test_the_length_check_finds_a_planted_long_module(tmp_path):
+    root = _tree(tmp_path, {**CLEAN, "loop/train/long.py": "x = 1\n" * (MAX_LINES + 1),
+                            "loop/train/fits.py": "x = 1\n" * MAX_LINES})
+    assert long_modules(root) == [f"{Path('loop/train/long.py')}: {MAX_LINES + 1} lines"]
 
 
 def test_own_private_names_and_dunders_are_not_private_imports(tmp_path):
