@@ -5,7 +5,7 @@
 Builds (once; reused when its marker matches) a store through `Store` with the real migrations:
 50 models x 4 tasks x 5,000 test items = 1,000,000 predictions, their run items and two check
 scores each, ~40% of them failures with categories, failed checks, similarity and clusters, and
-a few cycles. Then it times the failures page's filter query (`loop.store.app_queries.filter_failures`,
+a few cycles. Then it times the failures page's filter query (`loop.store.app_failures.filter_failures`,
 first page of 200 plus the total count) on the read-only snapshot for a set of filters: median of
 5 runs after a warm-up. Every SQL-metacharacter search must return no error and no rows (the
 synthetic texts hold none of those characters), while the plain query returns rows.

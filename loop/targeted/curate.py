@@ -1,6 +1,6 @@
 """Pure curation of targeted data: decontamination, duplicates, cluster balance and replay.
 
-    index = build_ngram_index(ref_texts, ref_labels, background=pool_texts)
+    index = build_ngram_index(ref_texts, ref_labels, background=pool_texts)  # lexical.py
     decisions = curate(items, vectors, refs, [index], n=200, n_replay=50)
 
 Every item gets exactly one `Decision`: accepted, or rejected with a reason from `REASONS` and a
