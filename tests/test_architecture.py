@@ -212,6 +212,23 @@ def sql_violations(all_sources: list[Source], root: Path) -> list[str]:
     return out
 
 
+def raw_insert_violations(all_sources: list[Source], root: Path) -> list[str]:
+    """`store.insert("table", dicts)` outside loop/store/: stages write typed rows
+    (loop/store/rows.py) through store functions."""
+    out = []
+    for source in all_sources:
+        if _inside(source.module, SQL_HOME):
+            continue
+        for node in ast.walk(source.tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "insert" and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str)):
+                out.append(f"{source.path.relative_to(root)}:{node.lineno}: insert into "
+                           f"'{node.args[0].value}' outside loop/store/ (write typed rows)")
+    return out
+
+
 def import_cycles(edges: list[Edge]) -> list[list[str]]:
     """Strongly connected components with more than one module (Tarjan, iterative)."""
     graph: dict[str, set[str]] = {}
@@ -263,6 +280,7 @@ def check(root: Path) -> list[str]:
     edges = import_edges(all_sources)
     return (layer_violations(edges) + stage_order_violations(edges)
             + private_import_violations(all_sources) + sql_violations(all_sources, root)
+            + raw_insert_violations(all_sources, root)
             + [f"import cycle: {' <-> '.join(c)}" for c in import_cycles(edges)])
 
 
@@ -327,6 +345,8 @@ def test_a_clean_synthetic_tree_passes(tmp_path):
     ({"loop/stage.py": "SQL = ('UPDATE runs '\n       'SET status = ?')\n"},
      "loop/stage.py:1: SQL outside loop/store/"),
     ({"evals/score.py": "x = f'DELETE FROM {name} WHERE 1'\n"}, "evals/score.py:1: SQL outside"),
+    ({"loop/stage.py": "def f(store):\n    store.insert('runs', [{}])\n"},
+     "loop/stage.py:2: insert into 'runs' outside loop/store/"),
     ({"loop/store/a.py": "from loop.store import b\n", "loop/store/b.py": "def f():\n"
       "    from loop.store.a import x\n"}, "import cycle: loop.store.a <-> loop.store.b"),
     ({"loop/store/__init__.py": "from loop.stage import x\n"},

@@ -125,10 +125,10 @@ def test_shared_prefix_generation_equals_plain_generation_with_shots(base_lm):
               for i, text in enumerate(INPUTS)]
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in shared]
     groups = prefix_groups(encoded)
-    before_item = shared[0][:shared[0].rindex(INSTRUCTION)]  # system prompt and the shots
+    before_item = shared[0][:shared[0].rindex(INPUTS[0])]  # system prompt and the shots
     assert "taxi at 6" in before_item
     n_shots = len(tok(before_item, add_special_tokens=False)["input_ids"])
-    assert len(groups) == 1 and groups[0][0] > n_shots  # the shots are in the shared prefix
+    assert len(groups) == 1 and groups[0][0] >= n_shots  # the shots are in the shared prefix
     _same(base_lm, shared, 4)
     own = [build_prompt(tok, Example(f"e{i}", INSTRUCTION, "", text), None,
                         shots[i % 3:] + shots[:i % 3]) for i, text in enumerate(INPUTS)]

@@ -180,3 +180,26 @@ def test_written_data_whole_pool_once_focused_weighted_twice(tmp_path):
         pool[0].input: 2, pool[1].input: 2, pool[2].input: 2, pool[3].input: 1,
         pool[4].input: 1, pool[5].input: 1}
     assert (plan["hard_rows"], plan["replay_rows"], plan["pool_rows"]) == (1, 6, 7)
+
+
+def test_plan_rate_is_a_token_estimate_set_by_tokens_per_s(tmp_path):
+    """The plan never reads earlier runs' wall time (it moves with the machine's load, and the
+    same seeds would train different data): its rate is the token estimate at
+    `[cycle] tokens_per_s`, or the device's default."""
+    from conftest import classification_records, write_task
+
+    from loop.data.tasks import load_task
+    from loop.targeted.cycle_data import DEFAULT_TOKENS_PER_S, pool_rows, seconds_per_row_epoch
+
+    splits = {"train": classification_records(12, offset=100),
+              "dev": classification_records(4, offset=200), "test": classification_records(4)}
+    rates = {}
+    for name, extra in (("default", ""), ("slow", "tokens_per_s = 100\n"),
+                        ("fast", "tokens_per_s = 200\n")):
+        task = load_task(write_task(tmp_path / name, splits,
+                                    f'[cycle]\nbase_model = "tiny-random"\n{extra}'))
+        rates[name] = seconds_per_row_epoch(task, pool_rows(task, seed=0))
+    assert rates["slow"][0] == pytest.approx(2 * rates["fast"][0])
+    assert "at 100 tokens/s ([cycle] tokens_per_s)" in rates["slow"][1]
+    assert rates["default"][0] == pytest.approx(rates["fast"][0] * 200 / DEFAULT_TOKENS_PER_S["cpu"])
+    assert "(cpu)" in rates["default"][1]

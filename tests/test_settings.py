@@ -100,7 +100,8 @@ def test_defaults_are_the_ones_the_stages_always_used(tmp_path):
                                    "cannot_tell": "keep_if_small_gain", "small_gain": 0.05,
                                    "require_rating": True}
     assert s.cycle.model_dump() == {"base_model": DEFAULT_MODEL, "seed": 0, "benchmarks": True,
-                                    "arena": True, "max_minutes": 15.0, "prompt_shots": 4}
+                                    "arena": True, "max_minutes": 15.0, "tokens_per_s": None,
+                                    "prompt_shots": 4}
     assert s.targeted.pool == "auto"
     t = s.targeted
     assert (t.strategies, t.n, t.seed, t.generator, t.replay_share, t.loss_weight,

@@ -77,3 +77,36 @@ def test_bulk_inserts_match_row_by_row_inserts(workspace, on_conflict):
             tables[bulk] = store.query("SELECT run_id, model_id, params FROM runs ORDER BY run_id")
     assert len(tables[True]) == 90
     assert tables[True] == tables[False]
+
+
+def test_typed_rows_name_exactly_their_tables_columns(workspace):
+    """Every record loop/store/rows.py writes has one field per column of its migrated table, so
+    a stage cannot build a row the schema does not hold."""
+    import inspect
+    from dataclasses import fields
+
+    from loop.store import rows
+
+    records = [c for _, c in inspect.getmembers(rows, inspect.isclass)
+               if issubclass(c, rows.Row) and c is not rows.Row]
+    assert len(records) >= 9
+    with Store(workspace) as store:
+        for record in records:
+            columns = {r["column_name"] for r in store.query(
+                "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [record.TABLE])}
+            assert {f.name for f in fields(record)} == columns, record.__name__
+
+
+def test_typed_write_round_trips_and_refuses_mixed_tables(workspace):
+    from datetime import datetime
+
+    from loop.store.rows import ChampionRow, CycleRow, write
+
+    champion = ChampionRow("t", "m1", "base", datetime(2026, 1, 1), None, "first")
+    with Store(workspace) as store:
+        write(store, [champion])
+        assert store.query("SELECT model_id, reason FROM champions") == [
+            {"model_id": "m1", "reason": "first"}]
+        with pytest.raises(ValueError, match="one table per write"):
+            write(store, [champion, CycleRow("c", "t", 1, "running", None, None,
+                                             datetime(2026, 1, 1))])

@@ -9,7 +9,7 @@ import pytest
 from conftest import DEMO_TASK, classification_records, write_task
 from loop.core.settings_load import load_settings
 from loop.core.errors import ConfigError, TaskDataError
-from loop.core.prompts import ALPACA_STOP, build_prompt, stop_strings
+from loop.core.prompts import ALPACA_INPUT_STOP, ALPACA_STOP, build_prompt, stop_strings
 from loop.core.records import Example
 from loop.data.tasks import load_task, split_off_dev
 
@@ -120,7 +120,7 @@ def test_prompt_uses_alpaca_without_chat_template():
     assert prompt == "### Instruction:\nTranslate\n\n### Input:\nHello\n\n### Response:\n"
     assert build_prompt(_NoTemplate(), Example("b", "Say hi", "hi")).endswith(
         "Say hi\n\n### Response:\n")
-    assert stop_strings(_NoTemplate()) == [ALPACA_STOP]
+    assert stop_strings(_NoTemplate()) == [ALPACA_STOP, ALPACA_INPUT_STOP]
 
 
 def test_prompt_uses_chat_template_with_optional_system():

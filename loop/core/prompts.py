@@ -1,6 +1,9 @@
 """Prompt formatting: the model's chat template when it has one, else the Alpaca template.
 Few-shot examples (`shots`) come before the item as earlier turns: a user turn and the
-assistant's reference answer each (with the Alpaca template, one answered block each).
+assistant's reference answer each (with the Alpaca template, one answered block each). A task's
+instruction is said once: a turn whose instruction is the one before it carries only its input
+(a 150-label instruction repeated in each of 8 shots made a 6,200-token prompt of a 700-token
+task, bench/prompt_baseline.py).
 
 Data text never becomes a control token: a row that contains a tokenizer's special or added
 token as text (`<|im_end|>`, `<|im_start|>`, `<|endoftext|>`...) would otherwise close the user
@@ -65,7 +68,9 @@ def plain_text(tokenizer, text: str) -> str:
 
 ALPACA = "### Instruction:\n{instruction}\n\n### Response:\n"
 ALPACA_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+ALPACA_INPUT_ONLY = "### Input:\n{input}\n\n### Response:\n"  # a later shot of one instruction
 ALPACA_STOP = "### Instruction"
+ALPACA_INPUT_STOP = "### Input:"  # the next input-only block
 
 
 def user_message(example: Example) -> str:
@@ -80,26 +85,32 @@ def build_prompt(tokenizer, example: Example, system_prompt: str | None = None,
     def plain(text: str) -> str:
         return plain_text(tokenizer, text)
 
+    turns = [*shots, example]
+    said = [i > 0 and bool(e.input) and e.instruction == turns[i - 1].instruction
+            for i, e in enumerate(turns)]  # the instruction is already in the turn before
     if getattr(tokenizer, "chat_template", None):
-        messages = [turn for shot in shots for turn in (
-            {"role": "user", "content": plain(user_message(shot))},
+        messages = [turn for shot, known in zip(shots, said) for turn in (
+            {"role": "user", "content": plain(shot.input if known else user_message(shot))},
             {"role": "assistant", "content": plain(shot.output)})]
-        messages.append({"role": "user", "content": plain(user_message(example))})
+        messages.append({"role": "user", "content": plain(example.input if said[-1]
+                                                          else user_message(example))})
         if system_prompt:
             messages.insert(0, {"role": "system", "content": plain(system_prompt)})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "".join(_alpaca(plain, shot) + plain(shot.output) + "\n\n" for shot in shots) + \
-        _alpaca(plain, example)
+    return "".join(_alpaca(plain, shot, known) + plain(shot.output) + "\n\n"
+                   for shot, known in zip(shots, said)) + _alpaca(plain, example, said[-1])
 
 
-def _alpaca(plain, example: Example) -> str:
+def _alpaca(plain, example: Example, input_only: bool = False) -> str:
+    if input_only:
+        return ALPACA_INPUT_ONLY.format(input=plain(example.input))
     template = ALPACA_WITH_INPUT if example.input else ALPACA
     return template.format(instruction=plain(example.instruction), input=plain(example.input))
 
 
 def stop_strings(tokenizer) -> list[str]:
     """Text that ends an answer besides the EOS token (the Alpaca template has no end marker)."""
-    return [] if getattr(tokenizer, "chat_template", None) else [ALPACA_STOP]
+    return [] if getattr(tokenizer, "chat_template", None) else [ALPACA_STOP, ALPACA_INPUT_STOP]
 
 
 def completion_text(tokenizer, example: Example) -> str:

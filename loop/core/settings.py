@@ -273,6 +273,12 @@ class CycleSettings(Section):
     max_minutes: float | None = Field(
         15.0, gt=0, description="time budget of one cycle: bounds its training data and epochs "
                                 "(loop/targeted/plan.py); none = no bound")
+    # the plan's training rate: never the wall time of earlier runs, which moves with the
+    # machine's load and would make the same seeds train different data (loop/targeted/plan.py)
+    tokens_per_s: float | None = Field(
+        None, gt=0, description="forward tokens per second training runs at, for the time "
+                                "budget's plan; none = this device's default (cpu 480, cuda "
+                                "4000); a report's training line gives the measured rate")
     prompt_shots: int = Field(4, ge=0, le=MAX_SHOTS,
                               description="the prompt arm: the champion zero-shot and with this "
                                           "many shots on dev, beside the candidate; 0 skips it")

@@ -283,7 +283,8 @@ def _data_lines(results: CycleResults) -> list[str]:
                      "replayed)" if plan["mode"] == "focused" else "")
                   + f", {plan['epochs']:g} epochs, {start}",
                   f"- time: {plan['estimated_train_s']:.0f} s of training estimated "
-                  f"({plan['rate_source']}), budget {plan['budget_s']:.0f} s", ""]
+                  f"({plan['rate_source']}), budget {plan['budget_s']:.0f} s"
+                  + (f"; the kept run trained in {trained.elapsed_s:.0f} s" if trained else ""), ""]
     if trained and len(trained.search) > 1:
         lines += ["| learning rate | dev pass rate | best dev loss | seconds | kept |",
                   "|---:|---:|---:|---:|---|"]

@@ -32,6 +32,7 @@ from loop.data.tasks import Task, load_task
 from loop.evaluation.evaluate import EvalSummary, evaluate
 from loop.models.loading import fingerprint, parse_model_name
 from loop.store.db import Store, now
+from loop.store.rows import GateDecisionRow, write
 from loop.targeted.batch import TargetedResult
 
 log = logging.getLogger(__name__)
@@ -244,11 +245,9 @@ def gate(ctx: CycleContext) -> PromotionDecision:
     if not ctx.settings.cycle.arena:
         config = config.model_copy(update={"require_rating": False})
     decision = decide(inputs, config)
-    ctx.store.insert("gate_decisions", [{
-        "cycle_id": ctx.cycle_id, "promote": decision.promote, "p_value": decision.p_value,
-        "reasons": decision.to_json()["reasons"],
-        "champion_pass_rate": decision.champion_pass_rate,
-        "candidate_pass_rate": decision.candidate_pass_rate, "created_at": now()}],
+    write(ctx.store, [GateDecisionRow(
+        ctx.cycle_id, decision.promote, decision.p_value, decision.to_json()["reasons"],
+        decision.champion_pass_rate, decision.candidate_pass_rate, now())],
         on_conflict="replace")
     if decision.promote:
         candidate = runstate.Champion(fingerprint(parse_model_name(ctx.candidate_name)),

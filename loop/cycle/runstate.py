@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from loop.core.records import content_hash
 from loop.store import cycles
 from loop.store.db import Store, now
+from loop.store.rows import ChampionRow, CycleRow, CycleStageRow, write
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,8 @@ def current_champion(store: Store, task_id: str, base_name: str, base_id: str) -
 
 def set_champion(store: Store, task_id: str, champion: Champion, cycle_id: str | None,
                  reason: str) -> None:
-    store.insert("champions", [{"task_id": task_id, "model_id": champion.model_id,
-                                "model_name": champion.model_name, "since": now(),
-                                "cycle_id": cycle_id, "reason": reason}])
+    write(store, [ChampionRow(task_id, champion.model_id, champion.model_name, now(), cycle_id,
+                              reason)])
 
 
 def open_cycle(store: Store, task_id: str, champion: Champion, inputs_hash: str,
@@ -46,11 +46,8 @@ def open_cycle(store: Store, task_id: str, champion: Champion, inputs_hash: str,
         return last["cycle_id"], True
     attempt = last["attempt"] + 1 if last else 1
     cycle_id = f"{inputs_hash}-{attempt}"
-    store.insert("cycles", [{"cycle_id": cycle_id, "task_id": task_id, "attempt": attempt,
-                             "status": "running", "champion_id": champion.model_id,
-                             "champion_name": champion.model_name, "candidate_id": None,
-                             "candidate_name": None, "started_at": now(), "finished_at": None,
-                             "summary": None}])
+    write(store, [CycleRow(cycle_id, task_id, attempt, "running", champion.model_id,
+                           champion.model_name, started_at=now())])
     return cycle_id, False
 
 
@@ -61,9 +58,8 @@ def cycle_inputs_hash(task_id: str, data_hash: str, champion_id: str, config: di
 def mark_stage(store: Store, cycle_id: str, stage: str, status: str, result: dict | None = None,
                error: str | None = None) -> None:
     started = cycles.stage_started_at(store, cycle_id, stage) or now()
-    store.insert("cycle_stages", [{
-        "cycle_id": cycle_id, "stage": stage, "status": status, "started_at": started,
-        "finished_at": now() if status != "running" else None,
-        "result": json.dumps(result, default=str) if result is not None else None,
-        "error": error}], on_conflict="replace")
+    write(store, [CycleStageRow(
+        cycle_id, stage, status, started, now() if status != "running" else None,
+        json.dumps(result, default=str) if result is not None else None, error)],
+        on_conflict="replace")
     store.publish_snapshot()  # readers (the app, tests) see progress at every stage boundary

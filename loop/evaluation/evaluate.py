@@ -22,6 +22,7 @@ from loop.core.records import Example, content_hash
 from loop.evaluation.prompting import PromptSetting, choose_shots, render_prompts, \
     resolve_prompt, shot_embedder
 from loop.store.db import Store, now
+from loop.store.rows import PredictionRow, RunItemRow, ScoreRow, write
 from loop.data.tasks import Task
 
 GEN_VERSION = "greedy-v1"  # bump when decoding changes, so old predictions are not reused
@@ -129,9 +130,8 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
                                stop_at_json=stop_at_json,
                                on_batch=lambda batch: keep([(missing[k], o) for k, o in batch]))
         outputs = [stored[pid]["output"] for pid in pred_ids]
-        store.insert("run_items", [{"run_id": run_id, "example_id": e.id, "prediction_id": pid,
-                                    "shot_ids": [s.id for s in item_shots] or None}
-                                   for e, pid, item_shots in zip(examples, pred_ids, shots)])
+        write(store, [RunItemRow(run_id, e.id, pid, [s.id for s in item_shots] or None)
+                      for e, pid, item_shots in zip(examples, pred_ids, shots)])
         summary = _score_and_store(store, task, examples, outputs, pred_ids, run_id, model_id,
                                    split)
         summary = EvalSummary(run_id=run_id, task=task.name, model=model_name,
@@ -160,13 +160,11 @@ class PredictionWriter:
     stored: dict[str, dict]
 
     def __call__(self, batch: Sequence[tuple[int, GenOutput]]) -> None:
-        rows = [{"prediction_id": self.pred_ids[i], "model_id": self.model_id,
-                 "prompt_hash": content_hash(self.prompts[i]), "gen_hash": self.gen_hash,
-                 "prompt": self.prompts[i], "output": o.text, "latency_s": o.latency_s,
-                 "prompt_tokens": o.prompt_tokens, "output_tokens": o.output_tokens,
-                 "created_at": now()} for i, o in batch]
-        self.store.insert("predictions", rows)
-        self.stored.update({r["prediction_id"]: r for r in rows})
+        rows = [PredictionRow(self.pred_ids[i], self.model_id, content_hash(self.prompts[i]),
+                              self.gen_hash, self.prompts[i], o.text, o.latency_s,
+                              o.prompt_tokens, o.output_tokens, now()) for i, o in batch]
+        write(self.store, rows)
+        self.stored.update({r.prediction_id: r.as_dict() for r in rows})
 
 
 def stop_run(store: Store, run_id: str, exc: BaseException) -> None:
@@ -238,12 +236,10 @@ def _score_and_store(store: Store, task: Task, examples, outputs, pred_ids, run_
         by_cat[example.category].append(item.passed)
         for check in item.checks:
             by_check[check.check].append(check.passed)
-            rows.append({"prediction_id": pid, "task_id": task.name, "example_id": example.id,
-                         "suite_version": suite.version, "check_name": check.check,
-                         "check_version": check.version, "passed": check.passed,
-                         "value": check.value, "required": check.check in suite.required,
-                         "detail": check.detail, "created_at": now()})
-    store.insert("scores", rows, on_conflict="replace")
+            rows.append(ScoreRow(pid, task.name, example.id, suite.version, check.check,
+                                 check.version, check.passed, check.value,
+                                 check.check in suite.required, check.detail, now()))
+    write(store, rows, on_conflict="replace")
     failures = record_failures(store, run_id, task.name, model_id, split, examples, pred_ids,
                                item_scores, similarities, embedder, answers=task.answers)
     passed = [item.passed for item in item_scores]

@@ -26,7 +26,6 @@ from evals.signatures import Signature, is_format_only
 from loop.core.cache import write_atomic
 from loop.core.records import Example, content_hash
 from loop.data.tasks import Task, read_split
-from loop.store import cycles as cycle_queries
 from loop.store.db import Store
 from loop.targeted import plan as pool_plan
 from loop.targeted.inputs import FailureSet, NoFailuresError, load_failures
@@ -39,8 +38,9 @@ log = logging.getLogger(__name__)
 # row's own tokens, and the shared prompt prefix once per micro-batch chunk) per second. Measured
 # on an idle 2-core CPU (this machine), the embedded model, 128 clinc_intents rows (693-token
 # prefix), 1 epoch: 18.2 s at the defaults, ~480 forward tokens/s (bench/train_speed.py measures
-# the same way). Another job on the CPU halves it; cycles after the first use their own measured
-# rate. A GPU is an order of magnitude faster (not measured here).
+# the same way). Another job on the CPU halves it, and the plan still assumes this rate (a plan
+# that read the measured rate trained different data for the same seeds). A GPU is an order of
+# magnitude faster (not measured here); `[cycle] tokens_per_s` sets a machine's own rate.
 DEFAULT_TOKENS_PER_S = {"cpu": 480.0, "cuda": 4000.0}
 
 
@@ -71,7 +71,7 @@ def build_cycle_data(store: Store, task: Task, champion_name: str, dev_run_id: s
     n_failures = sum(len(c.failures) for c in failures.clusters)
     n_format = sum(is_format_failure(f.signatures) for c in failures.clusters
                    for f in c.failures)
-    per_row, source = seconds_per_row_epoch(store, task, pool)
+    per_row, source = seconds_per_row_epoch(task, pool)
     facts = pool_plan.PoolFacts(len(pool), champion_trained, n_failures, n_format, per_row, source)
     epochs = task.settings.training.epochs or 1.0
     hard: list[Example] = []
@@ -119,20 +119,16 @@ def _unsure_rows(task: Task, champion_name: str, pool: list[Example],
     return [pool[i] for i in pool_plan.hard_rows(worst)]
 
 
-def seconds_per_row_epoch(store: Store, task: Task, pool: list[Example]) -> tuple[float, str]:
-    """Measured on this task's last cycle that trained (its wall time per trained row), else
-    estimated from the pool's token counts: rows share their common prompt prefix inside a
-    micro-batch (train/packing.py), so a row costs its own tokens and a share of the prefix."""
-    for cycle in reversed(cycle_queries.finished_cycles(store, task.name)):
-        done = cycle_queries.stage_result(store, cycle["cycle_id"], "train")
-        if done and done.get("elapsed_s") and done.get("steps"):
-            rows = done["steps"] * task.settings.training.batch_size
-            return done["elapsed_s"] / rows, f"measured: cycle {cycle['cycle_id']}'s training"
+def seconds_per_row_epoch(task: Task, pool: list[Example]) -> tuple[float, str]:
+    """Estimated from the pool's token counts, never from the wall time of earlier runs (that
+    moves with the machine's load, and the same seeds would then train different data: an idle
+    and a loaded rerun of one task fitted 1.5 and 1 epochs). Rows share their common prompt
+    prefix inside a micro-batch (train/packing.py), so a row costs its own tokens and a share
+    of the prefix; the rate is `[cycle] tokens_per_s`, else the device's default."""
     import os.path
 
-    from loop.core.prompts import build_prompt
+    from loop.core.prompts import MIN_SHARED_PREFIX, build_prompt
     from loop.models.loading import load_tokenizer, parse_model_name, pick_device
-    from loop.core.prompts import MIN_SHARED_PREFIX
 
     tokenizer = load_tokenizer(parse_model_name(task.settings.cycle.base_model))
     sample = pool[:256]
@@ -144,9 +140,12 @@ def seconds_per_row_epoch(store: Store, task: Task, pool: list[Example]) -> tupl
     tokens = pool_plan.forward_tokens_per_row(prefix, own, training.batch_size,
                                               training.micro_batch_tokens, MIN_SHARED_PREFIX)
     device = pick_device().type
-    rate = DEFAULT_TOKENS_PER_S.get(device, DEFAULT_TOKENS_PER_S["cpu"])
+    rate = task.settings.cycle.tokens_per_s
+    where = "[cycle] tokens_per_s"
+    if rate is None:
+        rate, where = DEFAULT_TOKENS_PER_S.get(device, DEFAULT_TOKENS_PER_S["cpu"]), device
     return tokens / rate, (f"estimated: {tokens:.0f} forward tokens per row (prefix {prefix}) "
-                           f"at {rate:.0f} tokens/s on {device}")
+                           f"at {rate:.0f} tokens/s ({where})")
 
 
 def _write(task: Task, targeted: TargetedResult | None, targeted_rows: list[Example],

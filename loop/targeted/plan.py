@@ -47,8 +47,8 @@ class PoolFacts:
     champion_trained: bool  # the champion carries an adapter trained for this task
     dev_failures: int
     dev_format_failures: int  # dev failures whose signatures are format-only
-    seconds_per_row_epoch: float  # measured, or estimated from token counts (see `source`)
-    rate_source: str  # "measured: <train id>" or "estimated: ..."
+    seconds_per_row_epoch: float  # estimated from token counts, never from wall time
+    rate_source: str  # how it was estimated
 
 
 @dataclass(frozen=True)

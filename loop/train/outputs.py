@@ -26,31 +26,31 @@ class TrainingError(EvalloopError):
 def record_training(store, result: TrainResult, task_id: str | None, dataset_hash: str) -> str:
     """Write the run, its log rows and the new model (with its parent) to the store; -> model id."""
     from loop.store.db import now
+    from loop.store.rows import TrainingRunRow, TrainLogRow, write
 
     trained = parse_model_name(result.base).with_adapter(result.adapter_dir)
     model_id = fingerprint(trained)
     parent_id = (fingerprint(trained.with_adapter(result.parent_adapter))
                  if result.parent_adapter else result.base_model_id)
-    run = {
-        "train_id": result.train_id, "task_id": task_id, "base": result.base,
-        "base_model_id": result.base_model_id, "parent_adapter": result.parent_adapter,
-        "adapter_path": result.adapter_dir, "model_id": model_id, "dataset_hash": dataset_hash,
-        "config": result.config.as_dict(), "seed": result.config.seed,
-        "status": "stopped_early" if result.stopped_early else "done",
-        "total_steps": result.total_steps, "steps_done": result.steps_done,
-        "resumed_from_step": result.resumed_from_step, "n_train": result.n_train,
-        "n_dev": result.n_dev, "device": result.device, "precision": result.precision,
-        "tokens_per_s": result.tokens_per_s, "peak_mem_mb": result.peak_mem_mb,
-        "train_loss": result.train_loss, "best_eval_loss": result.best_eval_loss,
-        "versions": result.versions, "created_at": now(), "finished_at": now(),
-    }
-    logs = [{"train_id": result.train_id, **row.to_json()} for row in result.logs]
+    run = TrainingRunRow(
+        train_id=result.train_id, task_id=task_id, base=result.base,
+        base_model_id=result.base_model_id, parent_adapter=result.parent_adapter,
+        adapter_path=result.adapter_dir, model_id=model_id, dataset_hash=dataset_hash,
+        config=result.config.as_dict(), seed=result.config.seed,
+        status="stopped_early" if result.stopped_early else "done",
+        total_steps=result.total_steps, steps_done=result.steps_done,
+        resumed_from_step=result.resumed_from_step, n_train=result.n_train,
+        n_dev=result.n_dev, device=result.device, precision=result.precision,
+        tokens_per_s=result.tokens_per_s, peak_mem_mb=result.peak_mem_mb,
+        train_loss=result.train_loss, best_eval_loss=result.best_eval_loss,
+        versions=result.versions, created_at=now(), finished_at=now())
+    logs = [TrainLogRow(train_id=result.train_id, **row.to_json()) for row in result.logs]
     with store.transaction():
         store.put_model(model_id, trained.name, result.base,
                         adapter=result.adapter_dir, parent_id=parent_id,
                         meta={"train_id": result.train_id})
-        store.insert("training_runs", [run], on_conflict="replace")
-        store.insert("train_logs", logs, on_conflict="replace")
+        write(store, [run], on_conflict="replace")
+        write(store, logs, on_conflict="replace")
     return model_id
 
 

@@ -1,0 +1,178 @@
+"""Typed rows of the tables the stages write, and the one function that writes them.
+
+    write(store, [ScoreRow(...), ...], on_conflict="replace")
+
+Each record's fields are its table's columns (tests/test_store.py checks them against the
+migrated schema in loop/store/db.py), so a misspelt or missing column fails where the row is
+built, not as a DuckDB error in the middle of a stage. Stages build these records; only
+loop/store calls `Store.insert` (tests/test_architecture.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any, ClassVar
+
+from loop.store.db import Store
+
+
+@dataclass(frozen=True)
+class Row:
+    TABLE: ClassVar[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def write(store: Store, rows: Sequence[Row], on_conflict: str = "nothing") -> None:
+    """Insert rows of one table; on a primary-key conflict keep the old row ('nothing') or
+    'replace' it."""
+    if not rows:
+        return
+    tables = {type(r).TABLE for r in rows}
+    if len(tables) != 1:
+        raise ValueError(f"one table per write, got {sorted(tables)}")
+    store.insert(tables.pop(), [r.as_dict() for r in rows], on_conflict=on_conflict)
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+@dataclass(frozen=True)
+class PredictionRow(Row):
+    TABLE: ClassVar[str] = "predictions"
+    prediction_id: str
+    model_id: str
+    prompt_hash: str
+    gen_hash: str
+    prompt: str
+    output: str
+    latency_s: float | None
+    prompt_tokens: int | None
+    output_tokens: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class RunItemRow(Row):
+    TABLE: ClassVar[str] = "run_items"
+    run_id: str
+    example_id: str
+    prediction_id: str
+    shot_ids: list[str] | None  # the pool rows shown as shots, None for zero-shot
+
+
+@dataclass(frozen=True)
+class ScoreRow(Row):
+    TABLE: ClassVar[str] = "scores"
+    prediction_id: str
+    task_id: str
+    example_id: str
+    suite_version: str
+    check_name: str
+    check_version: str
+    passed: bool
+    value: float | None
+    required: bool
+    detail: Any  # JSON
+    created_at: datetime
+
+
+# ---------------------------------------------------------------------------- training
+
+@dataclass(frozen=True)
+class TrainingRunRow(Row):
+    TABLE: ClassVar[str] = "training_runs"
+    train_id: str
+    task_id: str | None
+    base: str
+    base_model_id: str | None
+    parent_adapter: str | None
+    adapter_path: str
+    model_id: str
+    dataset_hash: str | None
+    config: dict  # JSON
+    seed: int | None
+    status: str  # "done" or "stopped_early"
+    total_steps: int
+    steps_done: int
+    resumed_from_step: int | None
+    n_train: int
+    n_dev: int
+    device: str
+    precision: str
+    tokens_per_s: float | None
+    peak_mem_mb: float | None
+    train_loss: float | None
+    best_eval_loss: float | None
+    versions: dict  # JSON
+    created_at: datetime
+    finished_at: datetime
+
+
+@dataclass(frozen=True)
+class TrainLogRow(Row):
+    TABLE: ClassVar[str] = "train_logs"
+    train_id: str
+    step: int
+    loss: float | None
+    eval_loss: float | None
+    learning_rate: float | None
+    tokens_per_s: float | None
+    peak_mem_mb: float | None
+    epoch: float | None
+    reward: float | None  # GRPO: mean suite reward of the step's completions
+
+
+# ---------------------------------------------------------------------------- cycles
+
+@dataclass(frozen=True)
+class CycleRow(Row):
+    TABLE: ClassVar[str] = "cycles"
+    cycle_id: str
+    task_id: str
+    attempt: int
+    status: str
+    champion_id: str | None
+    champion_name: str | None
+    started_at: datetime
+    candidate_id: str | None = None
+    candidate_name: str | None = None
+    finished_at: datetime | None = None
+    summary: Any = None  # JSON
+
+
+@dataclass(frozen=True)
+class CycleStageRow(Row):
+    TABLE: ClassVar[str] = "cycle_stages"
+    cycle_id: str
+    stage: str
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    result: str | None  # JSON text
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ChampionRow(Row):
+    TABLE: ClassVar[str] = "champions"
+    task_id: str
+    model_id: str
+    model_name: str
+    since: datetime
+    cycle_id: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class GateDecisionRow(Row):
+    TABLE: ClassVar[str] = "gate_decisions"
+    cycle_id: str
+    promote: bool
+    p_value: float | None
+    reasons: Any  # JSON
+    champion_pass_rate: float | None
+    candidate_pass_rate: float | None
+    created_at: datetime
