@@ -259,3 +259,15 @@ def test_cli_prints_the_load_note_before_other_work(tmp_path, capsys):
                                    "drawn from train; test 2 rows (1 repeated, kept as separate "
                                    "items); answers: label (one label each, 2 labels; inferred "
                                    "from 4 references)")  # what was inferred, in the first line
+
+
+def test_the_task_template_is_fitted_once_on_every_split(tmp_path):
+    """Failures, targeting and curation read one template from the Task (not refitted from the
+    store per run): the shared instruction is template in every split, the message varies."""
+    task = load_task(write_task(tmp_path, {
+        "train": classification_records(12, offset=100), "dev": classification_records(4, 200),
+        "test": classification_records(4)}))
+    assert task.template is task.template
+    vary = task.varying_part()
+    question = "Name the colour mentioned in the sentence. One word.\n\nItem 7 was painted red."
+    assert "Name the colour" not in vary(question) and "7 was painted red" in vary(question)

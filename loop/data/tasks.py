@@ -22,7 +22,7 @@ is not an error: the 2nd, 3rd... copy gets an occurrence suffix (`<id>.2`), so t
 its id and stores written before stay valid. In dev and test every row stays its own item; the
 train pool drops exact repeats before the dev split is drawn from it, so dev and pool never share
 an identical row. One explicit id on two rows with different content stays an error.
-`Task.report.line()` says what loading did, in one line.
+`Task.report.line()` says what loading did, in one line (loop/data/load_report.py).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 from evals.answers import AnswerModel, infer_answers
@@ -40,45 +41,11 @@ from loop.core.records import Example, content_hash
 from loop.core.settings import ColumnSettings, TaskSettings
 from loop.core.settings_load import load_settings
 from loop.core.template import Template
+from loop.data.load_report import LoadReport, SplitReport
 from loop.data.readers import Table, Where, read_table
 
 REQUIRED_FIELDS = ("instruction", "output")
 CHAT_ROLES = ("system", "user", "assistant")
-
-
-@dataclass(frozen=True)
-class SplitReport:
-    """What loading one split did; `repeated` rows repeat an earlier row exactly."""
-
-    split: str
-    rows: int
-    repeated: int = 0
-    dropped: int = 0  # exact repeats dropped (the train pool only)
-    drawn_from: str = ""  # "train" when this dev split was drawn from the train file
-
-    def text(self) -> str:
-        if self.drawn_from:
-            return f"{self.split} {self.rows} rows drawn from {self.drawn_from}"
-        if self.split == "train":
-            return f"{self.split} {self.rows} rows, {self.dropped} exact duplicates dropped"
-        kept = f" ({self.repeated} repeated, kept as separate items)" if self.repeated else ""
-        return f"{self.split} {self.rows} rows{kept}"
-
-
-@dataclass(frozen=True)
-class LoadReport:
-    task: str
-    splits: tuple[SplitReport, ...]
-    answers: str = ""  # what the answers were found to be (AnswerModel.describe)
-
-    def line(self) -> str:
-        """e.g. `t: train 874 rows, 41 exact duplicates dropped; dev 83 rows drawn from train;
-        test 328 rows (12 repeated, kept as separate items); answers: json (...)`."""
-        return f"{self.task}: " + "; ".join([s.text() for s in self.splits]
-                                            + ([self.answers] if self.answers else []))
-
-    def get(self, split: str) -> SplitReport | None:
-        return next((s for s in self.splits if s.split == split), None)
 
 
 @dataclass(frozen=True)
@@ -106,12 +73,16 @@ class Task:
     def data_hash(self) -> str:
         return content_hash([[e.id for e in self.splits.get(s, ())] for s in sorted(self.splits)])
 
+    @cached_property
+    def template(self) -> Template:
+        """The text every question shares, fitted once on every item of the task (train, dev,
+        test) so that the same text counts as template in every split and stage."""
+        return Template.fit([user_message(e) for split in self.splits.values() for e in split])
+
     def varying_part(self) -> Callable[[str], str]:
-        """question -> its varying part, with the template fitted on every item of the task
-        (train, dev, test) so that the same text counts as template everywhere; memoised for
-        the life of the returned function (one stage)."""
-        template = Template.fit([user_message(e) for split in self.splits.values()
-                                 for e in split])
+        """question -> its varying part (`template`); memoised for the life of the returned
+        function (one stage)."""
+        template = self.template
         memo: dict[str, str] = {}
 
         def vary(text: str) -> str:

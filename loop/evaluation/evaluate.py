@@ -241,7 +241,8 @@ def _score_and_store(store: Store, task: Task, examples, outputs, pred_ids, run_
                                  check.check in suite.required, check.detail, now()))
     write(store, rows, on_conflict="replace")
     failures = record_failures(store, run_id, task.name, model_id, split, examples, pred_ids,
-                               item_scores, similarities, embedder, answers=task.answers)
+                               item_scores, similarities, embedder, answers=task.answers,
+                               template=task.template)
     passed = [item.passed for item in item_scores]
     return {
         "pass_rate": sum(passed) / len(passed),

@@ -26,14 +26,17 @@ def record_failures(store: Store, run_id: str, task_id: str, model_id: str, spli
                     scores: Sequence[ItemScore], similarities: Sequence[float],
                     embedder: CachedEmbedder, seed: int = 0,
                     outputs: Sequence[str] | None = None,
-                    answers: AnswerModel = AnswerModel()) -> dict:
-    """Collect, sign, cluster and store one run's failures. The template is fitted on every
-    stored item of the task (all splits), so each split sees the same one; `answers` is the
-    task's answer model (`Task.answers`); outputs default to the stored predictions."""
+                    answers: AnswerModel = AnswerModel(),
+                    template: Template | None = None) -> dict:
+    """Collect, sign, cluster and store one run's failures. `template` and `answers` are the
+    task's (`Task.template`, fitted once on all its splits so each split sees the same one, and
+    `Task.answers`); without a template, it is fitted on `examples`. Outputs default to the
+    stored predictions."""
     if outputs is None:
         stored = store.get_predictions(prediction_ids)
         outputs = [stored[p]["output"] if p in stored else "" for p in prediction_ids]
-    template = task_template(store, task_id, examples)
+    if template is None:
+        template = Template.fit(user_message(e) for e in examples)
     failures = collect_failures(examples, prediction_ids, scores, similarities, outputs,
                                 template, answers)
     vectors = embedder.encode([f.text for f in failures])
@@ -52,15 +55,6 @@ def record_failures(store: Store, run_id: str, task_id: str, model_id: str, spli
         "signatures": list(c.signatures)} for c in clusters]
     failure_queries.replace_run_failures(store, run_id, failure_rows, cluster_rows)
     return summarize(failures, clusters, len(examples))
-
-
-def task_template(store: Store, task_id: str, fallback: Sequence[Example]) -> Template:
-    """The shared template of the task's user messages, fitted on every stored item of the
-    task (the given examples when none is stored)."""
-    rows = run_queries.task_examples(store, task_id)
-    items = [Example("", r["instruction"], r["output"], r["input"] or "") for r in rows]
-    items = items or list(fallback)
-    return Template.fit(user_message(e) for e in items)
 
 
 def failure_summary(store: Store, run_id: str) -> dict:
