@@ -1,9 +1,11 @@
 """Prompt formatting: the model's chat template when it has one, else the Alpaca template.
 Few-shot examples (`shots`) come before the item as earlier turns: a user turn and the
 assistant's reference answer each (with the Alpaca template, one answered block each). A task's
-instruction is said once: a turn whose instruction is the one before it carries only its input
-(a 150-label instruction repeated in each of 8 shots made a 6,200-token prompt of a 700-token
-task, bench/prompt_baseline.py).
+instruction is said once, in the item's own turn, which reads as in zero-shot and training: a
+shot whose instruction is the next turn's carries only its input (a 150-label instruction
+repeated in each of 8 shots made a 6,200-token prompt of a 700-token task; said once in the
+first turn instead, the item's turn lacked it and 1-shot nearest fell from 45% to 7.5% on
+clinc_intents, bench/prompt_baseline.py).
 
 Data text never becomes a control token: a row that contains a tokenizer's special or added
 token as text (`<|im_end|>`, `<|im_start|>`, `<|endoftext|>`...) would otherwise close the user
@@ -68,7 +70,7 @@ def plain_text(tokenizer, text: str) -> str:
 
 ALPACA = "### Instruction:\n{instruction}\n\n### Response:\n"
 ALPACA_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-ALPACA_INPUT_ONLY = "### Input:\n{input}\n\n### Response:\n"  # a later shot of one instruction
+ALPACA_INPUT_ONLY = "### Input:\n{input}\n\n### Response:\n"  # a shot of the next block's instruction
 ALPACA_STOP = "### Instruction"
 ALPACA_INPUT_STOP = "### Input:"  # the next input-only block
 
@@ -86,19 +88,18 @@ def build_prompt(tokenizer, example: Example, system_prompt: str | None = None,
         return plain_text(tokenizer, text)
 
     turns = [*shots, example]
-    said = [i > 0 and bool(e.input) and e.instruction == turns[i - 1].instruction
-            for i, e in enumerate(turns)]  # the instruction is already in the turn before
+    later = [bool(s.input) and s.instruction == turns[i + 1].instruction
+             for i, s in enumerate(shots)]  # the instruction is said in the next turn
     if getattr(tokenizer, "chat_template", None):
-        messages = [turn for shot, known in zip(shots, said) for turn in (
+        messages = [turn for shot, known in zip(shots, later) for turn in (
             {"role": "user", "content": plain(shot.input if known else user_message(shot))},
             {"role": "assistant", "content": plain(shot.output)})]
-        messages.append({"role": "user", "content": plain(example.input if said[-1]
-                                                          else user_message(example))})
+        messages.append({"role": "user", "content": plain(user_message(example))})
         if system_prompt:
             messages.insert(0, {"role": "system", "content": plain(system_prompt)})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return "".join(_alpaca(plain, shot, known) + plain(shot.output) + "\n\n"
-                   for shot, known in zip(shots, said)) + _alpaca(plain, example, said[-1])
+                   for shot, known in zip(shots, later)) + _alpaca(plain, example)
 
 
 def _alpaca(plain, example: Example, input_only: bool = False) -> str:
