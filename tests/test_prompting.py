@@ -99,11 +99,10 @@ def test_shots_render_through_the_chat_template_as_earlier_turns():
     prompt = build_prompt(tok, item, "Be brief.", shots)
     expected = tok.apply_chat_template([
         {"role": "system", "content": "Be brief."},
-        # the instruction is said in the first turn and the item's; the shots between show
-        # their input (s2 has none: its instruction is its question)
         {"role": "user", "content": "Colour?\n\na red car"}, {"role": "assistant", "content": "red"},
         {"role": "user", "content": "Colour?"}, {"role": "assistant", "content": "blue"},
-        {"role": "user", "content": "Colour?\n\na green door"}],
+        # the instruction was said in the turn before: the item's turn is its input alone
+        {"role": "user", "content": "a green door"}],
         tokenize=False, add_generation_prompt=True)
     assert prompt == expected
     assert prompt.index("a red car") < prompt.index("red<|im_end|>") < prompt.index("a green door")
@@ -113,10 +112,7 @@ def test_shots_render_through_the_chat_template_as_earlier_turns():
     many = [Example(f"m{i}", "Pick a colour from: " + "red, " * 50, "red", f"car {i}")
             for i in range(4)]
     once = build_prompt(tok, item, None, many)
-    # said once, in the first shot (the item asks another question)
     assert once.count("Pick a colour from") == 1 and once.index("car 3") < once.index("a green")
-    same = [Example(f"m{i}", item.instruction, "red", f"car {i}") for i in range(4)]
-    assert build_prompt(tok, item, None, same).count("Colour?") == 2  # first turn and item's
 
 
 def test_without_a_chat_template_shots_are_answered_alpaca_blocks():
@@ -125,11 +121,8 @@ def test_without_a_chat_template_shots_are_answered_alpaca_blocks():
 
     shots = [Example("s1", "Colour?", "red", "a red car")]
     prompt = build_prompt(Plain(), Example("q", "Colour?", "green", "a green door"), None, shots)
-    shots.append(Example("s2", "Colour?", "blue", "a blue sky"))
-    prompt = build_prompt(Plain(), Example("q", "Colour?", "green", "a green door"), None, shots)
     assert prompt == ("### Instruction:\nColour?\n\n### Input:\na red car\n\n### Response:\nred"
-                      "\n\n### Input:\na blue sky\n\n### Response:\nblue\n\n"
-                      "### Instruction:\nColour?\n\n### Input:\na green door\n\n### Response:\n")
+                      "\n\n### Input:\na green door\n\n### Response:\n")
     other = build_prompt(Plain(), Example("q", "Shape?", "round", "a wheel"), None, shots)
     assert other.count("### Instruction:") == 2  # a new instruction is said again
 
@@ -163,8 +156,8 @@ def test_prompt_variants_resolve_reword_and_are_checked(tmp_path):
     tok = load_tokenizer(parse_model_name("tiny-random"))
     prompts = render_prompts(tok, task, items, strict, choose_shots(task, items, strict))
     assert all("Answer with one lowercase word." in p for p in prompts)
-    # the reworded instruction is said in the first shot and the item's turn; shot 2 shares it
-    assert all(p.count("No punctuation.") == 2 for p in prompts)
+    # the reworded instruction is in the first shot once: the other shot and the item share it
+    assert all(p.count("No punctuation.") == 1 for p in prompts)
     problem = tmp_path / "dup"
     with pytest.raises(ConfigError, match="prompt names must be unique: plain"):
         load_task(write_task(problem, {"test": classification_records(2)},

@@ -1,12 +1,13 @@
 """Prompt formatting: the model's chat template when it has one, else the Alpaca template.
 Few-shot examples (`shots`) come before the item as earlier turns: a user turn and the
 assistant's reference answer each (with the Alpaca template, one answered block each). A task's
-instruction is said in the first turn and again in the item's own turn (which then reads as in
-zero-shot and training); shots between them that share it carry only their input. Measured on
-clinc_intents (150 labels in the instruction, bench/prompt_baseline.py): repeated in every shot,
-8 shots made 6,200-token prompts; said in the first turn only, 1-shot nearest fell from 45% to
-7.5%; said in the item's turn only, nothing was a shared prefix for nearest shots (7x slower)
-and 4-shot nearest fell from 62.5% to 35%.
+instruction is said once: a turn whose instruction is the one before it carries only its input,
+so the instruction is a prefix every item shares, nearest shots too. Measured on clinc_intents
+(150 labels in the instruction, 40 test items, bench/prompt_baseline.py; README):
+repeated in every turn, 8 shots made 6,200-token prompts; said once first, 4- and 8-shot nearest
+pass 62.5% and 72.5% at 1.7 and 0.9 items/s, but 1-shot nearest 7.5% (45% when repeated); said
+first and again in the item's turn, 1-shot nearest 45% and 4-shot 55% at 0.2 items/s (the second
+copy follows the varying shot, so nobody shares it); in the item's turn only, 25% and 35%.
 
 Data text never becomes a control token: a row that contains a tokenizer's special or added
 token as text (`<|im_end|>`, `<|im_start|>`, `<|endoftext|>`...) would otherwise close the user
@@ -71,7 +72,7 @@ def plain_text(tokenizer, text: str) -> str:
 
 ALPACA = "### Instruction:\n{instruction}\n\n### Response:\n"
 ALPACA_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-ALPACA_INPUT_ONLY = "### Input:\n{input}\n\n### Response:\n"  # a shot of the block before's instruction
+ALPACA_INPUT_ONLY = "### Input:\n{input}\n\n### Response:\n"  # a later shot of one instruction
 ALPACA_STOP = "### Instruction"
 ALPACA_INPUT_STOP = "### Input:"  # the next input-only block
 
@@ -88,19 +89,20 @@ def build_prompt(tokenizer, example: Example, system_prompt: str | None = None,
     def plain(text: str) -> str:
         return plain_text(tokenizer, text)
 
-    # a shot after the first that shares the instruction of the turn before shows its input only
-    later = [i > 0 and bool(s.input) and s.instruction == shots[i - 1].instruction
-             for i, s in enumerate(shots)]
+    turns = [*shots, example]
+    said = [i > 0 and bool(e.input) and e.instruction == turns[i - 1].instruction
+            for i, e in enumerate(turns)]  # the instruction is already in the turn before
     if getattr(tokenizer, "chat_template", None):
-        messages = [turn for shot, known in zip(shots, later) for turn in (
+        messages = [turn for shot, known in zip(shots, said) for turn in (
             {"role": "user", "content": plain(shot.input if known else user_message(shot))},
             {"role": "assistant", "content": plain(shot.output)})]
-        messages.append({"role": "user", "content": plain(user_message(example))})
+        messages.append({"role": "user", "content": plain(example.input if said[-1]
+                                                          else user_message(example))})
         if system_prompt:
             messages.insert(0, {"role": "system", "content": plain(system_prompt)})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return "".join(_alpaca(plain, shot, known) + plain(shot.output) + "\n\n"
-                   for shot, known in zip(shots, later)) + _alpaca(plain, example)
+                   for shot, known in zip(shots, said)) + _alpaca(plain, example, said[-1])
 
 
 def _alpaca(plain, example: Example, input_only: bool = False) -> str:
