@@ -5,15 +5,20 @@ often it keeps one that is, on planted candidates over repeated seeded draws.
         --benchmark-data ../shared/benchmarks --task ../shared/real-tasks/rentalcars/task.toml \
         --candidate smollm2-135m-instruct+W/adapters/BENIGN \
         --forgetting smollm2-135m-instruct+W/adapters/OFFTASK \
-        [--items 300] [--limits 100 200 300] [--draws 200] [--json out.json]
+        [--items 300 | --seconds 150 --seed 0] [--limits 100 200 sized] [--draws 200] \
+        [--json out.json]
 
 Measured part: the champion (the embedded model), `--candidate` (a small LoRA trained on the
 task: the ordinary candidate) and `--forgetting` (a LoRA trained on off-task data: planted
 forgetting) each score `--items` seeded items per benchmark once (cached in W's store, as the
 cycle's benchmarks stage does). docs/gate.md gives the two `evalloop train` commands that make
-the adapters. Everything after that is draws, no model:
+the adapters. `--seconds S` scores instead the counts a cycle scores at `[benchmarks] seconds =
+S` without a limit (evals/benchmark_sizing.py; with `--seed 0`, a default cycle's items, and the
+scores bench/benchmark_sizing.py left in W are read back). Everything after that is draws, no
+model:
 
-  each draw bootstraps `limit` items per benchmark from the scored ones (the same items for both
+  each draw bootstraps `limit` items per benchmark from the scored ones (`sized`: as many as were
+  scored of each, a cycle's counts under `--seconds`; the same items for both
   models: paired) and plants task outcomes on the test split's size and categories: champion
   outcomes at the pass rate `--task-pass-rate`, candidate outcomes made from them by
   construction (symmetric noise flips `--task-noise`, plus fail -> pass flips of a known margin).
@@ -60,7 +65,7 @@ from bench.targeted_vs_random import wilson  # noqa: E402
 
 # ---------------------------------------------------------------------------- measured part
 
-def score_models(workspace: Path, models: dict[str, str], tasks, items: int, data_dir,
+def score_models(workspace: Path, models: dict[str, str], tasks, items, data_dir,
                  seed: int) -> tuple[dict, dict]:
     """role -> benchmark -> metric -> (task, doc_id) -> score; and role -> seconds."""
     from loop.evaluation.benchmarks import benchmark_item_scores, run_benchmarks
@@ -158,7 +163,12 @@ def planted(scores: dict, drop: float, rng: random.Random, shared: dict) -> dict
     return out
 
 
-def run_arm(arm, scores, limit: int, draws: int, seed: int, n_test: int, categories: list[str],
+def draw_counts(limit, shared: dict) -> dict[str, int]:
+    """Items per benchmark in one draw: `limit` of each, or "sized": as many as were scored."""
+    return {b: len(ids) if limit == "sized" else int(limit) for b, ids in shared.items()}
+
+
+def run_arm(arm, scores, limit, draws: int, seed: int, n_test: int, categories: list[str],
             args, config: GateSettings) -> dict:
     name, source, margin = arm
     if (source == "forgetting" or isinstance(source, float)) and "forgetting" not in scores:
@@ -166,7 +176,7 @@ def run_arm(arm, scores, limit: int, draws: int, seed: int, n_test: int, categor
     shared = {b: sorted(set.intersection(*(set(keys) for r in scores
                                            for keys in scores[r][b].values())))
               for b in scores["champion"]}
-    share = None
+    counts, share = draw_counts(limit, shared), None
     if isinstance(source, float):  # a planted drop of `source` on the pooled accuracy
         full = (pooled_accuracy(scores, "candidate", config)
                 - pooled_accuracy(scores, "forgetting", config))
@@ -177,7 +187,7 @@ def run_arm(arm, scores, limit: int, draws: int, seed: int, n_test: int, categor
     promoted, blockers = 0, Counter()
     for d in range(draws):
         rng = random.Random(f"{seed}:{name}:{limit}:{d}")
-        keys = {b: [rng.choice(ids) for _ in range(limit)] for b, ids in shared.items()}
+        keys = {b: [rng.choice(ids) for _ in range(counts[b])] for b, ids in shared.items()}
         theirs = (mixed(scores, share, rng, shared) if share is not None
                   else planted(scores, source[1], rng, shared) if isinstance(source, tuple)
                   else scores[source])
@@ -229,11 +239,17 @@ def main(argv=None) -> int:
     p.add_argument("--candidate", required=True, help="BASE+ADAPTER: a LoRA trained on the task")
     p.add_argument("--forgetting", default=None, help="BASE+ADAPTER: an off-task LoRA")
     p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS))
-    p.add_argument("--items", type=int, default=300, help="scored items per benchmark")
-    p.add_argument("--limits", type=int, nargs="+", default=[100, 200, 300],
-                   help="items per benchmark in each draw (a cycle's [benchmarks] limit)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--items", type=int, default=300, help="scored items per benchmark")
+    size.add_argument("--seconds", type=float, default=None, help="score a cycle's counts at "
+                      "[benchmarks] seconds = S instead (evals/benchmark_sizing.py)")
+    p.add_argument("--limits", nargs="+", default=["100", "200", "300"],
+                   type=lambda v: v if v == "sized" else int(v),
+                   help="items per benchmark in each draw (a cycle's [benchmarks] limit), or "
+                        "'sized': as many as were scored of each (the cycle's counts)")
     p.add_argument("--draws", type=int, default=200)
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, default=1234, help="the scored items' seed (a cycle's "
+                   "is [cycle] seed, 0) and the draws'")
     p.add_argument("--task-pass-rate", type=float, default=0.5)
     p.add_argument("--task-noise", type=float, default=0.06, help="share of test items that "
                    "flip between two models of equal quality (half each way)")
@@ -247,15 +263,20 @@ def main(argv=None) -> int:
     config = GateSettings(require_rating=False)
     models = {"champion": args.champion, "candidate": args.candidate,
               **({"forgetting": args.forgetting} if args.forgetting else {})}
-    scores, seconds = score_models(args.workspace, models, args.tasks, args.items,
+    items = args.items
+    if args.seconds is not None:
+        from evals.benchmark_sizing import size_items
+
+        items = size_items(args.tasks, args.seconds)
+    scores, seconds = score_models(args.workspace, models, args.tasks, items,
                                    args.benchmark_data, args.seed)
-    print(f"scored {args.items} items per benchmark ({', '.join(args.tasks)}); seconds: "
-          + ", ".join(f"{r} {s:.0f}" for r, s in seconds.items()))
+    print(f"scored {items} items per benchmark ({', '.join(args.tasks)}), seed {args.seed}; "
+          "seconds: " + ", ".join(f"{r} {s:.0f}" for r, s in seconds.items()))
     out = {"args": {k: str(v) for k, v in vars(args).items()}, "seconds": seconds,
            "gate": config.model_dump(), "spread": {}, "arms": []}
     for role in [r for r in ("candidate", "forgetting") if r in scores]:
         rows = out["spread"][role] = spread(scores, role, config)
-        print(f"\n{role} - champion on all {args.items} items: difference, sd of per-item "
+        print(f"\n{role} - champion on all scored items: difference, sd of per-item "
               f"differences, MDE, items for MDE = tolerance")
         for r in rows:
             need = r["items_for_target"]

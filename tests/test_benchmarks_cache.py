@@ -90,6 +90,38 @@ def test_bench_compare_prints_paired_deltas(workspace, tmp_path, capsys):
     assert f"{other['acc']['value']:.4f}" in row and f"{delta:+.4f}" in row
 
 
+def test_bench_seconds_and_seed_score_the_items_a_cycle_scores(workspace, capsys):
+    from evals.benchmark_sizing import size_items
+    from loop.cli import main
+    from loop.core.settings import BenchmarksSettings
+    from loop.evaluation.benchmarks import cycle_items
+
+    tasks = ["arc_easy", "arc_challenge"]
+    counts = size_items(tasks, 0.5)  # a cycle's [benchmarks] seconds = 0.5 on these tasks
+    assert counts == cycle_items(BenchmarksSettings(tasks=tuple(tasks), seconds=0.5))
+    assert counts["arc_easy"] > counts["arc_challenge"] >= 2  # cheaper ARC-Easy gets more
+    args = ["bench", "--workspace", str(workspace), "--model", "tiny-random", "--tasks", *tasks,
+            "--benchmark-data", str(DATA), "--json"]
+    assert main([*args, "--seconds", "0.5", "--seed", "0"]) == 0
+    rows = [r for r in json.loads(capsys.readouterr().out) if r["metric"] == "acc"]
+    assert {(r["benchmark"], r["n"], r["seed"]) for r in rows} == {
+        (b, k, 0) for b, k in counts.items()}
+    with Store(workspace) as store:  # a cycle at seed 0 and these counts reads them back
+        again = run_benchmarks(store, "tiny-random", tasks, counts, DATA, progress=False,
+                               seed=0)
+        assert again and all(r.cached for r in again)
+        other = run_benchmarks(store, "tiny-random", tasks, counts, DATA, progress=False,
+                               seed=1234)  # bench's default seed: other items
+        assert not any(r.cached for r in other)
+    assert main([*args, "--seconds", "0.5"]) == 0  # the default seed's run, now cached
+    assert {r["seed"] for r in json.loads(capsys.readouterr().out)} == {1234}
+    with pytest.raises(SystemExit):  # one way of sizing at a time
+        main([*args, "--seconds", "0.5", "--limit", "6"])
+    assert "not allowed with" in capsys.readouterr().err
+    assert main([*args, "--seconds", "0"]) == 2
+    assert "--seconds must be positive" in capsys.readouterr().err
+
+
 def test_paired_deltas_pairs_items_and_the_same_model_differs_by_zero(workspace, tmp_path):
     from evals.paired import GOLD_LOGPROB
     from loop.core.settings import BenchmarksSettings
