@@ -93,6 +93,14 @@ def test_rerun_returns_the_finished_run(grpo_run):
     assert again.train_id == grpo_run.train_id and again.elapsed_s == grpo_run.elapsed_s
 
 
+def test_grpo_samples_in_bf16(tmp_path):
+    """bf16 LoRA layers take bf16 inputs only under autocast: trl's sampling ran outside it and
+    the first step of a bf16 run failed on a dtype mismatch (smollm2 on rentalcars)."""
+    config = FAST.model_copy(update={"bf16": True, "max_steps": 2, "save_steps": 2})
+    result = train_grpo("tiny-random", pool(), SuiteReward(DEFAULT_SUITE, pool()), tmp_path,
+                        config, max_completion_length=4, progress=False)
+    assert result.steps_done == 2 and result.precision == "bf16"
+
 def test_prompts_outside_the_rewards_pool_are_refused(tmp_path):
     from loop.train.outputs import TrainingError
 
