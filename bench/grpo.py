@@ -43,10 +43,11 @@ def _steps_for(budget_s: float, step_s: float) -> int:
 
 
 def _probe(fn, steps: int):
-    """Run `fn(steps)` and return (result, seconds per step) for budget sizing."""
-    t0 = time.perf_counter()
+    """Run `fn(steps)` and return (result, seconds per step) for budget sizing: the run's own
+    recorded training time, not this call's wall time (a probe finished by an earlier run of the
+    benchmark comes back at once: sized by wall time, the next SFT arm got 750 steps for 120 s)."""
     result = fn(steps)
-    return result, (time.perf_counter() - t0) / max(result.steps_done, 1)
+    return result, result.elapsed_s / max(result.steps_done, 1)
 
 
 def run_task(task_path: Path, workspace: Path, args) -> dict:
@@ -136,9 +137,10 @@ def format_task(r: dict) -> str:
     for arm, t in r["test"].items():
         lo, hi = t["wilson"]
         extra = r["arms"].get(arm, {})
-        diff = r["vs_champion"].get(arm)
-        d = (f"  vs champion {100 * diff['diff']:+.1f} [{100 * diff['low']:+.1f}, "
-             f"{100 * diff['high']:+.1f}]" if diff else "")
+        d = "".join(f"  vs {other} {100 * diff['diff']:+.1f} [{100 * diff['low']:+.1f}, "
+                    f"{100 * diff['high']:+.1f}] p={diff['mcnemar_p']:.2f}"
+                    for other, diff in (("champion", r["vs_champion"].get(arm)),
+                                        ("sft", r["vs_sft"].get(arm))) if diff)
         lines.append(f"  {arm:9} {100 * t['rate']:5.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] "
                      f"({t['passed']}/{t['n']}){d}  steps {extra.get('steps', '-')} "
                      f"wall {extra.get('wall_s', '-')} s peak {extra.get('peak_mem_mb', '-')} MB")
@@ -162,6 +164,8 @@ def main() -> None:
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     results = [run_task(t.resolve(), args.workspace, args) for t in args.tasks]
+    args.workspace.mkdir(parents=True, exist_ok=True)
+    (args.workspace / "grpo_bench.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2) if args.json else "\n\n".join(map(format_task, results)))
 
 

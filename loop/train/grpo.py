@@ -126,14 +126,33 @@ def _grpo_args(config: TrainConfig, ckpt_dir: Path, micro: int, max_completion_l
         dataloader_num_workers=0, log_completions=False)
 
 
-def _make_trainer(model, tokenizer, rows, reward, args, device, log_path: Path, progress: bool):
+def _trainer_class():
+    """GRPOTrainer whose sampling runs under the trainer's autocast, as its forward passes do:
+    in bf16 the LoRA layers take bf16 inputs into fp32 adapters (loop.train.lora turns peft's
+    input cast off for speed), which only autocast reconciles; trl's `model.generate` runs
+    outside it (measured: "expected m1 and m2 to have the same dtype" on the first step of
+    smollm2 in bf16 on CPU)."""
     from trl import GRPOTrainer
 
+    if not hasattr(GRPOTrainer, "_generate_single_turn"):
+        raise TrainingError("This trl has no GRPOTrainer._generate_single_turn: pin the trl "
+                            "version pyproject.toml names.")
+
+    class AutocastGRPOTrainer(GRPOTrainer):
+        def _generate_single_turn(self, *args, **kwargs):
+            with self.accelerator.autocast():
+                return super()._generate_single_turn(*args, **kwargs)
+
+    return AutocastGRPOTrainer
+
+
+def _make_trainer(model, tokenizer, rows, reward, args, device, log_path: Path, progress: bool):
     from datasets import Dataset
 
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args,
-                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                          callbacks=[step_logger(log_path, device, reward_key=REWARD_KEY)])
+    trainer = _trainer_class()(model=model, reward_funcs=[reward], args=args,
+                               train_dataset=Dataset.from_list(rows),
+                               processing_class=tokenizer,
+                               callbacks=[step_logger(log_path, device, reward_key=REWARD_KEY)])
     quiet_progress(trainer, progress)
     return trainer
 
