@@ -75,7 +75,7 @@ def test_defaults_are_the_ones_the_stages_always_used(tmp_path):
         "plain", 0.1, None, None, None)
     assert s.generation.model_dump() == {"max_new_tokens": 64, "batch_size": 16, "processes": 1,
                                          "backend": "auto", "shots": 0,
-                                         "shot_selection": "nearest", "shot_seed": 0}
+                                         "shot_selection": "random", "shot_seed": 0}
     assert s.training.model_dump() == {
         "rank": 16, "alpha": 32.0, "dropout": 0.0, "target_modules": "all-linear",
         "learning_rate": 1e-3, "epochs": 2.0, "max_steps": None, "batch_size": 16,
