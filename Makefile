@@ -27,7 +27,7 @@ browser:
 		echo "chromium not installed: the browser test will be skipped")
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check loop evals tests bench app.py

@@ -18,6 +18,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning idle threads starve the 2 cores
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests track into their temp workspaces only
+# `make test` runs pytest-xdist workers, one per core: each worker's torch takes its share of the
+# cores, rather than two workers running four threads on two cores
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 
 def _isolated_cache_home() -> Path:
@@ -29,8 +34,10 @@ def _isolated_cache_home() -> Path:
 
     real = cache_dir()
     home = Path(tempfile.mkdtemp(prefix="evalloop-test-home-"))
-    if (real / "models").is_dir():
-        (home / "models").symlink_to(real / "models", target_is_directory=True)
+    # made when missing, so parallel workers share one conversion (written atomically) and the
+    # next run finds it
+    (real / "models").mkdir(parents=True, exist_ok=True)
+    (home / "models").symlink_to(real / "models", target_is_directory=True)
     atexit.register(shutil.rmtree, home, ignore_errors=True)  # the link, not its target
     return home
 
