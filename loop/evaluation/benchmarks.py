@@ -37,6 +37,7 @@ from loop.models.loading import base_path, fingerprint, load_model, parse_model_
 from loop.models.vllm_backend import GPU_MEMORY_SHARE, MIN_LORA_RANK, lora_rank
 from loop.store import benchmarks as queries
 from loop.store.db import Store
+from loop.store.rows import BenchmarkResultRow, BenchmarkSampleRow
 
 HF_BATCH_SIZE = 32
 
@@ -88,7 +89,7 @@ def run_benchmarks(store: Store, model_name: str, tasks=DEFAULT_TASKS,
             for name in todo:
                 rows, samples = run_benchmark(model, manager, name, keys[name], limits[name],
                                               seed, data_dir)
-                shared.keep(kept[name], save(store, rows, samples), samples)
+                shared.keep(kept[name], *save(store, rows, samples))
                 results[name] = rows
     return [r for n in names for r in results[n]]
 
@@ -120,9 +121,10 @@ def make_lm(backend: str, model_name: str):
 
 # ---------------------------------------------------------------------------- the store
 
-def save(store: Store, rows: list[BenchmarkResult], samples: list[dict]) -> list[dict]:
-    """Write one benchmark's rows and samples together (a half-written run is never cached);
-    returns the result records written."""
+def save(store: Store, rows: list[BenchmarkResult], samples: list[dict]
+         ) -> tuple[list[BenchmarkResultRow], list[BenchmarkSampleRow]]:
+    """Write one benchmark's rows and samples (evals.benchmarks.sample_rows) together (a
+    half-written run is never cached); returns the records written."""
     records = []
     for r in rows:
         record = asdict(r)
@@ -131,9 +133,10 @@ def save(store: Store, rows: list[BenchmarkResult], samples: list[dict]) -> list
         model_id = record["model_id"]
         record["adapter_hash"] = model_id.split("+", 1)[1] if "+" in model_id else None
         record["base"] = parse_model_name(r.model_name).base
-        records.append(record)
-    queries.put_run(store, records, samples)
-    return records
+        records.append(BenchmarkResultRow(**record))
+    sample_records = [BenchmarkSampleRow(**s) for s in samples]
+    queries.put_run(store, records, sample_records)
+    return records, sample_records
 
 
 def cached_results(store: Store, model_id: str, benchmark: str, version: str, shots: int,
