@@ -33,7 +33,8 @@ from loop.core.errors import ConfigError
 from loop.core.settings import BenchmarksSettings
 from loop.evaluation import benchmark_cache as shared
 from loop.models.backends import require_vllm
-from loop.models.loading import base_path, fingerprint, load_model, parse_model_name, pick_device
+from loop.models.loading import ModelSpec, as_model_spec, base_path, fingerprint, load_model, \
+    parse_model_name, pick_device
 from loop.models.vllm_backend import GPU_MEMORY_SHARE, MIN_LORA_RANK, lora_rank
 from loop.store import benchmarks as queries
 from loop.store.db import Store
@@ -42,7 +43,7 @@ from loop.store.rows import BenchmarkResultRow, BenchmarkSampleRow
 HF_BATCH_SIZE = 32
 
 
-def run_benchmarks(store: Store, model_name: str, tasks=DEFAULT_TASKS,
+def run_benchmarks(store: Store, model: str | ModelSpec, tasks=DEFAULT_TASKS,
                    limit: int | Mapping[str, int] | None = None,
                    data_dir: str | Path | None = None, backend: str = "evalloop",
                    progress: bool = True, seed: int = DEFAULT_SEED) -> list[BenchmarkResult]:
@@ -58,7 +59,8 @@ def run_benchmarks(store: Store, model_name: str, tasks=DEFAULT_TASKS,
         raise ConfigError(f"--limit must be a positive integer, got {limit}.")
     if backend == "vllm":
         require_vllm("The vllm benchmark backend", "'evalloop' or 'hf'")
-    spec = parse_model_name(model_name)
+    spec = as_model_spec(model)
+    model_name = spec.name  # what the models row and the result rows name
     model_id = fingerprint(spec)
     data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
     if not progress:
@@ -85,9 +87,9 @@ def run_benchmarks(store: Store, model_name: str, tasks=DEFAULT_TASKS,
                             str(spec.adapter) if spec.adapter else None)
         if todo:
             lm, label, dtype = make_lm(backend, model_name)
-            model = BenchmarkModel(lm, model_id, model_name, label, dtype)
+            scored = BenchmarkModel(lm, model_id, model_name, label, dtype)
             for name in todo:
-                rows, samples = run_benchmark(model, manager, name, keys[name], limits[name],
+                rows, samples = run_benchmark(scored, manager, name, keys[name], limits[name],
                                               seed, data_dir)
                 shared.keep(kept[name], *save(store, rows, samples))
                 results[name] = rows
@@ -168,7 +170,8 @@ def cycle_items(settings: BenchmarksSettings) -> dict[str, int]:
     return size_items(settings.tasks, settings.seconds, settings.items)
 
 
-def paired_deltas(store: Store, champion: str, candidate: str, settings: BenchmarksSettings,
+def paired_deltas(store: Store, champion: str | ModelSpec, candidate: str | ModelSpec,
+                  settings: BenchmarksSettings,
                   items: int | Mapping[str, int], seed: int, progress: bool = True,
                   alpha: float = 0.05, power: float = 0.95) -> dict:
     """Both models on the same seeded items (`items` per benchmark, e.g. `cycle_items`, or one
