@@ -231,20 +231,27 @@ def test_evalloop_train_runs_the_method_the_task_names(tmp_path, monkeypatch, me
     from loop.targeted import pairs as pairs_module
     from loop.train import dpo, grpo, sft
 
+    adapter = (tmp_path / "sft").resolve()
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")  # what a ModelSpec's adapter is checked for
     seen = []
-    result = SimpleNamespace(adapter_dir="/a/sft", to_json=dict)
+    result = SimpleNamespace(adapter_dir=str(adapter), to_json=dict)
+
+    def named(model) -> str:  # the CLI's name, or the SFT adapter as a ModelSpec
+        return getattr(model, "name", model)
+
     monkeypatch.setattr(sft, "train_for_task", lambda store, task, ws, model, **kw: (
-        seen.append(f"sft:{model}"), result)[1])
+        seen.append(f"sft:{named(model)}"), result)[1])
     monkeypatch.setattr(pairs_module, "build_pairs", lambda store, task: (
         seen.append("pairs"), SimpleNamespace(n_pairs=3, dataset_path="p.jsonl",
                                               manifest_hash="h"))[1])
     monkeypatch.setattr(dpo, "train_dpo_for_task", lambda store, task, ws, path, model, **kw: (
-        seen.append(f"dpo:{model}"), result)[1])
+        seen.append(f"dpo:{named(model)}"), result)[1])
     monkeypatch.setattr(grpo, "train_grpo_for_task", lambda store, task, ws, model, **kw: (
-        seen.append(f"grpo:{model}"), result)[1])
+        seen.append(f"grpo:{named(model)}"), result)[1])
     task = write_task(tmp_path / "t", {"train": classification_records(8),
                                        "test": classification_records(4)},
                       f'[training]\nmethod = "{method}"\n')
     assert cli.main(["train", "--task", str(task), "--workspace", str(tmp_path / "ws"),
                      "--model", "tiny-random", "--json"]) == 0
-    assert seen == calls
+    assert seen == [c.replace("/a/sft", str(adapter)) for c in calls]

@@ -30,7 +30,7 @@ from loop.cycle.results import (RESULT_TYPES, ArenaResult, BenchmarksResult, Can
 from loop.store import cycles
 from loop.data.tasks import Task, load_task
 from loop.evaluation.evaluate import EvalSummary, evaluate
-from loop.models.loading import fingerprint, parse_model_name
+from loop.models.loading import ModelSpec, fingerprint, parse_model_name
 from loop.store.db import Store, now
 from loop.store.rows import GateDecisionRow, write
 from loop.targeted.batch import TargetedResult
@@ -60,6 +60,17 @@ class CycleContext:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    # Stages hand models to library functions as ModelSpecs; a name (`.name`) only where it is
+    # stored or shown (the champion row, arena ratings, the report).
+    @property
+    def champion_model(self) -> ModelSpec:
+        return parse_model_name(self.champion.model_name)
+
+    @property
+    def candidate(self) -> ModelSpec:
+        """The train stage's adapter on the champion's base (the name it stored)."""
+        return parse_model_name(self.candidate_name)
+
     @property
     def candidate_name(self) -> str:
         return self.results.train.candidate_name
@@ -68,7 +79,7 @@ class CycleContext:
 # ---------------------------------------------------------------------------- stages
 
 def eval_champion_dev(ctx: CycleContext) -> DevEvalResult:
-    summary = evaluate(ctx.store, ctx.task, ctx.champion.model_name, "dev", progress=ctx.progress)
+    summary = evaluate(ctx.store, ctx.task, ctx.champion_model, "dev", progress=ctx.progress)
     return DevEvalResult(summary.run_id, summary)
 
 
@@ -85,10 +96,10 @@ def targeted(ctx: CycleContext) -> TargetedResult:
     know)."""
     from loop.targeted.cycle_data import build_cycle_data
 
-    budget = ctx.settings.cycle.max_minutes
+    budget, champion = ctx.settings.cycle.max_minutes, ctx.champion_model
     return build_cycle_data(
-        ctx.store, ctx.task, ctx.champion.model_name, ctx.results.eval_champion_dev.run_id,
-        champion_trained=parse_model_name(ctx.champion.model_name).adapter is not None,
+        ctx.store, ctx.task, champion, ctx.results.eval_champion_dev.run_id,
+        champion_trained=champion.adapter is not None,
         batch_id=ctx.cycle_id, out_dir=ctx.dir / "data", seed=ctx.settings.cycle.seed,
         budget_s=budget * 60 if budget else None, progress=ctx.progress)
 
@@ -102,11 +113,12 @@ def train(ctx: CycleContext) -> TrainStageResult:
     plan = ctx.results.targeted.plan
     if plan and config.max_steps is None and plan["epochs"] != config.epochs:
         config = with_overrides(ctx.settings, "training", epochs=plan["epochs"])
-    spec = parse_model_name(ctx.champion.model_name)
-    model, extra = ctx.champion.model_name, {}
+    champion = ctx.champion_model
+    model, extra = champion, {}
     if config.method in ("sft", "sft+dpo", "sft+grpo"):
-        result, trials = _sft_search(ctx, config, model)
-        model, extra["sft_adapter_dir"] = f"{spec.base}+{result.adapter_dir}", result.adapter_dir
+        result, trials = _sft_search(ctx, config, champion)
+        model = champion.with_adapter(result.adapter_dir)  # what DPO / GRPO continue from
+        extra["sft_adapter_dir"] = result.adapter_dir
         extra["search"] = tuple(t.to_json() for t in trials)
     if config.method in ("dpo", "sft+dpo"):
         from loop.targeted.pairs import build_pairs
@@ -130,16 +142,16 @@ def train(ctx: CycleContext) -> TrainStageResult:
         result = train_grpo_for_task(ctx.store, ctx.task, ctx.workspace, model=model,
                                      targeted=targeted_rows, config=config,
                                      progress=ctx.progress)
-    name = f"{spec.base}+{result.adapter_dir}"
+    candidate = champion.with_adapter(result.adapter_dir)
     return TrainStageResult(
         method=config.method, train_id=result.train_id, adapter_dir=result.adapter_dir,
-        candidate_name=name, model_id=fingerprint(parse_model_name(name)),
+        candidate_name=candidate.name, model_id=fingerprint(candidate),
         steps=result.steps_done, train_loss=result.train_loss,
         best_eval_loss=result.best_eval_loss, tokens_per_s=result.tokens_per_s,
         elapsed_s=result.elapsed_s, **extra)
 
 
-def _sft_search(ctx: CycleContext, config, model: str):
+def _sft_search(ctx: CycleContext, config, model: ModelSpec):
     """SFT on the cycle's data at each learning rate the budget holds (loop/train/search.py);
     the run with the best dev pass rate is the candidate. -> (its TrainResult, trials, kept
     one first)."""
@@ -153,7 +165,6 @@ def _sft_search(ctx: CycleContext, config, model: str):
     rates = trial_rates(config.learning_rate, one_run, plan.get("budget_s") or None,
                         enabled=config.search and bool(plan),
                         n_dev=len(ctx.task.splits.get("dev", ())))
-    base = parse_model_name(model).base
     runs, trials = {}, []
     for rate in rates:
         cfg = config if rate == config.learning_rate else \
@@ -161,11 +172,11 @@ def _sft_search(ctx: CycleContext, config, model: str):
         result = train_for_task(ctx.store, ctx.task, ctx.workspace, model=model,
                                 data_path=data.dataset_path, dataset_hash=data.manifest_hash,
                                 config=cfg, progress=ctx.progress)
-        name = f"{base}+{result.adapter_dir}"
-        dev = evaluate(ctx.store, ctx.task, name, "dev", progress=ctx.progress) \
+        trained = model.with_adapter(result.adapter_dir)
+        dev = evaluate(ctx.store, ctx.task, trained, "dev", progress=ctx.progress) \
             if len(rates) > 1 else None
         runs[result.train_id] = result
-        trials.append(Trial(rate, result.train_id, name, dev.pass_rate if dev else float("nan"),
+        trials.append(Trial(rate, result.train_id, trained.name, dev.pass_rate if dev else float("nan"),
                             result.best_eval_loss, result.elapsed_s))
     best = pick(trials) if len(trials) > 1 else trials[0]
     return runs[best.train_id], [best] + [t for t in trials if t is not best]
@@ -179,8 +190,8 @@ def _changed(config) -> dict:
 def eval_candidate(ctx: CycleContext) -> CandidateEvalResult:
     return CandidateEvalResult(*(
         evaluate(ctx.store, ctx.task, model, split, progress=ctx.progress)
-        for model, split in ((ctx.candidate_name, "dev"), (ctx.candidate_name, "test"),
-                             (ctx.champion.model_name, "test"))))
+        for model, split in ((ctx.candidate, "dev"), (ctx.candidate, "test"),
+                             (ctx.champion_model, "test"))))
 
 
 def prompt_arm(ctx: CycleContext) -> PromptArmResult:
@@ -194,7 +205,7 @@ def prompt_arm(ctx: CycleContext) -> PromptArmResult:
                                f"fewer than {k + 1} train-pool rows to show")
     # zero-shot is the cycle's first stage's dev run (its summary is all the comparison reads)
     zero = ctx.results.eval_champion_dev.summary
-    k_shot = evaluate(ctx.store, ctx.task, ctx.champion.model_name, "dev", progress=ctx.progress,
+    k_shot = evaluate(ctx.store, ctx.task, ctx.champion_model, "dev", progress=ctx.progress,
                       prompt=resolve_prompt(ctx.task, shots=k))
     return PromptArmResult.compare(zero, k_shot, ctx.results.eval_candidate.candidate_dev, k,
                                    ctx.settings.generation.shot_selection, ctx.settings.gate.alpha)
@@ -220,7 +231,7 @@ def benchmarks(ctx: CycleContext) -> BenchmarksResult:
                                 else "disabled in [cycle]")
     gate = ctx.settings.gate
     return BenchmarksResult(**paired_deltas(
-        ctx.store, ctx.champion.model_name, ctx.candidate_name, settings,
+        ctx.store, ctx.champion_model, ctx.candidate, settings,
         cycle_items(settings), ctx.settings.cycle.seed, ctx.progress,
         alpha=gate.alpha, power=gate.power))
 
@@ -250,8 +261,8 @@ def gate(ctx: CycleContext) -> PromotionDecision:
         decision.champion_pass_rate, decision.candidate_pass_rate, now())],
         on_conflict="replace")
     if decision.promote:
-        candidate = runstate.Champion(fingerprint(parse_model_name(ctx.candidate_name)),
-                                      ctx.candidate_name)
+        promoted = ctx.candidate
+        candidate = runstate.Champion(fingerprint(promoted), promoted.name)
         runstate.set_champion(ctx.store, ctx.task.name, candidate, ctx.cycle_id,
                               "promoted by the gate")
     return decision

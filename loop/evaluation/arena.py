@@ -24,6 +24,7 @@ from loop.core.errors import ConfigError
 from loop.core.records import content_hash
 from loop.store import arena as queries
 from loop.store.db import Store
+from loop.store.rows import MatchRow, RatingSnapshotRow
 from loop.store.runs import model_names
 
 
@@ -133,7 +134,8 @@ def write_matches(store: Store, matches: Sequence[judges.Match]) -> int:
     """Store matches by content-hash id; returns how many ids were new. A stored verdict is
     never overwritten; a stored error is replaced by the new attempt."""
     keep = queries.judged_match_ids(store, [m.match_id for m in matches])
-    return queries.put_matches(store, [m.row(now()) for m in matches if m.match_id not in keep])
+    return queries.put_matches(store, [MatchRow(**m.row(now())) for m in matches
+                                       if m.match_id not in keep])
 
 
 def run_arena(store: Store, task, models: list[str], judge: str = "reference",
@@ -164,10 +166,10 @@ def compute_leaderboard(store: Store, task_id: str | None, judge: str | None = N
     outcomes = pairwise.match_outcomes(queries.verdicts(store, task_id, judge))
     board = pairwise.leaderboard(outcomes, model_names(store), seed, n_boot, anchor)
     if save and board:
-        queries.put_rating_snapshot(store, {
-            "snapshot_id": content_hash("ratings", task_id, judge, len(outcomes), seed, board),
-            "task_id": task_id, "judge": judge or "all", "n": len(outcomes), "seed": seed,
-            "ratings": board, "created_at": now()})
+        queries.put_rating_snapshot(store, RatingSnapshotRow(
+            snapshot_id=content_hash("ratings", task_id, judge, len(outcomes), seed, board),
+            task_id=task_id, judge=judge or "all", n=len(outcomes), seed=seed, ratings=board,
+            created_at=now()))
     return board
 
 

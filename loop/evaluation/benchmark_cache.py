@@ -4,7 +4,7 @@ the embedded model again (its first cycle's champion) on items another workspace
     path = shared_run(model_id, "arc_easy", ("1.0", 0), limit=400, seed=0, backend="evalloop",
                       source=data_source("arc_easy", data_dir))
     if restore(store, path): ...      # the run is now in the store, read it back from there
-    keep(path, records, samples)      # after scoring: the rows put_run wrote
+    keep(path, records, samples)      # after scoring: the records put_run wrote
 
 A file is keyed by everything the store's run key holds plus what a workspace may differ in:
 seed, backend, lm-eval version and the data (`evals.benchmarks.data_source`: the local files'
@@ -25,6 +25,7 @@ import lm_eval
 from loop.core.cache import cache_dir, write_json_atomic
 from loop.store import benchmarks as queries
 from loop.store.db import Store
+from loop.store.rows import BenchmarkResultRow, BenchmarkSampleRow
 
 FOLDER = "benchmarks"
 
@@ -47,7 +48,9 @@ def restore(store: Store, path: Path | None) -> bool:
         return False
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        results, samples = data["results"], data["samples"]
+        # a file written with other columns is scored again, like one that cannot be read
+        results = [BenchmarkResultRow(**r) for r in data["results"]]
+        samples = [BenchmarkSampleRow(**s) for s in data["samples"]]
     except (OSError, ValueError, KeyError, TypeError):
         return False
     if not results:
@@ -56,10 +59,12 @@ def restore(store: Store, path: Path | None) -> bool:
     return True
 
 
-def keep(path: Path | None, results: list[dict], samples: list[dict]) -> None:
+def keep(path: Path | None, results: list[BenchmarkResultRow],
+         samples: list[BenchmarkSampleRow]) -> None:
     if path is None:
         return
     try:
-        write_json_atomic(path, {"results": results, "samples": samples}, indent=None)
+        write_json_atomic(path, {"results": [r.as_dict() for r in results],
+                                 "samples": [s.as_dict() for s in samples]}, indent=None)
     except OSError:
         pass  # a kept run only saves time

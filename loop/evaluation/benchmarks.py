@@ -33,15 +33,17 @@ from loop.core.errors import ConfigError
 from loop.core.settings import BenchmarksSettings
 from loop.evaluation import benchmark_cache as shared
 from loop.models.backends import require_vllm
-from loop.models.loading import base_path, fingerprint, load_model, parse_model_name, pick_device
+from loop.models.loading import ModelSpec, as_model_spec, base_path, fingerprint, load_model, \
+    parse_model_name, pick_device
 from loop.models.vllm_backend import GPU_MEMORY_SHARE, MIN_LORA_RANK, lora_rank
 from loop.store import benchmarks as queries
 from loop.store.db import Store
+from loop.store.rows import BenchmarkResultRow, BenchmarkSampleRow
 
 HF_BATCH_SIZE = 32
 
 
-def run_benchmarks(store: Store, model_name: str, tasks=DEFAULT_TASKS,
+def run_benchmarks(store: Store, model: str | ModelSpec, tasks=DEFAULT_TASKS,
                    limit: int | Mapping[str, int] | None = None,
                    data_dir: str | Path | None = None, backend: str = "evalloop",
                    progress: bool = True, seed: int = DEFAULT_SEED) -> list[BenchmarkResult]:
@@ -57,7 +59,8 @@ def run_benchmarks(store: Store, model_name: str, tasks=DEFAULT_TASKS,
         raise ConfigError(f"--limit must be a positive integer, got {limit}.")
     if backend == "vllm":
         require_vllm("The vllm benchmark backend", "'evalloop' or 'hf'")
-    spec = parse_model_name(model_name)
+    spec = as_model_spec(model)
+    model_name = spec.name  # what the models row and the result rows name
     model_id = fingerprint(spec)
     data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
     if not progress:
@@ -84,11 +87,11 @@ def run_benchmarks(store: Store, model_name: str, tasks=DEFAULT_TASKS,
                             str(spec.adapter) if spec.adapter else None)
         if todo:
             lm, label, dtype = make_lm(backend, model_name)
-            model = BenchmarkModel(lm, model_id, model_name, label, dtype)
+            scored = BenchmarkModel(lm, model_id, model_name, label, dtype)
             for name in todo:
-                rows, samples = run_benchmark(model, manager, name, keys[name], limits[name],
+                rows, samples = run_benchmark(scored, manager, name, keys[name], limits[name],
                                               seed, data_dir)
-                shared.keep(kept[name], save(store, rows, samples), samples)
+                shared.keep(kept[name], *save(store, rows, samples))
                 results[name] = rows
     return [r for n in names for r in results[n]]
 
@@ -120,9 +123,10 @@ def make_lm(backend: str, model_name: str):
 
 # ---------------------------------------------------------------------------- the store
 
-def save(store: Store, rows: list[BenchmarkResult], samples: list[dict]) -> list[dict]:
-    """Write one benchmark's rows and samples together (a half-written run is never cached);
-    returns the result records written."""
+def save(store: Store, rows: list[BenchmarkResult], samples: list[dict]
+         ) -> tuple[list[BenchmarkResultRow], list[BenchmarkSampleRow]]:
+    """Write one benchmark's rows and samples (evals.benchmarks.sample_rows) together (a
+    half-written run is never cached); returns the records written."""
     records = []
     for r in rows:
         record = asdict(r)
@@ -131,9 +135,10 @@ def save(store: Store, rows: list[BenchmarkResult], samples: list[dict]) -> list
         model_id = record["model_id"]
         record["adapter_hash"] = model_id.split("+", 1)[1] if "+" in model_id else None
         record["base"] = parse_model_name(r.model_name).base
-        records.append(record)
-    queries.put_run(store, records, samples)
-    return records
+        records.append(BenchmarkResultRow(**record))
+    sample_records = [BenchmarkSampleRow(**s) for s in samples]
+    queries.put_run(store, records, sample_records)
+    return records, sample_records
 
 
 def cached_results(store: Store, model_id: str, benchmark: str, version: str, shots: int,
@@ -165,7 +170,8 @@ def cycle_items(settings: BenchmarksSettings) -> dict[str, int]:
     return size_items(settings.tasks, settings.seconds, settings.items)
 
 
-def paired_deltas(store: Store, champion: str, candidate: str, settings: BenchmarksSettings,
+def paired_deltas(store: Store, champion: str | ModelSpec, candidate: str | ModelSpec,
+                  settings: BenchmarksSettings,
                   items: int | Mapping[str, int], seed: int, progress: bool = True,
                   alpha: float = 0.05, power: float = 0.95) -> dict:
     """Both models on the same seeded items (`items` per benchmark, e.g. `cycle_items`, or one

@@ -16,8 +16,8 @@ from loop.core import stopping
 from loop.core.errors import StoreError, TaskDataError
 from loop.models.backends import Backend, load_generator, resolve_backend
 from loop.models.decode import GenOutput
-from loop.models.loading import LoadedModel, context_length, fingerprint, load_tokenizer, \
-    parse_model_name
+from loop.models.loading import LoadedModel, ModelSpec, as_model_spec, context_length, \
+    fingerprint, load_tokenizer
 from loop.core.records import Example, content_hash
 from loop.evaluation.prompting import PromptSetting, choose_shots, render_prompts, \
     resolve_prompt, shot_embedder
@@ -73,7 +73,7 @@ def select(task: Task, split: str, limit: int | None) -> tuple[Example, ...]:
     return task.split(split)[:limit]
 
 
-def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
+def evaluate(store: Store, task: Task, model: str | ModelSpec, split: str = "test",
              limit: int | None = None, progress: bool = True,
              lm: LoadedModel | None = None, processes: int | None = None,
              backend: str | None = None, prompt: PromptSetting | None = None) -> EvalSummary:
@@ -87,7 +87,8 @@ def evaluate(store: Store, task: Task, model_name: str, split: str = "test",
     setting = prompt or resolve_prompt(task)
     if processes is not None and processes < 1:
         raise TaskDataError(f"--processes must be a positive number, got {processes}.")
-    spec = parse_model_name(model_name)
+    spec = as_model_spec(model)
+    model_name = spec.name  # what the models row, the run's params and the summary name
     model_id = lm.model_id if lm else fingerprint(spec)
     tokenizer = lm.tokenizer if lm else load_tokenizer(spec)
     gen = task.settings.generation

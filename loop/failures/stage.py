@@ -16,6 +16,7 @@ from loop.core.records import Example
 from loop.store import failures as failure_queries
 from loop.store import runs as run_queries
 from loop.store.db import Store
+from loop.store.rows import ClusterRow, FailureRow
 from loop.core.template import Template
 
 MAX_SIGNATURE_ROWS = 30  # the rest of a long tail (label confusions) is in --json
@@ -42,17 +43,17 @@ def record_failures(store: Store, run_id: str, task_id: str, model_id: str, spli
     vectors = embedder.encode([f.text for f in failures])
     clusters = cluster_failures(failures, vectors)
     member_of = {eid: c.cluster_id for c in clusters for eid in c.example_ids}
-    failure_rows = [{
-        "run_id": run_id, "example_id": f.example_id, "prediction_id": f.prediction_id,
-        "task_id": task_id, "model_id": model_id, "split": split,
-        "categories": list(f.categories), "failed_checks": list(f.failed_checks),
-        "similarity": f.similarity, "cluster_id": member_of.get(f.example_id),
-        "signatures": list(f.signatures)} for f in failures]
-    cluster_rows = [{
-        "cluster_id": c.cluster_id, "run_id": run_id, "label": c.label,
-        "dominant_category": c.dominant_category, "top_terms": list(c.top_terms),
-        "size": c.size, "example_ids": list(c.example_ids), "seed": seed,
-        "signatures": list(c.signatures)} for c in clusters]
+    failure_rows = [FailureRow(
+        run_id=run_id, example_id=f.example_id, prediction_id=f.prediction_id,
+        task_id=task_id, model_id=model_id, split=split, categories=list(f.categories),
+        failed_checks=list(f.failed_checks), similarity=f.similarity,
+        cluster_id=member_of.get(f.example_id), signatures=list(f.signatures))
+        for f in failures]
+    cluster_rows = [ClusterRow(
+        cluster_id=c.cluster_id, run_id=run_id, label=c.label,
+        dominant_category=c.dominant_category, top_terms=list(c.top_terms), size=c.size,
+        example_ids=list(c.example_ids), seed=seed, signatures=list(c.signatures))
+        for c in clusters]
     failure_queries.replace_run_failures(store, run_id, failure_rows, cluster_rows)
     return summarize(failures, clusters, len(examples))
 

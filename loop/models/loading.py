@@ -80,6 +80,12 @@ def parse_model_name(name: str) -> ModelSpec:
     return ModelSpec(name=name, base=base, adapter=adapter_path)
 
 
+def as_model_spec(model: str | ModelSpec) -> ModelSpec:
+    """A model as a public function takes it: a spec (what the cycle's stages hand over) as it
+    is, a BASE[+ADAPTER] name parsed."""
+    return model if isinstance(model, ModelSpec) else parse_model_name(model)
+
+
 def checked_adapter(adapter: str | Path | None) -> Path | None:
     """An adapter directory, resolved, that holds a PEFT adapter (None or "": no adapter)."""
     if not adapter:
@@ -267,12 +273,12 @@ def default_dtype(device):
     return torch.float32
 
 
-def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype=None,
+def load_model(name: str | ModelSpec = DEFAULT_MODEL, device: str | None = None, dtype=None,
                trust_remote_code: bool = False) -> LoadedModel:
     """Load base (+adapter) for inference; safetensors only, remote code off unless asked."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec = parse_model_name(name)
+    spec = as_model_spec(name)
     path = base_path(spec.base)
     dev = pick_device(device)
     dtype = dtype or default_dtype(dev)

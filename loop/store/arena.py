@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from loop.store.db import Store
+from loop.store.rows import MatchRow, RatingSnapshotRow, write
 
 
 def run_outputs(store: Store, task_id: str, run_id: str, suite_version: str) -> dict[str, dict]:
@@ -32,10 +33,10 @@ def judged_match_ids(store: Store, match_ids: Sequence[str]) -> set[str]:
     return {r["match_id"] for r in rows}
 
 
-def put_matches(store: Store, rows: Sequence[dict]) -> int:
+def put_matches(store: Store, rows: Sequence[MatchRow]) -> int:
     """Insert or replace match rows by id; returns how many ids were new."""
     before = store.count("matches")
-    store.insert("matches", rows, on_conflict="replace")
+    write(store, rows, on_conflict="replace")
     return store.count("matches") - before
 
 
@@ -54,8 +55,8 @@ def verdicts(store: Store, task_id: str | None = None, judge: str | None = None)
     return store.query(sql + " ORDER BY created_at, match_id", params)
 
 
-def put_rating_snapshot(store: Store, row: dict) -> None:
-    store.insert("rating_snapshots", [row])
+def put_rating_snapshot(store: Store, row: RatingSnapshotRow) -> None:
+    write(store, [row])
 
 
 def matches_with_outputs(store: Store, task_id: str) -> list[dict]:

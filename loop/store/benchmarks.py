@@ -6,24 +6,27 @@ whose `seed` the results record (the cache reads a run back only under the seed 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
 
 from loop.store.db import Store
+from loop.store.rows import BenchmarkResultRow, BenchmarkRunKey, BenchmarkSampleRow, write
 
-RUN_COLUMNS = ("model_id", "benchmark", "benchmark_version", "limit_n", "shots")
+RUN_COLUMNS = tuple(f.name for f in fields(BenchmarkRunKey))
 RUN_KEY = " AND ".join(f"{c} = ?" for c in RUN_COLUMNS)
 
 
-def put_run(store: Store, results: Sequence[dict], samples: Sequence[dict]) -> None:
+def put_run(store: Store, results: Sequence[BenchmarkResultRow],
+            samples: Sequence[BenchmarkSampleRow]) -> None:
     """Write one benchmark's rows and samples together (a half-written run is never cached),
     replacing the run stored under the same key: a run under another seed scored other items,
     whose samples must not stay beside the new ones."""
-    keys = {tuple(r[k] for k in RUN_COLUMNS) for r in results}
+    keys = {tuple(getattr(r, k) for k in RUN_COLUMNS) for r in results}
     with store.transaction():
         for key in keys:
             store.execute(f"DELETE FROM benchmark_results WHERE {RUN_KEY}", list(key))
             store.execute(f"DELETE FROM benchmark_samples WHERE {RUN_KEY}", list(key))
-        store.insert("benchmark_results", results, on_conflict="replace")
-        store.insert("benchmark_samples", samples, on_conflict="replace")
+        write(store, results, on_conflict="replace")
+        write(store, samples, on_conflict="replace")
 
 
 def run_results(store: Store, model_id: str, benchmark: str, version: str, limit_n: int,

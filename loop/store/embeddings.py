@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from loop.store.db import Store
+from loop.store.rows import EmbeddingRow, write
 
 INSERT_SLICE = 4096  # embeddings per store insert
 
@@ -28,6 +29,5 @@ class EmbeddingCache:
         # in slices: a vector as a Python list costs ~10x its array, so 100,000 at once would be
         # gigabytes of transient memory
         for start in range(0, len(keys), INSERT_SLICE):
-            self.store.insert("embeddings", [
-                {"text_hash": h, "embed_model": model, "vector": vectors[h].tolist()}
-                for h in keys[start:start + INSERT_SLICE]])
+            write(self.store, [EmbeddingRow(h, model, vectors[h].tolist())
+                               for h in keys[start:start + INSERT_SLICE]])

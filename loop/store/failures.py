@@ -6,17 +6,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from loop.store.db import Store
+from loop.store.rows import ClusterRow, FailureRow, write
 
 
-def replace_run_failures(store: Store, run_id: str, failures: Sequence[dict],
-                         clusters: Sequence[dict]) -> None:
+def replace_run_failures(store: Store, run_id: str, failures: Sequence[FailureRow],
+                         clusters: Sequence[ClusterRow]) -> None:
     """A run's failures and clusters, replacing what an earlier attempt stored, in one
     transaction."""
     with store.transaction():
         store.execute("DELETE FROM failures WHERE run_id = ?", [run_id])
         store.execute("DELETE FROM clusters WHERE run_id = ?", [run_id])
-        store.insert("failures", failures)
-        store.insert("clusters", clusters)
+        write(store, failures)
+        write(store, clusters)
 
 
 def run_failures(store: Store, run_id: str) -> list[dict]:

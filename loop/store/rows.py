@@ -79,6 +79,165 @@ class ScoreRow(Row):
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class EmbeddingRow(Row):
+    TABLE: ClassVar[str] = "embeddings"
+    text_hash: str
+    embed_model: str
+    vector: list[float]
+
+
+# ---------------------------------------------------------------------------- failures
+
+@dataclass(frozen=True)
+class FailureRow(Row):
+    TABLE: ClassVar[str] = "failures"
+    run_id: str
+    example_id: str
+    prediction_id: str
+    task_id: str
+    model_id: str
+    split: str | None
+    categories: list[str]
+    failed_checks: list[str]
+    similarity: float | None
+    cluster_id: str | None
+    signatures: list[str]  # evals.signatures: what went wrong, one per failed check
+
+
+@dataclass(frozen=True)
+class ClusterRow(Row):
+    TABLE: ClassVar[str] = "clusters"
+    cluster_id: str
+    run_id: str
+    label: str | None
+    dominant_category: str | None
+    top_terms: list[str]
+    size: int
+    example_ids: list[str]
+    seed: int
+    signatures: list[str]  # the signatures that name the cluster
+
+
+# ---------------------------------------------------------------------------- targeted data
+
+@dataclass(frozen=True)
+class GeneratedExampleRow(Row):
+    """One candidate of a targeted batch, accepted or rejected with why."""
+    TABLE: ClassVar[str] = "generated_examples"
+    gen_id: str
+    batch_id: str
+    task_id: str
+    strategy: str
+    cluster_id: str | None
+    failure_ids: list[str]
+    source: Any  # JSON
+    example_id: str
+    instruction: str
+    input: str | None
+    output: str
+    category: str | None
+    status: str  # "accepted" or "rejected"
+    reason: str | None
+    detail: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class DatasetRow(Row):
+    """A finished targeted batch: its manifest's hash and the JSONL file."""
+    TABLE: ClassVar[str] = "datasets"
+    manifest_hash: str
+    batch_id: str
+    task_id: str
+    path: str
+    counts: dict  # JSON
+    created_at: datetime
+
+
+# ---------------------------------------------------------------------------- benchmarks
+
+@dataclass(frozen=True)
+class BenchmarkRunKey:
+    """The columns that key one benchmark run, first in both of its tables; limit_n 0 = the
+    full set."""
+    model_id: str
+    benchmark: str
+    benchmark_version: str
+    limit_n: int
+    shots: int
+
+
+@dataclass(frozen=True)
+class BenchmarkResultRow(Row, BenchmarkRunKey):
+    """One metric of one (sub)task of a benchmark run."""
+    TABLE: ClassVar[str] = "benchmark_results"
+    task: str
+    metric: str
+    value: float | None
+    stderr: float | None
+    n: int
+    task_version: str
+    higher_is_better: bool | None
+    model_name: str | None
+    base: str
+    adapter_hash: str | None
+    seed: int | None
+    data_source: str | None
+    lm_eval_version: str
+    backend: str
+    dtype: str | None
+    wall_s: float | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class BenchmarkSampleRow(Row, BenchmarkRunKey):
+    """One item of a benchmark run (evals.benchmarks.sample_rows)."""
+    TABLE: ClassVar[str] = "benchmark_samples"
+    task: str
+    doc_id: int
+    prompt: str | None
+    choices: Any  # JSON
+    target: str | None
+    responses: Any  # JSON
+    metrics: Any  # JSON
+    doc: Any  # JSON
+    created_at: datetime
+
+
+# ---------------------------------------------------------------------------- arena
+
+@dataclass(frozen=True)
+class MatchRow(Row):
+    """One judged pair (evals.judges.Match.row) or human vote."""
+    TABLE: ClassVar[str] = "matches"
+    match_id: str
+    task_id: str | None
+    example_id: str | None
+    model_a: str
+    model_b: str
+    judge: str
+    shown_first: str | None
+    verdict: str | None
+    error: str | None
+    voter: str | None
+    detail: Any  # JSON
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class RatingSnapshotRow(Row):
+    TABLE: ClassVar[str] = "rating_snapshots"
+    snapshot_id: str
+    task_id: str | None
+    judge: str  # a judge's name, or "all"
+    n: int
+    seed: int
+    ratings: Any  # JSON: the leaderboard rows
+    created_at: datetime
+
+
 # ---------------------------------------------------------------------------- training
 
 @dataclass(frozen=True)

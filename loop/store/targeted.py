@@ -6,17 +6,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from loop.store.db import Store
+from loop.store.rows import DatasetRow, GeneratedExampleRow, write
 
 
-def replace_batch(store: Store, batch_id: str, generated: Sequence[dict],
-                  dataset: dict) -> None:
+def replace_batch(store: Store, batch_id: str, generated: Sequence[GeneratedExampleRow],
+                  dataset: DatasetRow) -> None:
     """A batch's candidates and its dataset row, replacing an earlier attempt, in one
     transaction."""
     with store.transaction():
         store.execute("DELETE FROM generated_examples WHERE batch_id = ?", [batch_id])
-        store.insert("generated_examples", generated)
+        write(store, generated)
         store.execute("DELETE FROM datasets WHERE batch_id = ?", [batch_id])
-        store.insert("datasets", [dataset])
+        write(store, [dataset])
 
 
 def batch_dataset(store: Store, batch_id: str) -> dict | None:

@@ -19,6 +19,7 @@ from loop.core.records import content_hash
 from loop.data.tasks import Task
 from loop.store import targeted as targeted_queries
 from loop.store.db import Store, now
+from loop.store.rows import DatasetRow, GeneratedExampleRow
 from loop.targeted.answer_classes import answer_distribution, format_distribution
 from loop.targeted.inputs import FailureSet
 
@@ -60,24 +61,25 @@ def write_batch(store: Store, task: Task, failures: FailureSet, batch_id: str, o
     """Provenance rows, the JSONL dataset and its manifest, then the `datasets` row; the batch's
     earlier rows (an interrupted or re-parametrised run) are replaced in one transaction."""
     created = now()
-    rows = [{"gen_id": key, "batch_id": batch_id, "task_id": task.name, "strategy": c.strategy,
-             "cluster_id": c.cluster_id, "failure_ids": list(c.failure_ids), "source": c.source,
-             "example_id": c.example.id, "instruction": c.example.instruction,
-             "input": c.example.input, "output": c.example.output,
-             "category": c.example.category, "status": "accepted" if d.accepted else "rejected",
-             "reason": d.reason, "detail": d.detail, "created_at": created}
-            for (key, c, _), d in zip(items, decisions)]
-    kept = sorted((r for r in rows if r["status"] == "accepted"),
-                  key=lambda r: r["strategy"] == "replay")  # stable: targeted first
-    data = "".join(json.dumps({"id": r["gen_id"], "instruction": r["instruction"],
-                               "input": r["input"], "output": r["output"],
-                               "category": r["category"]}, ensure_ascii=False) + "\n"
+    rows = [GeneratedExampleRow(
+        gen_id=key, batch_id=batch_id, task_id=task.name, strategy=c.strategy,
+        cluster_id=c.cluster_id, failure_ids=list(c.failure_ids), source=c.source,
+        example_id=c.example.id, instruction=c.example.instruction, input=c.example.input,
+        output=c.example.output, category=c.example.category,
+        status="accepted" if d.accepted else "rejected", reason=d.reason, detail=d.detail,
+        created_at=created)
+        for (key, c, _), d in zip(items, decisions)]
+    kept = sorted((r for r in rows if r.status == "accepted"),
+                  key=lambda r: r.strategy == "replay")  # stable: targeted first
+    data = "".join(json.dumps({"id": r.gen_id, "instruction": r.instruction,
+                               "input": r.input, "output": r.output,
+                               "category": r.category}, ensure_ascii=False) + "\n"
                    for r in kept).encode("utf-8")
     manifest = _manifest(task, failures, batch_id, params, rows, hashlib.sha256(data).hexdigest())
     manifest["answer_distribution"] = dist = answer_distribution(
         task.answers, [e.output for e in task.splits.get("train", ())],
         [f.example.output for c in failures.clusters for f in c.failures],
-        [r["output"] for r in kept])
+        [r.output for r in kept])
     if dist["vanished"]:
         log.warning("targeted: answer classes common in the pool or the failures are (nearly) "
                     "absent from the training data: %s", ", ".join(dist["vanished"][:10]))
@@ -88,30 +90,30 @@ def write_batch(store: Store, task: Task, failures: FailureSet, batch_id: str, o
     write_atomic(manifest_path, json.dumps({**manifest, "manifest_hash": manifest_hash,
                                              "created_at": created.isoformat()},
                                             indent=2, ensure_ascii=False).encode("utf-8"))
-    targeted_queries.replace_batch(store, batch_id, rows, {
-        "manifest_hash": manifest_hash, "batch_id": batch_id, "task_id": task.name,
-        "path": str(dataset_path), "counts": {k: manifest[k] for k in COUNT_KEYS},
-        "created_at": created})
+    targeted_queries.replace_batch(store, batch_id, rows, DatasetRow(
+        manifest_hash=manifest_hash, batch_id=batch_id, task_id=task.name,
+        path=str(dataset_path), counts={k: manifest[k] for k in COUNT_KEYS},
+        created_at=created))
     return _result(manifest, manifest_hash, dataset_path, manifest_path, cached=False)
 
 
 COUNT_KEYS = ("requested", "accepted", "replay", "by_strategy", "by_cluster", "rejected")
 
 
-def _manifest(task: Task, failures: FailureSet, batch_id: str, params: dict, rows: list[dict],
-              data_hash: str) -> dict:
+def _manifest(task: Task, failures: FailureSet, batch_id: str, params: dict,
+              rows: list[GeneratedExampleRow], data_hash: str) -> dict:
     by_strategy: dict[str, Counter] = defaultdict(Counter)
     by_cluster: dict[str, dict] = {
         c.cluster_id: {"label": c.label, "failures": len(c.failures), "accepted": 0,
                        "by_strategy": {}} for c in failures.clusters}
     for r in rows:
-        by_strategy[r["strategy"]][r["status"]] += 1
-        if r["status"] == "accepted" and r["strategy"] != "replay":
-            entry = by_cluster.setdefault(r["cluster_id"], {"label": r["cluster_id"],
-                                                            "failures": 0, "accepted": 0,
-                                                            "by_strategy": {}})
+        by_strategy[r.strategy][r.status] += 1
+        if r.status == "accepted" and r.strategy != "replay":
+            entry = by_cluster.setdefault(r.cluster_id, {"label": r.cluster_id,
+                                                         "failures": 0, "accepted": 0,
+                                                         "by_strategy": {}})
             entry["accepted"] += 1
-            entry["by_strategy"][r["strategy"]] = entry["by_strategy"].get(r["strategy"], 0) + 1
+            entry["by_strategy"][r.strategy] = entry["by_strategy"].get(r.strategy, 0) + 1
     accepted = sum(v["accepted"] for v in by_cluster.values())
     return {"batch_id": batch_id, "task": task.name, "run_id": failures.run_id,
             "model_id": failures.model_id, "params": params, "params_hash": content_hash(params),
@@ -120,10 +122,10 @@ def _manifest(task: Task, failures: FailureSet, batch_id: str, params: dict, row
             "by_strategy": {s: {"accepted": c["accepted"], "rejected": c["rejected"]}
                             for s, c in by_strategy.items()},
             "by_cluster": by_cluster,
-            "rejected": dict(Counter(r["reason"] for r in rows if r["status"] == "rejected")
+            "rejected": dict(Counter(r.reason for r in rows if r.status == "rejected")
                              .most_common()),
             "rejected_share": {k: round(v / len(rows), 4) for k, v in Counter(
-                r["reason"] for r in rows if r["status"] == "rejected").most_common()}}
+                r.reason for r in rows if r.status == "rejected").most_common()}}
 
 
 def _result(manifest: dict, manifest_hash: str, dataset_path: Path, manifest_path: Path,

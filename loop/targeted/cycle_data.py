@@ -1,7 +1,7 @@
 """A cycle's training set: the targeted rows for the champion's dev failures, plus the pool rows
 the plan (loop.targeted.plan) says this cycle should train on.
 
-    data = build_cycle_data(store, task, champion_name, dev_run_id, batch_id=..., out_dir=...)
+    data = build_cycle_data(store, task, champion, dev_run_id, batch_id=..., out_dir=...)
 
 The pool rows are the team's train split without the rows that repeat a dev or test question
 (`pool_rows`); the targeted rows went through the targeted stage's curation. In a `whole_pool` cycle they are
@@ -26,6 +26,7 @@ from evals.signatures import Signature, is_format_only
 from loop.core.cache import write_atomic
 from loop.core.records import Example, content_hash
 from loop.data.tasks import Task, read_split
+from loop.models.loading import ModelSpec
 from loop.store.db import Store
 from loop.targeted import plan as pool_plan
 from loop.targeted.inputs import FailureSet, NoFailuresError, load_failures
@@ -50,7 +51,7 @@ def is_format_failure(signatures) -> bool:
     return is_format_only([Signature.parse(s) for s in signatures])
 
 
-def build_cycle_data(store: Store, task: Task, champion_name: str, dev_run_id: str, *,
+def build_cycle_data(store: Store, task: Task, champion: str | ModelSpec, dev_run_id: str, *,
                      champion_trained: bool, batch_id: str, out_dir: Path, seed: int = 0,
                      budget_s: float | None = None, progress: bool = False,
                      embedder=None) -> TargetedResult:
@@ -78,7 +79,7 @@ def build_cycle_data(store: Store, task: Task, champion_name: str, dev_run_id: s
     # free text has many valid wordings: an unlikely reference token says nothing of a failure,
     # so a text task's focus is its dev failures' targeted rows alone
     if pool_plan.choose_mode(facts)[0] == "focused" and task.answers.kind != "text":
-        hard = _unsure_rows(task, champion_name, pool, progress)
+        hard = _unsure_rows(task, champion, pool, progress)
     plan = pool_plan.plan_pool(facts, budget_s, epochs, extra_rows=len(targeted_rows) + len(hard))
     if plan.mode == "whole_pool":
         chosen, hard = pool[:plan.rows], []
@@ -107,14 +108,14 @@ def _question_key(example: Example) -> tuple[str, str]:
             " ".join((example.input or "").lower().split()))
 
 
-def _unsure_rows(task: Task, champion_name: str, pool: list[Example],
+def _unsure_rows(task: Task, champion: str | ModelSpec, pool: list[Example],
                  progress: bool) -> list[Example]:
     """The pool rows the champion is unsure of, least known first (answer loss through the
     shared-prefix path: each row's least likely answer token)."""
     from loop.models.loading import load_model
     from loop.models.answer_loss import answer_losses
 
-    worst = answer_losses(load_model(champion_name), pool, task.settings.system_prompt,
+    worst = answer_losses(load_model(champion), pool, task.settings.system_prompt,
                           progress=progress, reduce="max")
     return [pool[i] for i in pool_plan.hard_rows(worst)]
 

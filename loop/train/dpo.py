@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from loop import tracking
-from loop.models.loading import DEFAULT_MODEL, load_tokenizer, pick_device
+from loop.models.loading import DEFAULT_MODEL, ModelSpec, load_tokenizer, pick_device
 from loop.core.pairs import PreferencePair, read_pairs
 from loop.core.prompts import build_prompt, completion_text
 from loop.core.records import content_hash
@@ -116,7 +116,7 @@ def _make_trainer(model, tokenizer, rows, config, ckpt_dir, micro, bf16, device,
     return trainer
 
 
-def train_dpo(base_model_name: str, pairs, out_dir, config: TrainConfig | None = None,
+def train_dpo(base_model_name: str | ModelSpec, pairs, out_dir, config: TrainConfig | None = None,
               parent_adapter=None, progress: bool = True,
               system_prompt: str | None = None) -> TrainResult:
     """Train (or resume, or return the finished) DPO LoRA adapter for these pairs into out_dir.
@@ -156,8 +156,9 @@ def train_dpo(base_model_name: str, pairs, out_dir, config: TrainConfig | None =
         "micro_batch_tokens or max_seq_len, or set gradient_checkpointing = true."))
 
 
-def train_dpo_for_task(store, task, workspace, pairs_path, model: str = DEFAULT_MODEL,
-                       parent_adapter=None, dataset_hash: str | None = None,
+def train_dpo_for_task(store, task, workspace, pairs_path,
+                       model: str | ModelSpec = DEFAULT_MODEL, parent_adapter=None,
+                       dataset_hash: str | None = None,
                        config: TrainConfig | None = None, progress: bool = True) -> TrainResult:
     """The DPO stage: exported pairs -> adapter under WS/adapters, lineage in the store."""
     pairs: list[PreferencePair] = read_pairs(pairs_path)

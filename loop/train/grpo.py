@@ -38,7 +38,7 @@ from evals.rewards import SuiteReward, held_out_rows
 from loop import tracking
 from loop.core.prompts import build_prompt
 from loop.core.records import Example, content_hash
-from loop.models.loading import DEFAULT_MODEL, load_tokenizer, pick_device
+from loop.models.loading import DEFAULT_MODEL, ModelSpec, load_tokenizer, pick_device
 from loop.train.config import TrainConfig, TrainResult, use_bf16
 from loop.train.outputs import TrainingError, record_training
 from loop.train.lora import (  # what GRPO shares with SFT and DPO
@@ -171,7 +171,7 @@ def _prompt_rows(tokenizer, prompts, system_prompt, max_seq_len: int, max_comple
     return rows, skipped, longest
 
 
-def train_grpo(base_model_name: str, prompts: Sequence[Example], reward: SuiteReward, out_dir,
+def train_grpo(base_model_name: str | ModelSpec, prompts: Sequence[Example], reward: SuiteReward, out_dir,
                config: TrainConfig | None = None, max_completion_length: int = 64,
                parent_adapter=None, progress: bool = True,
                system_prompt: str | None = None) -> TrainResult:
@@ -247,9 +247,9 @@ def task_reward(task) -> SuiteReward:
                        similarity=similarity, answers=task.answers)
 
 
-def train_grpo_for_task(store, task, workspace, model: str = DEFAULT_MODEL, parent_adapter=None,
-                        targeted: Sequence[Example] = (), config: TrainConfig | None = None,
-                        progress: bool = True) -> TrainResult:
+def train_grpo_for_task(store, task, workspace, model: str | ModelSpec = DEFAULT_MODEL,
+                        parent_adapter=None, targeted: Sequence[Example] = (),
+                        config: TrainConfig | None = None, progress: bool = True) -> TrainResult:
     """The GRPO stage: pool prompts (where the targeted data points first) -> adapter under
     WS/adapters, lineage in the store, a tracked run."""
     config = config or task.settings.training

@@ -26,7 +26,7 @@ from typing import Any
 
 from loop.core.cache import write_atomic
 from loop.core.errors import EvalloopError
-from loop.models.loading import DEFAULT_MODEL, ModelSpec, base_path, fingerprint, parse_model_name
+from loop.models.loading import DEFAULT_MODEL, ModelSpec, as_model_spec, base_path, fingerprint
 from loop.train.config import LogRow, TrainConfig, TrainResult, library_versions
 from loop.train.outputs import RESULT_FILE, TrainingError, format_result
 from loop.train.packing import register_varlen_attention
@@ -49,10 +49,10 @@ class StartingPoint:
         return self.spec.adapter
 
 
-def starting_point(model_name: str, parent_adapter=None) -> StartingPoint:
-    """`model_name` may be BASE+ADAPTER: that adapter is the parent unless `parent_adapter`
-    names one; the parent's files are checked."""
-    spec = parse_model_name(model_name)
+def starting_point(model: str | ModelSpec, parent_adapter=None) -> StartingPoint:
+    """`model` may be BASE+ADAPTER: that adapter is the parent unless `parent_adapter` names
+    one; the parent's files are checked."""
+    spec = as_model_spec(model)
     if parent_adapter:
         spec = spec.with_adapter(parent_adapter)
     return StartingPoint(spec, fingerprint(spec.with_adapter(None)),

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loop.models.loading import DEFAULT_MODEL, parse_model_name
+from loop.models.loading import DEFAULT_MODEL, ModelSpec, as_model_spec
 from loop.train.config import TrainConfig, TrainResult
 
 
-def train_by_method(store, task, workspace, model: str = DEFAULT_MODEL, data_path=None,
-                    config: TrainConfig | None = None, progress: bool = True) -> TrainResult:
+def train_by_method(store, task, workspace, model: str | ModelSpec = DEFAULT_MODEL,
+                    data_path=None, config: TrainConfig | None = None,
+                    progress: bool = True) -> TrainResult:
     """"sft" on the data (default: the task's train split); "dpo" on the store's preference
     pairs (`evalloop pairs`; none is a TrainingError); "grpo" on the pool's prompts rewarded by
     the suite (the data's rows first); "sft+dpo" / "sft+grpo": SFT, then the second method from
@@ -26,7 +27,7 @@ def train_by_method(store, task, workspace, model: str = DEFAULT_MODEL, data_pat
     if config.method in ("sft", "sft+dpo", "sft+grpo"):
         result = sft.train_for_task(store, task, workspace, model=model, data_path=data_path,
                                     config=config, progress=progress)
-        model = f"{parse_model_name(model).base}+{result.adapter_dir}"
+        model = as_model_spec(model).with_adapter(result.adapter_dir)
     if config.method in ("dpo", "sft+dpo"):
         found = preference_pairs.build_pairs(store, task)
         if found.n_pairs or result is None:

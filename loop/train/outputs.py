@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from loop.core.errors import EvalloopError
-from loop.models.loading import fingerprint, load_model, parse_model_name
+from loop.models.loading import ModelSpec, fingerprint, load_model, parse_model_name
 from loop.train.config import TrainResult
 
 RESULT_FILE = "train_result.json"  # written by loop.train next to the adapter
@@ -56,17 +56,18 @@ def record_training(store, result: TrainResult, task_id: str | None, dataset_has
 
 def export_merged(adapter_model_name: str, out_dir) -> Path:
     """Write BASE+ADAPTER (or an adapter dir trained here) as one merged safetensors checkpoint."""
-    name = adapter_model_name
-    if "+" not in name:  # a bare adapter directory: its base is in its training record
-        record = Path(name).expanduser() / RESULT_FILE
+    model: str | ModelSpec = adapter_model_name
+    if "+" not in adapter_model_name:  # a bare adapter directory: its base is in its record
+        record = Path(adapter_model_name).expanduser() / RESULT_FILE
         if not record.is_file():
-            raise TrainingError(f"{name} is not an adapter trained by evalloop (no {RESULT_FILE}):"
-                                " pass BASE+ADAPTER_DIR instead.")
-        name = f"{json.loads(record.read_text())['base']}+{name}"
+            raise TrainingError(f"{adapter_model_name} is not an adapter trained by evalloop (no "
+                                f"{RESULT_FILE}): pass BASE+ADAPTER_DIR instead.")
+        model = parse_model_name(json.loads(record.read_text())["base"]).with_adapter(
+            adapter_model_name)
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and any(out.iterdir()):
         raise TrainingError(f"Export target {out} exists and is not empty.")
-    lm = load_model(name, device="cpu")
+    lm = load_model(model, device="cpu")
     merged = lm.model.merge_and_unload()
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

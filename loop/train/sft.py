@@ -42,6 +42,7 @@ from loop.core.prompts import tokenize_examples
 from loop.core.records import content_hash
 from loop.models.loading import (
     DEFAULT_MODEL,
+    ModelSpec,
     load_tokenizer,
     parse_model_name,
     pick_device,
@@ -95,7 +96,7 @@ def _rows(tokenizer, examples, system_prompt, max_seq_len: int) -> tuple[list[di
 
 # ---------------------------------------------------------------------------- entry points
 
-def plan_training(base_model_name: str, examples, out_dir, config: TrainConfig,
+def plan_training(base_model_name: str | ModelSpec, examples, out_dir, config: TrainConfig,
                   parent_adapter=None, dev_examples=None,
                   system_prompt: str | None = None) -> TrainPlan | TrainResult:
     """Check the inputs, tokenize, claim out_dir; the finished result when this run is done."""
@@ -121,7 +122,7 @@ def plan_training(base_model_name: str, examples, out_dir, config: TrainConfig,
                      rows=rows, dev_rows=dev_rows, skipped=tuple(skipped))
 
 
-def train_adapter(base_model_name: str, examples, out_dir, config: TrainConfig | None = None,
+def train_adapter(base_model_name: str | ModelSpec, examples, out_dir, config: TrainConfig | None = None,
                   parent_adapter=None, dev_examples=None, progress: bool = True,
                   system_prompt: str | None = None) -> TrainResult:
     """Train (or resume, or return the finished) LoRA adapter for these exact inputs into out_dir.
@@ -173,7 +174,7 @@ def run_plan(plan: TrainPlan, progress: bool = True) -> TrainResult:
         "to keep the effective batch), set gradient_checkpointing = true, or qlora = true."))
 
 
-def train_for_task(store, task, workspace, model: str = DEFAULT_MODEL, data_path=None,
+def train_for_task(store, task, workspace, model: str | ModelSpec = DEFAULT_MODEL, data_path=None,
                    parent_adapter=None, dataset_hash: str | None = None,
                    config: TrainConfig | None = None, progress: bool = True) -> TrainResult:
     """The training stage: task (+ exported data) -> adapter under WS/adapters, lineage in store."""
