@@ -104,14 +104,77 @@ def test_cycle_trains_on_the_whole_pool_then_focuses(tiny_task, workspace):
 
 # ---------------------------------------------------------------------------- recipe search
 
-def test_trial_rates_fit_the_budget_configured_rate_first():
-    from loop.train.search import trial_rates
+def test_recipe_trials_fit_the_budget_configured_rate_first():
+    from loop.train.search import recipe_trials
 
-    assert trial_rates(1e-3, 100, None) == [1e-3, 2e-3, 5e-4]
-    assert trial_rates(1e-3, 100, 250) == [1e-3, 2e-3]
-    assert trial_rates(1e-3, 100, 50) == [1e-3]  # even one does not fit: the configured rate
-    assert trial_rates(1e-3, 100, None, enabled=False) == [1e-3]
-    assert trial_rates(1e-3, 100, None, n_dev=20) == [1e-3]  # too few dev items to choose by
+    def rates(*args, **kw):
+        return [p.learning_rate for p in recipe_trials(*args, **kw)]
+
+    assert rates(1e-3, 100, None) == [1e-3, 2e-3, 5e-4]
+    assert rates(1e-3, 100, 250) == [1e-3, 2e-3]
+    assert rates(1e-3, 100, 50) == [1e-3]  # even one does not fit: the configured rate
+    assert rates(1e-3, 100, None, enabled=False) == [1e-3]
+    assert rates(1e-3, 100, None, n_dev=20) == [1e-3]  # too few dev items to choose by
+    assert {p.start for p in recipe_trials(1e-3, 100, None)} == {"base"}  # nothing to continue
+
+
+def test_a_trained_champion_is_continued_then_retrained_from_the_base():
+    from loop.train.search import TrialPlan, recipe_trials
+
+    assert recipe_trials(1e-3, 100, 250, champion_trained=True) == [
+        TrialPlan(1e-3, "champion"), TrialPlan(1e-3, "base")]
+    assert recipe_trials(1e-3, 100, 150, champion_trained=True) == [TrialPlan(1e-3, "champion")]
+    assert [p.start for p in recipe_trials(1e-3, 100, None, champion_trained=True)] == [
+        "champion", "base", "champion", "champion"]
+
+
+def test_a_cycle_keeps_the_retrained_trial_when_it_beats_continuing_on_dev(tmp_path, monkeypatch):
+    """The train stage's search on a trained champion: one run continues from its adapter, one
+    retrains from the base on the same data; dev decides which is the candidate."""
+    from types import SimpleNamespace
+
+    from conftest import classification_records, write_task
+
+    from loop.cycle import run
+    from loop.data.tasks import load_task
+    from loop.models.loading import parse_model_name
+    from loop.train import sft
+
+    def adapter(name):
+        path = tmp_path / name
+        path.mkdir()
+        (path / "adapter_config.json").write_text("{}")
+        return path
+
+    task = load_task(write_task(tmp_path / "task", {"train": classification_records(40),
+                                                    "dev": classification_records(40, 300),
+                                                    "test": classification_records(8, 500)}))
+    champion = parse_model_name(f"tiny-random+{adapter('champion')}")
+    started, from_base = [], set()
+
+    def train(store, task, workspace, model, data_path, dataset_hash, config, progress):
+        started.append(model)
+        out = adapter(f"run{len(started)}")
+        if model.adapter is None:
+            from_base.add(out.resolve())
+        return SimpleNamespace(adapter_dir=str(out), train_id=f"t{len(started)}",
+                               best_eval_loss=0.5, elapsed_s=1.0)
+
+    def dev_run(store, task, model, split, progress):
+        return SimpleNamespace(pass_rate=0.6 if model.adapter in from_base else 0.4)
+
+    monkeypatch.setattr(sft, "train_for_task", train)
+    monkeypatch.setattr(run, "evaluate", dev_run)
+    plan = {"targeted_rows": 10, "pool_rows": 30, "epochs": 1.0, "seconds_per_row_epoch": 1.0,
+            "budget_s": 100.0}  # 40 s a run: two fit
+    ctx = SimpleNamespace(results=SimpleNamespace(targeted=SimpleNamespace(
+        plan=plan, dataset_path="data.jsonl", manifest_hash="h")), task=task,
+        settings=task.settings, store=None, workspace=tmp_path, progress=False)
+    result, trials = run._sft_search(ctx, task.settings.training, champion)
+    assert [(m.base, m.adapter) for m in started] == [(champion.base, champion.adapter),
+                                                      (champion.base, None)]
+    assert result.train_id == "t2" and trials[0].start == "base"
+    assert [t.start for t in trials] == ["base", "champion"]
 
 
 def test_pick_best_dev_pass_rate_then_loss_then_order():

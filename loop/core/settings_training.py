@@ -91,7 +91,8 @@ class TrainingSettings(Section):
     bf16: Bf16 = Field("auto", description='"auto": CUDA support or the CPU\'s measured speed')
     method: TrainMethod = Field("sft", description="sft, dpo (preference pairs), sft+dpo, grpo "
                                                    "(the suite as reward) or sft+grpo")
-    search: bool = Field(True, description="a cycle tries learning rates x1, x2, x0.5 as its "
+    search: bool = Field(True, description="a cycle tries learning rates x1 (then, on a trained "
+                                           "champion, x1 retrained from the base), x2, x0.5 as its "
                                            "time budget allows and keeps the best on dev "
                                            "(loop/train/search.py; with >= 40 dev items)")
     dpo_beta: float = Field(0.1, gt=0, description="DPO's KL strength")

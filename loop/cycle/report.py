@@ -274,8 +274,11 @@ def _data_lines(results: CycleResults) -> list[str]:
         return []
     lines = ["## Training data and recipe", ""]
     if plan:
+        kept = trained.search[0].get("start") if trained and trained.search else None
         start = "continuing from the champion's adapter" \
             if plan.get("starts_from") == "champion adapter" else "from the base model"
+        if kept == "base" and plan.get("starts_from") == "champion adapter":
+            start = "retrained from the base model (it beat continuing on dev)"
         lines += [f"- plan: **{plan['mode']}** ({plan['reason']})",
                   f"- rows: {plan['targeted_rows']} targeted for dev failures + "
                   f"{plan['pool_rows']} pool rows"
@@ -286,11 +289,12 @@ def _data_lines(results: CycleResults) -> list[str]:
                   f"({plan['rate_source']}), budget {plan['budget_s']:.0f} s"
                   + (f"; the kept run trained in {trained.elapsed_s:.0f} s" if trained else ""), ""]
     if trained and len(trained.search) > 1:
-        lines += ["| learning rate | dev pass rate | best dev loss | seconds | kept |",
-                  "|---:|---:|---:|---:|---|"]
+        lines += ["| learning rate | from | dev pass rate | best dev loss | seconds | kept |",
+                  "|---:|---|---:|---:|---:|---|"]
         for i, t in enumerate(trained.search):
             loss = "" if t["best_eval_loss"] is None else f"{t['best_eval_loss']:.4f}"
-            lines.append(f"| {t['learning_rate']:g} | {t['dev_pass_rate']:.1%} | {loss} | "
+            lines.append(f"| {t['learning_rate']:g} | {t.get('start', 'champion')} | "
+                         f"{t['dev_pass_rate']:.1%} | {loss} | "
                          f"{t['elapsed_s']:.0f} | {'yes' if i == 0 else ''} |")
         lines.append("")
     return lines

@@ -152,32 +152,36 @@ def train(ctx: CycleContext) -> TrainStageResult:
 
 
 def _sft_search(ctx: CycleContext, config, model: ModelSpec):
-    """SFT on the cycle's data at each learning rate the budget holds (loop/train/search.py);
-    the run with the best dev pass rate is the candidate. -> (its TrainResult, trials, kept
-    one first)."""
-    from loop.train.search import Trial, pick, trial_rates
+    """SFT on the cycle's data for each trial the budget holds (loop/train/search.py: learning
+    rates, and continuing from a trained champion or retraining from the base); the run with the
+    best dev pass rate is the candidate. -> (its TrainResult, trials, kept one first)."""
+    from loop.train.search import Trial, pick, recipe_trials
     from loop.train.sft import train_for_task
 
     data, plan = ctx.results.targeted, ctx.results.targeted.plan or {}
     # one run's time: the rows written (targeted + pool) at the plan's measured or estimated rate
     rows = plan.get("targeted_rows", 0) + plan.get("pool_rows", 0)
     one_run = rows * plan.get("epochs", 1.0) * plan.get("seconds_per_row_epoch", 0.0)
-    rates = trial_rates(config.learning_rate, one_run, plan.get("budget_s") or None,
-                        enabled=config.search and bool(plan),
-                        n_dev=len(ctx.task.splits.get("dev", ())))
+    plans = recipe_trials(config.learning_rate, one_run, plan.get("budget_s") or None,
+                          enabled=config.search and bool(plan),
+                          n_dev=len(ctx.task.splits.get("dev", ())),
+                          champion_trained=model.adapter is not None)
     runs, trials = {}, []
-    for rate in rates:
+    for trial in plans:
+        rate = trial.learning_rate
+        start = model if trial.start == "champion" else model.with_adapter(None)
         cfg = config if rate == config.learning_rate else \
             with_overrides(ctx.settings, "training", **{**_changed(config), "learning_rate": rate})
-        result = train_for_task(ctx.store, ctx.task, ctx.workspace, model=model,
+        result = train_for_task(ctx.store, ctx.task, ctx.workspace, model=start,
                                 data_path=data.dataset_path, dataset_hash=data.manifest_hash,
                                 config=cfg, progress=ctx.progress)
-        trained = model.with_adapter(result.adapter_dir)
+        trained = start.with_adapter(result.adapter_dir)
         dev = evaluate(ctx.store, ctx.task, trained, "dev", progress=ctx.progress) \
-            if len(rates) > 1 else None
+            if len(plans) > 1 else None
         runs[result.train_id] = result
-        trials.append(Trial(rate, result.train_id, trained.name, dev.pass_rate if dev else float("nan"),
-                            result.best_eval_loss, result.elapsed_s))
+        trials.append(Trial(rate, result.train_id, trained.name,
+                            dev.pass_rate if dev else float("nan"), result.best_eval_loss,
+                            result.elapsed_s, trial.start))
     best = pick(trials) if len(trials) > 1 else trials[0]
     return runs[best.train_id], [best] + [t for t in trials if t is not best]
 
