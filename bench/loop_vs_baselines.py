@@ -2,13 +2,16 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/loop_vs_baselines.py \
         [--tasks ../shared/real-tasks/*/task.toml] [--cycles 3] [--seeds 3] \
-        [--arms base,pool,random,loop] [--workspace /tmp/evalloop-lvb] [--plot lvb.png]
+        [--arms base,pool,random,loop] [--pool-seeds 1] [--workspace /tmp/evalloop-lvb] \
+        [--plot lvb.png]
 
 Arms, each in a fresh workspace of its own, all scored on the task's test split:
   base    the base model zero-shot (the first champion; cycle 1 evaluates it on test anyway)
   pool    LoRA on the whole pool with today's defaults, the script a user would write:
           `evalloop train --task T` then `evalloop eval --task T --model BASE+ADAPTER`
-          (subprocesses, timed as a user would see them)
+          (subprocesses, timed as a user would see them); `--pool-seeds K` trains it again
+          with [training] seed = 1..K-1 (in process, the same defaults otherwise): the spread a
+          team would see from the seed alone
   random  as many pool rows as the loop's cycle 1 trained on, drawn at random through the same
           curation rules (`random_pool_rows`), one draw per seed with that training seed: the
           spread of a same-size training set
@@ -122,22 +125,46 @@ def base_arm(loop: dict, workspace: Path, task) -> dict:
             "note": "the base model's test run from loop cycle 1 (a third of that stage's time)"}
 
 
-def pool_arm(task_path: Path, workspace: Path, task) -> dict:
+def pool_arm(task_path: Path, workspace: Path, task, seeds: int = 1) -> dict:
     t0 = time.perf_counter()
     trained = _cli("train", "--task", str(task_path), "--workspace", str(workspace))
     t_train = time.perf_counter() - t0
-    model = f"{task.settings.cycle.base_model}+{trained['adapter_dir']}"
+    model = _base_spec(task).with_adapter(trained["adapter_dir"]).name
     _cli("eval", "--task", str(task_path), "--workspace", str(workspace), "--model", model,
          "--split", "test")
     seconds = time.perf_counter() - t0
     return {"model": model, "test": _outcomes(workspace, task, model), "seconds": seconds,
             "train_seconds": t_train, "steps": trained.get("steps_done"),
-            "n_data": len(task.split("train"))}
+            "n_data": len(task.split("train")),
+            "seed_draws": [_pool_seed(workspace, task, seed) for seed in range(1, seeds)]}
+
+
+def _pool_seed(workspace: Path, task, seed: int) -> dict:
+    """The whole-pool arm again with another training seed (nothing else changed)."""
+    from loop.core.settings_load import with_overrides
+    from loop.train.methods import train_by_method
+
+    t0 = time.perf_counter()
+    with Store_(workspace) as store:
+        result = train_by_method(store, task, workspace, model=task.settings.cycle.base_model,
+                                 config=with_overrides(task.settings, "training", seed=seed),
+                                 progress=False)
+    model = _base_spec(task).with_adapter(result.adapter_dir).name
+    outcomes = _outcomes(workspace, task, model)
+    print(f"  pool seed {seed}: {_rate(outcomes)}, "
+          f"{(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+    return {"seed": seed, "model": model, "test": outcomes,
+            "seconds": time.perf_counter() - t0}
+
+
+def _base_spec(task):
+    from loop.models.loading import parse_model_name
+
+    return parse_model_name(task.settings.cycle.base_model).with_adapter(None)
 
 
 def random_arm(task, workspace: Path, n: int, seeds: int) -> dict:
     from loop.core.settings_load import with_overrides
-    from loop.models.loading import parse_model_name
     from loop.targeted.stage import random_pool_rows
     from loop.train.sft import train_for_task
 
@@ -151,7 +178,7 @@ def random_arm(task, workspace: Path, n: int, seeds: int) -> dict:
             result = train_for_task(store, task, workspace, model=task.settings.cycle.base_model,
                                     data_path=path, dataset_hash=f"random-{n}-{seed}",
                                     config=config, progress=False)
-        model = f"{parse_model_name(task.settings.cycle.base_model).base}+{result.adapter_dir}"
+        model = _base_spec(task).with_adapter(result.adapter_dir).name
         outcomes = _outcomes(workspace, task, model)
         draws.append({"seed": seed, "n_data": len(rows), "model": model, "test": outcomes,
                       "seconds": time.perf_counter() - t0})
@@ -161,7 +188,7 @@ def random_arm(task, workspace: Path, n: int, seeds: int) -> dict:
 
 
 def run_task(task_path: Path, root: Path, arms: set[str], redo: set[str], cycles: int,
-             seeds: int) -> dict:
+             seeds: int, pool_seeds: int = 1) -> dict:
     from loop.data.tasks import load_task
 
     task = load_task(task_path)
@@ -184,7 +211,7 @@ def run_task(task_path: Path, root: Path, arms: set[str], redo: set[str], cycles
         elif arm == "base":
             out[arm] = base_arm(out["loop"], workspace, task)
         elif arm == "pool":
-            out[arm] = pool_arm(task_path, workspace, task)
+            out[arm] = pool_arm(task_path, workspace, task, pool_seeds)
         else:
             out[arm] = random_arm(task, workspace, out["loop"]["cycles"][0]["n_data"], seeds)
         stored.parent.mkdir(parents=True, exist_ok=True)
@@ -195,7 +222,8 @@ def run_task(task_path: Path, root: Path, arms: set[str], redo: set[str], cycles
 def rescore(arm: dict, workspace: Path, task) -> dict:
     """A stored arm's models scored again by today's suite (their predictions are reused), so
     a change to scoring never mixes old and new verdicts in one table."""
-    for entry in [arm, *arm.get("draws", []), *arm.get("cycles", [])]:
+    for entry in [arm, *arm.get("draws", []), *arm.get("seed_draws", []),
+                  *arm.get("cycles", [])]:
         if entry.get("model") and "test" in entry:
             entry["test"] = _outcomes(workspace, task, entry["model"])
     return arm
@@ -219,6 +247,8 @@ def arm_rows(result: dict) -> list[tuple[str, dict, float]]:
     if "pool" in result:
         rows.append((f"LoRA on the whole pool ({result['pool']['n_data']} rows)",
                      result["pool"]["test"], result["pool"]["seconds"]))
+        for d in result["pool"].get("seed_draws", []):
+            rows.append((f"  the same, training seed {d['seed']}", d["test"], d["seconds"]))
     for c in result.get("loop", {}).get("cycles", []):
         rows.append((f"loop champion after cycle {c['cycle']}"
                      f"{'' if c['promoted'] else ' (kept)'}", c["test"], c["seconds"]))
@@ -285,6 +315,8 @@ def main() -> None:
     parser.add_argument("--redo", default="", help="arms to run again (comma-separated)")
     parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=3, help="random draws per task")
+    parser.add_argument("--pool-seeds", type=int, default=1,
+                        help="whole-pool trainings per task (seeds 0..K-1): its seed spread")
     parser.add_argument("--workspace", type=Path, default=Path("/tmp/evalloop-lvb"))
     parser.add_argument("--plot", type=Path, help="PNG: pass rate against cumulative minutes")
     args = parser.parse_args()
@@ -295,7 +327,8 @@ def main() -> None:
     results = []
     for path in args.tasks:
         results.append(run_task(path.resolve(), args.workspace, arms,
-                                {a for a in args.redo.split(",") if a}, args.cycles, args.seeds))
+                                {a for a in args.redo.split(",") if a}, args.cycles, args.seeds,
+                                args.pool_seeds))
         print(format_task(results[-1]) + "\n", flush=True)
     (args.workspace / "results.json").write_text(json.dumps(results))
     if args.plot:
