@@ -34,7 +34,9 @@ from targeted_vs_random import paired_difference, wilson  # noqa: E402  (same st
 
 
 def _name(base: str, result) -> str:
-    return f"{base.split('+')[0]}+{result.adapter_dir}"
+    from loop.models.loading import parse_model_name
+
+    return parse_model_name(base).with_adapter(result.adapter_dir).name
 
 
 def _steps_for(budget_s: float, step_s: float) -> int:

@@ -47,7 +47,7 @@ def _sft(store, task, workspace: Path, model: str, data: Path, steps: int, confi
     cfg = config.model_copy(update={"method": "sft", "max_steps": steps, "epochs": None})
     result = train_for_task(store, task, workspace, model=model, data_path=data,
                             dataset_hash=f"pref-{data.stem}", config=cfg, progress=False)
-    return f"{parse_model_name(model).base}+{result.adapter_dir}"
+    return parse_model_name(model).with_adapter(result.adapter_dir).name
 
 
 def _dpo(store, task, workspace: Path, model: str, steps: int, config, dev_limit) -> tuple:
@@ -63,7 +63,7 @@ def _dpo(store, task, workspace: Path, model: str, steps: int, config, dev_limit
     cfg = config.model_copy(update={"method": "sft+dpo", "max_steps": steps, "epochs": None})
     result = train_dpo_for_task(store, task, workspace, pairs.dataset_path, model=model,
                                 dataset_hash=pairs.manifest_hash, config=cfg, progress=False)
-    return f"{parse_model_name(model).base}+{result.adapter_dir}", pairs
+    return parse_model_name(model).with_adapter(result.adapter_dir).name, pairs
 
 
 def _benchmarks(store, task, models: dict[str, str], limit: int) -> dict:

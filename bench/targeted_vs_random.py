@@ -81,7 +81,7 @@ def _train(store, task, workspace: Path, arm: Arm, data_path: Path, data_hash: s
 
     result = train_for_task(store, task, workspace, model=arm.model, data_path=data_path,
                             dataset_hash=data_hash, progress=False)
-    return f"{parse_model_name(arm.model).base}+{result.adapter_dir}"
+    return parse_model_name(arm.model).with_adapter(result.adapter_dir).name
 
 
 def _targeted_cycle(task_path: Path, workspace: Path, arm: Arm, cycle: int) -> dict:

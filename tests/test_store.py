@@ -85,11 +85,13 @@ def test_typed_rows_name_exactly_their_tables_columns(workspace):
     import inspect
     from dataclasses import fields
 
-    from loop.store import rows
+    from loop.store import foundation_rows, rows
 
-    records = [c for _, c in inspect.getmembers(rows, inspect.isclass)
+    records = [c for module in (rows, foundation_rows)
+               for _, c in inspect.getmembers(module, inspect.isclass)
                if issubclass(c, rows.Row) and c is not rows.Row]
     assert {r.TABLE for r in records} >= {
+        "models", "tasks", "examples", "runs", "reviews", "corrections",
         "predictions", "run_items", "scores", "embeddings", "failures", "clusters",
         "generated_examples", "datasets", "benchmark_results", "benchmark_samples", "matches",
         "rating_snapshots", "training_runs", "train_logs", "cycles", "cycle_stages",

@@ -139,8 +139,10 @@ def check_output_file(path: Path, protected: Iterable[Path] = (), flag: str = "O
     path = Path(path)
     for guarded in protected:
         guarded = Path(guarded)
-        inside = guarded.is_dir() and _inside(path, guarded)
-        if inside or _same(path, guarded):
+        # a protected folder may not exist yet (no review sent): nothing goes under it either
+        same = _same(path, guarded)
+        inside = not same and not guarded.is_file() and _inside(path, guarded)
+        if inside or same:
             raise OutputPathError(f"{flag} {path} {'lies in' if inside else 'is'} {guarded}, "
                                   "which evalloop keeps (the "
                                   "store, its snapshot, the inbox or a task file); give another "
@@ -167,8 +169,10 @@ def check_output_dir(path: Path, protected: Iterable[Path] = (), roots: Iterable
         raise OutputPathError(f"{flag} {path} is a file, not a directory; give a directory "
                               "path.")
     for guarded in [*protected, *map(Path, roots)]:
-        inside = guarded in protected and guarded.is_dir() and _inside(path, guarded)
-        if _same(path, guarded) or inside:
+        same = _same(path, guarded)
+        inside = (not same and guarded in protected and not guarded.is_file()
+                  and _inside(path, guarded))
+        if same or inside:
             raise OutputPathError(f"{flag} {path} {'lies in' if inside else 'is'} {guarded}, "
                                   "which holds what evalloop keeps (the store, its snapshot, "
                                   "the inbox or a task file); give another directory.")

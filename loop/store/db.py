@@ -20,6 +20,8 @@ from loop.core.cache import atomic_path
 from loop.core.clock import now
 from loop.core.errors import StoreError
 from loop.store.migrations import MIGRATIONS
+from loop.store.foundation_rows import ExampleRow, ModelRow, RunRow, TaskRow
+from loop.store.rows import write
 
 DB_NAME = "evalloop.duckdb"
 BULK_ROWS = 64  # from this many rows, insert through Arrow in one statement
@@ -127,25 +129,24 @@ class Store:
         """Copy app reviews, corrections and votes into their tables (idempotent by id)."""
         from loop.store import inbox
 
+        from loop.store.foundation_rows import CorrectionRow, ReviewRow
+        from loop.store.rows import MatchRow
+
         added, tables = 0, None
-        for kind, table, key in (("reviews", "reviews", "review_id"),
-                                 ("corrections", "corrections", "correction_id"),
-                                 ("votes", "matches", "match_id")):
+        for kind, record_type, key in (("reviews", ReviewRow, "review_id"),
+                                       ("corrections", CorrectionRow, "correction_id"),
+                                       ("votes", MatchRow, "match_id")):
             records = inbox.read(self.workspace, kind)
             if not records:
                 continue  # nothing to copy: no catalog queries on every open
             tables = tables if tables is not None else self.tables()
-            if table not in tables:
+            if record_type.TABLE not in tables:
                 continue
-            columns = self.columns(table)
-            rows = []
-            for record in records:
-                row = {key: record["id"], **{k: v for k, v in record.items() if k != "id"}}
-                rows.append({k: v for k, v in row.items() if k in columns})
-            before = self.count(table)
-            for row in rows:  # rows may carry different optional columns
-                self.insert(table, [row])
-            added += self.count(table) - before
+            rows = [record_type.from_record({**record, key: record["id"]}).as_dict()
+                    for record in records]
+            before = self.count(record_type.TABLE)
+            self.insert(record_type.TABLE, rows)  # idempotent: a known id keeps its row
+            added += self.count(record_type.TABLE) - before
         return added
 
     def transaction(self):
@@ -259,19 +260,15 @@ class Store:
     def put_model(self, model_id: str, name: str, base: str, base_path: str | None = None,
                   adapter: str | None = None, parent_id: str | None = None,
                   meta: dict | None = None) -> None:
-        self.insert("models", [{"model_id": model_id, "name": name, "base": base,
-                                "base_path": base_path, "adapter": adapter, "parent_id": parent_id,
-                                "created_at": now(), "meta": meta or {}}])
+        write(self, [ModelRow(model_id, name, base, base_path, adapter, parent_id, now(),
+                            meta or {})])
 
     def put_task(self, task_id: str, config_path: str, data_hash: str, examples) -> None:
         with self.transaction():
-            self.insert("tasks", [{"task_id": task_id, "config_path": config_path,
-                                   "data_hash": data_hash, "updated_at": now()}], "replace")
+            write(self, [TaskRow(task_id, config_path, data_hash, now())], "replace")
             # replace: an edited reference or category under an existing id is the truth now
-            self.insert("examples", [
-                {"task_id": task_id, "split": e.split, "example_id": e.id,
-                 "instruction": e.instruction, "input": e.input, "output": e.output,
-                 "category": e.category} for e in examples], "replace")
+            write(self, [ExampleRow(task_id, e.split, e.id, e.instruction, e.input, e.output,
+                                  e.category) for e in examples], "replace")
 
     def get_predictions(self, prediction_ids: Sequence[str]) -> dict[str, dict]:
         if not prediction_ids:
@@ -282,10 +279,8 @@ class Store:
 
     def start_run(self, run_id: str, kind: str, task_id: str | None, model_id: str | None,
                   split: str | None, params: dict) -> None:
-        self.insert("runs", [{"run_id": run_id, "kind": kind, "task_id": task_id,
-                              "model_id": model_id, "split": split, "params": params,
-                              "status": "running", "started_at": now(), "finished_at": None,
-                              "summary": None}], "replace")
+        write(self, [RunRow(run_id, kind, task_id, model_id, split, params, "running", now(),
+                          None, None)], "replace")
 
     def finish_run(self, run_id: str, summary: dict, status: str = "done") -> None:
         self.execute("UPDATE runs SET status = ?, finished_at = ?, summary = ? WHERE run_id = ?",

@@ -13,9 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
-from loop.store.db import Store
+
+class Inserts(Protocol):
+    """What `write` needs of a Store (db.py builds the foundation rows, so no import back)."""
+
+    def insert(self, table: str, rows: Sequence[dict], on_conflict: str = "nothing") -> None: ...
 
 
 @dataclass(frozen=True)
@@ -25,8 +29,14 @@ class Row:
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]):
+        """A row from a JSON record (the app's inbox): its keys that are columns, None for the
+        optional columns it lacks; other keys are dropped."""
+        return cls(**{f.name: record.get(f.name) for f in fields(cls)})
 
-def write(store: Store, rows: Sequence[Row], on_conflict: str = "nothing") -> None:
+
+def write(store: Inserts, rows: Sequence[Row], on_conflict: str = "nothing") -> None:
     """Insert rows of one table; on a primary-key conflict keep the old row ('nothing') or
     'replace' it."""
     if not rows:
