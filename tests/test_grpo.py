@@ -80,11 +80,25 @@ def test_grpo_writes_a_standard_adapter_and_logs_rewards(grpo_run):
     assert grpo_run.steps_done == grpo_run.total_steps == 4
     assert [r.step for r in grpo_run.logs] == [2, 4]
     assert all(r.reward is not None for r in grpo_run.logs)
+    assert grpo_run.tokens > 0 and grpo_run.tokens_per_s > 0  # trl's count over this run's time
     out = Path(grpo_run.adapter_dir)
     base = AutoModelForCausalLM.from_pretrained(load_model("tiny-random").base_path)
     model = PeftModel.from_pretrained(base, str(out))
     assert list(model.peft_config) == ["default"]
     assert json.loads((out / "train_inputs.json").read_text())["method"] == "grpo"
+
+
+def test_grpo_checkpoints_at_least_every_quarter_of_its_run():
+    """A cycle's GRPO stage is a few steps of ~100 s on a CPU: checkpointing every save_steps
+    (50) alone meant a kill in it restarted from step 0."""
+    from loop.train.grpo import grpo_save_steps
+
+    config = TrainConfig(method="grpo", batch_size=8, grad_accum=1, grpo_num_generations=4,
+                         save_steps=50, epochs=1.0, max_steps=None)
+    assert grpo_save_steps(config, n_prompts=8) == 1  # 2 prompts a step: 4 steps
+    assert grpo_save_steps(config, n_prompts=200) == 25  # 100 steps
+    assert grpo_save_steps(config.model_copy(update={"save_steps": 10}), 200) == 10
+    assert grpo_save_steps(config.model_copy(update={"max_steps": 12}), 200) == 3
 
 
 def test_rerun_returns_the_finished_run(grpo_run):

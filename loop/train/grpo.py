@@ -19,7 +19,7 @@ group-normalised advantages. Prompts are rendered as SFT and evaluation render t
 installed, else trl's `model.generate` (bench/grpo.py measures that against the shared-prefix
 decoder on CPU). Runs are fingerprinted (base, parent, prompts, reward definition, config,
 completion length, system prompt -> train id -> output dir), checkpointed every `save_steps`
-and resumed from the last complete checkpoint; a finished run is returned as is. OUT holds a
+or every quarter of the run if sooner (`grpo_save_steps`), and resumed from the last complete checkpoint; a finished run is returned as is. OUT holds a
 standard PEFT adapter, train_result.json and train_log.jsonl (loss and mean reward per logging
 step), like SFT.
 """
@@ -31,6 +31,7 @@ import math
 import os
 import random
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -101,11 +102,22 @@ def _vllm_colocate(device) -> bool:
     return device.type == "cuda" and importlib.util.find_spec("vllm") is not None
 
 
+def grpo_save_steps(config: TrainConfig, n_prompts: int) -> int:
+    """Checkpoint at least every quarter of the run: a GRPO step samples before it learns (~100 s
+    on a CPU), so the SFT-sized save_steps (50) outlasted a cycle's whole GRPO stage and a kill
+    restarted it from step 0. A step takes batch_size x grad_accum completions, that over
+    grpo_num_generations prompts."""
+    per_step = max(1, config.batch_size * config.grad_accum // config.grpo_num_generations)
+    steps = config.max_steps or math.ceil(math.ceil(n_prompts / per_step) * (config.epochs or 1))
+    return max(1, min(config.save_steps, math.ceil(steps / 4)))
+
+
 def _grpo_args(config: TrainConfig, ckpt_dir: Path, micro: int, max_completion_length: int,
-               bf16: bool, device, progress: bool):
+               bf16: bool, device, progress: bool, n_prompts: int):
     from trl import GRPOConfig
 
     vllm = _vllm_colocate(device)
+    save_steps = grpo_save_steps(config, n_prompts)
     if vllm:  # colocated vLLM joins a torch.distributed group, even as the only process
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
                            ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29517")):
@@ -116,7 +128,7 @@ def _grpo_args(config: TrainConfig, ckpt_dir: Path, micro: int, max_completion_l
         learning_rate=config.grpo_learning_rate, num_train_epochs=config.epochs or 1.0,
         max_steps=config.max_steps or -1, lr_scheduler_type="cosine", warmup_steps=0.05,
         weight_decay=0.0, logging_steps=math.gcd(config.log_steps, config.save_steps),
-        save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
+        save_strategy="steps", save_steps=save_steps, save_total_limit=2,
         num_generations=config.grpo_num_generations, beta=config.grpo_beta,
         max_completion_length=max_completion_length, temperature=config.grpo_temperature,
         seed=config.seed, data_seed=config.seed, bf16=bf16, use_cpu=device.type == "cpu",
@@ -146,13 +158,15 @@ def _trainer_class():
     return AutocastGRPOTrainer
 
 
-def _make_trainer(model, tokenizer, rows, reward, args, device, log_path: Path, progress: bool):
+def _make_trainer(model, tokenizer, rows, reward, args, device, log_path: Path, progress: bool,
+                  extra_callbacks=()):
     from datasets import Dataset
 
     trainer = _trainer_class()(model=model, reward_funcs=[reward], args=args,
                                train_dataset=Dataset.from_list(rows),
                                processing_class=tokenizer,
-                               callbacks=[step_logger(log_path, device, reward_key=REWARD_KEY)])
+                               callbacks=[step_logger(log_path, device, reward_key=REWARD_KEY),
+                                          *extra_callbacks])
     quiet_progress(trainer, progress)
     return trainer
 
@@ -214,17 +228,39 @@ def train_grpo(base_model_name: str | ModelSpec, prompts: Sequence[Example], rew
     model, _ = load_trainable(spec, parent, config, bf16, device)
     micro = micro_batch(config.batch_size, config.micro_batch_tokens, longest)
     args = _grpo_args(config, out / CHECKPOINTS, micro, max_completion_length, bf16, device,
-                      progress)
+                      progress, len(rows))
+    meter = token_meter()
     trainer = _make_trainer(model, tokenizer, rows, reward, args, device, out / LOG_FILE,
-                            progress)
+                            progress, extra_callbacks=[meter])
     run = LoraRun(train_id, out, spec.base, base_id, str(parent) if parent else None, config,
                   n_train=len(rows), n_dev=0, skipped=tuple(skipped), device=device, bf16=bf16,
                   padding_free=False)
-    return run_trainer(trainer, run, throughput=lambda state: (
-        int(state.num_input_tokens_seen or 0), 0.0), oom_message=(
+    return run_trainer(trainer, run, throughput=meter.throughput, oom_message=(
         f"The GPU ran out of memory in GRPO on '{spec.base}': lower [training] "
         "micro_batch_tokens, grpo_max_completion_length or max_seq_len, or set "
         "gradient_checkpointing = true."))
+
+
+def token_meter():
+    """A callback timing this process's part of the run and the tokens trl counted in it
+    (prompt + completion tokens, `state.num_input_tokens_seen`, restored from a checkpoint on
+    resume, hence the difference): `.throughput(state)` -> (all tokens, tokens/s)."""
+    from transformers import TrainerCallback
+
+    class TokenMeter(TrainerCallback):
+        tokens0, started, seconds = 0, 0.0, 0.0
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.tokens0, self.started = int(state.num_input_tokens_seen or 0), time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kw):
+            self.seconds = time.perf_counter() - self.started
+
+        def throughput(self, state) -> tuple[int, float]:
+            tokens = int(state.num_input_tokens_seen or 0)
+            return tokens, (tokens - self.tokens0) / self.seconds if self.seconds else 0.0
+
+    return TokenMeter()
 
 
 # ---------------------------------------------------------------------------- the stage
