@@ -1,0 +1,86 @@
+"""Is a cycle slower than it was at an older commit? The same small cycle, timed on both trees in
+one run, alternating, each from a fresh workspace.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/cycle_time_vs_commit.py --commit f9c6e64 \
+        [--repeats 3] [--model tiny-random] [--workspace /tmp/evalloop-ctc]
+
+The task is the tests' planted classification task (80 pool rows, 24 dev, 24 test, 12 training
+steps, one benchmark of 16 items when ../shared/benchmarks is there), written once and read by
+both trees. With the tiny random model the model's own compute is small, so this measures what
+the stages around it cost: loading the task, evaluations, targeting, the arena, the store.
+Printed: each side's wall seconds per repeat (`evalloop cycle` as a subprocess), the medians and
+new / old.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_BENCHMARKS = REPO.parent / "shared" / "benchmarks"
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def write_cycle_task(directory: Path, model: str) -> Path:
+    from conftest import classification_records, write_task
+
+    extra = ("[generation]\nmax_new_tokens = 6\nbatch_size = 8\n"
+             f"[cycle]\nbase_model = \"{model}\"\nseed = 3\n"
+             "[targeted]\nn = 24\n"
+             "[training]\nmax_steps = 12\nsave_steps = 3\nbatch_size = 4\n")
+    if (SHARED_BENCHMARKS / "arc_easy" / "test.jsonl").is_file():
+        extra += (f"[benchmarks]\ndata_dir = \"{SHARED_BENCHMARKS}\"\ntasks = [\"arc_easy\"]\n"
+                  "limit = 16\n")
+    return write_task(directory, {"train": classification_records(80, 100),
+                                  "dev": classification_records(24, 300),
+                                  "test": classification_records(24)}, extra)
+
+
+def timed_cycle(tree: Path, task: Path, workspace: Path) -> float:
+    shutil.rmtree(workspace, ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "loop.cli", "cycle", "--task", str(task),
+                           "--workspace", str(workspace), "--json"], cwd=tree, env=env,
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"{tree}: evalloop cycle failed ({proc.returncode}):\n"
+                         f"{proc.stderr[-3000:]}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--commit", required=True)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="tiny-random")
+    parser.add_argument("--workspace", type=Path, default=Path("/tmp/evalloop-ctc"))
+    args = parser.parse_args()
+    task = write_cycle_task(args.workspace / "task", args.model)
+    old_tree = Path(tempfile.mkdtemp(prefix="evalloop-old-"))
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-f", "--detach", str(old_tree),
+                    args.commit], check=True, capture_output=True)
+    times: dict[str, list[float]] = {"old": [], "new": []}
+    try:
+        for k in range(args.repeats):
+            for side, tree in (("old", old_tree), ("new", REPO)):
+                times[side].append(timed_cycle(tree, task, args.workspace / side))
+                print(f"repeat {k + 1}: {side} {times[side][-1]:.1f} s", flush=True)
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old_tree)],
+                       capture_output=True)
+    old, new = statistics.median(times["old"]), statistics.median(times["new"])
+    print(f"median: {args.commit} {old:.1f} s, this tree {new:.1f} s, new / old {new / old:.2f}")
+
+
+if __name__ == "__main__":
+    main()
