@@ -2,7 +2,7 @@
 one run, alternating, each from a fresh workspace.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/cycle_time_vs_commit.py --commit f9c6e64 \
-        [--repeats 3] [--model tiny-random] [--workspace /tmp/evalloop-ctc]
+        [--repeats 3] [--workspace /tmp/evalloop-ctc]
 
 The task is the tests' planted classification task (80 pool rows, 24 dev, 24 test, 12 training
 steps, one benchmark of 16 items when ../shared/benchmarks is there), written once and read by
@@ -29,19 +29,11 @@ SHARED_BENCHMARKS = REPO.parent / "shared" / "benchmarks"
 sys.path.insert(0, str(REPO / "tests"))
 
 
-def write_cycle_task(directory: Path, model: str) -> Path:
-    from conftest import classification_records, write_task
+def write_cycle_task(directory: Path) -> Path:
+    """tests/test_cycle.py's task (tiny-random), with its benchmark when the data is there."""
+    from test_cycle import cycle_task
 
-    extra = ("[generation]\nmax_new_tokens = 6\nbatch_size = 8\n"
-             f"[cycle]\nbase_model = \"{model}\"\nseed = 3\n"
-             "[targeted]\nn = 24\n"
-             "[training]\nmax_steps = 12\nsave_steps = 3\nbatch_size = 4\n")
-    if (SHARED_BENCHMARKS / "arc_easy" / "test.jsonl").is_file():
-        extra += (f"[benchmarks]\ndata_dir = \"{SHARED_BENCHMARKS}\"\ntasks = [\"arc_easy\"]\n"
-                  "limit = 16\n")
-    return write_task(directory, {"train": classification_records(80, 100),
-                                  "dev": classification_records(24, 300),
-                                  "test": classification_records(24)}, extra)
+    return cycle_task(directory, (SHARED_BENCHMARKS / "arc_easy" / "test.jsonl").is_file())
 
 
 def timed_cycle(tree: Path, task: Path, workspace: Path) -> float:
@@ -62,10 +54,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commit", required=True)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--model", default="tiny-random")
     parser.add_argument("--workspace", type=Path, default=Path("/tmp/evalloop-ctc"))
     args = parser.parse_args()
-    task = write_cycle_task(args.workspace / "task", args.model)
+    task = write_cycle_task(args.workspace / "task")
     old_tree = Path(tempfile.mkdtemp(prefix="evalloop-old-"))
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-f", "--detach", str(old_tree),
                     args.commit], check=True, capture_output=True)
