@@ -9,7 +9,9 @@ steps, one benchmark of 16 items when ../shared/benchmarks is there), written on
 both trees. With the tiny random model the model's own compute is small, so this measures what
 the stages around it cost: loading the task, evaluations, targeting, the arena, the store.
 Printed: each side's wall seconds per repeat (`evalloop cycle` as a subprocess), the medians and
-new / old.
+new / old; then each stage's median seconds on both sides (from the workspace's cycle_stages
+rows), and the ratio over the stages both trees run, so a stage one tree added (more work by
+design) is told apart from the same work done slower.
 """
 
 from __future__ import annotations
@@ -34,6 +36,17 @@ def write_cycle_task(directory: Path) -> Path:
     from test_cycle import cycle_task
 
     return cycle_task(directory, (SHARED_BENCHMARKS / "arc_easy" / "test.jsonl").is_file())
+
+
+def stage_seconds(workspace: Path) -> dict[str, float]:
+    """Each finished stage's seconds, read with this tree's store from either tree's workspace
+    (the cycle_stages table is the same in both)."""
+    from loop.store.cycles import stage_seconds as seconds_of
+    from loop.store.db import Store
+
+    with Store(workspace) as store:
+        cycle_id = store.query("SELECT cycle_id FROM cycles ORDER BY started_at DESC LIMIT 1")
+        return seconds_of(store, cycle_id[0]["cycle_id"]) if cycle_id else {}
 
 
 def timed_cycle(tree: Path, task: Path, workspace: Path) -> float:
@@ -61,16 +74,33 @@ def main() -> None:
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-f", "--detach", str(old_tree),
                     args.commit], check=True, capture_output=True)
     times: dict[str, list[float]] = {"old": [], "new": []}
+    stages: dict[str, dict[str, list[float]]] = {"old": {}, "new": {}}
     try:
         for k in range(args.repeats):
             for side, tree in (("old", old_tree), ("new", REPO)):
                 times[side].append(timed_cycle(tree, task, args.workspace / side))
+                for stage, sec in stage_seconds(args.workspace / side).items():
+                    stages[side].setdefault(stage, []).append(sec)
                 print(f"repeat {k + 1}: {side} {times[side][-1]:.1f} s", flush=True)
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old_tree)],
                        capture_output=True)
     old, new = statistics.median(times["old"]), statistics.median(times["new"])
     print(f"median: {args.commit} {old:.1f} s, this tree {new:.1f} s, new / old {new / old:.2f}")
+    medians = {side: {k: statistics.median(v) for k, v in per.items()}
+               for side, per in stages.items()}
+    for stage in dict.fromkeys([*medians["old"], *medians["new"]]):
+        cells = [f"{medians[side][stage]:6.1f} s" if stage in medians[side] else "   (none)"
+                 for side in ("old", "new")]
+        print(f"  {stage:<20} {cells[0]}  {cells[1]}")
+    both = [k for k in medians["old"] if k in medians["new"]]
+    old_both = sum(medians["old"][k] for k in both)
+    new_both = sum(medians["new"][k] for k in both)
+    if old_both:
+        print(f"stages both trees run ({len(both)}): {old_both:.1f} s -> {new_both:.1f} s, "
+              f"new / old {new_both / old_both:.2f}; outside the stages (start-up, task load): "
+              f"{old - sum(medians['old'].values()):.1f} s -> "
+              f"{new - sum(medians['new'].values()):.1f} s")
 
 
 if __name__ == "__main__":

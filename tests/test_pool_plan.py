@@ -266,3 +266,75 @@ def test_plan_rate_is_a_token_estimate_set_by_tokens_per_s(tmp_path):
     assert "at 100 tokens/s ([cycle] tokens_per_s)" in rates["slow"][1]
     assert rates["default"][0] == pytest.approx(rates["fast"][0] * 200 / DEFAULT_TOKENS_PER_S["cpu"])
     assert "(cpu)" in rates["default"][1]
+
+
+def test_dev_generation_estimate_counts_prompts_and_each_batchs_longest_answer(tmp_path):
+    """A recipe trial is scored by generating dev: its estimate grows with the dev items, with
+    longer answers (decode steps of each batch's longest), is capped by max_new_tokens, and
+    moves with `[cycle] tokens_per_s` as the training estimate does."""
+    from conftest import classification_records, write_task
+
+    from loop.data.tasks import load_task
+    from loop.targeted.cycle_data import seconds_per_dev_eval
+
+    def task(name, dev, extra=""):
+        splits = {"train": classification_records(8, offset=100), "dev": dev,
+                  "test": classification_records(4)}
+        return load_task(write_task(tmp_path / name, splits,
+                                    f'[cycle]\nbase_model = "tiny-random"\n{extra}'))
+
+    short = classification_records(8, offset=200)
+    long = [{**r, "output": r["output"] + " and a much longer answer " * 4} for r in short]
+    base = task("base", short)
+    s8, how = seconds_per_dev_eval(base, base.split("dev"))
+    s4, _ = seconds_per_dev_eval(base, base.split("dev")[:4])
+    assert 0 < s4 < s8 and "decode steps for 8 items" in how
+    longer = task("long", long)
+    s_long = seconds_per_dev_eval(longer, longer.split("dev"))[0]
+    assert s_long > s8
+    capped = task("capped", long, "[generation]\nmax_new_tokens = 2\n")
+    assert seconds_per_dev_eval(capped, capped.split("dev"))[0] < s_long
+    small_batches = task("batch", short, "[generation]\nbatch_size = 2\n")
+    assert seconds_per_dev_eval(small_batches, small_batches.split("dev"))[0] > s8  # 4 batches
+    slow = task("slow", short, "tokens_per_s = 10\n")
+    fast = task("fast", short, "tokens_per_s = 20\n")
+    assert seconds_per_dev_eval(slow, slow.split("dev"))[0] == pytest.approx(
+        2 * seconds_per_dev_eval(fast, fast.split("dev"))[0])
+    assert seconds_per_dev_eval(base, ())[0] == 0.0
+
+
+def test_search_budget_counts_each_trials_dev_generation(tmp_path, monkeypatch):
+    """Two 40 s trainings fit a 100 s budget, but not with 15 s of dev generation each: one
+    trial runs (and is not scored on dev, there being nothing to choose between)."""
+    from types import SimpleNamespace
+
+    from conftest import classification_records, write_task
+
+    from loop.cycle import run
+    from loop.data.tasks import load_task
+    from loop.models.loading import parse_model_name
+    from loop.train import sft
+
+    task = load_task(write_task(tmp_path, {"train": classification_records(8, offset=100),
+                                           "dev": classification_records(48, offset=200),
+                                           "test": classification_records(4)},
+                                '[cycle]\nbase_model = "tiny-random"\n'))
+    started = []
+
+    def train(store, task, workspace, model, data_path, dataset_hash, config, progress):
+        started.append(model)
+        out = tmp_path / f"run{len(started)}"
+        out.mkdir()
+        (out / "adapter_config.json").write_text("{}")
+        return SimpleNamespace(adapter_dir=str(out), train_id=f"t{len(started)}",
+                               best_eval_loss=0.5, elapsed_s=1.0)
+
+    monkeypatch.setattr(sft, "train_for_task", train)
+    monkeypatch.setattr(run, "evaluate", lambda *a, **k: pytest.fail("one trial needs no dev"))
+    plan = {"targeted_rows": 10, "pool_rows": 30, "epochs": 1.0, "seconds_per_row_epoch": 1.0,
+            "budget_s": 100.0, "dev_eval_s": 15.0}
+    ctx = SimpleNamespace(results=SimpleNamespace(targeted=SimpleNamespace(
+        plan=plan, dataset_path="data.jsonl", manifest_hash="h")), task=task,
+        settings=task.settings, store=None, workspace=tmp_path, progress=False)
+    result, trials = run._sft_search(ctx, task.settings.training, parse_model_name("tiny-random"))
+    assert len(started) == 1 and len(trials) == 1 and result.train_id == "t1"

@@ -280,7 +280,7 @@ class CycleSettings(Section):
     # machine's load and would make the same seeds train different data (loop/targeted/plan.py)
     tokens_per_s: float | None = Field(
         None, gt=0, description="forward tokens per second training runs at, for the time "
-                                "budget's plan; none = this device's default (cpu 480, cuda "
+                                "budget's plan; none = this device's default (cpu 360, cuda "
                                 "4000); a report's training line gives the measured rate")
     prompt_shots: int = Field(4, ge=0, le=MAX_SHOTS,
                               description="the prompt arm: the champion zero-shot and with this "

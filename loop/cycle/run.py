@@ -159,9 +159,11 @@ def _sft_search(ctx: CycleContext, config, model: ModelSpec):
     from loop.train.sft import train_for_task
 
     data, plan = ctx.results.targeted, ctx.results.targeted.plan or {}
-    # one run's time: the rows written (targeted + pool) at the plan's measured or estimated rate
+    # one trial's time: the rows written (targeted + pool) at the plan's estimated rate, and
+    # its dev generation (a single trial skips that, but then the budget's split is moot)
     rows = plan.get("targeted_rows", 0) + plan.get("pool_rows", 0)
-    one_run = rows * plan.get("epochs", 1.0) * plan.get("seconds_per_row_epoch", 0.0)
+    one_run = rows * plan.get("epochs", 1.0) * plan.get("seconds_per_row_epoch", 0.0) \
+        + plan.get("dev_eval_s", 0.0)
     plans = recipe_trials(config.learning_rate, one_run, plan.get("budget_s") or None,
                           enabled=config.search and bool(plan),
                           n_dev=len(ctx.task.splits.get("dev", ())),

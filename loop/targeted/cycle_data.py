@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from evals.signatures import Signature, is_format_only
 from loop.core.cache import write_atomic
+from loop.core.prompts import MIN_SHARED_PREFIX, build_prompt
 from loop.core.records import Example, content_hash
 from loop.data.tasks import Task, read_split
 from loop.models.loading import ModelSpec
@@ -37,12 +39,19 @@ log = logging.getLogger(__name__)
 
 # training throughput when nothing is measured yet, in forward tokens (what the model runs: each
 # row's own tokens, and the shared prompt prefix once per micro-batch chunk) per second. Measured
-# on an idle 2-core CPU (this machine), the embedded model, 128 clinc_intents rows (693-token
-# prefix), 1 epoch: 18.2 s at the defaults, ~480 forward tokens/s (bench/train_speed.py measures
-# the same way). Another job on the CPU halves it, and the plan still assumes this rate (a plan
-# that read the measured rate trained different data for the same seeds). A GPU is an order of
-# magnitude faster (not measured here); `[cycle] tokens_per_s` sets a machine's own rate.
-DEFAULT_TOKENS_PER_S = {"cpu": 480.0, "cuda": 4000.0}
+# idle on this 2-core CPU with the embedded model, 96 pool rows of each shared task, 1 epoch
+# (bench/train_rate.py, 2026-12-02): 333-420 forward tokens/s, the long-prefix task slowest
+# (clinc_intents, 693-token prefix); the earlier 480 was 1.2-1.45x optimistic on every task.
+# A loaded CPU is slower again (another job halves it); the plan still assumes this rate, since
+# a plan that read the measured rate trained different data for the same seeds. A GPU is an
+# order of magnitude faster (not measured here); `[cycle] tokens_per_s` sets a machine's own.
+DEFAULT_TOKENS_PER_S = {"cpu": 360.0, "cuda": 4000.0}
+# generating dev on that CPU: seconds per prompt token and per decode step of a batch, fitted on
+# the base model generating 64 dev items of each shared task at batch 32 (9.7-20.2 s; within 10%
+# on four tasks, 1.6x low on clinc_intents, whose long prefix every decode step attends to);
+# scaled by the training rate on other machines
+PROMPT_TOKEN_S = 0.0049
+DECODE_STEP_S = 0.052
 
 
 def is_format_failure(signatures) -> bool:
@@ -126,27 +135,59 @@ def seconds_per_row_epoch(task: Task, pool: list[Example]) -> tuple[float, str]:
     and a loaded rerun of one task fitted 1.5 and 1 epochs). Rows share their common prompt
     prefix inside a micro-batch (train/packing.py), so a row costs its own tokens and a share
     of the prefix; the rate is `[cycle] tokens_per_s`, else the device's default."""
-    import os.path
-
-    from loop.core.prompts import MIN_SHARED_PREFIX, build_prompt
-    from loop.models.loading import load_tokenizer, parse_model_name, pick_device
-
-    tokenizer = load_tokenizer(parse_model_name(task.settings.cycle.base_model))
-    sample = pool[:256]
-    ids = [tokenizer(build_prompt(tokenizer, e, task.settings.system_prompt) + e.output)
-           ["input_ids"] for e in sample]
-    prefix = len(os.path.commonprefix(ids)) if len(ids) > 1 else 0
-    own = [len(i) - prefix + 1 for i in ids]  # a row's rest keeps one prompt token (packing.py)
+    prefix, own = _prompt_tokens(task, pool[:256], with_answer=True)
     training = task.settings.training
     tokens = pool_plan.forward_tokens_per_row(prefix, own, training.batch_size,
                                               training.micro_batch_tokens, MIN_SHARED_PREFIX)
-    device = pick_device().type
-    rate = task.settings.cycle.tokens_per_s
-    where = "[cycle] tokens_per_s"
-    if rate is None:
-        rate, where = DEFAULT_TOKENS_PER_S.get(device, DEFAULT_TOKENS_PER_S["cpu"]), device
+    rate, where = _training_rate(task)
     return tokens / rate, (f"estimated: {tokens:.0f} forward tokens per row (prefix {prefix}) "
                            f"at {rate:.0f} tokens/s ({where})")
+
+
+def seconds_per_dev_eval(task: Task, dev: Sequence[Example]) -> tuple[float, str]:
+    """What generating `dev` costs a trained model (each recipe trial of the search is scored
+    so), from token counts: the shared prompt prefix once, each prompt's rest as a forward, and
+    per batch as many decode steps as its longest reference answer has tokens (plus the stop
+    token, at most max_new_tokens), at PROMPT_TOKEN_S and DECODE_STEP_S (the answers of a
+    trained model are about as long as the references)."""
+    if not dev:
+        return 0.0, "no dev items"
+    from loop.models.loading import load_tokenizer, parse_model_name
+
+    prefix, own = _prompt_tokens(task, dev, with_answer=False)
+    tokenizer = load_tokenizer(parse_model_name(task.settings.cycle.base_model))
+    gen = task.settings.generation
+    answers = sorted((min(len(tokenizer(e.output)["input_ids"]) + 1, gen.max_new_tokens)
+                      for e in dev), reverse=True)  # batched longest first, as decode does
+    steps = sum(answers[i] for i in range(0, len(answers), gen.batch_size))
+    rate, where = _training_rate(task)
+    forward = prefix + sum(own)
+    seconds = (forward * PROMPT_TOKEN_S + steps * DECODE_STEP_S) * DEFAULT_TOKENS_PER_S["cpu"] / rate
+    return seconds, (f"estimated: {forward} prompt tokens and {steps} decode steps for "
+                     f"{len(dev)} items ({where})")
+
+
+def _training_rate(task: Task) -> tuple[float, str]:
+    from loop.models.loading import pick_device
+
+    if task.settings.cycle.tokens_per_s is not None:
+        return task.settings.cycle.tokens_per_s, "[cycle] tokens_per_s"
+    device = pick_device().type
+    return DEFAULT_TOKENS_PER_S.get(device, DEFAULT_TOKENS_PER_S["cpu"]), device
+
+
+def _prompt_tokens(task: Task, rows: Sequence[Example], with_answer: bool) -> tuple[int, list[int]]:
+    """(tokens of the prompt prefix all `rows` share, each row's tokens past it); a row's rest
+    keeps one prompt token (train/packing.py)."""
+    import os.path
+
+    from loop.models.loading import load_tokenizer, parse_model_name
+
+    tokenizer = load_tokenizer(parse_model_name(task.settings.cycle.base_model))
+    ids = [tokenizer(build_prompt(tokenizer, e, task.settings.system_prompt)
+                     + (e.output if with_answer else ""))["input_ids"] for e in rows]
+    prefix = len(os.path.commonprefix(ids)) if len(ids) > 1 else 0
+    return prefix, [len(i) - prefix + 1 for i in ids]
 
 
 def _write(task: Task, targeted: TargetedResult | None, targeted_rows: list[Example],
@@ -163,7 +204,10 @@ def _write(task: Task, targeted: TargetedResult | None, targeted_rows: list[Exam
               "category": e.category} for e in extra]
     data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
     rows_s = (len(targeted_rows) + len(extra)) * plan.epochs * plan.seconds_per_row_epoch
+    dev_eval_s, dev_eval_how = seconds_per_dev_eval(task, task.splits.get("dev", ()))
     plan_json = {**plan.to_json(), "estimated_train_s": rows_s,
+                 # a recipe trial is also scored on dev (loop/cycle/run.py _sft_search)
+                 "dev_eval_s": dev_eval_s, "dev_eval_source": dev_eval_how,
                  "pool_rows": len(extra), "hard_rows": n_hard,
                  "replay_rows": len(extra) - n_hard if plan.mode == "focused" else 0,
                  "targeted_rows": len(targeted_rows),
