@@ -106,3 +106,29 @@ def test_one_bf16_rule_cuda_support_or_a_measured_cpu_speedup(tmp_path, monkeypa
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert precision.prefer_bf16(torch.device("cuda"), lm.model.config, lambda: 1 / 0) is False
     assert precision.prefer_bf16(torch.device("mps"), lm.model.config, lambda: 1 / 0) is False
+
+
+def test_tokenizer_is_read_once_per_process_and_each_caller_gets_its_own_copy(monkeypatch):
+    """A cycle asked for its base's tokenizer 21 times: it is read once, and a caller that sets
+    padding_side (generation does) changes no one else's."""
+    import transformers
+
+    from loop.models import loading
+
+    monkeypatch.setattr(loading, "_TOKENIZERS", {})
+    reads = []
+    real = transformers.AutoTokenizer.from_pretrained
+
+    def counted(*args, **kwargs):
+        reads.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", counted)
+    spec = loading.parse_model_name("tiny-random")
+    first = loading.load_tokenizer(spec)
+    first.padding_side = "left" if first.padding_side == "right" else "right"
+    second = loading.load_tokenizer(spec)
+    assert second.padding_side != first.padding_side and second is not first
+    assert second("a colour")["input_ids"] == first("a colour")["input_ids"]
+    assert loading.load_model(spec).tokenizer is not second
+    assert len(reads) == 1
