@@ -135,7 +135,7 @@ def seconds_per_row_epoch(task: Task, pool: list[Example]) -> tuple[float, str]:
     and a loaded rerun of one task fitted 1.5 and 1 epochs). Rows share their common prompt
     prefix inside a micro-batch (train/packing.py), so a row costs its own tokens and a share
     of the prefix; the rate is `[cycle] tokens_per_s`, else the device's default."""
-    prefix, own = _prompt_tokens(task, pool[:256], with_answer=True)
+    prefix, own = _prompt_tokens(task, _base_tokenizer(task), pool[:256], with_answer=True)
     training = task.settings.training
     tokens = pool_plan.forward_tokens_per_row(prefix, own, training.batch_size,
                                               training.micro_batch_tokens, MIN_SHARED_PREFIX)
@@ -152,13 +152,12 @@ def seconds_per_dev_eval(task: Task, dev: Sequence[Example]) -> tuple[float, str
     trained model are about as long as the references)."""
     if not dev:
         return 0.0, "no dev items"
-    from loop.models.loading import load_tokenizer, parse_model_name
-
-    prefix, own = _prompt_tokens(task, dev, with_answer=False)
-    tokenizer = load_tokenizer(parse_model_name(task.settings.cycle.base_model))
+    tokenizer = _base_tokenizer(task)
+    prefix, own = _prompt_tokens(task, tokenizer, dev, with_answer=False)
     gen = task.settings.generation
+    # batched longest first: the fewest decode steps these answers can take
     answers = sorted((min(len(tokenizer(e.output)["input_ids"]) + 1, gen.max_new_tokens)
-                      for e in dev), reverse=True)  # batched longest first, as decode does
+                      for e in dev), reverse=True)
     steps = sum(answers[i] for i in range(0, len(answers), gen.batch_size))
     rate, where = _training_rate(task)
     forward = prefix + sum(own)
@@ -176,14 +175,18 @@ def _training_rate(task: Task) -> tuple[float, str]:
     return DEFAULT_TOKENS_PER_S.get(device, DEFAULT_TOKENS_PER_S["cpu"]), device
 
 
-def _prompt_tokens(task: Task, rows: Sequence[Example], with_answer: bool) -> tuple[int, list[int]]:
+def _base_tokenizer(task: Task):
+    from loop.models.loading import load_tokenizer, parse_model_name
+
+    return load_tokenizer(parse_model_name(task.settings.cycle.base_model))
+
+
+def _prompt_tokens(task: Task, tokenizer, rows: Sequence[Example],
+                   with_answer: bool) -> tuple[int, list[int]]:
     """(tokens of the prompt prefix all `rows` share, each row's tokens past it); a row's rest
     keeps one prompt token (train/packing.py)."""
     import os.path
 
-    from loop.models.loading import load_tokenizer, parse_model_name
-
-    tokenizer = load_tokenizer(parse_model_name(task.settings.cycle.base_model))
     ids = [tokenizer(build_prompt(tokenizer, e, task.settings.system_prompt)
                      + (e.output if with_answer else ""))["input_ids"] for e in rows]
     prefix = len(os.path.commonprefix(ids)) if len(ids) > 1 else 0
