@@ -2,7 +2,7 @@
 one run, alternating, each from a fresh workspace.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/cycle_time_vs_commit.py --commit f9c6e64 \
-        [--repeats 3] [--workspace /tmp/evalloop-ctc]
+        [--repeats 3] [--workspace /tmp/evalloop-ctc] [--no-tracking]
 
 The task is the tests' planted classification task (80 pool rows, 24 dev, 24 test, 12 training
 steps, one benchmark of 16 items when ../shared/benchmarks is there), written once and read by
@@ -12,6 +12,10 @@ Printed: each side's wall seconds per repeat (`evalloop cycle` as a subprocess),
 new / old; then each stage's median seconds on both sides (from the workspace's cycle_stages
 rows), and the ratio over the stages both trees run, so a stage one tree added (more work by
 design) is told apart from the same work done slower.
+
+`--no-tracking` runs this tree with `[tracking] enabled = false`, for an older commit that
+predates experiment tracking: the MLflow runs a cycle logs (its first stage also creates the
+workspace's sqlite store, ~2 s) are work the old tree never did.
 """
 
 from __future__ import annotations
@@ -68,8 +72,14 @@ def main() -> None:
     parser.add_argument("--commit", required=True)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workspace", type=Path, default=Path("/tmp/evalloop-ctc"))
+    parser.add_argument("--no-tracking", action="store_true",
+                        help="this tree without MLflow tracking (an old tree without it)")
     args = parser.parse_args()
     task = write_cycle_task(args.workspace / "task")
+    tasks = {"old": task, "new": task}
+    if args.no_tracking:
+        tasks["new"] = task.with_name("task-untracked.toml")
+        tasks["new"].write_text(task.read_text() + "\n[tracking]\nenabled = false\n")
     old_tree = Path(tempfile.mkdtemp(prefix="evalloop-old-"))
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-f", "--detach", str(old_tree),
                     args.commit], check=True, capture_output=True)
@@ -78,7 +88,7 @@ def main() -> None:
     try:
         for k in range(args.repeats):
             for side, tree in (("old", old_tree), ("new", REPO)):
-                times[side].append(timed_cycle(tree, task, args.workspace / side))
+                times[side].append(timed_cycle(tree, tasks[side], args.workspace / side))
                 for stage, sec in stage_seconds(args.workspace / side).items():
                     stages[side].setdefault(stage, []).append(sec)
                 print(f"repeat {k + 1}: {side} {times[side][-1]:.1f} s", flush=True)
