@@ -25,10 +25,12 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loop.core.openmp import wait_briefly  # noqa: E402
+
+wait_briefly()  # before torch loads: how idle OpenMP threads wait
 
 from targeted_vs_random import paired_difference, wilson  # noqa: E402  (same statistics)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import resource
 import statistics
@@ -120,9 +119,8 @@ def main() -> int:
         probe = threading.Thread(target=app_probe, args=(workspace, stop, latencies, errors))
         probe.start()
         start = time.perf_counter()
-        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
         proc = subprocess.Popen([sys.executable, "-m", "loop.cli", "cycle", "--task", str(task),
-                                 "--workspace", str(workspace), "--json"], cwd=REPO, env=env,
+                                 "--workspace", str(workspace), "--json"], cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         reader = threading.Thread(target=lambda: setattr(proc, "out", proc.communicate()))
         reader.start()

@@ -37,10 +37,12 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from loop.core.openmp import wait_briefly  # noqa: E402
+
+wait_briefly()  # before torch loads: how idle OpenMP threads wait
 
 from bench.targeted_vs_random import paired_difference, wilson, write_rows  # noqa: E402
 

@@ -25,7 +25,9 @@ from glob import glob
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from loop.core.openmp import wait_briefly  # noqa: E402
+
+wait_briefly()  # before torch loads: how idle OpenMP threads wait
 REAL_TASKS = Path(__file__).resolve().parents[2] / "shared/real-tasks"
 
 

@@ -32,9 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from loop.core.openmp import wait_briefly  # noqa: E402
+
+wait_briefly()  # before torch loads: how idle OpenMP threads wait
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -28,6 +28,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from loop.core.openmp import wait_briefly  # noqa: E402
+
+wait_briefly()  # before torch loads: how idle OpenMP threads wait
 REAL_TASKS = REPO.parent / "shared" / "real-tasks"
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from loop.core.openmp import wait_briefly  # noqa: E402
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
 
 
@@ -172,10 +173,9 @@ def spawn(variant: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", variant, "--model", args.model,
            "--task", str(args.task), "--n", str(args.n)] + (
         ["--threads", str(args.threads)] if args.threads else [])
-    # both trainers alike: idle OpenMP threads sleep instead of spinning, which on a CPU shared
-    # with other jobs decides the result more than the trainer does (see loop.train.main)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    # both trainers alike: idle OpenMP threads wait as evalloop's do (loop/core/openmp.py), which
+    # on a CPU shared with other jobs decides the result more than the trainer does
+    env = wait_briefly({**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:

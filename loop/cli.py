@@ -22,9 +22,11 @@ import os
 import sys
 import traceback
 
-# Idle OpenMP threads spin by default; on a shared 2-core machine that made training 10-25x
-# slower. Set before anything imports torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from loop.core.openmp import wait_briefly
+
+# Idle OpenMP threads spin 300,000 times by default: on a shared 2-core machine that made
+# training 10-25x slower. Set before anything imports torch.
+wait_briefly()
 
 from loop.commands import (  # noqa: E402
     app,

@@ -14,8 +14,10 @@ from typing import ClassVar
 
 import pytest
 
+from loop.core.openmp import wait_briefly
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning idle threads starve the 2 cores
+wait_briefly()  # before torch loads: idle OpenMP threads spin briefly, then sleep
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests track into their temp workspaces only
 # `make test` runs pytest-xdist workers, one per core: each worker's torch takes its share of the

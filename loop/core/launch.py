@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from loop.core.errors import EvalloopError
+from loop.core.openmp import wait_briefly
 
 # FSDP for LoRA: FSDP2 (per-parameter sharding, frozen and trainable weights mixed in a layer),
 # one shard unit per decoder layer (the model's own `_no_split_modules`), and a full state dict
@@ -49,7 +50,7 @@ def rank_environment(processes: int) -> dict[str, str]:
     """The launcher's environment: on CPU the cores are divided between the ranks (torchrun
     would give each one thread; more ranks than cores only adds contention)."""
     env = dict(os.environ)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning idle threads starve shared cores
+    wait_briefly(env)  # long-spinning idle threads starve shared cores
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if "OMP_NUM_THREADS" not in env and not has_cuda():
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))

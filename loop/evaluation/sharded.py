@@ -34,6 +34,7 @@ from loop.core import faults
 from loop.core.cache import write_atomic
 from loop.core.errors import EvalloopError
 from loop.core.launch import LaunchError, accelerate_command, run_ranks
+from loop.core.openmp import wait_briefly
 from loop.models.decode import GenOutput
 
 WORK_FILE = "work.json"
@@ -97,7 +98,7 @@ def run_shard(work_dir: Path, progress: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """One rank: `python -m loop.evaluation.sharded WORK_DIR` under accelerate's launcher."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    wait_briefly()
     p = argparse.ArgumentParser(prog="python -m loop.evaluation.sharded")
     p.add_argument("work_dir")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

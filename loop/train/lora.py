@@ -26,6 +26,7 @@ from typing import Any
 
 from loop.core.cache import write_atomic
 from loop.core.errors import EvalloopError
+from loop.core.openmp import wait_briefly
 from loop.models.loading import DEFAULT_MODEL, ModelSpec, as_model_spec, base_path, fingerprint
 from loop.train.config import LogRow, TrainConfig, TrainResult, library_versions
 from loop.train.outputs import RESULT_FILE, TrainingError, format_result
@@ -330,10 +331,8 @@ def shell_main(argv: list[str] | None, prog: str, doc: str, train: Callable[...,
     `loop.train.grpo`; tests kill and rerun them): --task, --workspace, --model, --parent,
     --max-steps, --save-steps, the method's own flags and --json; `train(store, task, args,
     config)` runs it. An EvalloopError prints `error: ...` and exits 2."""
-    # Idle OpenMP threads spin by default; on a CPU shared with other jobs every parallel op then
-    # waits on descheduled spinners (25x slower measured: three jobs on two cores). Read by
-    # libgomp when torch loads, so it is set before anything imports torch.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Read by libgomp when torch loads, so it is set before anything imports torch.
+    wait_briefly()
     from loop.core.launch import refuse_outside_launcher
     from loop.data.tasks import load_task
     from loop.store.db import Store

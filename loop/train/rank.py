@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from loop.core.errors import EvalloopError
+from loop.core.openmp import wait_briefly
 from loop.train.config import TrainPlan
 from loop.train.outputs import TrainingError
 from loop.train.sft import run_plan
@@ -17,7 +18,7 @@ from loop.train.sft import run_plan
 
 def main(argv: list[str] | None = None) -> int:
     """One rank: `python -m loop.train.rank PLAN` under accelerate's launcher."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    wait_briefly()
     p = argparse.ArgumentParser(prog="python -m loop.train.rank")
     p.add_argument("plan", help="plan.json written by train_on_ranks")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
