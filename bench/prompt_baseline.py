@@ -28,6 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from loop.core.openmp import wait_briefly  # noqa: E402
 
 wait_briefly()  # before torch loads: how idle OpenMP threads wait
+
 REAL_TASKS = Path(__file__).resolve().parents[2] / "shared/real-tasks"
 
 
