@@ -10,6 +10,7 @@ and the same content, as the uninterrupted run (clock columns aside).
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 from dataclasses import dataclass
@@ -61,13 +62,16 @@ def running_stage(workspace: Path) -> str | None:
     return rows[0]["stage"] if rows else None
 
 
+# Left out besides clocks: how the work was done, which a resume changes by design (how many
+# predictions were generated or reused, whether the targeted batch was reused from the store,
+# matches judged now, the step training resumed from), and a rating snapshot's id, which hashes
+# model names holding the workspace path (the snapshot's content is compared).
+HOW_DONE = ("generated", "reused", "cached", "judged", "new_matches", "resumed_from_step",
+            "snapshot_id")
+
+
 def digests(workspace: Path) -> dict:
-    # Left out besides clocks: how the work was done, which a resume changes by design (how
-    # many predictions were generated or reused, matches judged now, the step training resumed
-    # from), and a rating snapshot's id, which hashes model names holding the workspace path
-    # (the snapshot's content is compared).
-    return table_digests(workspace, {str(workspace): "<workspace>"}, volatile=VOLATILE + (
-        "generated", "reused", "judged", "new_matches", "resumed_from_step", "snapshot_id"))
+    return table_digests(workspace, {str(workspace): "<workspace>"}, volatile=VOLATILE + HOW_DONE)
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +88,29 @@ def reference(tmp_path_factory):
 
 
 def differing_rows(workspace: Path, reference_ws: Path, got: dict, want: dict) -> dict:
-    """The tables whose digests differ, with the rows of small ones from both sides."""
+    """Per table whose digests differ: the values that differ, by row and key path, when both
+    sides hold the same number of rows; else the rows only one side holds (three at most)."""
     tables = {t for t in set(got) | set(want) if got.get(t) != want.get(t)}
-    volatile = VOLATILE + ("generated", "reused", "judged", "new_matches",
-                           "resumed_from_step", "snapshot_id")  # as digests() leaves out
-    ours = table_lines(workspace, {str(workspace): "<workspace>"}, volatile)
-    theirs = table_lines(reference_ws, {str(reference_ws): "<workspace>"}, volatile)
-    return {t: (got.get(t), want.get(t), ours.get(t)[:3] if len(ours.get(t, ())) <= 3 else "",
-                theirs.get(t)[:3] if len(theirs.get(t, ())) <= 3 else "") for t in tables}
+    ours = table_lines(workspace, {str(workspace): "<workspace>"}, VOLATILE + HOW_DONE)
+    theirs = table_lines(reference_ws, {str(reference_ws): "<workspace>"}, VOLATILE + HOW_DONE)
+    out = {}
+    for t in tables:
+        mine, reference_rows = ours.get(t, []), theirs.get(t, [])
+        if len(mine) == len(reference_rows):
+            out[t] = [d for a, b in zip(mine, reference_rows) if a != b
+                      for d in leaf_differences(json.loads(a), json.loads(b))][:10]
+        else:
+            out[t] = {"resumed only": sorted(set(mine) - set(reference_rows))[:3],
+                      "reference only": sorted(set(reference_rows) - set(mine))[:3]}
+    return out
+
+
+def leaf_differences(resumed, reference, path: str = "") -> list[str]:
+    """'path: resumed != reference' for each leaf of two JSON values that differs."""
+    if isinstance(resumed, dict) and isinstance(reference, dict):
+        return [d for k in sorted(set(resumed) | set(reference))
+                for d in leaf_differences(resumed.get(k), reference.get(k), f"{path}.{k}")]
+    return [] if resumed == reference else [f"{path or '.'}: {resumed!r} != {reference!r}"]
 
 
 def kill_in(workspace: Path, task: Path, stage: str, delay: float) -> bool:
